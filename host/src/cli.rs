@@ -1,0 +1,361 @@
+//! The `redloom` command line.
+//!
+//! Every failure is printed as one `error:` line plus, where useful, a
+//! `hint:` line, and mapped to a documented exit code ([`exit`]).
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::engine::{Runtime, RuntimeOptions};
+use crate::host::{Host, HostInvokeError, HostOptions, StartupError};
+use crate::namespace::PluginName;
+use crate::plugin::{InvokeError, Plugin, PluginSpec};
+
+/// Exit codes, as documented in the README.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The plugin returned an error, trapped or broke a quota.
+    pub const PLUGIN_FAILED: u8 = 1;
+    /// Bad command line or configuration file.
+    pub const USAGE: u8 = 2;
+    /// A plugin could not be loaded (not a component, missing handler, ...).
+    pub const LOAD: u8 = 3;
+    /// Redis could not be reached or started.
+    pub const REDIS: u8 = 4;
+    /// Anything else (I/O errors, runtime set-up).
+    pub const OTHER: u8 = 5;
+}
+
+/// Run sandboxed WebAssembly plugins that compose Redis-backed patterns.
+#[derive(Debug, Parser)]
+#[command(name = "redloom", version)]
+pub struct Cli {
+    /// Configuration file [default: ./redloom.toml if it exists].
+    #[arg(long, short, global = true, env = "REDLOOM_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Redis to use (redis://, rediss:// or unix://). Without one, redloom
+    /// starts a private redis-server with its data in the data folder.
+    #[arg(long, global = true, env = "REDIS_URL", value_name = "URL")]
+    redis_url: Option<String>,
+
+    /// Folder for the private Redis's data and the compiled-plugin cache
+    /// [default: .redloom next to the configuration file].
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Do not read or write the compiled-plugin cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+
+    /// Log more (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one invocation of a plugin and print its output.
+    Invoke {
+        /// A plugin name from the configuration file, or a path to a .wasm component.
+        plugin: String,
+        /// The input, as text.
+        #[arg(long, short, conflicts_with = "input_file")]
+        input: Option<String>,
+        /// Read the input from a file (`-` for standard input).
+        #[arg(long, value_name = "FILE")]
+        input_file: Option<PathBuf>,
+        /// A setting for a plugin given by path (repeatable).
+        #[arg(long = "setting", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
+    /// Check that a file is a plugin this host can run, and show what it
+    /// exports and imports. Needs no Redis.
+    Check {
+        /// Path to the .wasm component.
+        wasm: PathBuf,
+    },
+    /// Load every configured plugin and run until Ctrl-C or SIGTERM.
+    Serve,
+}
+
+/// A failure on its way to the terminal.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl ToString) -> Failure {
+        Failure {
+            code,
+            message: message.to_string(),
+            hint: None,
+        }
+    }
+
+    fn hint(mut self, hint: impl ToString) -> Failure {
+        self.hint = Some(hint.to_string());
+        self
+    }
+}
+
+impl From<StartupError> for Failure {
+    fn from(e: StartupError) -> Failure {
+        match e {
+            StartupError::Runtime(_) => Failure::new(exit::OTHER, e),
+            _ => Failure::new(exit::REDIS, e),
+        }
+    }
+}
+
+impl From<crate::plugin::LoadError> for Failure {
+    fn from(e: crate::plugin::LoadError) -> Failure {
+        Failure::new(exit::LOAD, e)
+    }
+}
+
+/// Parses the command line, runs the command, and returns the exit code.
+pub fn main() -> u8 {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, matches!(cli.command, Command::Serve));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::OTHER;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => exit::OK,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            if let Some(h) = f.hint {
+                eprintln!("hint: {h}");
+            }
+            f.code
+        }
+    }
+}
+
+fn init_logging(verbose: u8, serving: bool) {
+    let default = match (verbose, serving) {
+        (0, false) => "warn",
+        (0, true) => "info",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let config = load_config(cli.config.as_deref())?;
+    let mut options = HostOptions::from_config(&config);
+    if let Some(url) = &cli.redis_url {
+        config::check_redis_url(url).map_err(|m| Failure::new(exit::USAGE, format!("--redis-url: {m}")))?;
+        options.redis_url = Some(url.clone());
+    }
+    if let Some(dir) = &cli.data_dir {
+        options.data_dir = dir.clone();
+    }
+    options.compile_cache = !cli.no_cache;
+
+    match cli.command {
+        Command::Check { wasm } => check(&wasm, &options).await,
+        Command::Invoke {
+            plugin,
+            input,
+            input_file,
+            settings,
+        } => {
+            let spec = plugin_spec(&config, &plugin, &settings)?;
+            let input = read_input(input, input_file)?;
+            invoke(options, spec, &input).await
+        }
+        Command::Serve => serve(options, &config).await,
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
+    match path {
+        Some(p) => Config::load(p).map_err(|e| Failure::new(exit::USAGE, e)),
+        None => {
+            let default = Path::new(config::DEFAULT_FILE);
+            if default.exists() {
+                Config::load(default).map_err(|e| Failure::new(exit::USAGE, e))
+            } else {
+                Ok(Config {
+                    data_dir: PathBuf::from(".redloom"),
+                    ..Config::default()
+                })
+            }
+        }
+    }
+}
+
+/// A plugin named in the configuration, or a `.wasm` path.
+fn plugin_spec(config: &Config, plugin: &str, settings: &[String]) -> Result<PluginSpec, Failure> {
+    let configured = PluginName::parse(plugin)
+        .ok()
+        .and_then(|name| config.plugins.get(&name).map(|c| PluginSpec::from_config(name, c)));
+    let mut spec = match configured {
+        Some(spec) => spec,
+        None if Path::new(plugin).exists() || plugin.ends_with(".wasm") => PluginSpec::from_path(Path::new(plugin)),
+        None => {
+            let known: Vec<String> = config.plugins.keys().map(|k| k.to_string()).collect();
+            let hint = if known.is_empty() {
+                "pass a path to a .wasm file, or configure plugins in redloom.toml".to_string()
+            } else {
+                format!("configured plugins: {}", known.join(", "))
+            };
+            return Err(Failure::new(
+                exit::USAGE,
+                format!("`{plugin}` is neither a configured plugin nor a .wasm file"),
+            )
+            .hint(hint));
+        }
+    };
+    for s in settings {
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| Failure::new(exit::USAGE, format!("--setting `{s}`: expected KEY=VALUE")))?;
+        spec.settings.insert(k.to_string(), v.to_string());
+    }
+    Ok(spec)
+}
+
+fn read_input(input: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>, Failure> {
+    match (input, file) {
+        (Some(text), _) => Ok(text.into_bytes()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| Failure::new(exit::OTHER, format!("reading standard input: {e}")))?;
+            Ok(buf)
+        }
+        (None, Some(path)) => std::fs::read(&path)
+            .map_err(|e| Failure::new(exit::USAGE, format!("--input-file {}: {e}", path.display()))),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+async fn invoke(options: HostOptions, spec: PluginSpec, input: &[u8]) -> Result<(), Failure> {
+    let host = Host::start(options).await?;
+    let result = async {
+        let plugin = host.load(spec).await?;
+        host.invoke(plugin.name(), input).await.map_err(|e| {
+            let f = Failure::new(exit::PLUGIN_FAILED, &e);
+            match e {
+                HostInvokeError::Invoke(InvokeError::Quota { .. }) => {
+                    f.hint("raise the quota under [plugins.NAME.quotas] in redloom.toml")
+                }
+                _ => f,
+            }
+        })
+    }
+    .await;
+    host.shutdown().await;
+    let output = result?;
+    let mut out = std::io::stdout().lock();
+    let written = out.write_all(&output).and_then(|()| {
+        if out.is_terminal() && !output.ends_with(b"\n") {
+            out.write_all(b"\n")?;
+        }
+        out.flush()
+    });
+    written.map_err(|e| Failure::new(exit::OTHER, format!("writing the output: {e}")))
+}
+
+async fn check(wasm: &Path, options: &HostOptions) -> Result<(), Failure> {
+    let mut runtime_options = RuntimeOptions {
+        max_instances: 4,
+        ..options.runtime.clone()
+    };
+    if options.compile_cache {
+        runtime_options.cache_dir = Some(options.data_dir.join("cache"));
+    }
+    let runtime = Runtime::new(runtime_options).map_err(|e| Failure::new(exit::OTHER, format!("{e:#}")))?;
+    let plugin = Plugin::load(&runtime, PluginSpec::from_path(wasm))?;
+    plugin.probe(None).await.map_err(|e| Failure::new(exit::LOAD, e))?;
+    let r = plugin.report();
+    let handlers: Vec<&str> = plugin.handlers().invoke.iter().map(|_| "invoke").collect();
+    let capabilities: Vec<&str> = r
+        .imports
+        .iter()
+        .filter_map(|i| i.strip_prefix("redloom:plugin/"))
+        .map(|i| i.split('@').next().unwrap_or(i))
+        .collect();
+    println!("{}: ok", wasm.display());
+    println!("  size:         {}", bytesize::ByteSize(r.size as u64));
+    println!("  world:        redloom:plugin/invoke-plugin");
+    println!("  handlers:     {}", handlers.join(", "));
+    println!("  capabilities: {}", list_or_none(&capabilities));
+    println!("  exports:      {}", list_or_none(&r.exports));
+    println!("  imports:      {}", list_or_none(&r.imports));
+    println!(
+        "  compiled:     {:?} in {} ms",
+        r.cache,
+        r.compile_time.as_millis()
+    );
+    Ok(())
+}
+
+fn list_or_none<S: AsRef<str>>(items: &[S]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.iter().map(|s| s.as_ref()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+async fn serve(options: HostOptions, config: &Config) -> Result<(), Failure> {
+    let host = Host::start(options).await?;
+    if let Err(e) = host.load_all(config).await {
+        host.shutdown().await;
+        return Err(e.into());
+    }
+    let names: Vec<String> = host.plugin_names().iter().map(|n| n.to_string()).collect();
+    if names.is_empty() {
+        tracing::warn!("no plugins configured; add [plugins.NAME] tables to redloom.toml");
+    }
+    tracing::info!(redis = %host.redis().url(), plugins = %names.join(", "), "serving; Ctrl-C to stop");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    host.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}

@@ -1,0 +1,222 @@
+//! The wasmtime [`Engine`], its epoch ticker, the [`Linker`] with every
+//! capability, and the on-disk cache of compiled plugins.
+//!
+//! One engine serves every plugin. It uses the pooling allocator (instances
+//! are carved out of pre-reserved slots, so a fresh instance per invocation is
+//! cheap) and epoch interruption: a ticker thread bumps the epoch every
+//! [`EPOCH_TICK`], and a running guest yields to tokio at each tick, so a busy
+//! plugin is time-sliced instead of stalling the worker thread.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::bindings::AnyPlugin;
+use crate::config::ceilings;
+use crate::store::{Caps, State};
+
+/// How often the epoch advances; the granularity of time slicing.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Where compiled plugins are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Component instances alive at once across all plugins (pool slots).
+    pub max_instances: u32,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            cache_dir: None,
+            max_instances: 256,
+        }
+    }
+}
+
+/// The engine, linker and compile cache shared by every plugin.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    cache: Option<CompileCache>,
+    _ticker: EpochTicker,
+}
+
+/// Whether a load found its compiled artifact in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Loaded the precompiled artifact; no compilation happened.
+    Hit,
+    /// Compiled, then stored the artifact for next time.
+    Miss,
+    /// The cache is disabled; compiled.
+    Disabled,
+}
+
+impl Runtime {
+    pub fn new(options: RuntimeOptions) -> anyhow::Result<Runtime> {
+        let engine = Engine::new(&engine_config(&options)).map_err(anyhow_from)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow_from)?;
+        AnyPlugin::add_to_linker::<State, HasSelf<Caps>>(&mut linker, |s: &mut State| &mut s.caps)
+            .map_err(anyhow_from)?;
+        let cache = options.cache_dir.map(|dir| CompileCache::new(&engine, dir));
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Runtime {
+            engine,
+            linker,
+            cache,
+            _ticker: ticker,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<State> {
+        &self.linker
+    }
+
+    /// Compiles `bytes`, or loads the artifact cached for them.
+    pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<(Component, CacheOutcome)> {
+        match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, bytes),
+            None => Ok((
+                Component::new(&self.engine, bytes).map_err(anyhow_from)?,
+                CacheOutcome::Disabled,
+            )),
+        }
+    }
+}
+
+fn engine_config(options: &RuntimeOptions) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    // Bounds-checked memories sized to the host ceiling keep each pool slot's
+    // address-space reservation small (many hosts run side by side in tests).
+    config.memory_reservation(ceilings::MEMORY);
+    config.memory_guard_size(64 << 10);
+    config.memory_reservation_for_growth(0);
+
+    let n = options.max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(n)
+        // A Rust component has one to a few core instances; JS and Python more.
+        .total_core_instances(n.saturating_mul(8))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(4))
+        .total_stacks(n)
+        .max_memory_size(ceilings::MEMORY as usize)
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(1 << 16)
+        .async_stack_keep_resident(256 << 10);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// Turns a `wasmtime::Error` into an `anyhow::Error`, keeping its whole chain.
+pub(crate) fn anyhow_from(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+/// Bumps the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("redloom-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Compiled components on disk: `DIR/<engine key>/<sha256 of the wasm>.cwasm`.
+///
+/// The engine key hashes wasmtime's own compatibility hash (version, target,
+/// every setting that affects code generation), so an artifact is only ever
+/// loaded into an engine that could have produced it.
+struct CompileCache {
+    dir: PathBuf,
+}
+
+impl CompileCache {
+    fn new(engine: &Engine, root: PathBuf) -> CompileCache {
+        let mut h = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let key = format!("wasmtime-{}-{:016x}", env!("CARGO_PKG_VERSION"), h.finish());
+        CompileCache { dir: root.join(key) }
+    }
+
+    fn path_for(&self, bytes: &[u8]) -> PathBuf {
+        let digest = Sha256::digest(bytes);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join(format!("{hex}.cwasm"))
+    }
+
+    fn load_or_compile(&self, engine: &Engine, bytes: &[u8]) -> anyhow::Result<(Component, CacheOutcome)> {
+        let path = self.path_for(bytes);
+        if path.exists() {
+            // SAFETY: the file was written by `store` below from
+            // `Component::serialize` of an engine with the same compatibility
+            // hash (it is part of the folder name), and is only replaced by
+            // atomic renames.
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(c) => return Ok((c, CacheOutcome::Hit)),
+                Err(e) => tracing::warn!(path = %path.display(), "ignoring unreadable cached artifact: {e}"),
+            }
+        }
+        let component = Component::new(engine, bytes).map_err(anyhow_from)?;
+        if let Err(e) = store(&component, &path) {
+            tracing::warn!(path = %path.display(), "cannot cache compiled plugin: {e:#}");
+        }
+        Ok((component, CacheOutcome::Miss))
+    }
+}
+
+fn store(component: &Component, path: &Path) -> anyhow::Result<()> {
+    let dir = path.parent().context("cache path has no folder")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let bytes = component.serialize().map_err(anyhow_from)?;
+    // Unique per process and artifact, so concurrent loads never share a temp file.
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}

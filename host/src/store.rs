@@ -1,0 +1,172 @@
+//! What a wasmtime `Store` holds for one plugin instance: WASI state (with no
+//! filesystem, environment, arguments, sockets or stdin), resource limits,
+//! and [`Caps`], the state every capability implementation works with.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::config::Quotas;
+use crate::namespace::{Namespace, PluginName};
+use crate::redis::Redis;
+
+/// What every instance of one plugin shares.
+#[derive(Debug)]
+pub struct PluginContext {
+    pub name: PluginName,
+    pub namespace: Namespace,
+    pub settings: BTreeMap<String, String>,
+    pub quotas: Quotas,
+}
+
+/// Store data of one instance.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) caps: Caps,
+}
+
+/// The capability side of an instance: who the plugin is and how to reach Redis.
+pub struct Caps {
+    pub(crate) plugin: Arc<PluginContext>,
+    /// `None` only while `redloom check` probes a plugin without Redis.
+    pub(crate) redis: Option<Redis>,
+    /// Redis commands sent during the current invocation.
+    pub(crate) redis_ops: u64,
+}
+
+/// Guest output logged per stream and instance; the rest is dropped so a
+/// chatty plugin cannot flood the host's log.
+pub const MAX_LOGGED_OUTPUT: usize = 64 << 10;
+
+impl State {
+    pub fn new(plugin: Arc<PluginContext>, redis: Option<Redis>) -> State {
+        let name: Arc<str> = plugin.name.as_str().into();
+        let wasi = WasiCtxBuilder::new()
+            .stdout(GuestOutput::new(name.clone(), "stdout"))
+            .stderr(GuestOutput::new(name, "stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(plugin.quotas.memory as usize)
+            .instances(32)
+            .tables(64)
+            .table_elements(1 << 20)
+            .trap_on_grow_failure(true)
+            .build();
+        State {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            caps: Caps {
+                plugin,
+                redis,
+                redis_ops: 0,
+            },
+        }
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A guest's stdout or stderr: each line goes to the host log, tagged with
+/// the plugin's name.
+struct GuestOutput {
+    plugin: Arc<str>,
+    stream: &'static str,
+}
+
+impl GuestOutput {
+    fn new(plugin: Arc<str>, stream: &'static str) -> GuestOutput {
+        GuestOutput { plugin, stream }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(LineLogger {
+            plugin: self.plugin.clone(),
+            stream: self.stream,
+            line: Vec::new(),
+            logged: 0,
+        })
+    }
+}
+
+struct LineLogger {
+    plugin: Arc<str>,
+    stream: &'static str,
+    line: Vec<u8>,
+    logged: usize,
+}
+
+impl LineLogger {
+    fn emit(&mut self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        if self.stream == "stderr" {
+            tracing::warn!(target: "redloom::plugin", plugin = %self.plugin, stream = self.stream, "{text}");
+        } else {
+            tracing::info!(target: "redloom::plugin", plugin = %self.plugin, stream = self.stream, "{text}");
+        }
+        self.line.clear();
+    }
+}
+
+impl tokio::io::AsyncWrite for LineLogger {
+    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let room = MAX_LOGGED_OUTPUT.saturating_sub(this.logged);
+        let take = buf.len().min(room);
+        this.logged += take;
+        for &b in &buf[..take] {
+            this.line.push(b);
+            if b == b'\n' || this.line.len() >= 4096 {
+                this.emit();
+            }
+        }
+        // Report everything as written: the guest must not block or fail
+        // because its output is being dropped.
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.emit();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LineLogger {
+    fn drop(&mut self) {
+        self.emit();
+    }
+}
