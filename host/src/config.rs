@@ -381,7 +381,7 @@ wall-time = "2s"
             "/etc/redloom/redloom.toml:2: plugins.a.wasm: invalid type: integer `3`, expected path string"
         );
         let e = parse("[plugins.a]\nwsam = \"x.wasm\"\n").unwrap_err().0;
-        assert!(e.starts_with("/etc/redloom/redloom.toml:2: plugins.a: unknown field `wsam`"), "{e}");
+        assert!(e.starts_with("/etc/redloom/redloom.toml:2: plugins.a.wsam: unknown field `wsam`"), "{e}");
         let e = parse("[plugins.a]\nwasm = \"a.wasm\"\nquotas = { wall-time = \"soon\" }\n").unwrap_err().0;
         assert!(e.contains("plugins.a.quotas.wall-time") && e.contains("expected a duration"), "{e}");
         let e = parse("[plugins.\"Bad Name\"]\nwasm = \"a.wasm\"\n").unwrap_err().0;

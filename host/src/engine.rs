@@ -192,12 +192,15 @@ impl CompileCache {
 
     fn load_or_compile(&self, engine: &Engine, bytes: &[u8]) -> anyhow::Result<(Component, CacheOutcome)> {
         let path = self.path_for(bytes);
-        if path.exists() {
-            // SAFETY: the file was written by `store` below from
-            // `Component::serialize` of an engine with the same compatibility
-            // hash (it is part of the folder name), and is only replaced by
-            // atomic renames.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+        // Read the artifact into memory rather than mapping the file: a mapped
+        // file that someone truncates or rewrites would crash the host (SIGBUS).
+        if let Ok(artifact) = std::fs::read(&path) {
+            // SAFETY: `deserialize` requires bytes produced by `serialize` on a
+            // compatible engine. The folder name carries the engine's
+            // compatibility hash, files there are only written by `store`
+            // below (atomic rename), and wasmtime checks the artifact's header
+            // and rejects a mismatch or a truncated file with an error.
+            match unsafe { Component::deserialize(engine, &artifact) } {
                 Ok(c) => return Ok((c, CacheOutcome::Hit)),
                 Err(e) => tracing::warn!(path = %path.display(), "ignoring unreadable cached artifact: {e}"),
             }

@@ -1,0 +1,206 @@
+//! The `redloom` binary: invoke, check, serve, zero-config Redis, exit codes.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use redloom_tests::{RedisServer, plugin, redloom_bin, run_with_timeout, unique};
+use serde_json::Value;
+
+const CMD_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn redloom(dir: &Path) -> Command {
+    let mut c = Command::new(redloom_bin());
+    c.current_dir(dir)
+        .env_remove("REDIS_URL")
+        .env_remove("REDLOOM_CONFIG")
+        .env_remove("RUST_LOG");
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    run_with_timeout(cmd, CMD_TIMEOUT)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited normally")
+}
+
+/// `invoke` with a Redis URL prints the plugin's output and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_prints_output() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let page = unique("page");
+    let input = format!(r#"{{"page":"{page}","visitor":"bob"}}"#);
+    let out = run(redloom(dir.path())
+        .arg("invoke")
+        .arg(plugin("visit-counter"))
+        .args(["--redis-url", redis.url(), "--input", &input]));
+    assert_eq!(code(&out), 0, "stderr: {}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(v["visits"], 1, "{v}");
+    assert_eq!(v["page"], page.as_str());
+}
+
+/// Without a Redis URL, `invoke` starts a private redis-server with AOF in
+/// the data folder, stops it on exit, and the data survives to the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_config_redis_starts_persists_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = r#"{"page":"home","visitor":"carol"}"#;
+    let mut visits = Vec::new();
+    for _ in 0..2 {
+        let out = run(redloom(dir.path())
+            .args(["-v", "invoke"])
+            .arg(plugin("visit-counter"))
+            .args(["--input", input]));
+        let stderr = text(&out.stderr);
+        assert_eq!(code(&out), 0, "stderr: {stderr}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        visits.push(v["visits"].as_i64().unwrap());
+
+        // The log names the private server's URL; after exit nothing listens there.
+        let url = stderr
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("url=redis://"))
+            .unwrap_or_else(|| panic!("no private server in the log:\n{stderr}"));
+        let addr = url.trim_end_matches(|c: char| !c.is_ascii_digit());
+        assert!(
+            TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(500)).is_err(),
+            "the private redis-server at {addr} is still running"
+        );
+    }
+    assert_eq!(visits, [1, 2], "the count persisted across private-server restarts");
+    assert!(dir.path().join(".redloom/redis/appendonlydir").is_dir());
+    assert!(dir.path().join(".redloom/cache").is_dir());
+}
+
+/// With no redis-server installed and no URL, the error says how to fix it.
+#[test]
+fn zero_config_without_redis_server_explains() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(redloom(dir.path())
+        .env("REDLOOM_REDIS_SERVER", "/nonexistent/redis-server")
+        .arg("invoke")
+        .arg(plugin("trap"))
+        .args(["--input", "x"]));
+    assert_eq!(code(&out), 4, "stderr: {}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("apt-get install redis-server"), "{stderr}");
+    assert!(stderr.contains("--redis-url"), "{stderr}");
+}
+
+/// `check` reports a good plugin's exports and imports without Redis, and
+/// rejects bad files with exit code 3 and a reason.
+#[test]
+fn check_reports_and_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(redloom(dir.path()).arg("check").arg(plugin("kv-probe")));
+    let stdout = text(&out.stdout);
+    assert_eq!(code(&out), 0, "stderr: {}", text(&out.stderr));
+    assert!(stdout.contains("handlers:     invoke"), "{stdout}");
+    assert!(stdout.contains("redloom:plugin/invoke@0.1.0"), "{stdout}");
+    assert!(stdout.contains("capabilities: ") && stdout.contains("kv"), "{stdout}");
+
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let out = run(redloom(dir.path()).arg("check").arg(&core));
+    assert_eq!(code(&out), 3);
+    assert!(text(&out.stderr).starts_with("error: "), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not a component"), "{}", text(&out.stderr));
+
+    let out = run(redloom(dir.path()).arg("check").arg(plugin("no-handler")));
+    assert_eq!(code(&out), 3);
+    assert!(text(&out.stderr).contains("does not export redloom:plugin/invoke"));
+}
+
+/// A broken config file is one line naming file, line and key; exit code 2.
+#[test]
+fn bad_config_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("redloom.toml"),
+        "[plugins.counter]\nwasm = \"x.wasm\"\nreuse = 3\n",
+    )
+    .unwrap();
+    let out = run(redloom(dir.path()).args(["invoke", "counter"]));
+    assert_eq!(code(&out), 2);
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: redloom.toml:3: plugins.counter.reuse: unknown field `reuse`"),
+        "{stderr}"
+    );
+}
+
+/// A plugin error is exit code 1 with the typed error on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_failure_exit_code() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(redloom(dir.path())
+        .arg("invoke")
+        .arg(plugin("trap"))
+        .args(["--redis-url", redis.url(), "--input", "panic"]));
+    assert_eq!(code(&out), 1, "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("trapped"), "{}", text(&out.stderr));
+}
+
+/// `serve` loads the configured plugins and exits 0 on SIGTERM, stopping its
+/// private Redis.
+#[test]
+fn serve_runs_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("redloom.toml"),
+        format!(
+            "[plugins.visit-counter]\nwasm = {:?}\n",
+            plugin("visit-counter").display().to_string()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("serve.log");
+    let mut child = redloom(dir.path())
+        .arg("serve")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let serving = loop {
+        let l = std::fs::read_to_string(&log).unwrap_or_default();
+        if l.contains("serving") {
+            break l;
+        }
+        if start.elapsed() > CMD_TIMEOUT || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("serve did not come up:\n{l}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(serving.contains("visit-counter"), "{serving}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("serve did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}\n{}", std::fs::read_to_string(&log).unwrap());
+    assert!(dir.path().join(".redloom/redis/appendonlydir").is_dir());
+}
