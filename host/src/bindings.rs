@@ -12,8 +12,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::redloom::plugin::invoke as invoke_handler;
-pub use redloom::plugin::{config, kv, log, types};
+pub use self::exports::redloom::plugin::invoke as invoke_handler;
+pub use self::redloom::plugin::{config, kv, log, types};
 
 /// The export name of the `invoke` handler interface.
 pub const INVOKE_EXPORT: &str = "redloom:plugin/invoke@0.1.0";

@@ -35,7 +35,13 @@ pub mod exit {
 #[command(name = "redloom", version)]
 pub struct Cli {
     /// Configuration file [default: ./redloom.toml if it exists].
-    #[arg(long, short, global = true, env = "REDLOOM_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "REDLOOM_CONFIG",
+        value_name = "FILE"
+    )]
     config: Option<PathBuf>,
 
     /// Redis to use (redis://, rediss:// or unix://). Without one, redloom
@@ -128,7 +134,10 @@ impl From<crate::plugin::LoadError> for Failure {
 pub fn main() -> u8 {
     let cli = Cli::parse();
     init_logging(cli.verbose, matches!(cli.command, Command::Serve));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -167,7 +176,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let config = load_config(cli.config.as_deref())?;
     let mut options = HostOptions::from_config(&config);
     if let Some(url) = &cli.redis_url {
-        config::check_redis_url(url).map_err(|m| Failure::new(exit::USAGE, format!("--redis-url: {m}")))?;
+        config::check_redis_url(url)
+            .map_err(|m| Failure::new(exit::USAGE, format!("--redis-url: {m}")))?;
         options.redis_url = Some(url.clone());
     }
     if let Some(dir) = &cli.data_dir {
@@ -210,12 +220,17 @@ fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
 
 /// A plugin named in the configuration, or a `.wasm` path.
 fn plugin_spec(config: &Config, plugin: &str, settings: &[String]) -> Result<PluginSpec, Failure> {
-    let configured = PluginName::parse(plugin)
-        .ok()
-        .and_then(|name| config.plugins.get(&name).map(|c| PluginSpec::from_config(name, c)));
+    let configured = PluginName::parse(plugin).ok().and_then(|name| {
+        config
+            .plugins
+            .get(&name)
+            .map(|c| PluginSpec::from_config(name, c))
+    });
     let mut spec = match configured {
         Some(spec) => spec,
-        None if Path::new(plugin).exists() || plugin.ends_with(".wasm") => PluginSpec::from_path(Path::new(plugin)),
+        None if Path::new(plugin).exists() || plugin.ends_with(".wasm") => {
+            PluginSpec::from_path(Path::new(plugin))
+        }
         None => {
             let known: Vec<String> = config.plugins.keys().map(|k| k.to_string()).collect();
             let hint = if known.is_empty() {
@@ -231,9 +246,9 @@ fn plugin_spec(config: &Config, plugin: &str, settings: &[String]) -> Result<Plu
         }
     };
     for s in settings {
-        let (k, v) = s
-            .split_once('=')
-            .ok_or_else(|| Failure::new(exit::USAGE, format!("--setting `{s}`: expected KEY=VALUE")))?;
+        let (k, v) = s.split_once('=').ok_or_else(|| {
+            Failure::new(exit::USAGE, format!("--setting `{s}`: expected KEY=VALUE"))
+        })?;
         spec.settings.insert(k.to_string(), v.to_string());
     }
     Ok(spec)
@@ -249,8 +264,9 @@ fn read_input(input: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>, F
                 .map_err(|e| Failure::new(exit::OTHER, format!("reading standard input: {e}")))?;
             Ok(buf)
         }
-        (None, Some(path)) => std::fs::read(&path)
-            .map_err(|e| Failure::new(exit::USAGE, format!("--input-file {}: {e}", path.display()))),
+        (None, Some(path)) => std::fs::read(&path).map_err(|e| {
+            Failure::new(exit::USAGE, format!("--input-file {}: {e}", path.display()))
+        }),
         (None, None) => Ok(Vec::new()),
     }
 }
@@ -290,9 +306,13 @@ async fn check(wasm: &Path, options: &HostOptions) -> Result<(), Failure> {
     if options.compile_cache {
         runtime_options.cache_dir = Some(options.data_dir.join("cache"));
     }
-    let runtime = Runtime::new(runtime_options).map_err(|e| Failure::new(exit::OTHER, format!("{e:#}")))?;
+    let runtime =
+        Runtime::new(runtime_options).map_err(|e| Failure::new(exit::OTHER, format!("{e:#}")))?;
     let plugin = Plugin::load(&runtime, PluginSpec::from_path(wasm))?;
-    plugin.probe(None).await.map_err(|e| Failure::new(exit::LOAD, e))?;
+    plugin
+        .probe(None)
+        .await
+        .map_err(|e| Failure::new(exit::LOAD, e))?;
     let r = plugin.report();
     let handlers: Vec<&str> = plugin.handlers().invoke.iter().map(|_| "invoke").collect();
     let capabilities: Vec<&str> = r
@@ -300,6 +320,8 @@ async fn check(wasm: &Path, options: &HostOptions) -> Result<(), Failure> {
         .iter()
         .filter_map(|i| i.strip_prefix("redloom:plugin/"))
         .map(|i| i.split('@').next().unwrap_or(i))
+        // `types` only carries shared type definitions.
+        .filter(|i| *i != "types")
         .collect();
     println!("{}: ok", wasm.display());
     println!("  size:         {}", bytesize::ByteSize(r.size as u64));
@@ -320,7 +342,11 @@ fn list_or_none<S: AsRef<str>>(items: &[S]) -> String {
     if items.is_empty() {
         "none".into()
     } else {
-        items.iter().map(|s| s.as_ref()).collect::<Vec<_>>().join(", ")
+        items
+            .iter()
+            .map(|s| s.as_ref())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -348,10 +374,11 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await,
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -133,7 +133,8 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let raw: RawConfig = {
-            let de = toml::Deserializer::parse(text).map_err(|e| toml_error(&file, text, None, &e))?;
+            let de =
+                toml::Deserializer::parse(text).map_err(|e| toml_error(&file, text, None, &e))?;
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let key = e.path().to_string();
                 toml_error(&file, text, Some(&key), e.inner())
@@ -188,12 +189,15 @@ impl Config {
 
 /// Checks that `url` is one redis-rs accepts, with a message naming the scheme problem.
 pub fn check_redis_url(url: &str) -> Result<(), String> {
-    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://"))
+    {
         return Err(format!(
             "expected a redis://, rediss:// or unix:// URL, found `{url}`"
         ));
     }
-    redis::Client::open(url).map(drop).map_err(|e| format!("invalid Redis URL: {e}"))
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| format!("invalid Redis URL: {e}"))
 }
 
 fn toml_error(file: &str, text: &str, key: Option<&str>, e: &toml::de::Error) -> ConfigError {
@@ -261,22 +265,39 @@ impl RawQuotas {
             max_output: self.max_output.unwrap_or(d.max_output),
         };
         let key = |k: &str| format!("{plugin_key}.quotas.{k}");
-        let over = |k: &str, v: String, max: String| Err((key(k), format!("{v} is above the host ceiling of {max}")));
+        let over = |k: &str, v: String, max: String| {
+            Err((key(k), format!("{v} is above the host ceiling of {max}")))
+        };
         if q.memory < (1 << 16) {
-            return Err((key("memory"), "must be at least 64KiB (one wasm page)".into()));
+            return Err((
+                key("memory"),
+                "must be at least 64KiB (one wasm page)".into(),
+            ));
         }
         if q.memory > ceilings::MEMORY {
-            return over("memory", bytesize::ByteSize(q.memory).to_string(), bytesize::ByteSize(ceilings::MEMORY).to_string());
+            return over(
+                "memory",
+                bytesize::ByteSize(q.memory).to_string(),
+                bytesize::ByteSize(ceilings::MEMORY).to_string(),
+            );
         }
         if q.wall_time.is_zero() {
             return Err((key("wall-time"), "must be greater than zero".into()));
         }
         if q.wall_time > ceilings::WALL_TIME {
-            return over("wall-time", humantime::format_duration(q.wall_time).to_string(), humantime::format_duration(ceilings::WALL_TIME).to_string());
+            return over(
+                "wall-time",
+                humantime::format_duration(q.wall_time).to_string(),
+                humantime::format_duration(ceilings::WALL_TIME).to_string(),
+            );
         }
         for (k, v) in [("max-input", q.max_input), ("max-output", q.max_output)] {
             if v > ceilings::PAYLOAD {
-                return over(k, bytesize::ByteSize(v).to_string(), bytesize::ByteSize(ceilings::PAYLOAD).to_string());
+                return over(
+                    k,
+                    bytesize::ByteSize(v).to_string(),
+                    bytesize::ByteSize(ceilings::PAYLOAD).to_string(),
+                );
             }
         }
         Ok(q)
@@ -293,8 +314,9 @@ pub(crate) mod duration {
     }
 
     pub fn parse(s: &str) -> Result<Duration, String> {
-        humantime::parse_duration(s.trim())
-            .map_err(|e| format!("expected a duration such as \"500ms\" or \"10s\", found {s:?} ({e})"))
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            format!("expected a duration such as \"500ms\" or \"10s\", found {s:?} ({e})")
+        })
     }
 
     pub mod option {
@@ -327,7 +349,9 @@ pub(crate) mod bytes {
         s.trim()
             .parse::<bytesize::ByteSize>()
             .map(|b| b.as_u64())
-            .map_err(|_| format!("expected a size such as 65536, \"64KiB\" or \"16MiB\", found {s:?}"))
+            .map_err(|_| {
+                format!("expected a size such as 65536, \"64KiB\" or \"16MiB\", found {s:?}")
+            })
     }
 }
 
@@ -381,15 +405,33 @@ wall-time = "2s"
             "/etc/redloom/redloom.toml:2: plugins.a.wasm: invalid type: integer `3`, expected path string"
         );
         let e = parse("[plugins.a]\nwsam = \"x.wasm\"\n").unwrap_err().0;
-        assert!(e.starts_with("/etc/redloom/redloom.toml:2: plugins.a.wsam: unknown field `wsam`"), "{e}");
-        let e = parse("[plugins.a]\nwasm = \"a.wasm\"\nquotas = { wall-time = \"soon\" }\n").unwrap_err().0;
-        assert!(e.contains("plugins.a.quotas.wall-time") && e.contains("expected a duration"), "{e}");
-        let e = parse("[plugins.\"Bad Name\"]\nwasm = \"a.wasm\"\n").unwrap_err().0;
-        assert!(e.contains("plugins.Bad Name") && e.contains("lowercase"), "{e}");
+        assert!(
+            e.starts_with("/etc/redloom/redloom.toml:2: plugins.a.wsam: unknown field `wsam`"),
+            "{e}"
+        );
+        let e = parse("[plugins.a]\nwasm = \"a.wasm\"\nquotas = { wall-time = \"soon\" }\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("plugins.a.quotas.wall-time") && e.contains("expected a duration"),
+            "{e}"
+        );
+        let e = parse("[plugins.\"Bad Name\"]\nwasm = \"a.wasm\"\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("plugins.Bad Name") && e.contains("lowercase"),
+            "{e}"
+        );
         let e = parse("[redis]\nurl = \"http://x\"\n").unwrap_err().0;
         assert!(e.contains("redis.url") && e.contains("redis://"), "{e}");
-        let e = parse("[plugins.a]\nwasm = \"a.wasm\"\nquotas = { memory = \"2GiB\" }\n").unwrap_err().0;
-        assert!(e.contains("plugins.a.quotas.memory") && e.contains("ceiling"), "{e}");
+        let e = parse("[plugins.a]\nwasm = \"a.wasm\"\nquotas = { memory = \"2GiB\" }\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("plugins.a.quotas.memory") && e.contains("ceiling"),
+            "{e}"
+        );
         let e = parse("[plugins.a\n").unwrap_err().0;
         assert!(e.starts_with("/etc/redloom/redloom.toml:1: "), "{e}");
         assert!(!e.contains('\n'), "{e}");

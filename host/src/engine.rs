@@ -181,7 +181,9 @@ impl CompileCache {
         let mut h = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let key = format!("wasmtime-{}-{:016x}", env!("CARGO_PKG_VERSION"), h.finish());
-        CompileCache { dir: root.join(key) }
+        CompileCache {
+            dir: root.join(key),
+        }
     }
 
     fn path_for(&self, bytes: &[u8]) -> PathBuf {
@@ -190,7 +192,11 @@ impl CompileCache {
         self.dir.join(format!("{hex}.cwasm"))
     }
 
-    fn load_or_compile(&self, engine: &Engine, bytes: &[u8]) -> anyhow::Result<(Component, CacheOutcome)> {
+    fn load_or_compile(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, CacheOutcome)> {
         let path = self.path_for(bytes);
         // Read the artifact into memory rather than mapping the file: a mapped
         // file that someone truncates or rewrites would crash the host (SIGBUS).
@@ -202,7 +208,9 @@ impl CompileCache {
             // and rejects a mismatch or a truncated file with an error.
             match unsafe { Component::deserialize(engine, &artifact) } {
                 Ok(c) => return Ok((c, CacheOutcome::Hit)),
-                Err(e) => tracing::warn!(path = %path.display(), "ignoring unreadable cached artifact: {e}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring unreadable cached artifact: {e}")
+                }
             }
         }
         let component = Component::new(engine, bytes).map_err(anyhow_from)?;

@@ -69,7 +69,8 @@ impl Host {
         let (url, private_redis) = match &options.redis_url {
             Some(url) => (url.clone(), None),
             None => {
-                let server = PrivateRedis::start(ServerOptions::new(options.data_dir.join("redis"))).await?;
+                let server =
+                    PrivateRedis::start(ServerOptions::new(options.data_dir.join("redis"))).await?;
                 tracing::info!(url = %server.url(), dir = %server.dir().display(), "started a private redis-server");
                 (server.url(), Some(server))
             }
@@ -139,15 +140,28 @@ impl Host {
     }
 
     pub fn plugin(&self, name: &PluginName) -> Option<Arc<Plugin>> {
-        self.plugins.read().expect("plugin table poisoned").get(name).cloned()
+        self.plugins
+            .read()
+            .expect("plugin table poisoned")
+            .get(name)
+            .cloned()
     }
 
     pub fn plugin_names(&self) -> Vec<PluginName> {
-        self.plugins.read().expect("plugin table poisoned").keys().cloned().collect()
+        self.plugins
+            .read()
+            .expect("plugin table poisoned")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Invokes a loaded plugin's `invoke` handler.
-    pub async fn invoke(&self, plugin: &PluginName, input: &[u8]) -> Result<Vec<u8>, HostInvokeError> {
+    pub async fn invoke(
+        &self,
+        plugin: &PluginName,
+        input: &[u8],
+    ) -> Result<Vec<u8>, HostInvokeError> {
         let p = self
             .plugin(plugin)
             .ok_or_else(|| HostInvokeError::UnknownPlugin(plugin.clone()))?;

@@ -129,7 +129,10 @@ mod tests {
         for bad in ["", "A", "a:b", "a{b}", "-a", "a b", &"a".repeat(65)] {
             assert!(PluginName::parse(bad).is_err(), "{bad:?} accepted");
         }
-        assert_eq!(PluginName::from_file_stem("Visit_Counter.v2").as_str(), "visit_counter-v2");
+        assert_eq!(
+            PluginName::from_file_stem("Visit_Counter.v2").as_str(),
+            "visit_counter-v2"
+        );
         assert_eq!(PluginName::from_file_stem("_x").as_str(), "p_x");
         assert!(PluginName::parse(PluginName::from_file_stem(&"é".repeat(80)).as_str()).is_ok());
     }
@@ -139,7 +142,17 @@ mod tests {
     fn namespaces_are_disjoint() {
         let a = Namespace::new(&PluginName::parse("a").unwrap());
         let ab = Namespace::new(&PluginName::parse("a-b").unwrap());
-        let hostile = ["", ":", "}", "{", "{a}", "b:kv:x", "../x", "\0", "rl:a-b:kv:x"];
+        let hostile = [
+            "",
+            ":",
+            "}",
+            "{",
+            "{a}",
+            "b:kv:x",
+            "../x",
+            "\0",
+            "rl:a-b:kv:x",
+        ];
         for k in hostile {
             let ka = a.kv(k).unwrap();
             assert!(ka.starts_with("rl:a:kv:"));
@@ -148,7 +161,15 @@ mod tests {
                 assert!(!ka.starts_with(ab.prefix()));
             }
         }
-        assert_eq!(a.kv(&"x".repeat(MAX_KEY_BYTES)).unwrap().len(), MAX_KEY_BYTES + 8);
-        assert_eq!(a.kv(&"x".repeat(MAX_KEY_BYTES + 1)), Err(KeyTooLong { len: MAX_KEY_BYTES + 1 }));
+        assert_eq!(
+            a.kv(&"x".repeat(MAX_KEY_BYTES)).unwrap().len(),
+            MAX_KEY_BYTES + 8
+        );
+        assert_eq!(
+            a.kv(&"x".repeat(MAX_KEY_BYTES + 1)),
+            Err(KeyTooLong {
+                len: MAX_KEY_BYTES + 1
+            })
+        );
     }
 }

@@ -50,7 +50,10 @@ impl PluginSpec {
 
     /// A plugin given by path only: named after its file, default quotas.
     pub fn from_path(path: &Path) -> PluginSpec {
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin");
         PluginSpec {
             name: PluginName::from_file_stem(stem),
             wasm: path.to_path_buf(),
@@ -96,7 +99,10 @@ pub enum LoadError {
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
     #[error("plugin {plugin} returned an error: {}", describe(.error))]
-    Guest { plugin: PluginName, error: GuestError },
+    Guest {
+        plugin: PluginName,
+        error: GuestError,
+    },
     #[error("plugin {plugin} trapped: {message}")]
     Trap { plugin: PluginName, message: String },
     #[error("plugin {plugin} exceeded its {} quota: {detail}", quota_name(*.quota))]
@@ -272,12 +278,20 @@ impl Plugin {
         if input.len() as u64 > quotas.max_input {
             return Err(self.quota(
                 Quota::Payload,
-                format!("input is {} bytes; max-input is {}", input.len(), quotas.max_input),
+                format!(
+                    "input is {} bytes; max-input is {}",
+                    input.len(),
+                    quotas.max_input
+                ),
             ));
         }
-        let indices = self.handlers.invoke.as_ref().ok_or_else(|| InvokeError::NoHandler {
-            plugin: self.name().clone(),
-        })?;
+        let indices = self
+            .handlers
+            .invoke
+            .as_ref()
+            .ok_or_else(|| InvokeError::NoHandler {
+                plugin: self.name().clone(),
+            })?;
         let warm = if self.reuse > 1 {
             self.warm.lock().expect("warm pool poisoned").pop()
         } else {
@@ -314,7 +328,10 @@ impl Plugin {
             Err(_) => {
                 return Err(self.quota(
                     Quota::WallTime,
-                    format!("did not finish within {}", humantime::format_duration(deadline)),
+                    format!(
+                        "did not finish within {}",
+                        humantime::format_duration(deadline)
+                    ),
                 ));
             }
             Ok(r) => r?,
@@ -332,7 +349,11 @@ impl Plugin {
         if output.len() as u64 > quotas.max_output {
             return Err(self.quota(
                 Quota::Payload,
-                format!("output is {} bytes; max-output is {}", output.len(), quotas.max_output),
+                format!(
+                    "output is {} bytes; max-output is {}",
+                    output.len(),
+                    quotas.max_output
+                ),
             ));
         }
         warm.uses += 1;
@@ -349,7 +370,10 @@ impl Plugin {
         // plugin shares the worker thread instead of holding it.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|_| {
-            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
         });
         store
     }
@@ -377,7 +401,10 @@ impl Plugin {
         if full.contains("forcing trap when growing memory") {
             return self.quota(
                 Quota::Memory,
-                format!("linear memory is capped at {} bytes", self.context.quotas.memory),
+                format!(
+                    "linear memory is capped at {} bytes",
+                    self.context.quotas.memory
+                ),
             );
         }
         let message = match e.downcast_ref::<Trap>() {

@@ -139,7 +139,11 @@ impl LineLogger {
 }
 
 impl tokio::io::AsyncWrite for LineLogger {
-    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         let room = MAX_LOGGED_OUTPUT.saturating_sub(this.logged);
         let take = buf.len().min(room);

@@ -58,40 +58,42 @@ impl RedisServer {
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The Cargo target folder this test binary was built into.
 pub fn target_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
         let dir = PathBuf::from(dir);
-        return if dir.is_absolute() { dir } else { workspace_root().join(dir) };
+        return if dir.is_absolute() {
+            dir
+        } else {
+            workspace_root().join(dir)
+        };
     }
     // target/debug/deps/<test binary>
     let exe = std::env::current_exe().unwrap();
     exe.ancestors().nth(3).unwrap().to_path_buf()
 }
 
-/// The plugin and test-guest crates, built for wasm32-wasip2.
-const WASM_CRATES: &[&str] = &["visit-counter", "kv-probe", "trap", "no-handler"];
-
-/// Path of the built component for crate `name` (e.g. `"kv-probe"`),
-/// building every plugin once per test process (cargo makes concurrent
-/// processes wait for each other, and a second build is a no-op).
+/// Path of the built component for crate `name` (e.g. `"kv-probe"`).
+///
+/// The first call in a test process runs `scripts/build-plugins`, which builds
+/// every crate under `plugins/` and `tests/guests/` (cargo makes concurrent
+/// test processes wait for each other, and a second build is a no-op).
 pub fn plugin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let mut cmd = Command::new(env!("CARGO"));
+        let mut cmd = Command::new(workspace_root().join("scripts/build-plugins"));
         cmd.current_dir(workspace_root())
-            .args(["build", "--quiet", "--profile", "wasm", "--target", "wasm32-wasip2"]);
-        for c in WASM_CRATES {
-            cmd.args(["-p", c]);
-        }
+            .env("CARGO", env!("CARGO"));
         let out = run_with_timeout(&mut cmd, Duration::from_secs(900));
         assert!(
             out.status.success(),
-            "building the test plugins failed (is the wasm32-wasip2 target installed? \
-             `rustup target add wasm32-wasip2`):\n{}",
+            "scripts/build-plugins failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
     });
@@ -112,7 +114,11 @@ pub fn redloom_bin() -> PathBuf {
                 .args(["build", "--quiet", "-p", "redloom", "--bin", "redloom"]),
             Duration::from_secs(900),
         );
-        assert!(out.status.success(), "building redloom failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "building redloom failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     });
     target_dir().join("debug/redloom")
 }

@@ -76,7 +76,11 @@ async fn zero_config_redis_starts_persists_and_stops() {
             "the private redis-server at {addr} is still running"
         );
     }
-    assert_eq!(visits, [1, 2], "the count persisted across private-server restarts");
+    assert_eq!(
+        visits,
+        [1, 2],
+        "the count persisted across private-server restarts"
+    );
     assert!(dir.path().join(".redloom/redis/appendonlydir").is_dir());
     assert!(dir.path().join(".redloom/cache").is_dir());
 }
@@ -106,14 +110,25 @@ fn check_reports_and_rejects() {
     assert_eq!(code(&out), 0, "stderr: {}", text(&out.stderr));
     assert!(stdout.contains("handlers:     invoke"), "{stdout}");
     assert!(stdout.contains("redloom:plugin/invoke@0.1.0"), "{stdout}");
-    assert!(stdout.contains("capabilities: ") && stdout.contains("kv"), "{stdout}");
+    assert!(
+        stdout.contains("capabilities: ") && stdout.contains("kv"),
+        "{stdout}"
+    );
 
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let out = run(redloom(dir.path()).arg("check").arg(&core));
     assert_eq!(code(&out), 3);
-    assert!(text(&out.stderr).starts_with("error: "), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("not a component"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("error: "),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("not a component"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = run(redloom(dir.path()).arg("check").arg(plugin("no-handler")));
     assert_eq!(code(&out), 3);
@@ -144,12 +159,18 @@ fn bad_config_is_one_clear_line() {
 async fn plugin_failure_exit_code() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let out = run(redloom(dir.path())
-        .arg("invoke")
-        .arg(plugin("trap"))
-        .args(["--redis-url", redis.url(), "--input", "panic"]));
+    let out = run(redloom(dir.path()).arg("invoke").arg(plugin("trap")).args([
+        "--redis-url",
+        redis.url(),
+        "--input",
+        "panic",
+    ]));
     assert_eq!(code(&out), 1, "stderr: {}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("trapped"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("trapped"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// `serve` loads the configured plugins and exits 0 on SIGTERM, stopping its
@@ -201,6 +222,10 @@ fn serve_runs_until_sigterm() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(exit.success(), "{exit:?}\n{}", std::fs::read_to_string(&log).unwrap());
+    assert!(
+        exit.success(),
+        "{exit:?}\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
     assert!(dir.path().join(".redloom/redis/appendonlydir").is_dir());
 }

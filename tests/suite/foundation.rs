@@ -34,22 +34,30 @@ fn spec(name: &str, crate_name: &str) -> PluginSpec {
 /// Runs a kv-probe program and returns its per-operation results.
 async fn probe(host: &Host, name: &str, ops: Value) -> Vec<Value> {
     let out = host
-        .invoke(&PluginName::parse(name).unwrap(), ops.to_string().as_bytes())
+        .invoke(
+            &PluginName::parse(name).unwrap(),
+            ops.to_string().as_bytes(),
+        )
         .await
         .unwrap_or_else(|e| panic!("kv-probe {name} failed: {e}"));
     serde_json::from_slice(&out).expect("kv-probe output is JSON")
 }
 
 fn ok(v: &Value) -> &Value {
-    v.get("ok").unwrap_or_else(|| panic!("expected ok, got {v}"))
+    v.get("ok")
+        .unwrap_or_else(|| panic!("expected ok, got {v}"))
 }
 
 fn err_kind(v: &Value) -> &str {
-    v["err"]["kind"].as_str().unwrap_or_else(|| panic!("expected err, got {v}"))
+    v["err"]["kind"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected err, got {v}"))
 }
 
 async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_TIMEOUT, f).await.expect("test timed out");
+    tokio::time::timeout(TEST_TIMEOUT, f)
+        .await
+        .expect("test timed out");
 }
 
 /// The example plugin's round trip through `invoke`, with its effect in Redis.
@@ -59,11 +67,18 @@ async fn visit_counter_round_trip() {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
         let host = host(&redis, data.path()).await;
-        let p = host.load(spec("visit-counter", "visit-counter")).await.unwrap();
+        let p = host
+            .load(spec("visit-counter", "visit-counter"))
+            .await
+            .unwrap();
         let page = unique("page");
         let input = json!({ "page": page, "visitor": "alice" }).to_string();
-        let first: Value = serde_json::from_slice(&host.invoke(p.name(), input.as_bytes()).await.unwrap()).unwrap();
-        let second: Value = serde_json::from_slice(&host.invoke(p.name(), input.as_bytes()).await.unwrap()).unwrap();
+        let first: Value =
+            serde_json::from_slice(&host.invoke(p.name(), input.as_bytes()).await.unwrap())
+                .unwrap();
+        let second: Value =
+            serde_json::from_slice(&host.invoke(p.name(), input.as_bytes()).await.unwrap())
+                .unwrap();
         assert_eq!(first["visits"], 1, "{first}");
         assert_eq!(second["visits"], 2, "{second}");
         assert_eq!(first["returning"], false, "{first}");
@@ -74,7 +89,10 @@ async fn visit_counter_round_trip() {
         let keys: Vec<String> = conn.keys("rl:visit-counter:kv:*").await.unwrap();
         assert!(!keys.is_empty());
         let all: Vec<String> = conn.keys("*").await.unwrap();
-        assert!(all.iter().all(|k| k.starts_with("rl:visit-counter:kv:")), "{all:?}");
+        assert!(
+            all.iter().all(|k| k.starts_with("rl:visit-counter:kv:")),
+            "{all:?}"
+        );
         let ttls: Vec<i64> = {
             let mut v = Vec::new();
             for k in &keys {
@@ -82,7 +100,10 @@ async fn visit_counter_round_trip() {
             }
             v
         };
-        assert!(ttls.iter().any(|t| *t > 0), "the session key has a TTL: {keys:?} {ttls:?}");
+        assert!(
+            ttls.iter().any(|t| *t > 0),
+            "the session key has a TTL: {keys:?} {ttls:?}"
+        );
     })
     .await;
 }
@@ -127,14 +148,27 @@ async fn kv_operations() {
         )
         .await;
         assert_eq!(ok(&r[0]), &json!(true));
-        assert_eq!(ok(&r[1]), &json!(false), "NX on an existing key does not write");
+        assert_eq!(
+            ok(&r[1]),
+            &json!(false),
+            "NX on an existing key does not write"
+        );
         assert_eq!(ok(&r[2]), &json!("v1"));
         assert_eq!(ok(&r[3]), &json!(true));
-        assert_eq!(ok(&r[4]), &json!(false), "XX on a missing key does not write");
+        assert_eq!(
+            ok(&r[4]),
+            &json!(false),
+            "XX on a missing key does not write"
+        );
         assert_eq!(ok(&r[5]), &json!(false));
         assert_eq!(ok(&r[6]), &json!(5));
         assert_eq!(ok(&r[7]), &json!(3));
-        assert_eq!(err_kind(&r[8]), "invalid-argument", "incr of a non-integer: {}", r[8]);
+        assert_eq!(
+            err_kind(&r[8]),
+            "invalid-argument",
+            "incr of a non-integer: {}",
+            r[8]
+        );
         assert_eq!(ok(&r[9]), &json!(["v3", null, "3"]));
         assert_eq!(ok(&r[10]), &json!(false));
         assert_eq!(ok(&r[11]), &json!(true));
@@ -168,7 +202,19 @@ async fn plugins_are_namespaced() {
         host.load(spec("alpha-b", "kv-probe")).await.unwrap();
         let long = "k".repeat(1024);
         let hostile = [
-            "", ":", "::", "{", "}", "{alpha}", "}{", "rl:alpha-b:kv:x", "b:kv:x", "*", "\\", "\n", &long,
+            "",
+            ":",
+            "::",
+            "{",
+            "}",
+            "{alpha}",
+            "}{",
+            "rl:alpha-b:kv:x",
+            "b:kv:x",
+            "*",
+            "\\",
+            "\n",
+            &long,
         ];
         let sets: Vec<Value> = hostile
             .iter()
@@ -177,11 +223,17 @@ async fn plugins_are_namespaced() {
         for r in probe(&host, "alpha", Value::Array(sets)).await {
             assert_eq!(ok(&r), &json!(true));
         }
-        let gets: Vec<Value> = hostile.iter().map(|k| json!({"op": "get", "key": k})).collect();
+        let gets: Vec<Value> = hostile
+            .iter()
+            .map(|k| json!({"op": "get", "key": k}))
+            .collect();
         for r in probe(&host, "alpha-b", Value::Array(gets.clone())).await {
             assert_eq!(ok(&r), &Value::Null, "alpha-b sees alpha's data");
         }
-        for (k, r) in hostile.iter().zip(probe(&host, "alpha", Value::Array(gets)).await) {
+        for (k, r) in hostile
+            .iter()
+            .zip(probe(&host, "alpha", Value::Array(gets)).await)
+        {
             assert_eq!(ok(&r), &json!(format!("alpha:{k}")));
         }
         // Only alpha's namespace holds keys, and one key per hostile name.
@@ -191,7 +243,12 @@ async fn plugins_are_namespaced() {
         assert!(all.iter().all(|k| k.starts_with("rl:alpha:kv:")), "{all:?}");
 
         // A key over the limit is refused before it reaches Redis.
-        let r = probe(&host, "alpha", json!([{"op": "set", "key": "k".repeat(1025), "value": "x"}])).await;
+        let r = probe(
+            &host,
+            "alpha",
+            json!([{"op": "set", "key": "k".repeat(1025), "value": "x"}]),
+        )
+        .await;
         assert_eq!(err_kind(&r[0]), "invalid-argument");
         let n: usize = conn.keys::<_, Vec<String>>("*").await.unwrap().len();
         assert_eq!(n, hostile.len());
@@ -211,7 +268,11 @@ async fn bad_plugins_are_rejected_clearly() {
 
         let garbage = dir.path().join("garbage.wasm");
         std::fs::write(&garbage, b"this is not wasm").unwrap();
-        let e = host.load(PluginSpec::from_path(&garbage)).await.err().unwrap();
+        let e = host
+            .load(PluginSpec::from_path(&garbage))
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(e, LoadError::NotWasm { .. }), "{e}");
         assert!(e.to_string().contains("not a WebAssembly file"), "{e}");
 
@@ -220,22 +281,42 @@ async fn bad_plugins_are_rejected_clearly() {
         std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
         let e = host.load(PluginSpec::from_path(&core)).await.err().unwrap();
         assert!(matches!(e, LoadError::CoreModule { .. }), "{e}");
-        assert!(e.to_string().contains("core WebAssembly module, not a component"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("core WebAssembly module, not a component"),
+            "{e}"
+        );
         assert!(e.to_string().contains("wasm32-wasip2"), "{e}");
 
         // A truncated component.
         let bytes = std::fs::read(plugin("kv-probe")).unwrap();
         let truncated = dir.path().join("truncated.wasm");
         std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-        let e = host.load(PluginSpec::from_path(&truncated)).await.err().unwrap();
+        let e = host
+            .load(PluginSpec::from_path(&truncated))
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(e, LoadError::Invalid { .. }), "{e}");
 
-        let e = host.load(spec("nothing", "no-handler")).await.err().unwrap();
+        let e = host
+            .load(spec("nothing", "no-handler"))
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(e, LoadError::NoHandler { .. }), "{e}");
-        assert!(e.to_string().contains("does not export redloom:plugin/invoke@0.1.0"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("does not export redloom:plugin/invoke@0.1.0"),
+            "{e}"
+        );
 
         let missing = dir.path().join("missing.wasm");
-        let e = host.load(PluginSpec::from_path(&missing)).await.err().unwrap();
+        let e = host
+            .load(PluginSpec::from_path(&missing))
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(e, LoadError::Read { .. }), "{e}");
 
         assert!(host.plugin_names().is_empty(), "nothing was loaded");
@@ -255,7 +336,10 @@ async fn traps_are_contained() {
         host.load(spec("probe", "kv-probe")).await.unwrap();
 
         for input in ["panic", "unreachable"] {
-            let e = host.invoke(trap.name(), input.as_bytes()).await.unwrap_err();
+            let e = host
+                .invoke(trap.name(), input.as_bytes())
+                .await
+                .unwrap_err();
             assert!(
                 matches!(e, HostInvokeError::Invoke(InvokeError::Trap { .. })),
                 "{input}: {e}"
@@ -265,12 +349,18 @@ async fn traps_are_contained() {
         }
         let e = host.invoke(trap.name(), b"error").await.unwrap_err();
         match e {
-            HostInvokeError::Invoke(InvokeError::Guest { error: GuestError::Other(m), .. }) => {
+            HostInvokeError::Invoke(InvokeError::Guest {
+                error: GuestError::Other(m),
+                ..
+            }) => {
                 assert_eq!(m, "deliberate error")
             }
             other => panic!("expected the guest's typed error, got {other}"),
         }
-        assert_eq!(host.invoke(trap.name(), b"still here").await.unwrap(), b"still here");
+        assert_eq!(
+            host.invoke(trap.name(), b"still here").await.unwrap(),
+            b"still here"
+        );
     })
     .await;
 }
@@ -346,9 +436,17 @@ async fn instance_reuse_is_bounded_and_reset_by_errors() {
             }
             v
         };
-        assert_eq!(seen, ["1", "2", "3", "1"], "an instance serves at most 3 invocations");
+        assert_eq!(
+            seen,
+            ["1", "2", "3", "1"],
+            "an instance serves at most 3 invocations"
+        );
         assert!(host.invoke(reused.name(), b"error").await.is_err());
-        assert_eq!(count(reused.name().clone()).await, "1", "an error discards the instance");
+        assert_eq!(
+            count(reused.name().clone()).await,
+            "1",
+            "an error discards the instance"
+        );
     })
     .await;
 }
@@ -362,15 +460,28 @@ async fn redis_outage_is_a_typed_error() {
         let data = tempfile::tempdir().unwrap();
         let host = host(&redis, data.path()).await;
         host.load(spec("probe", "kv-probe")).await.unwrap();
-        let r = probe(&host, "probe", json!([{"op": "set", "key": "k", "value": "v"}])).await;
+        let r = probe(
+            &host,
+            "probe",
+            json!([{"op": "set", "key": "k", "value": "v"}]),
+        )
+        .await;
         assert_eq!(ok(&r[0]), &json!(true));
 
         redis.kill();
         let started = std::time::Instant::now();
         let r = probe(&host, "probe", json!([{"op": "get", "key": "k"}])).await;
         let kind = err_kind(&r[0]);
-        assert!(kind == "backend-unavailable" || kind == "timeout", "{}", r[0]);
-        assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+        assert!(
+            kind == "backend-unavailable" || kind == "timeout",
+            "{}",
+            r[0]
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "took {:?}",
+            started.elapsed()
+        );
         // Non-Redis work still runs.
         let trap = host.load(spec("trap", "trap")).await.unwrap();
         assert_eq!(host.invoke(trap.name(), b"echo").await.unwrap(), b"echo");
@@ -393,7 +504,10 @@ async fn payload_quotas() {
         assert!(e.to_string().contains("payload quota"), "{e}");
         let e = host.invoke(p.name(), &[b'x'; 9]).await.unwrap_err();
         assert!(e.to_string().contains("max-output"), "{e}");
-        assert_eq!(host.invoke(p.name(), b"12345678").await.unwrap(), b"12345678");
+        assert_eq!(
+            host.invoke(p.name(), b"12345678").await.unwrap(),
+            b"12345678"
+        );
     })
     .await;
 }
@@ -415,7 +529,11 @@ async fn runaway_guests_hit_their_quotas() {
         let started = std::time::Instant::now();
         let e = host.invoke(p.name(), b"spin").await.unwrap_err();
         assert!(e.to_string().contains("wall-time quota"), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
 
         let e = host.invoke(p.name(), b"alloc").await.unwrap_err();
         assert!(e.to_string().contains("memory quota"), "{e}");

@@ -31,7 +31,12 @@ impl Caps {
         result.map_err(Error::from)
     }
 
-    async fn kv_set(&mut self, key: &str, value: &[u8], options: SetOptions) -> Result<bool, Error> {
+    async fn kv_set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        options: SetOptions,
+    ) -> Result<bool, Error> {
         let key = self.kv_key(key)?;
         let ttl = options.ttl_ms.map(positive_ttl).transpose()?;
         let condition = match options.condition {
@@ -44,7 +49,10 @@ impl Caps {
     }
 
     async fn kv_get_many(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
-        let keys = keys.iter().map(|k| self.kv_key(k)).collect::<Result<Vec<_>, _>>()?;
+        let keys = keys
+            .iter()
+            .map(|k| self.kv_key(k))
+            .collect::<Result<Vec<_>, _>>()?;
         let r = self.redis()?.get_many(&keys).await;
         self.counted(r)
     }
@@ -58,14 +66,19 @@ impl Caps {
     ) -> Result<bool, Error> {
         let key = self.kv_key(key)?;
         let ttl = ttl_ms.map(positive_ttl).transpose()?;
-        let r = self.redis()?.compare_and_swap(&key, expected, new, ttl).await;
+        let r = self
+            .redis()?
+            .compare_and_swap(&key, expected, new, ttl)
+            .await;
         self.counted(r)
     }
 }
 
 fn positive_ttl(ttl_ms: u64) -> Result<u64, Error> {
     if ttl_ms == 0 {
-        return Err(Error::InvalidArgument("ttl-ms must be greater than 0".into()));
+        return Err(Error::InvalidArgument(
+            "ttl-ms must be greater than 0".into(),
+        ));
     }
     Ok(ttl_ms)
 }

@@ -90,10 +90,11 @@ impl Redis {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
         let deadline = options.connect_timeout * 3 + Duration::from_secs(1);
-        let conn = tokio::time::timeout(deadline, ConnectionManager::new_with_config(client, config))
-            .await
-            .map_err(|_| anyhow::anyhow!("cannot connect to Redis at {shown}: timed out"))?
-            .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {shown}: {e}"))?;
+        let conn =
+            tokio::time::timeout(deadline, ConnectionManager::new_with_config(client, config))
+                .await
+                .map_err(|_| anyhow::anyhow!("cannot connect to Redis at {shown}: timed out"))?
+                .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {shown}: {e}"))?;
         let redis = Redis {
             conn,
             scripts: Scripts::get(),
@@ -113,7 +114,9 @@ impl Redis {
     }
 
     pub async fn ping(&self) -> CommandResult<()> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await?;
         Ok(())
     }
 

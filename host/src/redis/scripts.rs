@@ -32,7 +32,11 @@ impl Scripts {
     /// `SCRIPT LOAD`s every script.
     pub async fn load_all<C: ConnectionLike>(&self, conn: &mut C) -> redis::RedisResult<()> {
         for (_, src) in SOURCES {
-            let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(*src).query_async(conn).await?;
+            let _: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(*src)
+                .query_async(conn)
+                .await?;
         }
         Ok(())
     }

@@ -67,8 +67,12 @@ impl PrivateRedis {
     /// Starts a server and waits until it answers `PING`.
     pub async fn start(options: ServerOptions) -> Result<PrivateRedis, StartError> {
         let bin = std::env::var(SERVER_BIN_ENV).unwrap_or_else(|_| "redis-server".to_string());
-        std::fs::create_dir_all(&options.dir).map_err(|e| StartError::Dir(options.dir.clone(), e))?;
-        let dir = options.dir.canonicalize().map_err(|e| StartError::Dir(options.dir.clone(), e))?;
+        std::fs::create_dir_all(&options.dir)
+            .map_err(|e| StartError::Dir(options.dir.clone(), e))?;
+        let dir = options
+            .dir
+            .canonicalize()
+            .map_err(|e| StartError::Dir(options.dir.clone(), e))?;
         // The free port can be taken between our probe and the server's bind;
         // try a few ports before giving up.
         let mut last = String::new();
@@ -77,18 +81,30 @@ impl PrivateRedis {
             let mut cmd = Command::new(&bin);
             cmd.arg("--port")
                 .arg(port.to_string())
-                .args(["--bind", "127.0.0.1", "--protected-mode", "yes", "--daemonize", "no"])
+                .args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--protected-mode",
+                    "yes",
+                    "--daemonize",
+                    "no",
+                ])
                 .arg("--dir")
                 .arg(&dir)
                 .args(["--logfile", "redis.log", "--save", ""])
-                .args(["--appendonly", if options.persistence { "yes" } else { "no" }])
+                .args([
+                    "--appendonly",
+                    if options.persistence { "yes" } else { "no" },
+                ])
                 .args(&options.extra_args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             let child = match cmd.spawn() {
                 Ok(c) => c,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StartError::NotInstalled(bin)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StartError::NotInstalled(bin));
+                }
                 Err(e) => return Err(StartError::Spawn(bin, e)),
             };
             let mut server = PrivateRedis {
@@ -111,13 +127,24 @@ impl PrivateRedis {
         let start = Instant::now();
         let client = redis::Client::open(self.url()).map_err(|e| e.to_string())?;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                return Err(format!("it exited with {status}; see {}", self.log_path().display()));
-            }
-            if let Ok(Ok(mut conn)) =
-                tokio::time::timeout(Duration::from_millis(500), client.get_multiplexed_async_connection()).await
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
             {
-                let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+                return Err(format!(
+                    "it exited with {status}; see {}",
+                    self.log_path().display()
+                ));
+            }
+            if let Ok(Ok(mut conn)) = tokio::time::timeout(
+                Duration::from_millis(500),
+                client.get_multiplexed_async_connection(),
+            )
+            .await
+            {
+                let pong: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut conn).await;
                 if pong.is_ok() {
                     return Ok(());
                 }
@@ -157,8 +184,11 @@ impl PrivateRedis {
     /// up to five seconds before killing it.
     pub async fn stop(mut self) {
         if let Ok(client) = redis::Client::open(self.url())
-            && let Ok(Ok(mut conn)) =
-                tokio::time::timeout(Duration::from_secs(1), client.get_multiplexed_async_connection()).await
+            && let Ok(Ok(mut conn)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                client.get_multiplexed_async_connection(),
+            )
+            .await
         {
             let _: Result<(), _> = tokio::time::timeout(
                 Duration::from_secs(5),

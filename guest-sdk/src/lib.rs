@@ -1,0 +1,122 @@
+//! Write redloom plugins in Rust.
+//!
+//! A plugin is a WebAssembly component. The host calls one of its *handlers*
+//! (for now the generic [`Invoke`] handler) and the plugin uses the host's
+//! *capabilities* — Redis-backed storage ([`kv`]), logging ([`log`]) and its own
+//! settings ([`config`]) — through the functions in this crate. Every capability
+//! call that can fail returns this crate's [`Error`], which tells a transient
+//! backend problem from a quota, a timeout or the plugin's own mistake.
+//!
+//! # A plugin
+//!
+//! ```toml
+//! # Cargo.toml
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! redloom-sdk = { path = "../../guest-sdk" }
+//! ```
+//!
+//! ```no_run
+//! use redloom_sdk::{kv, log, Invoke, Result};
+//!
+//! struct Hello;
+//!
+//! impl Invoke for Hello {
+//!     fn invoke(input: Vec<u8>) -> Result<Vec<u8>> {
+//!         let name = String::from_utf8(input)?;
+//!         let n = kv::increment(&format!("greeted:{name}"), 1)?;
+//!         log::info(&format!("greeting {name} for the {n}. time"));
+//!         Ok(format!("hello, {name} (#{n})").into_bytes())
+//!     }
+//! }
+//!
+//! redloom_sdk::export!(Hello => [invoke]);
+//! # fn main() {}
+//! ```
+//!
+//! Build it with `cargo build --target wasm32-wasip2`; the `.wasm` file in
+//! `target/wasm32-wasip2/<profile>/` is the component the host loads.
+//!
+//! # Layout
+//!
+//! - [`export!`] turns a type into the plugin's handlers. It names the
+//!   handlers to export, and the component exports exactly those.
+//! - [`Invoke`]: the handler traits a plugin type implements.
+//! - [`kv`]: get / set (TTL, if-absent / if-present) / delete / exists /
+//!   increment / expire / get-many / compare-and-swap in the plugin's own key
+//!   namespace.
+//! - [`log`]: records in the host's log, tagged with the plugin's name.
+//! - [`config`]: the plugin's settings from its manifest.
+//! - [`Error`], [`Quota`], [`Result`]: what every fallible call returns.
+//!
+//! The WIT contract behind all of this is the `redloom:plugin` package in the
+//! repository's `wit/` folder; the bindings generated from it are private to
+//! this crate, so a WIT revision changes this crate and not every plugin.
+//!
+//! # Features
+//!
+//! - `json`: `kv::get_json`, `kv::set_json` and `kv::set_json_with` (serde and
+//!   serde_json), and `From<serde_json::Error> for Error`.
+
+mod error;
+mod handlers;
+
+pub mod config;
+pub mod kv;
+pub mod log;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use error::{Error, Quota, Result};
+pub use handlers::Invoke;
+
+/// Exports a type's handlers from the plugin component.
+///
+/// ```text
+/// redloom_sdk::export!(Type => [handler, ...]);
+/// ```
+///
+/// `Type` is a path to a type that implements the trait of every handler named
+/// in the list; the component exports exactly the handlers in the list and
+/// nothing else, so the host can tell from the component which triggers the
+/// plugin supports. Call it once per plugin crate, at module level.
+///
+/// | handler | trait | WIT export |
+/// |---|---|---|
+/// | `invoke` | [`Invoke`] | `redloom:plugin/invoke@0.1.0` |
+///
+/// ```no_run
+/// use redloom_sdk::{Invoke, Result};
+///
+/// struct Echo;
+///
+/// impl Invoke for Echo {
+///     fn invoke(input: Vec<u8>) -> Result<Vec<u8>> {
+///         Ok(input)
+///     }
+/// }
+///
+/// redloom_sdk::export!(Echo => [invoke]);
+/// # fn main() {}
+/// ```
+///
+/// A handler that is named but not implemented is a compile error:
+///
+/// ```compile_fail,E0277
+/// struct Nothing;
+/// redloom_sdk::export!(Nothing => [invoke]);
+/// # fn main() {}
+/// ```
+///
+/// So is a handler this SDK does not know:
+///
+/// ```compile_fail
+/// struct Echo;
+/// redloom_sdk::export!(Echo => [carrier_pigeon]);
+/// # fn main() {}
+/// ```
+pub use redloom_sdk_macros::export;
