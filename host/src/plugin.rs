@@ -25,7 +25,7 @@ use crate::config::{PluginConfig, Quotas};
 use crate::engine::{CacheOutcome, Runtime};
 use crate::namespace::{Namespace, PluginName};
 use crate::redis::Redis;
-use crate::store::{PluginContext, State};
+use crate::store::{Cleanup, PluginContext, State};
 
 /// Everything needed to load one plugin.
 #[derive(Debug, Clone)]
@@ -299,6 +299,7 @@ impl Plugin {
         };
 
         let deadline = quotas.wall_time;
+        let cleanup = Arc::new(Cleanup::default());
         let run = async {
             let mut warm = match warm {
                 Some(w) => w,
@@ -320,11 +321,15 @@ impl Plugin {
                 }
             };
             warm.store.data_mut().caps.redis_ops = 0;
+            warm.store.data_mut().caps.cleanup = cleanup.clone();
             warm.store.set_epoch_deadline(1);
             let outcome = warm.guest.call_handle(&mut warm.store, input).await;
             Ok::<_, InvokeError>((warm, outcome))
         };
-        let (mut warm, outcome) = match tokio::time::timeout(deadline, run).await {
+        let finished = tokio::time::timeout(deadline, run).await;
+        // Whatever happened, release what the invocation still holds.
+        cleanup.run_all(Some(redis)).await;
+        let (mut warm, outcome) = match finished {
             Err(_) => {
                 return Err(self.quota(
                     Quota::WallTime,

@@ -3,8 +3,9 @@
 //! and [`Caps`], the state every capability implementation works with.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use wasmtime::component::ResourceTable;
@@ -40,6 +41,48 @@ pub struct Caps {
     pub(crate) redis: Option<Redis>,
     /// Redis commands sent during the current invocation.
     pub(crate) redis_ops: u64,
+    /// Work to do when the current invocation ends, however it ends.
+    pub(crate) cleanup: Arc<Cleanup>,
+}
+
+/// A deferred action: given the Redis handle, a future that undoes something.
+pub type CleanupAction = Box<dyn FnOnce(Redis) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// Actions the host runs when an invocation ends: on success, on a guest
+/// error, on a trap, and when the invocation is cancelled at its deadline.
+///
+/// Capabilities that hand out something that must not outlive the
+/// invocation (a held lock, a concurrency slot) register its release here
+/// and cancel the registration when the guest releases it itself. The
+/// registry lives outside the `Store`, so it survives the store being
+/// dropped mid-call.
+#[derive(Default)]
+pub struct Cleanup {
+    actions: Mutex<BTreeMap<u64, CleanupAction>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Cleanup {
+    /// Registers `action`; the returned id cancels it.
+    pub fn register(&self, action: CleanupAction) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.actions.lock().expect("cleanup poisoned").insert(id, action);
+        id
+    }
+
+    /// Forgets the action `id` (the guest undid it itself).
+    pub fn cancel(&self, id: u64) {
+        self.actions.lock().expect("cleanup poisoned").remove(&id);
+    }
+
+    /// Runs every registered action, in registration order.
+    pub async fn run_all(&self, redis: Option<&Redis>) {
+        let actions = std::mem::take(&mut *self.actions.lock().expect("cleanup poisoned"));
+        let Some(redis) = redis else { return };
+        for (_, action) in actions {
+            action(redis.clone()).await;
+        }
+    }
 }
 
 /// Guest output logged per stream and instance; the rest is dropped so a
@@ -71,6 +114,7 @@ impl State {
                 plugin,
                 redis,
                 redis_ops: 0,
+                cleanup: Arc::default(),
             },
         }
     }
