@@ -2,8 +2,9 @@
 //!
 //! A plugin is a WebAssembly component. The host calls one of its *handlers*
 //! (for now the generic [`Invoke`] handler) and the plugin uses the host's
-//! *capabilities* — Redis-backed storage ([`kv`]), logging ([`log`]) and its own
-//! settings ([`config`]) — through the functions in this crate. Every capability
+//! *capabilities* — Redis-backed storage ([`kv`]), distributed locks
+//! ([`lock`]), logging ([`log`]) and its own settings ([`config`]) — through
+//! the functions in this crate. Every capability
 //! call that can fail returns this crate's [`Error`], which tells a transient
 //! backend problem from a quota, a timeout or the plugin's own mistake.
 //!
@@ -47,6 +48,11 @@
 //! - [`kv`]: get / set (TTL, if-absent / if-present) / delete / exists /
 //!   increment / expire / get-many / compare-and-swap in the plugin's own key
 //!   namespace.
+//! - [`lock`]: distributed locks with fencing tokens — acquire with a bounded
+//!   wait, a [`lock::LockGuard`] that releases on drop, extend, auto-renew.
+//! - [`limiter`]: distributed per-key rate limits — GCRA, token bucket,
+//!   sliding and fixed windows, concurrency slots under a lease — with
+//!   per-key overrides and the `RateLimit-*` headers of a decision.
 //! - [`log`]: records in the host's log, tagged with the plugin's name.
 //! - [`config`]: the plugin's settings from its manifest.
 //! - [`Error`], [`Quota`], [`Result`]: what every fallible call returns.
@@ -64,15 +70,19 @@ mod error;
 mod handlers;
 
 pub mod config;
+pub mod http;
 pub mod kv;
+pub mod limiter;
+pub mod lock;
 pub mod log;
+pub mod pubsub;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
 pub use error::{Error, Quota, Result};
-pub use handlers::Invoke;
+pub use handlers::{Http, Invoke, OnMessage, OnTick};
 
 /// Exports a type's handlers from the plugin component.
 ///

@@ -26,3 +26,39 @@ pub type WitError = types::Error;
 pub fn invoke<T: crate::Invoke + ?Sized>(input: Vec<u8>) -> Result<Vec<u8>, WitError> {
     T::invoke(input).map_err(Error::into_wit)
 }
+
+/// Glue for the `http` handler: converts the request, runs the plugin's
+/// [`crate::Http`] impl, converts the response and lowers its error.
+pub fn http<T: crate::Http + ?Sized>(
+    request: bindings::redloom::plugin::http_types::Request,
+) -> Result<bindings::redloom::plugin::http_types::Response, WitError> {
+    T::handle(crate::http::Request::from_wit(request))
+        .map(crate::http::Response::into_wit)
+        .map_err(Error::into_wit)
+}
+
+/// Glue for the `message` handler.
+pub fn on_message<T: crate::OnMessage + ?Sized>(
+    channel: String,
+    pattern: Option<String>,
+    payload: Vec<u8>,
+) -> Result<(), WitError> {
+    T::on_message(crate::pubsub::Message {
+        channel,
+        pattern,
+        payload,
+    })
+    .map_err(Error::into_wit)
+}
+
+/// Glue for the `timer` handler.
+pub fn on_tick<T: crate::OnTick + ?Sized>(
+    timer: String,
+    scheduled_ms: u64,
+) -> Result<(), WitError> {
+    T::on_tick(crate::pubsub::Tick {
+        timer,
+        scheduled_ms,
+    })
+    .map_err(Error::into_wit)
+}

@@ -10,13 +10,26 @@ wasmtime::component::bindgen!({
     world: "redloom:plugin/any-plugin",
     imports: { default: async | trappable },
     exports: { default: async },
+    with: { "redloom:plugin/lock.lock": crate::caps::lock::LockHandle },
 });
 
 pub use self::exports::redloom::plugin::invoke as invoke_handler;
-pub use self::redloom::plugin::{config, kv, log, types};
+pub use self::exports::redloom::plugin::{http_handler, message_handler, timer_handler};
+pub use self::redloom::plugin::{
+    config, http_types, kv, limiter, lock, log, outbound_http, pubsub, types,
+};
 
 /// The export name of the `invoke` handler interface.
 pub const INVOKE_EXPORT: &str = "redloom:plugin/invoke@0.1.0";
+
+/// The export name of the `http-handler` interface.
+pub const HTTP_EXPORT: &str = "redloom:plugin/http-handler@0.1.0";
+
+/// The export name of the `message-handler` interface.
+pub const MESSAGE_EXPORT: &str = "redloom:plugin/message-handler@0.1.0";
+
+/// The export name of the `timer-handler` interface.
+pub const TIMER_EXPORT: &str = "redloom:plugin/timer-handler@0.1.0";
 
 /// The WIT package the host speaks, as it appears in import and export names.
 pub const WIT_PACKAGE: &str = "redloom:plugin@0.1.0";

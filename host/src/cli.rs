@@ -13,6 +13,8 @@ use crate::engine::{Runtime, RuntimeOptions};
 use crate::host::{Host, HostInvokeError, HostOptions, StartupError};
 use crate::namespace::PluginName;
 use crate::plugin::{InvokeError, Plugin, PluginSpec};
+use crate::serve::{ServeError, Server};
+use std::sync::Arc;
 
 /// Exit codes, as documented in the README.
 pub mod exit {
@@ -81,6 +83,9 @@ enum Command {
         /// A setting for a plugin given by path (repeatable).
         #[arg(long = "setting", value_name = "KEY=VALUE")]
         settings: Vec<String>,
+        /// Print the plugin's counters for this run on stderr.
+        #[arg(long)]
+        stats: bool,
     },
     /// Check that a file is a plugin this host can run, and show what it
     /// exports and imports. Needs no Redis.
@@ -88,8 +93,69 @@ enum Command {
         /// Path to the .wasm component.
         wasm: PathBuf,
     },
-    /// Load every configured plugin and run until Ctrl-C or SIGTERM.
-    Serve,
+    /// Load every configured plugin, serve the HTTP routes and the admin API,
+    /// and run until Ctrl-C or SIGTERM.
+    Serve {
+        /// Listen for HTTP requests here [default: [http] listen, 127.0.0.1:8080].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Listen for the admin API here [default: [admin] listen, 127.0.0.1:9090].
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<std::net::SocketAddr>,
+    },
+    /// Manage the plugins of a running `redloom serve` through its admin API.
+    Plugin {
+        /// The admin API [default: http://<[admin] listen>].
+        #[arg(long, env = "REDLOOM_ADMIN_URL", value_name = "URL")]
+        admin: Option<String>,
+        /// Bearer token for the admin API.
+        #[arg(
+            long,
+            env = "REDLOOM_ADMIN_TOKEN",
+            value_name = "TOKEN",
+            hide_env_values = true
+        )]
+        token: Option<String>,
+        #[command(subcommand)]
+        action: PluginAction,
+    },
+    /// Create a plugin project: the WIT, the plugin, a build script, a test
+    /// that runs it in redloom, and its redloom.toml. Needs no Redis.
+    New {
+        /// The plugin's name (a-z, 0-9, '-', '_'; starting with a letter).
+        name: String,
+        /// The plugin's language.
+        #[arg(long, value_enum)]
+        lang: crate::scaffold::Lang,
+        /// Where to create it [default: ./NAME]; must not exist or be empty.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// For Rust: the redloom-sdk folder to depend on [default: the
+        /// guest-sdk of the checkout this redloom was built from].
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginAction {
+    /// List loaded plugins with their handlers and counters.
+    List,
+    /// Load a plugin (from the server's configuration, or from --wasm).
+    Load {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        wasm: Option<PathBuf>,
+    },
+    /// Stop routing to a plugin; running calls finish.
+    Unload { name: String },
+    /// Load a plugin again (optionally from a new file) and swap it in
+    /// without failing any request.
+    Reload {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        wasm: Option<PathBuf>,
+    },
 }
 
 /// A failure on its way to the terminal.
@@ -133,7 +199,7 @@ impl From<crate::plugin::LoadError> for Failure {
 /// Parses the command line, runs the command, and returns the exit code.
 pub fn main() -> u8 {
     let cli = Cli::parse();
-    init_logging(cli.verbose, matches!(cli.command, Command::Serve));
+    init_logging(cli.verbose, matches!(cli.command, Command::Serve { .. }));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -192,12 +258,49 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             input,
             input_file,
             settings,
+            stats,
         } => {
             let spec = plugin_spec(&config, &plugin, &settings)?;
             let input = read_input(input, input_file)?;
-            invoke(options, spec, &input).await
+            invoke(options, spec, &input, stats).await
         }
-        Command::Serve => serve(options, &config).await,
+        Command::Serve {
+            listen,
+            admin_listen,
+        } => {
+            let mut config = config;
+            if let Some(a) = listen {
+                config.http.listen = a;
+            }
+            if let Some(a) = admin_listen {
+                config.admin.listen = a;
+            }
+            serve(options, config).await
+        }
+        Command::Plugin {
+            admin,
+            token,
+            action,
+        } => {
+            let admin = admin.unwrap_or_else(|| format!("http://{}", config.admin.listen));
+            plugin_admin(&admin, token.or(config.admin.token.clone()), action).await
+        }
+        Command::New {
+            name,
+            lang,
+            dir,
+            sdk,
+        } => match crate::scaffold::run(&name, lang, dir, sdk) {
+            Ok(summary) => {
+                print!("{summary}");
+                Ok(())
+            }
+            Err(e) => Err(Failure {
+                code: e.exit_code(),
+                message: e.to_string(),
+                hint: e.hint(),
+            }),
+        },
     }
 }
 
@@ -271,11 +374,20 @@ fn read_input(input: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>, F
     }
 }
 
-async fn invoke(options: HostOptions, spec: PluginSpec, input: &[u8]) -> Result<(), Failure> {
+async fn invoke(
+    options: HostOptions,
+    spec: PluginSpec,
+    input: &[u8],
+    stats: bool,
+) -> Result<(), Failure> {
     let host = Host::start(options).await?;
     let result = async {
         let plugin = host.load(spec).await?;
-        host.invoke(plugin.name(), input).await.map_err(|e| {
+        let result = host.invoke(plugin.name(), input).await;
+        if stats {
+            print_stats(&plugin.stats());
+        }
+        result.map_err(|e| {
             let f = Failure::new(exit::PLUGIN_FAILED, &e);
             match e {
                 HostInvokeError::Invoke(InvokeError::Quota { .. }) => {
@@ -296,6 +408,20 @@ async fn invoke(options: HostOptions, spec: PluginSpec, input: &[u8]) -> Result<
         out.flush()
     });
     written.map_err(|e| Failure::new(exit::OTHER, format!("writing the output: {e}")))
+}
+
+/// The counters of one plugin, one per line, as `name value`.
+fn print_stats(s: &crate::stats::Snapshot) {
+    eprintln!("invocations {}", s.invocations);
+    for (kind, n) in &s.errors {
+        eprintln!("errors{{kind=\"{kind}\"}} {n}");
+    }
+    for (quota, n) in &s.quota_rejections {
+        eprintln!("quota_rejections{{quota=\"{quota}\"}} {n}");
+    }
+    eprintln!("guest_cpu_seconds {:.6}", s.guest_cpu.as_secs_f64());
+    eprintln!("wall_time_seconds {:.6}", s.wall_time_sum.as_secs_f64());
+    eprintln!("redis_commands {}", s.redis_commands);
 }
 
 async fn check(wasm: &Path, options: &HostOptions) -> Result<(), Failure> {
@@ -350,21 +476,121 @@ fn list_or_none<S: AsRef<str>>(items: &[S]) -> String {
     }
 }
 
-async fn serve(options: HostOptions, config: &Config) -> Result<(), Failure> {
-    let host = Host::start(options).await?;
-    if let Err(e) = host.load_all(config).await {
-        host.shutdown().await;
-        return Err(e.into());
-    }
+async fn serve(options: HostOptions, config: Config) -> Result<(), Failure> {
+    let host = Arc::new(Host::start(options).await?);
+    let server = match Server::bind(host.clone(), config).await {
+        Ok(s) => s,
+        Err(e) => {
+            host.shutdown().await;
+            let code = match e {
+                ServeError::Load(_) => exit::LOAD,
+                ServeError::Routes(_) => exit::USAGE,
+                ServeError::Bind { .. } | ServeError::Triggers(_) => exit::OTHER,
+            };
+            return Err(Failure::new(code, e));
+        }
+    };
     let names: Vec<String> = host.plugin_names().iter().map(|n| n.to_string()).collect();
     if names.is_empty() {
         tracing::warn!("no plugins configured; add [plugins.NAME] tables to redloom.toml");
     }
-    tracing::info!(redis = %host.redis().url(), plugins = %names.join(", "), "serving; Ctrl-C to stop");
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!(
+        http = %server.http_addr(),
+        admin = %server.admin_addr(),
+        redis = %host.redis().url(),
+        plugins = %names.join(","),
+        "serving; Ctrl-C to stop"
+    );
+    server.run(shutdown_signal()).await;
     host.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// `redloom plugin ...`: one admin API request, its answer on stdout.
+async fn plugin_admin(
+    admin: &str,
+    token: Option<String>,
+    action: PluginAction,
+) -> Result<(), Failure> {
+    let client = reqwest::Client::new();
+    let base = admin.trim_end_matches('/');
+    let request = match &action {
+        PluginAction::List => client.get(format!("{base}/plugins")),
+        PluginAction::Load { name, wasm } => client
+            .post(format!("{base}/plugins"))
+            .json(&serde_json::json!({ "name": name, "wasm": absolute(wasm.as_deref()) })),
+        PluginAction::Unload { name } => client.delete(format!("{base}/plugins/{name}")),
+        PluginAction::Reload { name, wasm } => client
+            .post(format!("{base}/plugins/{name}/reload"))
+            .json(&serde_json::json!({ "wasm": absolute(wasm.as_deref()) })),
+    };
+    let request = match token {
+        Some(t) => request.bearer_auth(t),
+        None => request,
+    };
+    let response = request
+        .timeout(std::time::Duration::from_secs(120))
+        .send()
+        .await
+        .map_err(|e| {
+            Failure::new(
+                exit::OTHER,
+                format!("cannot reach the admin API at {base}: {e}"),
+            )
+            .hint("is `redloom serve` running? pass --admin URL or set REDLOOM_ADMIN_URL")
+        })?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| Failure::new(exit::OTHER, format!("unexpected answer from {base}: {e}")))?;
+    if !status.is_success() {
+        let message = body["error"]
+            .as_str()
+            .unwrap_or("request failed")
+            .to_string();
+        let code = if status.as_u16() == 422 {
+            exit::LOAD
+        } else {
+            exit::OTHER
+        };
+        return Err(Failure::new(code, format!("{message} ({status})")));
+    }
+    match action {
+        PluginAction::List => {
+            let plugins = body.as_array().cloned().unwrap_or_default();
+            println!(
+                "{:<24} {:<10} {:>12} {:>8}  WASM",
+                "NAME", "HANDLERS", "INVOCATIONS", "ERRORS"
+            );
+            for p in plugins {
+                let errors: u64 = p["errors"]
+                    .as_object()
+                    .map(|o| o.values().filter_map(|v| v.as_u64()).sum())
+                    .unwrap_or(0);
+                let handlers: Vec<&str> = p["handlers"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|h| h.as_str()).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{:<24} {:<10} {:>12} {:>8}  {}",
+                    p["name"].as_str().unwrap_or("?"),
+                    handlers.join(","),
+                    p["invocations"].as_u64().unwrap_or(0),
+                    errors,
+                    p["wasm"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        _ => println!("{body}"),
+    }
+    Ok(())
+}
+
+/// The server resolves relative paths against its own folder, not ours.
+fn absolute(path: Option<&Path>) -> Option<PathBuf> {
+    path.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::caps::outbound_http::Origin;
 use crate::namespace::PluginName;
 
 /// The name of the configuration file `redloom` looks for in the current directory.
@@ -22,6 +23,11 @@ pub struct Config {
     /// Where the file was read from; relative paths in it are relative to its folder.
     pub source: Option<PathBuf>,
     pub redis: RedisSection,
+    pub host: HostSection,
+    pub http: HttpSection,
+    pub admin: AdminSection,
+    /// `[[routes]]`: HTTP routes to plugins, in file order.
+    pub routes: Vec<Route>,
     /// Folder for the private Redis's data and the compiled-plugin cache.
     pub data_dir: PathBuf,
     /// Plugins by name, in name order.
@@ -72,28 +78,117 @@ pub struct PluginConfig {
     /// fresh instance per invocation (the default and the strongest isolation).
     pub reuse_instances: u32,
     pub quotas: Quotas,
+    /// Run the plugin's Redis commands as its own ACL user (see README, Isolation).
+    pub acl: bool,
+    /// Origins the plugin may reach with outbound HTTP.
+    pub allowed_outbound_hosts: Vec<Origin>,
+    /// Named rate-limit policies, from `[plugins.NAME.limiters.POLICY]`.
+    pub limiters: crate::limiter::Policies,
+    pub triggers: TriggerConfig,
 }
 
-/// Per-plugin limits. Issue-by-issue more quotas join these; each has a safe default.
+/// The pub/sub, keyspace and timer triggers of one plugin.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TriggerConfig {
+    /// Channel names that are shared with other plugins listing them.
+    pub shared_channels: Vec<String>,
+    /// Channels (or glob patterns: `*`, `?`, `[`) whose messages the plugin's
+    /// message handler receives.
+    pub subscriptions: Vec<String>,
+    /// Messages buffered per plugin before new ones are dropped (and counted).
+    pub subscription_buffer: usize,
+    /// Keyspace events on the plugin's own kv keys to deliver (`set`,
+    /// `del`, `expired`, `evicted`, ...).
+    pub keyspace_events: Vec<String>,
+    /// Timers by name.
+    pub timers: BTreeMap<String, TimerConfig>,
+}
+
+/// One `[plugins.NAME.timers.TIMER]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimerConfig {
+    pub schedule: Schedule,
+    /// With several hosts running the plugin, exactly one runs each tick.
+    pub singleton: bool,
+    pub missed: Missed,
+}
+
+/// When a timer fires.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    /// At every multiple of the period since the Unix epoch (so every host
+    /// agrees on the ticks).
+    Every(Duration),
+    /// A cron expression with seconds: `sec min hour day-of-month month day-of-week [year]`.
+    Cron(String),
+}
+
+/// What to do with ticks that passed while the host could not run them
+/// (it was busy, paused or down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Missed {
+    /// Drop them; run the next future tick.
+    Skip,
+    /// Run the most recent missed tick once, at once, then carry on.
+    CatchUp,
+}
+
+/// Per-plugin limits, from `[plugins.NAME.quotas]`. Each has a safe
+/// default and a host-wide ceiling ([`ceilings`]); the README has the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quotas {
-    /// Linear memory per instance.
-    pub memory: u64,
+    /// Guest CPU time per invocation: time spent running guest code only,
+    /// not time awaiting Redis or waiting for a worker thread.
+    pub cpu: Duration,
     /// Wall-clock deadline per invocation, including time spent awaiting Redis.
     pub wall_time: Duration,
+    /// Deterministic instruction budget per invocation (wasmtime fuel); `None`: off.
+    pub fuel: Option<u64>,
+    /// Linear memory per instance, in bytes.
+    pub memory: u64,
+    /// Table elements per table (function references).
+    pub table_elements: u64,
+    /// Core and component instances per plugin instance.
+    pub instances: u64,
     /// Largest input accepted, in bytes.
     pub max_input: u64,
     /// Largest output returned, in bytes.
     pub max_output: u64,
+    /// Most bytes one Redis reply may bring into the guest.
+    pub max_reply: u64,
+    /// Redis commands per invocation.
+    pub redis_ops: u64,
+    /// Redis commands per second for the plugin as a whole (token bucket; 0: unlimited).
+    pub redis_rate: u64,
+    /// Invocations of the plugin running at once.
+    pub concurrency: u32,
+    /// Invocations that may wait for a free slot; more are rejected at once.
+    pub queue: u32,
+    /// How long an invocation may wait for a slot before it is rejected.
+    pub queue_wait: Duration,
+    /// Deadline of one outbound HTTP request.
+    pub outbound_timeout: Duration,
 }
 
 impl Default for Quotas {
     fn default() -> Self {
         Quotas {
-            memory: 64 << 20,
+            cpu: Duration::from_secs(2),
             wall_time: Duration::from_secs(10),
+            fuel: None,
+            memory: 64 << 20,
+            table_elements: 100_000,
+            instances: 64,
             max_input: 1 << 20,
             max_output: 1 << 20,
+            max_reply: 1 << 20,
+            redis_ops: 1_000,
+            redis_rate: 10_000,
+            concurrency: 16,
+            queue: 64,
+            queue_wait: Duration::from_secs(1),
+            outbound_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -102,11 +197,102 @@ impl Default for Quotas {
 pub mod ceilings {
     use std::time::Duration;
 
+    pub const CPU: Duration = Duration::from_secs(60);
+    pub const WALL_TIME: Duration = Duration::from_secs(300);
+    pub const FUEL: u64 = 1 << 40;
     /// The pooling allocator reserves address space per slot; 1 GiB bounds it.
     pub const MEMORY: u64 = 1 << 30;
-    pub const WALL_TIME: Duration = Duration::from_secs(300);
+    pub const TABLE_ELEMENTS: u64 = 10_000_000;
+    pub const INSTANCES: u64 = 1_000;
     pub const PAYLOAD: u64 = 64 << 20;
+    pub const REDIS_OPS: u64 = 1_000_000;
+    pub const REDIS_RATE: u64 = 1_000_000;
+    pub const QUEUE: u32 = 100_000;
+    pub const QUEUE_WAIT: Duration = Duration::from_secs(60);
     pub const REUSE_INSTANCES: u32 = 1_000_000;
+    /// Instances alive at once across all plugins (`[host] max-instances`).
+    pub const HOST_INSTANCES: u32 = 10_000;
+}
+
+/// The `[http]` table: the HTTP trigger's listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpSection {
+    /// Address to listen on; port 0 picks a free port.
+    #[serde(default = "default_http_listen")]
+    pub listen: std::net::SocketAddr,
+    /// How long `serve` waits for running requests after SIGINT/SIGTERM.
+    #[serde(default = "default_shutdown_timeout", with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: default_http_listen(),
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+fn default_http_listen() -> std::net::SocketAddr {
+    ([127, 0, 0, 1], 8080).into()
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The `[admin]` table: the admin API, metrics and health listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminSection {
+    /// Address to listen on (loopback by default); port 0 picks a free port.
+    #[serde(default = "default_admin_listen")]
+    pub listen: std::net::SocketAddr,
+    /// Bearer token required for `/plugins`; also from `REDLOOM_ADMIN_TOKEN`.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: default_admin_listen(),
+            token: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> std::net::SocketAddr {
+    ([127, 0, 0, 1], 9090).into()
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Route {
+    /// `GET`, `POST`, ...; omitted: any method.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Path pattern: `/users/:id` captures `id`; `/static/*rest` captures the rest.
+    pub path: String,
+    /// The plugin that handles it (must export the HTTP handler).
+    pub plugin: String,
+}
+
+/// The `[host]` table: settings for the host as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostSection {
+    /// Instances running at once across all plugins: the pool size, shared
+    /// first-come first-served by plugins within their own `concurrency`.
+    pub max_instances: u32,
+}
+
+impl Default for HostSection {
+    fn default() -> Self {
+        HostSection { max_instances: 256 }
+    }
 }
 
 /// A configuration mistake, already formatted as one line.
@@ -143,11 +329,17 @@ impl Config {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let at = |key: &str, msg: String| ConfigError(format!("{file}: {key}: {msg}"));
 
+        let host = match raw.host {
+            Some(h) => h.resolve().map_err(|(k, m)| at(&k, m))?,
+            None => HostSection::default(),
+        };
         let mut plugins = BTreeMap::new();
         for (name, p) in raw.plugins {
             let key = format!("plugins.{name}");
             let name = PluginName::parse(&name).map_err(|e| at(&key, e.to_string()))?;
-            let quotas = p.quotas.resolve(&key).map_err(|(k, m)| at(&k, m))?;
+            let quotas = p.quotas.resolve(&key, &host).map_err(|(k, m)| at(&k, m))?;
+            let limiters =
+                crate::limiter::resolve_manifest(&key, p.limiters).map_err(|(k, m)| at(&k, m))?;
             if p.reuse_instances > ceilings::REUSE_INSTANCES {
                 return Err(at(
                     &format!("{key}.reuse-instances"),
@@ -172,8 +364,75 @@ impl Config {
                     settings,
                     reuse_instances: p.reuse_instances,
                     quotas,
+                    acl: p.acl,
+                    limiters,
+                    allowed_outbound_hosts: p
+                        .allowed_outbound_hosts
+                        .iter()
+                        .map(|o| Origin::parse(o))
+                        .collect::<Result<_, _>>()
+                        .map_err(|m| at(&format!("{key}.allowed-outbound-hosts"), m))?,
+                    triggers: TriggerConfig {
+                        shared_channels: p.shared_channels,
+                        subscriptions: p.subscriptions,
+                        subscription_buffer: p
+                            .subscription_buffer
+                            .unwrap_or(1_000)
+                            .clamp(1, 1_000_000),
+                        keyspace_events: {
+                            if let Some(e) = p
+                                .keyspace_events
+                                .iter()
+                                .find(|e| !KEYSPACE_EVENTS.contains(&e.as_str()))
+                            {
+                                return Err(at(
+                                    &format!("{key}.keyspace-events"),
+                                    format!(
+                                        "unknown event `{e}`; known: {}",
+                                        KEYSPACE_EVENTS.join(", ")
+                                    ),
+                                ));
+                            }
+                            p.keyspace_events
+                        },
+                        timers: p
+                            .timers
+                            .into_iter()
+                            .map(|(n, t)| {
+                                t.resolve()
+                                    .map(|t| (n.clone(), t))
+                                    .map_err(|m| at(&format!("{key}.timers.{n}"), m))
+                            })
+                            .collect::<Result<_, _>>()?,
+                    },
                 },
             );
+        }
+        for (i, r) in raw.routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if !r.path.starts_with('/') {
+                return Err(at(
+                    &format!("{key}.path"),
+                    format!("`{}` must start with `/`", r.path),
+                ));
+            }
+            if let Some(m) = &r.method
+                && (m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()))
+            {
+                return Err(at(
+                    &format!("{key}.method"),
+                    format!("`{m}` is not an uppercase HTTP method"),
+                ));
+            }
+            let known = PluginName::parse(&r.plugin)
+                .ok()
+                .is_some_and(|n| plugins.contains_key(&n));
+            if !known {
+                return Err(at(
+                    &format!("{key}.plugin"),
+                    format!("`{}` is not a plugin in this file", r.plugin),
+                ));
+            }
         }
         if let Some(url) = &raw.redis.url {
             check_redis_url(url).map_err(|m| at("redis.url", m))?;
@@ -181,6 +440,10 @@ impl Config {
         Ok(Config {
             source: Some(path.to_path_buf()),
             redis: raw.redis,
+            host,
+            http: raw.http,
+            admin: raw.admin,
+            routes: raw.routes,
             data_dir: base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from(".redloom"))),
             plugins,
         })
@@ -224,6 +487,14 @@ struct RawConfig {
     #[serde(default)]
     redis: RedisSection,
     #[serde(default)]
+    host: Option<RawHost>,
+    #[serde(default)]
+    http: HttpSection,
+    #[serde(default)]
+    admin: AdminSection,
+    #[serde(default)]
+    routes: Vec<Route>,
+    #[serde(default)]
     data_dir: Option<PathBuf>,
     #[serde(default)]
     plugins: BTreeMap<String, RawPlugin>,
@@ -239,68 +510,242 @@ struct RawPlugin {
     reuse_instances: u32,
     #[serde(default)]
     quotas: RawQuotas,
+    #[serde(default)]
+    acl: bool,
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<String>,
+    #[serde(default)]
+    limiters: BTreeMap<String, crate::limiter::RawPolicy>,
+    #[serde(default)]
+    shared_channels: Vec<String>,
+    #[serde(default)]
+    subscriptions: Vec<String>,
+    #[serde(default)]
+    subscription_buffer: Option<usize>,
+    #[serde(default)]
+    keyspace_events: Vec<String>,
+    #[serde(default)]
+    timers: BTreeMap<String, RawTimer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawTimer {
+    #[serde(default, with = "duration::option")]
+    every: Option<Duration>,
+    #[serde(default)]
+    cron: Option<String>,
+    #[serde(default)]
+    singleton: bool,
+    #[serde(default = "default_missed")]
+    missed: Missed,
+}
+
+fn default_missed() -> Missed {
+    Missed::Skip
+}
+
+/// Keyspace events a plugin may ask for.
+pub const KEYSPACE_EVENTS: &[&str] = &[
+    "set",
+    "del",
+    "expire",
+    "expired",
+    "evicted",
+    "incrby",
+    "rename_from",
+    "rename_to",
+    "new",
+];
+
+impl RawTimer {
+    fn resolve(self) -> Result<TimerConfig, String> {
+        let schedule = match (self.every, self.cron) {
+            (Some(d), None) => {
+                if d < Duration::from_millis(10) {
+                    return Err("`every` must be at least 10ms".into());
+                }
+                Schedule::Every(d)
+            }
+            (None, Some(c)) => {
+                <cron::Schedule as std::str::FromStr>::from_str(&c).map_err(|e| {
+                    format!("`cron = {c:?}` is not a cron expression with seconds: {e}")
+                })?;
+                Schedule::Cron(c)
+            }
+            _ => return Err("give exactly one of `every` and `cron`".into()),
+        };
+        Ok(TimerConfig {
+            schedule,
+            singleton: self.singleton,
+            missed: self.missed,
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawQuotas {
-    #[serde(default, deserialize_with = "bytes::option")]
-    memory: Option<u64>,
+    #[serde(default, with = "duration::option")]
+    cpu: Option<Duration>,
     #[serde(default, with = "duration::option")]
     wall_time: Option<Duration>,
+    #[serde(default)]
+    fuel: Option<u64>,
+    #[serde(default, deserialize_with = "bytes::option")]
+    memory: Option<u64>,
+    #[serde(default)]
+    table_elements: Option<u64>,
+    #[serde(default)]
+    instances: Option<u64>,
     #[serde(default, deserialize_with = "bytes::option")]
     max_input: Option<u64>,
     #[serde(default, deserialize_with = "bytes::option")]
     max_output: Option<u64>,
+    #[serde(default, deserialize_with = "bytes::option")]
+    max_reply: Option<u64>,
+    #[serde(default)]
+    redis_ops: Option<u64>,
+    #[serde(default)]
+    redis_rate: Option<u64>,
+    #[serde(default)]
+    concurrency: Option<u32>,
+    #[serde(default)]
+    queue: Option<u32>,
+    #[serde(default, with = "duration::option")]
+    queue_wait: Option<Duration>,
+    #[serde(default, with = "duration::option")]
+    outbound_timeout: Option<Duration>,
 }
 
 impl RawQuotas {
-    /// Applies defaults and checks ceilings; errors name the offending key.
-    fn resolve(self, plugin_key: &str) -> Result<Quotas, (String, String)> {
+    /// Applies defaults and checks bounds; errors name the offending key.
+    fn resolve(self, plugin_key: &str, host: &HostSection) -> Result<Quotas, (String, String)> {
         let d = Quotas::default();
         let q = Quotas {
-            memory: self.memory.unwrap_or(d.memory),
+            cpu: self.cpu.unwrap_or(d.cpu),
             wall_time: self.wall_time.unwrap_or(d.wall_time),
+            fuel: self.fuel,
+            memory: self.memory.unwrap_or(d.memory),
+            table_elements: self.table_elements.unwrap_or(d.table_elements),
+            instances: self.instances.unwrap_or(d.instances),
             max_input: self.max_input.unwrap_or(d.max_input),
             max_output: self.max_output.unwrap_or(d.max_output),
+            max_reply: self.max_reply.unwrap_or(d.max_reply),
+            redis_ops: self.redis_ops.unwrap_or(d.redis_ops),
+            redis_rate: self.redis_rate.unwrap_or(d.redis_rate),
+            concurrency: self.concurrency.unwrap_or(d.concurrency),
+            queue: self.queue.unwrap_or(d.queue),
+            queue_wait: self.queue_wait.unwrap_or(d.queue_wait),
+            outbound_timeout: self.outbound_timeout.unwrap_or(d.outbound_timeout),
         };
-        let key = |k: &str| format!("{plugin_key}.quotas.{k}");
-        let over = |k: &str, v: String, max: String| {
-            Err((key(k), format!("{v} is above the host ceiling of {max}")))
+        q.check(host)
+            .map_err(|(k, m)| (format!("{plugin_key}.quotas.{k}"), m))?;
+        Ok(q)
+    }
+}
+
+impl Quotas {
+    /// Checks every quota against its lower bound and host ceiling; the error
+    /// names the quota's manifest key.
+    pub fn check(&self, host: &HostSection) -> Result<(), (&'static str, String)> {
+        fn range<T: PartialOrd + fmt::Debug>(
+            key: &'static str,
+            v: T,
+            min: T,
+            max: T,
+            show: impl Fn(&T) -> String,
+        ) -> Result<(), (&'static str, String)> {
+            if v < min {
+                return Err((
+                    key,
+                    format!("{} is below the minimum of {}", show(&v), show(&min)),
+                ));
+            }
+            if v > max {
+                return Err((
+                    key,
+                    format!("{} is above the host ceiling of {}", show(&v), show(&max)),
+                ));
+            }
+            Ok(())
+        }
+        let dur = |d: &Duration| humantime::format_duration(*d).to_string();
+        let size = |b: &u64| bytesize::ByteSize(*b).to_string();
+        let num = |n: &u64| n.to_string();
+        let ms = Duration::from_millis(1);
+        range("cpu", self.cpu, ms, ceilings::CPU, dur)?;
+        range("wall-time", self.wall_time, ms, ceilings::WALL_TIME, dur)?;
+        if let Some(f) = self.fuel {
+            range("fuel", f, 1, ceilings::FUEL, num)?;
+        }
+        range("memory", self.memory, 1 << 16, ceilings::MEMORY, size)?;
+        range(
+            "table-elements",
+            self.table_elements,
+            1,
+            ceilings::TABLE_ELEMENTS,
+            num,
+        )?;
+        range("instances", self.instances, 1, ceilings::INSTANCES, num)?;
+        range("max-input", self.max_input, 0, ceilings::PAYLOAD, size)?;
+        range("max-output", self.max_output, 0, ceilings::PAYLOAD, size)?;
+        range("max-reply", self.max_reply, 0, ceilings::PAYLOAD, size)?;
+        range("redis-ops", self.redis_ops, 0, ceilings::REDIS_OPS, num)?;
+        range("redis-rate", self.redis_rate, 0, ceilings::REDIS_RATE, num)?;
+        range(
+            "concurrency",
+            u64::from(self.concurrency),
+            1,
+            u64::from(host.max_instances),
+            num,
+        )?;
+        range(
+            "queue",
+            u64::from(self.queue),
+            0,
+            u64::from(ceilings::QUEUE),
+            num,
+        )?;
+        range(
+            "queue-wait",
+            self.queue_wait,
+            Duration::ZERO,
+            ceilings::QUEUE_WAIT,
+            dur,
+        )?;
+        range(
+            "outbound-timeout",
+            self.outbound_timeout,
+            ms,
+            ceilings::WALL_TIME,
+            dur,
+        )?;
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHost {
+    #[serde(default)]
+    max_instances: Option<u32>,
+}
+
+impl RawHost {
+    fn resolve(self) -> Result<HostSection, (String, String)> {
+        let h = HostSection {
+            max_instances: self
+                .max_instances
+                .unwrap_or(HostSection::default().max_instances),
         };
-        if q.memory < (1 << 16) {
+        if h.max_instances == 0 || h.max_instances > ceilings::HOST_INSTANCES {
             return Err((
-                key("memory"),
-                "must be at least 64KiB (one wasm page)".into(),
+                "host.max-instances".into(),
+                format!("must be between 1 and {}", ceilings::HOST_INSTANCES),
             ));
         }
-        if q.memory > ceilings::MEMORY {
-            return over(
-                "memory",
-                bytesize::ByteSize(q.memory).to_string(),
-                bytesize::ByteSize(ceilings::MEMORY).to_string(),
-            );
-        }
-        if q.wall_time.is_zero() {
-            return Err((key("wall-time"), "must be greater than zero".into()));
-        }
-        if q.wall_time > ceilings::WALL_TIME {
-            return over(
-                "wall-time",
-                humantime::format_duration(q.wall_time).to_string(),
-                humantime::format_duration(ceilings::WALL_TIME).to_string(),
-            );
-        }
-        for (k, v) in [("max-input", q.max_input), ("max-output", q.max_output)] {
-            if v > ceilings::PAYLOAD {
-                return over(
-                    k,
-                    bytesize::ByteSize(v).to_string(),
-                    bytesize::ByteSize(ceilings::PAYLOAD).to_string(),
-                );
-            }
-        }
-        Ok(q)
+        Ok(h)
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -32,8 +33,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct RuntimeOptions {
     /// Where compiled plugins are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
-    /// Component instances alive at once across all plugins (pool slots).
+    /// Invocations running at once across all plugins (`[host] max-instances`).
     pub max_instances: u32,
+    /// Meter fuel (needed by any plugin with a `fuel` quota; costs some speed).
+    pub fuel: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -41,6 +44,7 @@ impl Default for RuntimeOptions {
         RuntimeOptions {
             cache_dir: None,
             max_instances: 256,
+            fuel: false,
         }
     }
 }
@@ -50,6 +54,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<State>,
     cache: Option<CompileCache>,
+    slots: Arc<Semaphore>,
+    fuel: bool,
     _ticker: EpochTicker,
 }
 
@@ -77,12 +83,24 @@ impl Runtime {
             engine,
             linker,
             cache,
+            slots: Arc::new(Semaphore::new(options.max_instances.max(1) as usize)),
+            fuel: options.fuel,
             _ticker: ticker,
         })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Host-wide instance slots: one per running invocation.
+    pub fn slots(&self) -> &Arc<Semaphore> {
+        &self.slots
+    }
+
+    /// Whether the engine meters fuel.
+    pub fn fuel(&self) -> bool {
+        self.fuel
     }
 
     pub(crate) fn linker(&self) -> &Linker<State> {
@@ -105,13 +123,20 @@ fn engine_config(options: &RuntimeOptions) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    config.consume_fuel(options.fuel);
     // Bounds-checked memories sized to the host ceiling keep each pool slot's
     // address-space reservation small (many hosts run side by side in tests).
     config.memory_reservation(ceilings::MEMORY);
     config.memory_guard_size(64 << 10);
     config.memory_reservation_for_growth(0);
 
-    let n = options.max_instances.max(1);
+    // Running invocations, plus instances kept warm for reuse and load-time
+    // probes: twice the running limit leaves room for both.
+    let n = options
+        .max_instances
+        .max(1)
+        .saturating_mul(2)
+        .saturating_add(8);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(n)
         // A Rust component has one to a few core instances; JS and Python more.

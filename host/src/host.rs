@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use crate::bindings::http_types::{Request as HttpRequest, Response as HttpResponse};
 use crate::config::{Config, RedisSection};
 use crate::engine::{Runtime, RuntimeOptions};
 use crate::namespace::PluginName;
-use crate::plugin::{InvokeError, LoadError, Plugin, PluginSpec};
+use crate::plugin::{Call, InvokeError, LoadError, Plugin, PluginSpec, Reply};
 use crate::redis::server::{PrivateRedis, ServerOptions, StartError};
 use crate::redis::{Redis, RedisOptions};
 
@@ -33,7 +34,11 @@ impl HostOptions {
             redis: config.redis.clone(),
             data_dir: config.data_dir.clone(),
             compile_cache: true,
-            runtime: RuntimeOptions::default(),
+            runtime: RuntimeOptions {
+                max_instances: config.host.max_instances,
+                fuel: config.plugins.values().any(|p| p.quotas.fuel.is_some()),
+                ..RuntimeOptions::default()
+            },
         }
     }
 }
@@ -49,12 +54,31 @@ pub enum StartupError {
     Runtime(anyhow::Error),
 }
 
+/// A loaded plugin and the connection its commands use: the host's, or
+/// one authenticated as the plugin's own ACL user.
+#[derive(Clone)]
+struct Loaded {
+    plugin: Arc<Plugin>,
+    redis: Redis,
+    /// What it was loaded from, for `reload`.
+    spec: PluginSpec,
+}
+
+/// A loaded plugin as the admin API lists it.
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
+    pub name: PluginName,
+    pub wasm: PathBuf,
+    pub handlers: Vec<&'static str>,
+    pub stats: crate::stats::Snapshot,
+}
+
 /// A running host.
 pub struct Host {
     runtime: Runtime,
     redis: Redis,
-    plugins: RwLock<BTreeMap<PluginName, Arc<Plugin>>>,
-    private_redis: Option<PrivateRedis>,
+    plugins: RwLock<BTreeMap<PluginName, Loaded>>,
+    private_redis: std::sync::Mutex<Option<PrivateRedis>>,
 }
 
 impl Host {
@@ -88,7 +112,7 @@ impl Host {
             runtime,
             redis,
             plugins: RwLock::new(BTreeMap::new()),
-            private_redis,
+            private_redis: std::sync::Mutex::new(private_redis),
         })
     }
 
@@ -100,22 +124,51 @@ impl Host {
         &self.runtime
     }
 
-    /// The private server, when this host started one.
-    pub fn private_redis(&self) -> Option<&PrivateRedis> {
-        self.private_redis.as_ref()
+    /// The private server's URL, when this host started one.
+    pub fn private_redis_url(&self) -> Option<String> {
+        self.private_redis
+            .lock()
+            .expect("private redis poisoned")
+            .as_ref()
+            .map(PrivateRedis::url)
     }
 
     /// Loads (or replaces) a plugin and instantiates it once to check it.
+    /// With `spec.acl`, creates the plugin's ACL user first.
     pub async fn load(&self, spec: PluginSpec) -> Result<Arc<Plugin>, LoadError> {
+        self.load_checked(spec, |_| Ok(())).await
+    }
+
+    /// Like [`Host::load`], but `check` sees the new plugin before it
+    /// replaces the old one; its error leaves the old one serving.
+    pub async fn load_checked(
+        &self,
+        spec: PluginSpec,
+        check: impl FnOnce(&Plugin) -> Result<(), String>,
+    ) -> Result<Arc<Plugin>, LoadError> {
         let path = spec.wasm.clone();
-        let plugin = Plugin::load(&self.runtime, spec)?;
+        let acl = spec.acl;
+        let plugin = Plugin::load(&self.runtime, spec.clone())?;
+        let redis = if acl {
+            let user = format!("redloom-{}", plugin.name());
+            self.redis
+                .for_acl_user(&user, plugin.namespace().prefix())
+                .await
+                .map_err(|e| LoadError::Config {
+                    path: path.clone(),
+                    reason: format!("{e:#}"),
+                })?
+        } else {
+            self.redis.clone()
+        };
         plugin
-            .probe(Some(self.redis.clone()))
+            .probe(Some(redis.clone()))
             .await
             .map_err(|e| LoadError::Invalid {
-                path,
+                path: path.clone(),
                 reason: e.to_string(),
             })?;
+        check(&plugin).map_err(|reason| LoadError::Config { path, reason })?;
         let plugin = Arc::new(plugin);
         let report = plugin.report();
         tracing::info!(
@@ -124,10 +177,14 @@ impl Host {
             compile_ms = report.compile_time.as_millis() as u64,
             "loaded plugin"
         );
-        self.plugins
-            .write()
-            .expect("plugin table poisoned")
-            .insert(plugin.name().clone(), plugin.clone());
+        self.plugins.write().expect("plugin table poisoned").insert(
+            plugin.name().clone(),
+            Loaded {
+                plugin: plugin.clone(),
+                redis,
+                spec,
+            },
+        );
         Ok(plugin)
     }
 
@@ -140,6 +197,10 @@ impl Host {
     }
 
     pub fn plugin(&self, name: &PluginName) -> Option<Arc<Plugin>> {
+        self.loaded(name).map(|l| l.plugin)
+    }
+
+    fn loaded(&self, name: &PluginName) -> Option<Loaded> {
         self.plugins
             .read()
             .expect("plugin table poisoned")
@@ -156,24 +217,112 @@ impl Host {
             .collect()
     }
 
+    /// Loads `name` again from its wasm file (or `wasm`, if given; with new
+    /// `settings`, if given) and swaps
+    /// it in atomically: calls already running finish on the old version,
+    /// calls that start after the swap use the new one, and a failed load
+    /// leaves the old version serving.
+    pub async fn reload(
+        &self,
+        name: &PluginName,
+        wasm: Option<PathBuf>,
+        settings: Option<BTreeMap<String, String>>,
+        check: impl FnOnce(&Plugin) -> Result<(), String>,
+    ) -> Result<Arc<Plugin>, ReloadError> {
+        let mut spec = self
+            .loaded(name)
+            .ok_or_else(|| ReloadError::UnknownPlugin(name.clone()))?
+            .spec;
+        if let Some(w) = wasm {
+            spec.wasm = w;
+        }
+        if let Some(s) = settings {
+            spec.settings = s;
+        }
+        Ok(self.load_checked(spec, check).await?)
+    }
+
+    /// Stops routing to `name`; calls already running finish. Returns
+    /// whether it was loaded.
+    pub fn unload(&self, name: &PluginName) -> bool {
+        self.plugins
+            .write()
+            .expect("plugin table poisoned")
+            .remove(name)
+            .is_some()
+    }
+
+    /// Every loaded plugin with its counters, in name order.
+    pub fn plugin_infos(&self) -> Vec<PluginInfo> {
+        self.plugins
+            .read()
+            .expect("plugin table poisoned")
+            .values()
+            .map(|l| PluginInfo {
+                name: l.plugin.name().clone(),
+                wasm: l.spec.wasm.clone(),
+                handlers: l.plugin.handlers().names(),
+                stats: l.plugin.stats(),
+            })
+            .collect()
+    }
+
+    /// Sends an HTTP request to a loaded plugin's HTTP handler.
+    pub async fn handle_http(
+        &self,
+        plugin: &PluginName,
+        request: &HttpRequest,
+    ) -> Result<HttpResponse, HostInvokeError> {
+        let l = self
+            .loaded(plugin)
+            .ok_or_else(|| HostInvokeError::UnknownPlugin(plugin.clone()))?;
+        Ok(l.plugin.handle_http(&l.redis, request).await?)
+    }
+
+    /// Runs any handler of a loaded plugin (the triggers' entry point).
+    pub async fn call(
+        &self,
+        plugin: &PluginName,
+        call: Call<'_>,
+    ) -> Result<Reply, HostInvokeError> {
+        let l = self
+            .loaded(plugin)
+            .ok_or_else(|| HostInvokeError::UnknownPlugin(plugin.clone()))?;
+        Ok(l.plugin.call(&l.redis, call).await?)
+    }
+
     /// Invokes a loaded plugin's `invoke` handler.
     pub async fn invoke(
         &self,
         plugin: &PluginName,
         input: &[u8],
     ) -> Result<Vec<u8>, HostInvokeError> {
-        let p = self
-            .plugin(plugin)
+        let l = self
+            .loaded(plugin)
             .ok_or_else(|| HostInvokeError::UnknownPlugin(plugin.clone()))?;
-        Ok(p.invoke(&self.redis, input).await?)
+        Ok(l.plugin.invoke(&l.redis, input).await?)
     }
 
     /// Stops the private Redis (if any) gracefully.
-    pub async fn shutdown(self) {
-        if let Some(server) = self.private_redis {
+    pub async fn shutdown(&self) {
+        let server = self
+            .private_redis
+            .lock()
+            .expect("private redis poisoned")
+            .take();
+        if let Some(server) = server {
             server.stop().await;
         }
     }
+}
+
+/// [`Host::reload`]'s error.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no plugin named {0} is loaded")]
+    UnknownPlugin(PluginName),
+    #[error(transparent)]
+    Load(#[from] LoadError),
 }
 
 /// [`Host::invoke`]'s error.

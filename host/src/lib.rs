@@ -10,12 +10,20 @@
 //!   linker with every capability, and the compiled-plugin cache.
 //! - [`plugin`]: loading and checking a component; running one invocation.
 //! - [`store`]: what a wasmtime `Store` holds for one instance.
+//! - [`quota`]: where each per-plugin quota is enforced, and what it covers.
+//! - [`stats`]: per-plugin counters.
 //! - [`bindings`]: the one `bindgen!` site for `wit/`.
 //! - `caps`: host implementations of the capability interfaces, one module
 //!   per WIT interface.
+//! - [`serve`]: `redloom serve`'s HTTP trigger, admin API, metrics and health.
+//! - [`limiter`]: rate-limit policies: algorithms, parameters and their bounds,
+//!   the manifest syntax.
+//! - [`triggers`]: pub/sub subscriptions, keyspace events and timers.
 //! - [`namespace`]: plugin names and the key namespace each plugin lives in.
 //! - [`redis`]: the only module that talks to Redis; Lua scripts from `lua/`;
 //!   the private `redis-server`.
+//! - [`scaffold`]: `redloom new`, plugin projects in Rust, JavaScript, Python
+//!   and C from the templates in `host/templates/`.
 
 pub mod bindings;
 mod caps;
@@ -23,7 +31,13 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod host;
+pub mod limiter;
 pub mod namespace;
 pub mod plugin;
+pub mod quota;
 pub mod redis;
+pub mod scaffold;
+pub mod serve;
+pub mod stats;
 pub mod store;
+pub mod triggers;

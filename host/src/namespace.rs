@@ -1,17 +1,34 @@
 //! Plugin names and the key namespace each plugin's data lives in.
 //!
 //! Every Redis key of plugin `p` starts with `rl:p:` followed by the
-//! capability (`kv:` for the kv interface). Plugin names cannot contain `:`, so
-//! `rl:NAME:` prefixes are prefix-free: no key of one plugin can equal or start
-//! another plugin's prefix, whatever bytes the plugin puts in its keys
-//! (`:`, `{`, `}`, empty keys). Hash tags inside a user key only choose a
-//! Cluster slot; they cannot move the key out of the prefix.
+//! capability (`kv:` for the kv interface, `lock:` for locks, `limiter:`
+//! for rate limits). Plugin names
+//! cannot contain `:`, so `rl:NAME:` prefixes are prefix-free: no key of one
+//! plugin can equal or start another plugin's prefix, whatever bytes the
+//! plugin puts in its keys (`:`, `{`, `}`, empty keys). Hash tags inside a
+//! user key only choose a Cluster slot; they cannot move the key out of the
+//! prefix.
 
 use std::fmt;
 
 /// Longest key (in bytes) a plugin may name; longer keys are rejected with
 /// `invalid-argument` rather than sent to Redis.
 pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Prefix of channels shared between plugins (`shared-channels`).
+pub const SHARED_CHANNEL_PREFIX: &str = "rl::ch:";
+
+/// Whether the manifest's `shared-channels` make `name` shared: an entry
+/// equals it, or an entry ending in `*` is a prefix of it (`room:*` shares
+/// `room:1`, and the pattern subscription `room:*` too).
+pub fn is_shared<'a>(shared: impl IntoIterator<Item = &'a String>, name: &str) -> bool {
+    shared
+        .into_iter()
+        .any(|entry| match entry.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => entry == name,
+        })
+}
 
 /// Longest plugin name.
 pub const MAX_NAME_BYTES: usize = 64;
@@ -90,6 +107,26 @@ pub struct KeyTooLong {
     pub len: usize,
 }
 
+/// The Redis keys of one named lock; see [`Namespace::lock`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockKeys {
+    /// A hash `{owner, token}` with the lock's time to live; absent when free.
+    pub lock: String,
+    /// The fencing counter: the last token handed out for this name. No TTL.
+    pub fence: String,
+}
+
+/// The Redis keys of one limited key of one rate-limit policy; see
+/// [`Namespace::limiter`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimiterKeys {
+    /// The algorithm's state (a string, hash or sorted set, with a TTL).
+    pub state: String,
+    /// The key's override: a hash `{algorithm, limit, period-us, burst}`,
+    /// absent when the key follows its policy. No TTL.
+    pub overrides: String,
+}
+
 /// Maps a plugin's keys into its namespace.
 #[derive(Debug, Clone)]
 pub struct Namespace {
@@ -110,6 +147,75 @@ impl Namespace {
             return Err(KeyTooLong { len: key.len() });
         }
         Ok(format!("{}kv:{key}", self.prefix))
+    }
+
+    /// The Redis keys of the lock named `name`: `rl:NAME:lock:{NAME/LOCK}`
+    /// (the lock) and the same followed by `:fence` (its fencing counter).
+    ///
+    /// Both keys carry the same hash tag, so they live in one Cluster slot and
+    /// one script may touch both. The tag starts with the plugin name and a
+    /// `/`, so it is never empty, whatever the lock name (`""`, `}`, `{x}`);
+    /// the prefix before the tag has no braces (plugin names cannot contain
+    /// them), so the tag is always the one added here. Names over 1024 bytes
+    /// are refused.
+    pub fn lock(&self, name: &str) -> Result<LockKeys, KeyTooLong> {
+        if name.len() > MAX_KEY_BYTES {
+            return Err(KeyTooLong { len: name.len() });
+        }
+        let plugin = &self.prefix["rl:".len()..self.prefix.len() - 1];
+        let lock = format!("{}lock:{{{plugin}/{name}}}", self.prefix);
+        Ok(LockKeys {
+            fence: format!("{lock}:fence"),
+            lock,
+        })
+    }
+
+    /// The Redis keys of `key` under the rate-limit policy `policy`, whose
+    /// algorithm's short code is `code` (`gcra`, `tb`, `sw`, `fw`, `cc`):
+    /// `rl:NAME:limiter:{NAME/POLICY/KEY}:CODE` (state) and
+    /// `rl:NAME:limiter:{NAME/POLICY/KEY}:override`.
+    ///
+    /// One hash tag per limited key, so a check touches one Cluster slot and
+    /// different keys spread over the cluster. The tag is never empty and is
+    /// always the one added here (the prefix has no braces). Policy names
+    /// have no `/`, `{` or `}` (see [`crate::limiter::check_policy_name`]),
+    /// so `NAME/POLICY/KEY` names one (policy, key) pair; the suffixes after
+    /// the tag contain no `}`, so no key (whatever its braces) can make one
+    /// pair's key equal another's. Keys over 1024 bytes are refused.
+    pub fn limiter(&self, policy: &str, code: &str, key: &str) -> Result<LimiterKeys, KeyTooLong> {
+        debug_assert!(
+            crate::limiter::check_policy_name(policy).is_ok(),
+            "{policy:?}"
+        );
+        debug_assert!(!code.contains('}'), "{code:?}");
+        if key.len() > MAX_KEY_BYTES {
+            return Err(KeyTooLong { len: key.len() });
+        }
+        let plugin = &self.prefix["rl:".len()..self.prefix.len() - 1];
+        let base = format!("{}limiter:{{{plugin}/{policy}/{key}}}", self.prefix);
+        Ok(LimiterKeys {
+            state: format!("{base}:{code}"),
+            overrides: format!("{base}:override"),
+        })
+    }
+
+    /// The Redis channel for the plugin's channel `name`: `rl:NAME:ch:<name>`,
+    /// or `rl::ch:<name>` for a shared channel (no plugin name is empty, so
+    /// no plugin's private channel can equal a shared one).
+    pub fn channel(&self, name: &str, shared: bool) -> Result<String, KeyTooLong> {
+        if name.len() > MAX_KEY_BYTES {
+            return Err(KeyTooLong { len: name.len() });
+        }
+        Ok(if shared {
+            format!("{SHARED_CHANNEL_PREFIX}{name}")
+        } else {
+            format!("{}ch:{name}", self.prefix)
+        })
+    }
+
+    /// The prefix of the plugin's private channels.
+    pub fn channel_prefix(&self) -> String {
+        format!("{}ch:", self.prefix)
     }
 
     /// The prefix every key of this plugin starts with (for ACL patterns and tests).
@@ -171,5 +277,104 @@ mod tests {
                 len: MAX_KEY_BYTES + 1
             })
         );
+    }
+
+    /// The Cluster hash tag of a key, as Redis computes it: the text between
+    /// the first `{` and the first `}` after it, if that is not empty.
+    fn hash_tag(key: &str) -> Option<&str> {
+        let open = key.find('{')?;
+        let close = key[open + 1..].find('}')? + open + 1;
+        (close > open + 1).then(|| &key[open + 1..close])
+    }
+
+    /// A lock and its fencing counter share one non-empty hash tag for every
+    /// name, lock keys are disjoint from kv keys and from each other's
+    /// counters, and over-long names are refused.
+    #[test]
+    fn lock_keys_share_a_slot() {
+        let a = Namespace::new(&PluginName::parse("a").unwrap());
+        let names = [
+            "", "}", "{", "{x}", "x}y", "jobs", "a/b", ":fence", "x:fence",
+        ];
+        let mut all = Vec::new();
+        for name in names {
+            let keys = a.lock(name).unwrap();
+            assert!(keys.lock.starts_with("rl:a:lock:{a/"), "{keys:?}");
+            let tag = hash_tag(&keys.lock).expect("a hash tag");
+            assert!(tag.starts_with("a/"), "{tag}");
+            assert_eq!(hash_tag(&keys.fence), Some(tag), "{keys:?}");
+            for k in hostile_kv_keys() {
+                assert_ne!(a.kv(k).unwrap(), keys.lock);
+            }
+            all.push(keys.lock);
+            all.push(keys.fence);
+        }
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "two names share a key: {all:?}");
+        assert_eq!(
+            a.lock(&"x".repeat(MAX_KEY_BYTES + 1)),
+            Err(KeyTooLong {
+                len: MAX_KEY_BYTES + 1
+            })
+        );
+        assert_eq!(hash_tag("rl:a:lock:{a/x}y}:fence"), Some("a/x"));
+    }
+
+    /// A limited key's state and override share one non-empty hash tag,
+    /// and no two (policy, key, algorithm) triples share a Redis key, even
+    /// with hostile keys; limiter keys never equal kv or lock keys.
+    #[test]
+    fn limiter_keys_share_a_slot_and_never_collide() {
+        let a = Namespace::new(&PluginName::parse("a").unwrap());
+        let keys = [
+            "",
+            "}",
+            "{",
+            "{x}",
+            "x}y",
+            "x}:gcra",
+            "x}:override",
+            "x",
+            "p/x",
+            ":override",
+        ];
+        let mut all = Vec::new();
+        for policy in ["p", "p-2"] {
+            for key in keys {
+                for code in ["gcra", "tb", "sw", "fw", "cc"] {
+                    let k = a.limiter(policy, code, key).unwrap();
+                    let tag = hash_tag(&k.state).expect("a hash tag");
+                    assert!(tag.starts_with(&format!("a/{policy}/")), "{k:?}");
+                    assert_eq!(hash_tag(&k.overrides), Some(tag), "{k:?}");
+                    assert!(k.state.starts_with("rl:a:limiter:{a/"), "{k:?}");
+                    all.push(k.state);
+                }
+                all.push(a.limiter(policy, "gcra", key).unwrap().overrides);
+                assert_ne!(
+                    a.kv(key).unwrap(),
+                    a.limiter(policy, "gcra", key).unwrap().state
+                );
+                assert_ne!(
+                    a.lock(key).unwrap().lock,
+                    a.limiter(policy, "gcra", key).unwrap().state
+                );
+            }
+        }
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "two limited keys share a Redis key");
+        assert_eq!(
+            a.limiter("p", "gcra", &"x".repeat(MAX_KEY_BYTES + 1)),
+            Err(KeyTooLong {
+                len: MAX_KEY_BYTES + 1
+            })
+        );
+    }
+
+    fn hostile_kv_keys() -> [&'static str; 4] {
+        ["", "lock:{a/}", ":lock:{a/jobs}", "{a/jobs}"]
     }
 }

@@ -9,13 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::caps::outbound_http::Origin;
 use crate::config::Quotas;
 use crate::namespace::{Namespace, PluginName};
+use crate::quota::{Admission, CpuMeter, Limits, QuotaTrap, TokenBucket};
 use crate::redis::Redis;
+use crate::stats::PluginStats;
 
 /// What every instance of one plugin shares.
 #[derive(Debug)]
@@ -24,13 +26,70 @@ pub struct PluginContext {
     pub namespace: Namespace,
     pub settings: BTreeMap<String, String>,
     pub quotas: Quotas,
+    pub stats: PluginStats,
+    /// The plugin's `redis-rate` bucket, shared by all its invocations.
+    pub redis_rate: Mutex<TokenBucket>,
+    pub admission: Admission,
+    pub outbound: OutboundPolicy,
+    /// Named rate-limit policies from the manifest (see `caps::limiter`).
+    pub limiters: crate::limiter::Policies,
+    /// Channel names shared with other plugins (`shared-channels`).
+    pub shared_channels: std::collections::BTreeSet<String>,
+}
+
+/// Where and how long a plugin may make outbound HTTP requests.
+#[derive(Debug, Clone, Default)]
+pub struct OutboundPolicy {
+    /// Origins from `allowed-outbound-hosts`; empty: none.
+    pub allowed: Vec<Origin>,
+    /// Deadline of one request (`quotas.outbound-timeout`).
+    pub timeout: std::time::Duration,
+}
+
+impl PluginContext {
+    pub fn new(
+        name: PluginName,
+        settings: BTreeMap<String, String>,
+        quotas: Quotas,
+        allowed_outbound: Vec<Origin>,
+    ) -> PluginContext {
+        PluginContext {
+            namespace: Namespace::new(&name),
+            name,
+            settings,
+            stats: PluginStats::default(),
+            redis_rate: Mutex::new(TokenBucket::new(quotas.redis_rate)),
+            admission: Admission::new(&quotas),
+            shared_channels: Default::default(),
+            outbound: OutboundPolicy {
+                allowed: allowed_outbound,
+                timeout: quotas.outbound_timeout,
+            },
+            quotas,
+            limiters: Default::default(),
+        }
+    }
+
+    /// The same context with the manifest's shared channel names.
+    pub fn with_shared_channels(mut self, names: &[String]) -> PluginContext {
+        self.shared_channels = names.iter().cloned().collect();
+        self
+    }
+
+    /// The same context with the manifest's rate-limit policies.
+    pub fn with_limiters(mut self, limiters: crate::limiter::Policies) -> PluginContext {
+        self.limiters = limiters;
+        self
+    }
 }
 
 /// Store data of one instance.
 pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: Limits,
+    /// Guest CPU time of the current invocation.
+    pub(crate) cpu: Arc<CpuMeter>,
     pub(crate) caps: Caps,
 }
 
@@ -43,6 +102,13 @@ pub struct Caps {
     pub(crate) redis_ops: u64,
     /// Work to do when the current invocation ends, however it ends.
     pub(crate) cleanup: Arc<Cleanup>,
+    /// The first quota the current invocation broke inside a capability
+    /// call; the invocation fails with it whatever the guest returns.
+    pub(crate) breach: Option<QuotaTrap>,
+    /// The instance's `lock` handles (see `caps::lock`).
+    pub(crate) locks: crate::caps::lock::Locks,
+    /// The instance's concurrency `lease` handles (see `caps::limiter`).
+    pub(crate) leases: crate::caps::limiter::Leases,
 }
 
 /// A deferred action: given the Redis handle, a future that undoes something.
@@ -66,7 +132,10 @@ impl Cleanup {
     /// Registers `action`; the returned id cancels it.
     pub fn register(&self, action: CleanupAction) -> u64 {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.actions.lock().expect("cleanup poisoned").insert(id, action);
+        self.actions
+            .lock()
+            .expect("cleanup poisoned")
+            .insert(id, action);
         id
     }
 
@@ -99,22 +168,20 @@ impl State {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(plugin.quotas.memory as usize)
-            .instances(32)
-            .tables(64)
-            .table_elements(1 << 20)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = Limits::new(&plugin.quotas);
         State {
             wasi,
             table: ResourceTable::new(),
             limits,
+            cpu: Arc::default(),
             caps: Caps {
                 plugin,
                 redis,
                 redis_ops: 0,
                 cleanup: Arc::default(),
+                breach: None,
+                locks: Default::default(),
+                leases: Default::default(),
             },
         }
     }

@@ -10,6 +10,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use redloom::host::{Host, HostOptions};
+use redloom::namespace::PluginName;
+use redloom::plugin::PluginSpec;
 use redloom::redis::server::{PrivateRedis, ServerOptions};
 
 /// A private `redis-server`, killed (and its folder removed) on drop.
@@ -53,6 +56,27 @@ impl RedisServer {
         if let Some(mut s) = self.server.take() {
             s.kill();
         }
+    }
+
+    /// Kills the server and starts a new, empty one on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        let mut options = ServerOptions::new(self._dir.path().join("redis"));
+        options.persistence = false;
+        options.port = Some(port);
+        let started = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                // The old process may still hold the port for a moment.
+                match PrivateRedis::start(options.clone()).await {
+                    Ok(s) => return s,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        })
+        .await
+        .expect("redis-server restarts on its port");
+        self.server = Some(started);
     }
 }
 
@@ -161,4 +185,28 @@ pub fn unique(prefix: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Options for a host on `redis`, keeping its cache in `data`, with room for
+/// 32 concurrent invocations.
+pub fn host_options(redis: &RedisServer, data: &Path) -> HostOptions {
+    let mut options = HostOptions::from_config(&Default::default());
+    options.redis_url = Some(redis.url().to_string());
+    options.data_dir = data.to_path_buf();
+    options.runtime.max_instances = 32;
+    options
+}
+
+/// A host on `redis` with [`host_options`].
+pub async fn host(redis: &RedisServer, data: &Path) -> Host {
+    Host::start(host_options(redis, data))
+        .await
+        .expect("host starts")
+}
+
+/// The built crate `crate_name` as a plugin called `name`, default quotas.
+pub fn spec(name: &str, crate_name: &str) -> PluginSpec {
+    let mut s = PluginSpec::from_path(&plugin(crate_name));
+    s.name = PluginName::parse(name).unwrap();
+    s
 }

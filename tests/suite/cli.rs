@@ -188,7 +188,13 @@ fn serve_runs_until_sigterm() {
     .unwrap();
     let log = dir.path().join("serve.log");
     let mut child = redloom(dir.path())
-        .arg("serve")
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -206,6 +212,35 @@ fn serve_runs_until_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(serving.contains("visit-counter"), "{serving}");
+
+    // `redloom plugin list` talks to the running server's admin API.
+    let admin = serving
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin="))
+        .unwrap_or_else(|| panic!("no admin address in the log:\n{serving}"));
+    let out =
+        run(redloom(dir.path()).args(["plugin", "--admin", &format!("http://{admin}"), "list"]));
+    assert_eq!(code(&out), 0, "stderr: {}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("visit-counter ") && l.contains("invoke")),
+        "{listing}"
+    );
+    let out = run(redloom(dir.path()).args([
+        "plugin",
+        "--admin",
+        &format!("http://{admin}"),
+        "unload",
+        "nope",
+    ]));
+    assert_ne!(code(&out), 0);
+    assert!(
+        text(&out.stderr).contains("no plugin named nope"),
+        "{}",
+        text(&out.stderr)
+    );
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -228,4 +263,35 @@ fn serve_runs_until_sigterm() {
         std::fs::read_to_string(&log).unwrap()
     );
     assert!(dir.path().join(".redloom/redis/appendonlydir").is_dir());
+}
+
+/// `invoke --stats` prints the run's counters on stderr, output stays on stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_stats() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(redloom(dir.path())
+        .arg("invoke")
+        .arg(plugin("kv-probe"))
+        .args(["--stats", "--redis-url", redis.url()])
+        .args([
+            "--input",
+            r#"[{"op":"incr","key":"a"},{"op":"incr","key":"a"}]"#,
+        ]));
+    assert_eq!(code(&out), 0, "stderr: {}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.lines().any(|l| l == "invocations 1"), "{stderr}");
+    assert!(stderr.lines().any(|l| l == "redis_commands 2"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l == r#"quota_rejections{quota="cpu"} 0"#),
+        "{stderr}"
+    );
+    assert!(
+        stderr.lines().any(|l| l.starts_with("guest_cpu_seconds ")),
+        "{stderr}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[1]["ok"], 2);
 }

@@ -8,28 +8,14 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redloom::bindings::types::Error as GuestError;
 use redloom::engine::CacheOutcome;
-use redloom::host::{Host, HostInvokeError, HostOptions};
+use redloom::host::{Host, HostInvokeError};
 use redloom::namespace::PluginName;
 use redloom::plugin::{InvokeError, LoadError, PluginSpec};
-use redloom_tests::{RedisServer, plugin, unique};
+use redloom_tests::{RedisServer, host, plugin, spec, unique};
 use serde_json::{Value, json};
 
 /// Every test body runs under this deadline.
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-async fn host(redis: &RedisServer, data: &Path) -> Host {
-    let mut options = HostOptions::from_config(&Default::default());
-    options.redis_url = Some(redis.url().to_string());
-    options.data_dir = data.to_path_buf();
-    options.runtime.max_instances = 32;
-    Host::start(options).await.expect("host starts")
-}
-
-fn spec(name: &str, crate_name: &str) -> PluginSpec {
-    let mut s = PluginSpec::from_path(&plugin(crate_name));
-    s.name = PluginName::parse(name).unwrap();
-    s
-}
 
 /// Runs a kv-probe program and returns its per-operation results.
 async fn probe(host: &Host, name: &str, ops: Value) -> Vec<Value> {

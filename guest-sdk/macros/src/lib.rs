@@ -57,7 +57,17 @@ const VERSION: &str = "0.1.0";
 /// mapped onto the SDK's bindings; `wit-bindgen` rejects a world that imports
 /// an interface missing here, so this list and `wit/worlds.wit` stay in step
 /// (a test below checks it too).
-const IMPORTS: &[&str] = &["types", "kv", "log", "config"];
+const IMPORTS: &[&str] = &[
+    "types",
+    "kv",
+    "log",
+    "config",
+    "lock",
+    "http-types",
+    "outbound-http",
+    "limiter",
+    "pubsub",
+];
 
 /// A handler the SDK can export.
 struct Handler {
@@ -67,28 +77,84 @@ struct Handler {
     interface: &'static str,
     /// The SDK trait the plugin type must implement.
     sdk_trait: &'static str,
-    /// The adapter: an impl of the generated `Guest` trait (at `guest`) for
-    /// the `exports` type that calls the plugin type's SDK trait.
-    adapter: fn(guest: &TokenStream2, exports: &Ident, plugin: &syn::Type) -> TokenStream2,
+    /// The adapter: an impl of the generated `Guest` trait (in the generated
+    /// export module at `module`) for the `exports` type that calls the
+    /// plugin type's SDK trait.
+    adapter: fn(module: &TokenStream2, exports: &Ident, plugin: &syn::Type) -> TokenStream2,
 }
 
 /// Every handler `export!` knows, in the order the docs list them.
-const HANDLERS: &[Handler] = &[Handler {
-    name: "invoke",
-    interface: "invoke",
-    sdk_trait: "Invoke",
-    adapter: |guest, exports, plugin| {
-        quote! {
-            impl #guest for #exports {
-                fn handle(
-                    input: ::std::vec::Vec<u8>,
-                ) -> ::std::result::Result<::std::vec::Vec<u8>, ::redloom_sdk::__private::WitError> {
-                    ::redloom_sdk::__private::invoke::<#plugin>(input)
+const HANDLERS: &[Handler] = &[
+    Handler {
+        name: "invoke",
+        interface: "invoke",
+        sdk_trait: "Invoke",
+        adapter: |module, exports, plugin| {
+            quote! {
+                impl #module::Guest for #exports {
+                    fn handle(
+                        input: ::std::vec::Vec<u8>,
+                    ) -> ::std::result::Result<::std::vec::Vec<u8>, ::redloom_sdk::__private::WitError> {
+                        ::redloom_sdk::__private::invoke::<#plugin>(input)
+                    }
                 }
             }
-        }
+        },
     },
-}];
+    Handler {
+        name: "http",
+        interface: "http-handler",
+        sdk_trait: "Http",
+        adapter: |module, exports, plugin| {
+            quote! {
+                impl #module::Guest for #exports {
+                    fn handle(
+                        request: ::redloom_sdk::__private::bindings::redloom::plugin::http_types::Request,
+                    ) -> ::std::result::Result<
+                        ::redloom_sdk::__private::bindings::redloom::plugin::http_types::Response,
+                        ::redloom_sdk::__private::WitError,
+                    > {
+                        ::redloom_sdk::__private::http::<#plugin>(request)
+                    }
+                }
+            }
+        },
+    },
+    Handler {
+        name: "message",
+        interface: "message-handler",
+        sdk_trait: "OnMessage",
+        adapter: |module, exports, plugin| {
+            quote! {
+                impl #module::Guest for #exports {
+                    fn handle(
+                        message: #module::Message,
+                    ) -> ::std::result::Result<(), ::redloom_sdk::__private::WitError> {
+                        ::redloom_sdk::__private::on_message::<#plugin>(
+                            message.channel,
+                            message.pattern,
+                            message.payload,
+                        )
+                    }
+                }
+            }
+        },
+    },
+    Handler {
+        name: "timer",
+        interface: "timer-handler",
+        sdk_trait: "OnTick",
+        adapter: |module, exports, plugin| {
+            quote! {
+                impl #module::Guest for #exports {
+                    fn handle(tick: #module::Tick) -> ::std::result::Result<(), ::redloom_sdk::__private::WitError> {
+                        ::redloom_sdk::__private::on_tick::<#plugin>(tick.timer, tick.scheduled_ms)
+                    }
+                }
+            }
+        },
+    },
+];
 
 /// `Type => [handler, ...]`
 struct Input {
@@ -156,8 +222,8 @@ fn expand(input: &Input) -> syn::Result<TokenStream2> {
 
     let adapters = handlers.iter().map(|h| {
         let module = Ident::new(&h.interface.replace('-', "_"), Span::call_site());
-        let guest = quote!(#bindings::exports::redloom::plugin::#module::Guest);
-        (h.adapter)(&guest, &exports, plugin)
+        let module = quote!(#bindings::exports::redloom::plugin::#module);
+        (h.adapter)(&module, &exports, plugin)
     });
 
     Ok(quote! {

@@ -1,15 +1,25 @@
 //! `redloom:plugin/kv`: string keys, byte values, in the plugin's namespace.
 //!
 //! Each WIT function is a thin wrapper around a method returning
-//! `Result<T, Error>`; a trap (the outer `wasmtime::Result`) is never used
-//! for a failed command, only the typed error.
+//! `Result<T, Error>`; a failed command is never a trap, only the typed
+//! error. Every command goes through [`Caps::admit`] (quotas, counters) and
+//! every value read through [`Caps::check_reply`] (`max-reply`).
 
 use crate::bindings::kv::{Host, SetCondition, SetOptions};
 use crate::bindings::types::Error;
-use crate::redis::{self, CommandResult, Redis};
+use crate::redis;
 use crate::store::Caps;
 
 type R<T> = wasmtime::Result<Result<T, Error>>;
+
+fn positive_ttl(ttl_ms: u64) -> Result<u64, Error> {
+    if ttl_ms == 0 {
+        return Err(Error::InvalidArgument(
+            "ttl-ms must be greater than 0".into(),
+        ));
+    }
+    Ok(ttl_ms)
+}
 
 impl Caps {
     fn kv_key(&self, key: &str) -> Result<String, Error> {
@@ -19,16 +29,11 @@ impl Caps {
             .map_err(|e| Error::InvalidArgument(e.to_string()))
     }
 
-    fn redis(&self) -> Result<&Redis, Error> {
-        self.redis
-            .as_ref()
-            .ok_or_else(|| Error::BackendUnavailable("this host runs without Redis".into()))
-    }
-
-    /// Counts one Redis command and converts its outcome for the guest.
-    fn counted<T>(&mut self, result: CommandResult<T>) -> Result<T, Error> {
-        self.redis_ops += 1;
-        result.map_err(Error::from)
+    async fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let key = self.kv_key(key)?;
+        let value = self.admit().await?.get(&key).await?;
+        self.check_reply(value.as_ref().map_or(0, Vec::len))?;
+        Ok(value)
     }
 
     async fn kv_set(
@@ -44,8 +49,28 @@ impl Caps {
             SetCondition::IfAbsent => redis::SetCondition::IfAbsent,
             SetCondition::IfPresent => redis::SetCondition::IfPresent,
         };
-        let r = self.redis()?.set(&key, value, ttl, condition).await;
-        self.counted(r)
+        Ok(self.admit().await?.set(&key, value, ttl, condition).await?)
+    }
+
+    async fn kv_delete(&mut self, key: &str) -> Result<bool, Error> {
+        let key = self.kv_key(key)?;
+        Ok(self.admit().await?.delete(&key).await?)
+    }
+
+    async fn kv_exists(&mut self, key: &str) -> Result<bool, Error> {
+        let key = self.kv_key(key)?;
+        Ok(self.admit().await?.exists(&key).await?)
+    }
+
+    async fn kv_increment(&mut self, key: &str, delta: i64) -> Result<i64, Error> {
+        let key = self.kv_key(key)?;
+        Ok(self.admit().await?.increment(&key, delta).await?)
+    }
+
+    async fn kv_expire(&mut self, key: &str, ttl_ms: u64) -> Result<bool, Error> {
+        let key = self.kv_key(key)?;
+        let ttl = positive_ttl(ttl_ms)?;
+        Ok(self.admit().await?.expire_ms(&key, ttl).await?)
     }
 
     async fn kv_get_many(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
@@ -53,8 +78,12 @@ impl Caps {
             .iter()
             .map(|k| self.kv_key(k))
             .collect::<Result<Vec<_>, _>>()?;
-        let r = self.redis()?.get_many(&keys).await;
-        self.counted(r)
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = self.admit().await?.get_many(&keys).await?;
+        self.check_reply(values.iter().flatten().map(Vec::len).sum())?;
+        Ok(values)
     }
 
     async fn kv_cas(
@@ -66,38 +95,17 @@ impl Caps {
     ) -> Result<bool, Error> {
         let key = self.kv_key(key)?;
         let ttl = ttl_ms.map(positive_ttl).transpose()?;
-        let r = self
-            .redis()?
+        Ok(self
+            .admit()
+            .await?
             .compare_and_swap(&key, expected, new, ttl)
-            .await;
-        self.counted(r)
+            .await?)
     }
-}
-
-fn positive_ttl(ttl_ms: u64) -> Result<u64, Error> {
-    if ttl_ms == 0 {
-        return Err(Error::InvalidArgument(
-            "ttl-ms must be greater than 0".into(),
-        ));
-    }
-    Ok(ttl_ms)
-}
-
-/// `$method` of [`crate::redis::Redis`] on the namespaced key, counted.
-macro_rules! single_key {
-    ($self:ident, $key:ident, $method:ident $(, $arg:expr)*) => {{
-        let (key, redis) = match $self.kv_key(&$key).and_then(|k| Ok((k, $self.redis()?))) {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        let r = redis.$method(&key $(, $arg)*).await;
-        Ok($self.counted(r))
-    }};
 }
 
 impl Host for Caps {
     async fn get(&mut self, key: String) -> R<Option<Vec<u8>>> {
-        single_key!(self, key, get)
+        Ok(self.kv_get(&key).await)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, options: SetOptions) -> R<bool> {
@@ -105,22 +113,19 @@ impl Host for Caps {
     }
 
     async fn delete(&mut self, key: String) -> R<bool> {
-        single_key!(self, key, delete)
+        Ok(self.kv_delete(&key).await)
     }
 
     async fn exists(&mut self, key: String) -> R<bool> {
-        single_key!(self, key, exists)
+        Ok(self.kv_exists(&key).await)
     }
 
     async fn increment(&mut self, key: String, delta: i64) -> R<i64> {
-        single_key!(self, key, increment, delta)
+        Ok(self.kv_increment(&key, delta).await)
     }
 
     async fn expire(&mut self, key: String, ttl_ms: u64) -> R<bool> {
-        if let Err(e) = positive_ttl(ttl_ms) {
-            return Ok(Err(e));
-        }
-        single_key!(self, key, expire_ms, ttl_ms)
+        Ok(self.kv_expire(&key, ttl_ms).await)
     }
 
     async fn get_many(&mut self, keys: Vec<String>) -> R<Vec<Option<Vec<u8>>>> {

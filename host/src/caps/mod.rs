@@ -5,10 +5,15 @@
 
 mod config;
 mod kv;
+pub(crate) mod limiter;
+pub(crate) mod lock;
 mod log;
+pub(crate) mod outbound_http;
+mod pubsub;
 
-use crate::bindings::types::{self, Error};
-use crate::redis::CommandError;
+use crate::bindings::types::{self, Error, Quota};
+use crate::quota::{MAX_RATE_WAIT, QuotaTrap};
+use crate::redis::{CommandError, Redis};
 use crate::store::Caps;
 
 impl types::Host for Caps {}
@@ -20,5 +25,68 @@ impl From<CommandError> for Error {
             CommandError::Unavailable(m) => Error::BackendUnavailable(m),
             CommandError::Rejected(m) => Error::InvalidArgument(m),
         }
+    }
+}
+
+impl Caps {
+    /// Charges one Redis command against the plugin's quotas (`redis-ops`
+    /// per invocation, the shared `redis-rate` bucket) and returns the
+    /// connection to send it on. Every capability sends every command
+    /// through here, so the counters and quotas see all of them.
+    pub(crate) async fn admit(&mut self) -> Result<Redis, Error> {
+        if let Some(b) = &self.breach {
+            return Err(Error::QuotaExceeded(b.quota));
+        }
+        let limit = self.plugin.quotas.redis_ops;
+        if self.redis_ops >= limit {
+            return Err(self.breach(QuotaTrap::new(
+                Quota::RedisOps,
+                format!("more than {limit} Redis commands in one invocation"),
+            )));
+        }
+        let taken = self
+            .plugin
+            .redis_rate
+            .lock()
+            .expect("rate bucket poisoned")
+            .take(MAX_RATE_WAIT);
+        match taken {
+            Ok(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+            Ok(_) => {}
+            Err(_) => {
+                let rate = self.plugin.quotas.redis_rate;
+                return Err(self.breach(QuotaTrap::new(
+                    Quota::RedisRate,
+                    format!("more than {rate} Redis commands per second"),
+                )));
+            }
+        }
+        let redis = self
+            .redis
+            .clone()
+            .ok_or_else(|| Error::BackendUnavailable("this host runs without Redis".into()))?;
+        self.redis_ops += 1;
+        self.plugin.stats.redis_command();
+        Ok(redis)
+    }
+
+    /// Fails with `quota-exceeded(payload)` when a reply of `bytes` would
+    /// bring more than `max-reply` into the guest.
+    pub(crate) fn check_reply(&mut self, bytes: usize) -> Result<(), Error> {
+        let max = self.plugin.quotas.max_reply;
+        if bytes as u64 > max {
+            return Err(self.breach(QuotaTrap::new(
+                Quota::Payload,
+                format!("a Redis reply of {bytes} bytes is over max-reply ({max})"),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records the invocation's first breach and returns the guest's error.
+    pub(crate) fn breach(&mut self, trap: QuotaTrap) -> Error {
+        let quota = trap.quota;
+        self.breach.get_or_insert(trap);
+        Error::QuotaExceeded(quota)
     }
 }

@@ -11,8 +11,14 @@
 //! has a response timeout; a timed-out or failed command surfaces as an error
 //! to the one invocation that sent it.
 
+pub mod acl;
+mod limiter;
+mod lock;
 pub mod scripts;
 pub mod server;
+
+pub use limiter::LimiterReply;
+pub use lock::{AcquireReply, LockHolder};
 
 use std::time::Duration;
 
@@ -75,6 +81,9 @@ pub struct Redis {
     conn: ConnectionManager,
     scripts: &'static Scripts,
     url: String,
+    /// How this connection was made, to open others like it (ACL users).
+    info: redis::ConnectionInfo,
+    options: RedisOptions,
 }
 
 impl Redis {
@@ -82,7 +91,17 @@ impl Redis {
     /// message naming the (password-redacted) URL when Redis is unreachable.
     pub async fn connect(url: &str, options: RedisOptions) -> anyhow::Result<Redis> {
         let shown = redact(url);
-        let client = redis::Client::open(url)
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| anyhow::anyhow!("invalid Redis URL `{shown}`: {e}"))?;
+        Redis::connect_with(info, shown, options).await
+    }
+
+    async fn connect_with(
+        info: redis::ConnectionInfo,
+        shown: String,
+        options: RedisOptions,
+    ) -> anyhow::Result<Redis> {
+        let client = redis::Client::open(info.clone())
             .map_err(|e| anyhow::anyhow!("invalid Redis URL `{shown}`: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
@@ -99,6 +118,8 @@ impl Redis {
             conn,
             scripts: Scripts::get(),
             url: shown,
+            info,
+            options,
         };
         redis
             .scripts
@@ -178,6 +199,53 @@ impl Redis {
             .arg(keys)
             .query_async(&mut self.conn.clone())
             .await?)
+    }
+
+    /// `PUBLISH`; returns how many subscriptions received the message.
+    pub async fn publish(&self, channel: &str, payload: &[u8]) -> CommandResult<u64> {
+        Ok(self.conn.clone().publish(channel, payload).await?)
+    }
+
+    /// A new client for the same server and credentials, for connections
+    /// that must not share the multiplexed one (subscriptions).
+    pub fn client(&self) -> redis::RedisResult<redis::Client> {
+        redis::Client::open(self.info.clone())
+    }
+
+    /// `SET key value PX ttl NX`: whether this caller claimed `key`.
+    pub async fn claim(&self, key: &str, ttl_ms: u64) -> CommandResult<bool> {
+        self.set(key, b"1", Some(ttl_ms.max(1)), SetCondition::IfAbsent)
+            .await
+    }
+
+    /// Adds `flags` to `notify-keyspace-events` (keeping what is set), so
+    /// keyspace notifications reach subscribers. Needs `CONFIG` permission.
+    pub async fn enable_keyspace_events(&self, flags: &str) -> CommandResult<String> {
+        let mut conn = self.conn.clone();
+        let current: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .query_async(&mut conn)
+            .await?;
+        let mut value = current.get(1).cloned().unwrap_or_default();
+        for f in flags.chars().chain(['K']) {
+            if !value.contains(f) && !(f != 'K' && value.contains('A') && "g$lshzxetd".contains(f))
+            {
+                value.push(f);
+            }
+        }
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg(&value)
+            .query_async(&mut conn)
+            .await?;
+        Ok(value)
+    }
+
+    /// The database number of this connection (for keyspace channel names).
+    pub fn db(&self) -> i64 {
+        self.info.redis_settings().db()
     }
 
     /// Runs `lua/kv_cas.lua`.

@@ -14,11 +14,61 @@ use redis::aio::ConnectionLike;
 pub struct Scripts {
     /// `lua/kv_cas.lua`
     pub kv_cas: Script,
+    /// `lua/lock_acquire.lua`
+    pub lock_acquire: Script,
+    /// `lua/lock_release.lua`
+    pub lock_release: Script,
+    /// `lua/lock_extend.lua`
+    pub lock_extend: Script,
+    /// `lua/limiter_gcra.lua`
+    pub limiter_gcra: Script,
+    /// `lua/limiter_token_bucket.lua`
+    pub limiter_token_bucket: Script,
+    /// `lua/limiter_sliding_window.lua`
+    pub limiter_sliding_window: Script,
+    /// `lua/limiter_fixed_window.lua`
+    pub limiter_fixed_window: Script,
+    /// `lua/limiter_concurrency.lua`
+    pub limiter_concurrency: Script,
 }
 
 /// `(file name, source)` for every script, for loading and for tests that
 /// check every script in `lua/`.
-pub const SOURCES: &[(&str, &str)] = &[("kv_cas.lua", include_str!("../../../lua/kv_cas.lua"))];
+pub const SOURCES: &[(&str, &str)] = &[
+    ("kv_cas.lua", include_str!("../../../lua/kv_cas.lua")),
+    (
+        "lock_acquire.lua",
+        include_str!("../../../lua/lock_acquire.lua"),
+    ),
+    (
+        "lock_release.lua",
+        include_str!("../../../lua/lock_release.lua"),
+    ),
+    (
+        "lock_extend.lua",
+        include_str!("../../../lua/lock_extend.lua"),
+    ),
+    (
+        "limiter_gcra.lua",
+        include_str!("../../../lua/limiter_gcra.lua"),
+    ),
+    (
+        "limiter_token_bucket.lua",
+        include_str!("../../../lua/limiter_token_bucket.lua"),
+    ),
+    (
+        "limiter_sliding_window.lua",
+        include_str!("../../../lua/limiter_sliding_window.lua"),
+    ),
+    (
+        "limiter_fixed_window.lua",
+        include_str!("../../../lua/limiter_fixed_window.lua"),
+    ),
+    (
+        "limiter_concurrency.lua",
+        include_str!("../../../lua/limiter_concurrency.lua"),
+    ),
+];
 
 impl Scripts {
     /// The process-wide scripts, hashed once.
@@ -26,6 +76,14 @@ impl Scripts {
         static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
         SCRIPTS.get_or_init(|| Scripts {
             kv_cas: Script::new(source("kv_cas.lua")),
+            lock_acquire: Script::new(source("lock_acquire.lua")),
+            lock_release: Script::new(source("lock_release.lua")),
+            lock_extend: Script::new(source("lock_extend.lua")),
+            limiter_gcra: Script::new(source("limiter_gcra.lua")),
+            limiter_token_bucket: Script::new(source("limiter_token_bucket.lua")),
+            limiter_sliding_window: Script::new(source("limiter_sliding_window.lua")),
+            limiter_fixed_window: Script::new(source("limiter_fixed_window.lua")),
+            limiter_concurrency: Script::new(source("limiter_concurrency.lua")),
         })
     }
 

@@ -26,6 +26,9 @@ pub struct ServerOptions {
     pub extra_args: Vec<String>,
     /// How long to wait for the server to answer `PING`.
     pub startup_timeout: Duration,
+    /// Listen on this port instead of a free one (to restart a server where
+    /// it was).
+    pub port: Option<u16>,
 }
 
 impl ServerOptions {
@@ -35,6 +38,7 @@ impl ServerOptions {
             persistence: true,
             extra_args: Vec::new(),
             startup_timeout: Duration::from_secs(10),
+            port: None,
         }
     }
 }
@@ -77,7 +81,12 @@ impl PrivateRedis {
         // try a few ports before giving up.
         let mut last = String::new();
         for _ in 0..5 {
-            let port = free_port().map_err(|e| StartError::Failed(format!("no free port: {e}")))?;
+            let port = match options.port {
+                Some(p) => p,
+                None => {
+                    free_port().map_err(|e| StartError::Failed(format!("no free port: {e}")))?
+                }
+            };
             let mut cmd = Command::new(&bin);
             cmd.arg("--port")
                 .arg(port.to_string())

@@ -1,0 +1,29 @@
+//! `redloom:plugin/pubsub`: publish on the plugin's own channels, or on the
+//! shared channels its manifest lists.
+
+use crate::bindings::pubsub::Host;
+use crate::bindings::types::Error;
+use crate::store::Caps;
+
+impl Caps {
+    async fn publish(&mut self, channel: &str, payload: &[u8]) -> Result<u32, Error> {
+        let shared = crate::namespace::is_shared(&self.plugin.shared_channels, channel);
+        let channel = self
+            .plugin
+            .namespace
+            .channel(channel, shared)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let n = self.admit().await?.publish(&channel, payload).await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+}
+
+impl Host for Caps {
+    async fn publish(
+        &mut self,
+        channel: String,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<Result<u32, Error>> {
+        Ok(Caps::publish(self, &channel, &payload).await)
+    }
+}

@@ -1,0 +1,223 @@
+//! The admin listener: `/plugins` (list, load, unload, reload — behind the
+//! bearer token when one is set), `/metrics`, `/healthz`, `/readyz`.
+//!
+//! | request | does |
+//! |---|---|
+//! | `GET /plugins` | JSON list: name, wasm, handlers, state, counters |
+//! | `POST /plugins` `{"name", "wasm"?, "settings"?}` | loads a plugin (its `[plugins.NAME]` table, if the config has one, supplies everything not given) |
+//! | `POST /plugins/{name}/reload` `{"wasm"?, "settings"?}` | loads it again (from a new file, with new settings, if given) and swaps it in atomically |
+//! | `DELETE /plugins/{name}` | unloads it; routes to it answer 503 |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 when Redis answers `PING` and every configured plugin is loaded, else 503 with the reason |
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::App;
+use crate::namespace::PluginName;
+use crate::plugin::PluginSpec;
+
+pub fn router(app: Arc<App>) -> Router {
+    let plugins = Router::new()
+        .route("/plugins", get(list).post(load))
+        .route("/plugins/{name}", axum::routing::delete(unload))
+        .route("/plugins/{name}/reload", post(reload))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(plugins)
+        .with_state(app)
+}
+
+/// Rejects `/plugins` requests without the configured bearer token.
+async fn require_token(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if let Some(token) = &app.admin_token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token".into(),
+            );
+        }
+    }
+    next.run(request).await
+}
+
+/// The JSON error body of every admin failure.
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// One plugin in `GET /plugins`.
+#[derive(Serialize)]
+pub struct PluginJson {
+    pub name: String,
+    pub wasm: PathBuf,
+    pub state: &'static str,
+    pub handlers: Vec<&'static str>,
+    pub invocations: u64,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub quota_rejections: BTreeMap<&'static str, u64>,
+    pub guest_cpu_seconds: f64,
+    pub redis_commands: u64,
+}
+
+async fn list(State(app): State<Arc<App>>) -> Json<Vec<PluginJson>> {
+    Json(
+        app.host
+            .plugin_infos()
+            .into_iter()
+            .map(|p| PluginJson {
+                name: p.name.to_string(),
+                wasm: p.wasm,
+                state: "loaded",
+                handlers: p.handlers,
+                invocations: p.stats.invocations,
+                errors: p.stats.errors.iter().copied().collect(),
+                quota_rejections: p.stats.quota_rejections.iter().copied().collect(),
+                guest_cpu_seconds: p.stats.guest_cpu.as_secs_f64(),
+                redis_commands: p.stats.redis_commands,
+            })
+            .collect(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadBody {
+    name: String,
+    #[serde(default)]
+    wasm: Option<PathBuf>,
+    #[serde(default)]
+    settings: Option<BTreeMap<String, String>>,
+}
+
+async fn load(State(app): State<Arc<App>>, Json(body): Json<LoadBody>) -> Response {
+    let name = match PluginName::parse(&body.name) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let mut spec = match (app.config.plugins.get(&name), body.wasm) {
+        (Some(c), wasm) => {
+            let mut spec = PluginSpec::from_config(name.clone(), c);
+            if let Some(w) = wasm {
+                spec.wasm = w;
+            }
+            spec
+        }
+        (None, Some(wasm)) => {
+            let mut spec = PluginSpec::from_path(&wasm);
+            spec.name = name.clone();
+            spec
+        }
+        (None, None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{name} is not in the configuration; give \"wasm\""),
+            );
+        }
+    };
+    if let Some(s) = body.settings {
+        spec.settings = s;
+    }
+    match app.load_checked(spec).await {
+        Ok(()) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "loaded": name.to_string() })),
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReloadBody {
+    #[serde(default)]
+    wasm: Option<PathBuf>,
+    #[serde(default)]
+    settings: Option<BTreeMap<String, String>>,
+}
+
+async fn reload(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Option<Json<ReloadBody>>,
+) -> Response {
+    let Ok(name) = PluginName::parse(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("no plugin named {name}"));
+    };
+    let ReloadBody { wasm, settings } = body.map(|Json(b)| b).unwrap_or_default();
+    match app.reload_checked(&name, wasm, settings).await {
+        Ok(()) => Json(serde_json::json!({ "reloaded": name.to_string() })).into_response(),
+        Err((status, e)) => error(status, e),
+    }
+}
+
+async fn unload(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    match PluginName::parse(&name).ok().filter(|n| app.host.unload(n)) {
+        Some(n) => Json(serde_json::json!({ "unloaded": n.to_string() })).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no plugin named {name} is loaded"),
+        ),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.check_redis().await;
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &app.metrics) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    let mut problems = Vec::new();
+    if !app.check_redis().await {
+        problems.push("Redis does not answer PING".to_string());
+    }
+    let loaded = app.host.plugin_names();
+    for name in app.config.plugins.keys() {
+        if !loaded.contains(name) {
+            problems.push(format!("plugin {name} is not loaded"));
+        }
+    }
+    if problems.is_empty() {
+        "ready\n".into_response()
+    } else {
+        let _ = app.redis_up.load(Ordering::Relaxed);
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n").into_response()
+    }
+}

@@ -1,0 +1,192 @@
+//! `/metrics`: every plugin's counters in the Prometheus text format,
+//! encoded by `prometheus-client` from fresh snapshots at each scrape.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `redloom_invocations_total` | counter | `plugin` |
+//! | `redloom_errors_total` | counter | `plugin`, `kind` (`guest`, `trap`, `instantiate`) |
+//! | `redloom_quota_rejections_total` | counter | `plugin`, `quota` |
+//! | `redloom_guest_cpu_seconds_total` | counter | `plugin` |
+//! | `redloom_redis_commands_total` | counter | `plugin` |
+//! | `redloom_outbound_requests_total` | counter | `plugin` |
+//! | `redloom_pubsub_dropped_total` | counter | `plugin` |
+//! | `redloom_invocation_duration_seconds` | histogram | `plugin` |
+//! | `redloom_plugins_loaded` | gauge | |
+//! | `redloom_redis_up` | gauge | (1 when the last `PING` answered) |
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::host::Host;
+use crate::stats::WALL_TIME_BUCKETS;
+
+/// Reads the host's counters at scrape time.
+#[derive(Debug)]
+pub struct HostCollector {
+    host: Arc<Host>,
+    /// Set by the readiness probe and by each scrape's PING.
+    pub redis_up: Arc<AtomicBool>,
+}
+
+impl HostCollector {
+    pub fn registry(host: Arc<Host>, redis_up: Arc<AtomicBool>) -> Registry {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(HostCollector { host, redis_up }));
+        registry
+    }
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("plugins", &self.plugin_names())
+            .finish()
+    }
+}
+
+type Fmt = Result<(), std::fmt::Error>;
+
+impl Collector for HostCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Fmt {
+        let plugins = self.host.plugin_infos();
+        let counter = |encoder: &mut DescriptorEncoder,
+                       name: &str,
+                       help: &str,
+                       rows: Vec<(Vec<(&str, String)>, f64)>|
+         -> Fmt {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, v) in rows {
+                ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+            }
+            Ok(())
+        };
+        let per_plugin = |f: &dyn Fn(&crate::stats::Snapshot) -> f64| {
+            plugins
+                .iter()
+                .map(|p| (vec![("plugin", p.name.to_string())], f(&p.stats)))
+                .collect::<Vec<_>>()
+        };
+        counter(
+            &mut encoder,
+            "redloom_invocations",
+            "Handler calls, finished or refused.",
+            per_plugin(&|s| s.invocations as f64),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_errors",
+            "Failed calls by kind: the plugin's own error, a trap, or a failed instantiation.",
+            plugins
+                .iter()
+                .flat_map(|p| {
+                    p.stats.errors.iter().map(|(k, n)| {
+                        (
+                            vec![("plugin", p.name.to_string()), ("kind", k.to_string())],
+                            *n as f64,
+                        )
+                    })
+                })
+                .collect(),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_quota_rejections",
+            "Calls ended or refused by a quota.",
+            plugins
+                .iter()
+                .flat_map(|p| {
+                    p.stats.quota_rejections.iter().map(|(q, n)| {
+                        (
+                            vec![("plugin", p.name.to_string()), ("quota", q.to_string())],
+                            *n as f64,
+                        )
+                    })
+                })
+                .collect(),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_guest_cpu_seconds",
+            "Time spent running guest code.",
+            per_plugin(&|s| s.guest_cpu.as_secs_f64()),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_redis_commands",
+            "Redis commands sent for the plugin.",
+            per_plugin(&|s| s.redis_commands as f64),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_outbound_requests",
+            "Outbound HTTP requests.",
+            per_plugin(&|s| s.outbound_requests as f64),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_pubsub_dropped",
+            "Pub/sub messages dropped because the plugin's buffer was full.",
+            per_plugin(&|s| s.dropped_messages as f64),
+        )?;
+
+        let mut family = encoder.encode_descriptor(
+            "redloom_invocation_duration_seconds",
+            "Wall time of handler calls.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for p in &plugins {
+            let cumulative = &p.stats.wall_time_buckets;
+            let mut previous = 0;
+            let buckets: Vec<(f64, u64)> = WALL_TIME_BUCKETS
+                .iter()
+                .copied()
+                .chain([f64::MAX])
+                .zip(cumulative)
+                .map(|(bound, c)| {
+                    let n = c - previous;
+                    previous = *c;
+                    (bound, n)
+                })
+                .collect();
+            let labels = vec![("plugin", p.name.to_string())];
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    p.stats.wall_time_sum.as_secs_f64(),
+                    *cumulative.last().unwrap_or(&0),
+                    &buckets,
+                    None,
+                )?;
+        }
+
+        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64| -> Fmt {
+            ConstGauge::new(v).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)
+        };
+        gauge(
+            &mut encoder,
+            "redloom_plugins_loaded",
+            "Plugins loaded.",
+            plugins.len() as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "redloom_redis_up",
+            "1 when the host's last PING to Redis answered.",
+            i64::from(self.redis_up.load(Ordering::Relaxed)),
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,224 @@
+//! `redloom serve`: the HTTP trigger and the admin listener around a
+//! [`Host`](crate::host::Host).
+//!
+//! - [`trigger`]: routed requests to plugins' HTTP handlers.
+//! - [`routes`]: `[[routes]]` matching.
+//! - [`admin`]: plugin management, metrics, health.
+//! - [`metrics`]: the Prometheus collector.
+//!
+//! Graceful shutdown: when `shutdown` resolves, both listeners stop
+//! accepting, requests already running get `[http] shutdown-timeout` to
+//! finish, then [`Server::run`] returns.
+
+mod admin;
+mod metrics;
+mod routes;
+mod trigger;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use prometheus_client::registry::Registry;
+
+pub use admin::PluginJson;
+pub use routes::{Match, RouteTable};
+
+use crate::config::Config;
+use crate::host::{Host, ReloadError};
+use crate::namespace::PluginName;
+use crate::plugin::{LoadError, PluginSpec};
+use crate::triggers::{self, Triggers};
+
+/// Shared state of both listeners.
+pub struct App {
+    host: Arc<Host>,
+    config: Config,
+    routes: RouteTable,
+    admin_token: Option<String>,
+    metrics: Registry,
+    redis_up: Arc<AtomicBool>,
+}
+
+impl App {
+    /// Pings Redis (bounded) and records the result for `/metrics`.
+    async fn check_redis(&self) -> bool {
+        let up = matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.host.redis().ping()).await,
+            Ok(Ok(()))
+        );
+        self.redis_up.store(up, Ordering::Relaxed);
+        up
+    }
+
+    /// Every trigger the configuration binds to `plugin` needs its handler.
+    fn check_routes(&self, plugin: &PluginName, handlers: &[&str]) -> Result<(), String> {
+        for (p, handler, what) in triggers::required_handlers(&self.config) {
+            if &p == plugin && !handlers.contains(&handler) {
+                return Err(format!(
+                    "{plugin} must export {} because of {what} in the configuration \
+                     (with redloom-sdk: `export!(YourPlugin => [{handler}])`)",
+                    triggers::export_of(handler)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads a plugin, refusing one that routes need and that lacks the HTTP
+    /// handler (the previous version, if any, keeps serving).
+    async fn load_checked(&self, spec: PluginSpec) -> Result<(), String> {
+        let name = spec.name.clone();
+        self.host
+            .load_checked(spec, |p| self.check_routes(&name, &p.handlers().names()))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn reload_checked(
+        &self,
+        name: &PluginName,
+        wasm: Option<PathBuf>,
+        settings: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<(), (StatusCode, String)> {
+        let check = |p: &crate::plugin::Plugin| self.check_routes(name, &p.handlers().names());
+        match self.host.reload(name, wasm, settings, check).await {
+            Ok(_) => Ok(()),
+            Err(ReloadError::UnknownPlugin(_)) => Err((
+                StatusCode::NOT_FOUND,
+                format!("no plugin named {name} is loaded"),
+            )),
+            Err(ReloadError::Load(e)) => Err((StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
+        }
+    }
+}
+
+/// Bound listeners, ready to serve.
+pub struct Server {
+    app: Arc<App>,
+    triggers: Triggers,
+    http: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+    shutdown_timeout: Duration,
+}
+
+/// Why `serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Routes(String),
+    #[error("cannot start the pub/sub and timer triggers: {0:#}")]
+    Triggers(anyhow::Error),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+impl Server {
+    /// Loads every configured plugin into `host`, checks that routed plugins
+    /// export the HTTP handler, and binds both listeners.
+    pub async fn bind(host: Arc<Host>, config: Config) -> Result<Server, ServeError> {
+        let routes = RouteTable::new(&config.routes).map_err(ServeError::Routes)?;
+        host.load_all(&config).await?;
+        let admin_token = config.admin.token.clone().or_else(|| {
+            std::env::var("REDLOOM_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+        });
+        let redis_up = Arc::new(AtomicBool::new(true));
+        let app = Arc::new(App {
+            metrics: metrics::HostCollector::registry(host.clone(), redis_up.clone()),
+            host,
+            routes,
+            admin_token,
+            redis_up,
+            config: config.clone(),
+        });
+        for name in app.config.plugins.keys() {
+            let handlers = app
+                .host
+                .plugin(name)
+                .map(|p| p.handlers().names())
+                .unwrap_or_default();
+            app.check_routes(name, &handlers)
+                .map_err(ServeError::Routes)?;
+        }
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, what, source })
+        };
+        let http = bind(config.http.listen, "[http] listen").await?;
+        let admin = bind(config.admin.listen, "[admin] listen").await?;
+        let triggers = Triggers::start(app.host.clone(), &app.config)
+            .await
+            .map_err(ServeError::Triggers)?;
+        Ok(Server {
+            http,
+            admin,
+            triggers,
+            shutdown_timeout: config.http.shutdown_timeout,
+            app,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then drains for up to the
+    /// configured shutdown timeout.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let trigger = axum::Router::new()
+            .fallback(trigger::handle)
+            .with_state(self.app.clone());
+        let http = tokio::spawn(
+            axum::serve(self.http, trigger)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        );
+        let admin = tokio::spawn(
+            axum::serve(self.admin, admin::router(self.app.clone()))
+                .with_graceful_shutdown(stopped(stop_rx))
+                .into_future(),
+        );
+        let triggers = self.triggers;
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; draining running requests");
+        // Stop taking messages and ticks; HTTP requests drain below.
+        drop(triggers);
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+            let _ = http.await;
+            let _ = admin.await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "requests still running after {}; exiting anyway",
+                humantime::format_duration(self.shutdown_timeout)
+            );
+        }
+    }
+}

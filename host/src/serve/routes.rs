@@ -1,0 +1,122 @@
+//! `[[routes]]`: method + path pattern → plugin, matched with `matchit`.
+//!
+//! Patterns use `:name` for one segment and `*name` for the rest of the
+//! path (`/users/:id`, `/files/*path`); they are translated to matchit's
+//! `{name}` / `{*name}` syntax.
+
+use std::collections::BTreeMap;
+
+use crate::config::Route;
+use crate::namespace::PluginName;
+
+/// What a request matched.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Match {
+    Found {
+        plugin: PluginName,
+        params: Vec<(String, String)>,
+    },
+    /// The path exists, but not for this method.
+    MethodNotAllowed,
+    NotFound,
+}
+
+/// Routes by method (`None`: any method).
+#[derive(Default)]
+pub struct RouteTable {
+    by_method: BTreeMap<Option<String>, matchit::Router<PluginName>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: &[Route]) -> Result<RouteTable, String> {
+        let mut table = RouteTable::default();
+        for (i, r) in routes.iter().enumerate() {
+            let plugin =
+                PluginName::parse(&r.plugin).map_err(|e| format!("routes[{i}].plugin: {e}"))?;
+            table
+                .by_method
+                .entry(r.method.clone())
+                .or_default()
+                .insert(translate(&r.path), plugin)
+                .map_err(|e| format!("routes[{i}].path `{}`: {e}", r.path))?;
+        }
+        Ok(table)
+    }
+
+    pub fn lookup(&self, method: &str, path: &str) -> Match {
+        for key in [Some(method.to_string()), None] {
+            if let Some(router) = self.by_method.get(&key)
+                && let Ok(m) = router.at(path)
+            {
+                return Match::Found {
+                    plugin: m.value.clone(),
+                    params: m
+                        .params
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                };
+            }
+        }
+        if self.by_method.values().any(|r| r.at(path).is_ok()) {
+            Match::MethodNotAllowed
+        } else {
+            Match::NotFound
+        }
+    }
+}
+
+fn translate(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|seg| {
+            if let Some(name) = seg.strip_prefix(':') {
+                format!("{{{name}}}")
+            } else if let Some(name) = seg.strip_prefix('*') {
+                format!("{{*{name}}}")
+            } else {
+                seg.replace('{', "{{").replace('}', "}}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(method: Option<&str>, path: &str, plugin: &str) -> Route {
+        Route {
+            method: method.map(String::from),
+            path: path.into(),
+            plugin: plugin.into(),
+        }
+    }
+
+    /// Parameters, wildcards, method fallbacks, 404 and 405.
+    #[test]
+    fn matching() {
+        let t = RouteTable::new(&[
+            route(Some("GET"), "/users/:id", "users"),
+            route(None, "/files/*path", "files"),
+            route(Some("POST"), "/users", "create"),
+        ])
+        .unwrap();
+        let found = |m: Match| match m {
+            Match::Found { plugin, params } => (plugin.to_string(), params),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            found(t.lookup("GET", "/users/42")),
+            ("users".into(), vec![("id".into(), "42".into())])
+        );
+        assert_eq!(
+            found(t.lookup("DELETE", "/files/a/b.txt")),
+            ("files".into(), vec![("path".into(), "a/b.txt".into())])
+        );
+        assert_eq!(t.lookup("POST", "/users/42"), Match::MethodNotAllowed);
+        assert_eq!(t.lookup("GET", "/nothing"), Match::NotFound);
+        assert!(RouteTable::new(&[route(None, "/a/:x", "p"), route(None, "/a/:y", "p")]).is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! The HTTP trigger: a request is routed, checked against the plugin's
+//! `max-input`, turned into the WIT `request`, handled by the plugin within
+//! its quotas, and its `response` sent back.
+//!
+//! | outcome | status |
+//! |---|---|
+//! | no route | 404 (405 if the path exists for other methods) |
+//! | routed plugin not loaded (unloaded at runtime) | 503 |
+//! | body over the plugin's `max-input` | 413 |
+//! | `concurrency` or `redis-rate` quota | 429 with `Retry-After` |
+//! | any other quota (`cpu`, `wall-time`, `memory`, ...) | 503 with `Retry-After` |
+//! | the plugin's error or a trap | 500; the body says nothing about why (the log does) |
+
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+
+use super::App;
+use super::routes::Match;
+use crate::bindings::http_types::Request as HttpRequest;
+use crate::bindings::types::Quota;
+use crate::host::HostInvokeError;
+use crate::plugin::InvokeError;
+
+/// Seconds a client should wait after a quota rejection.
+const RETRY_AFTER_SECS: &str = "1";
+
+pub async fn handle(State(app): State<Arc<App>>, request: Request<Body>) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    let (plugin, params) = match app.routes.lookup(parts.method.as_str(), &path) {
+        Match::Found { plugin, params } => (plugin, params),
+        Match::MethodNotAllowed => {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        }
+        Match::NotFound => return plain(StatusCode::NOT_FOUND, "not found"),
+    };
+    let Some(loaded) = app.host.plugin(&plugin) else {
+        return retry_later(StatusCode::SERVICE_UNAVAILABLE, "service unavailable");
+    };
+    let limit = loaded.quotas().max_input;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    }
+    let body = match to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await {
+        Ok(b) => b.to_vec(),
+        Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+    };
+    let query = parts.uri.query().map(form_urlencoded).unwrap_or_default();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let request = HttpRequest {
+        method: parts.method.as_str().to_string(),
+        path,
+        params,
+        query,
+        headers,
+        body,
+    };
+    match app.host.handle_http(&plugin, &request).await {
+        Ok(r) => {
+            let Ok(status) = StatusCode::from_u16(r.status) else {
+                tracing::warn!(%plugin, status = r.status, "plugin answered with an invalid status");
+                return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            };
+            let mut response = Response::new(Body::from(r.body));
+            *response.status_mut() = status;
+            for (name, value) in r.headers {
+                match (
+                    HeaderName::try_from(name.as_str()),
+                    HeaderValue::try_from(value.as_str()),
+                ) {
+                    (Ok(n), Ok(v)) => {
+                        response.headers_mut().append(n, v);
+                    }
+                    _ => {
+                        tracing::warn!(%plugin, header = %name, "dropping an invalid response header")
+                    }
+                }
+            }
+            response
+        }
+        Err(HostInvokeError::UnknownPlugin(_)) => {
+            retry_later(StatusCode::SERVICE_UNAVAILABLE, "service unavailable")
+        }
+        Err(HostInvokeError::Invoke(e)) => {
+            tracing::warn!(%plugin, "request failed: {e}");
+            match &e {
+                InvokeError::Quota { quota, .. } => match quota {
+                    Quota::Concurrency | Quota::RedisRate => {
+                        retry_later(StatusCode::TOO_MANY_REQUESTS, "too many requests")
+                    }
+                    _ => retry_later(StatusCode::SERVICE_UNAVAILABLE, "service unavailable"),
+                },
+                _ => plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+            }
+        }
+    }
+}
+
+/// `a=1&b=%20x` → pairs, percent- and plus-decoded.
+fn form_urlencoded(query: &str) -> Vec<(String, String)> {
+    reqwest::Url::parse(&format!("http://q/?{query}"))
+        .map(|u| {
+            u.query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::from(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn retry_later(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = plain(status, text);
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECS),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    /// Query strings decode like browsers encode them.
+    #[test]
+    fn query_pairs() {
+        assert_eq!(
+            super::form_urlencoded("a=1&b=x%20y&a=2&c=d+e"),
+            [("a", "1"), ("b", "x y"), ("a", "2"), ("c", "d e")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! Per-plugin counters: what `redloom invoke --stats` prints and what the
+//! metrics endpoint exports. Plain atomics, updated once per invocation (and
+//! once per Redis command), read as a [`Snapshot`].
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::bindings::types::Quota;
+
+/// Every quota, in the order counters and outputs list them.
+pub const QUOTAS: [Quota; 7] = [
+    Quota::Cpu,
+    Quota::WallTime,
+    Quota::Memory,
+    Quota::RedisOps,
+    Quota::RedisRate,
+    Quota::Concurrency,
+    Quota::Payload,
+];
+
+/// Upper bounds (seconds) of the wall-time histogram buckets; the last
+/// bucket, `+Inf`, is implicit.
+pub const WALL_TIME_BUCKETS: [f64; 12] = [
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0,
+];
+
+/// How an invocation ended, for the error counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The plugin returned its own typed error.
+    GuestError,
+    /// The instance trapped (panic, unreachable, stack overflow...).
+    Trap,
+    /// A quota ended the invocation (or refused it before it started).
+    Quota(Quota),
+    /// The instance could not be created.
+    Instantiate,
+}
+
+/// The error kinds counted, with their metric label.
+pub const ERROR_KINDS: [(&str, Outcome); 3] = [
+    ("guest", Outcome::GuestError),
+    ("trap", Outcome::Trap),
+    ("instantiate", Outcome::Instantiate),
+];
+
+/// Counters of one plugin.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    invocations: AtomicU64,
+    errors: [AtomicU64; 3],
+    quota: [AtomicU64; 7],
+    guest_cpu_ns: AtomicU64,
+    redis_commands: AtomicU64,
+    outbound_requests: AtomicU64,
+    dropped_messages: AtomicU64,
+    wall_buckets: [AtomicU64; 13],
+    wall_sum_ns: AtomicU64,
+}
+
+/// A consistent-enough copy of [`PluginStats`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub invocations: u64,
+    /// `(kind, count)` for `guest`, `trap`, `instantiate`.
+    pub errors: Vec<(&'static str, u64)>,
+    /// `(quota name, count)` for every quota, including those never hit.
+    pub quota_rejections: Vec<(&'static str, u64)>,
+    pub guest_cpu: Duration,
+    pub redis_commands: u64,
+    pub outbound_requests: u64,
+    /// Pub/sub messages dropped because the plugin's buffer was full.
+    pub dropped_messages: u64,
+    /// Cumulative counts per bucket of [`WALL_TIME_BUCKETS`], then `+Inf`.
+    pub wall_time_buckets: Vec<u64>,
+    pub wall_time_sum: Duration,
+}
+
+fn quota_index(q: Quota) -> usize {
+    QUOTAS
+        .iter()
+        .position(|x| *x == q)
+        .expect("every quota is listed")
+}
+
+impl PluginStats {
+    /// Records one finished (or refused) invocation.
+    pub fn record(&self, outcome: Outcome, wall: Duration, guest_cpu: Duration) {
+        self.invocations.fetch_add(1, Relaxed);
+        match outcome {
+            Outcome::Ok => {}
+            Outcome::Quota(q) => {
+                self.quota[quota_index(q)].fetch_add(1, Relaxed);
+            }
+            other => {
+                let i = ERROR_KINDS
+                    .iter()
+                    .position(|(_, o)| *o == other)
+                    .expect("listed");
+                self.errors[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.guest_cpu_ns
+            .fetch_add(guest_cpu.as_nanos() as u64, Relaxed);
+        let secs = wall.as_secs_f64();
+        let bucket = WALL_TIME_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(WALL_TIME_BUCKETS.len());
+        self.wall_buckets[bucket].fetch_add(1, Relaxed);
+        self.wall_sum_ns.fetch_add(wall.as_nanos() as u64, Relaxed);
+    }
+
+    /// Counts one Redis command sent for the plugin.
+    pub fn redis_command(&self) {
+        self.redis_commands.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a pub/sub message dropped at a full buffer.
+    pub fn dropped_message(&self) {
+        self.dropped_messages.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one outbound HTTP request.
+    pub fn outbound_request(&self) {
+        self.outbound_requests.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut cumulative = 0;
+        Snapshot {
+            invocations: self.invocations.load(Relaxed),
+            errors: ERROR_KINDS
+                .iter()
+                .zip(&self.errors)
+                .map(|((k, _), c)| (*k, c.load(Relaxed)))
+                .collect(),
+            quota_rejections: QUOTAS
+                .iter()
+                .zip(&self.quota)
+                .map(|(q, c)| (crate::plugin::quota_name(*q), c.load(Relaxed)))
+                .collect(),
+            guest_cpu: Duration::from_nanos(self.guest_cpu_ns.load(Relaxed)),
+            redis_commands: self.redis_commands.load(Relaxed),
+            outbound_requests: self.outbound_requests.load(Relaxed),
+            dropped_messages: self.dropped_messages.load(Relaxed),
+            wall_time_buckets: self
+                .wall_buckets
+                .iter()
+                .map(|b| {
+                    cumulative += b.load(Relaxed);
+                    cumulative
+                })
+                .collect(),
+            wall_time_sum: Duration::from_nanos(self.wall_sum_ns.load(Relaxed)),
+        }
+    }
+}
+
+impl Snapshot {
+    /// Errors of `kind` (`guest`, `trap`, `instantiate`).
+    pub fn errors_of(&self, kind: &str) -> u64 {
+        self.errors
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(0, |(_, c)| *c)
+    }
+
+    /// Rejections by the quota named `name` (`cpu`, `memory`, ...).
+    pub fn rejections_of(&self, name: &str) -> u64 {
+        self.quota_rejections
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map_or(0, |(_, c)| *c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outcomes land in their counters and the histogram is cumulative.
+    #[test]
+    fn records_outcomes() {
+        let s = PluginStats::default();
+        s.record(
+            Outcome::Ok,
+            Duration::from_micros(100),
+            Duration::from_micros(50),
+        );
+        s.record(Outcome::Trap, Duration::from_millis(3), Duration::ZERO);
+        s.record(
+            Outcome::Quota(Quota::Memory),
+            Duration::from_secs(20),
+            Duration::ZERO,
+        );
+        s.redis_command();
+        let snap = s.snapshot();
+        assert_eq!(snap.invocations, 3);
+        assert_eq!(snap.errors_of("trap"), 1);
+        assert_eq!(snap.errors_of("guest"), 0);
+        assert_eq!(snap.rejections_of("memory"), 1);
+        assert_eq!(snap.rejections_of("cpu"), 0);
+        assert_eq!(snap.redis_commands, 1);
+        assert_eq!(snap.guest_cpu, Duration::from_micros(50));
+        assert_eq!(snap.wall_time_buckets[0], 1);
+        assert_eq!(snap.wall_time_buckets[4], 2, "3 ms is under the 5 ms bound");
+        assert_eq!(*snap.wall_time_buckets.last().unwrap(), 3);
+    }
+}

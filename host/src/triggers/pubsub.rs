@@ -1,0 +1,267 @@
+//! The subscription trigger: ONE subscriber connection per host (not one per
+//! plugin) carries every plugin's channels, patterns and keyspace events.
+//!
+//! Delivery is at most once: a message published while the connection is
+//! down is lost (Redis pub/sub keeps nothing). After a disconnect (Redis
+//! restart, network), the subscriber reconnects with backoff (100 ms → 5 s)
+//! and subscribes again to everything; no host restart is needed.
+//!
+//! Fan-out: each message goes to every plugin whose subscription matches,
+//! through a bounded per-plugin buffer (`subscription-buffer`, default
+//! 1000). When a plugin is slower than its messages and its buffer is full,
+//! new messages for it are dropped and counted
+//! (`redloom_pubsub_dropped_total`); other plugins are not delayed.
+//!
+//! Keyspace events (`keyspace-events`) use the same connection: the host
+//! subscribes to `__keyspace@DB__:rl:<plugin>:kv:*` and, only when some
+//! plugin asks for events, adds the needed flags to Redis's
+//! `notify-keyspace-events` (this costs Redis CPU for every matching write,
+//! cluster-wide for the database; it needs `CONFIG SET` permission).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::StreamExt;
+
+use crate::config::Config;
+use crate::host::Host;
+use crate::namespace::{Namespace, PluginName, SHARED_CHANNEL_PREFIX};
+use crate::plugin::{Call, Message};
+
+/// Where one Redis channel or pattern's messages go.
+#[derive(Clone)]
+struct Target {
+    plugin: PluginName,
+    /// The pattern as the manifest gives it; `None` for a plain channel.
+    pattern: Option<String>,
+    /// Strips the Redis channel back to the plugin's name for it.
+    prefix: String,
+    /// For keyspace subscriptions: the events the plugin wants.
+    events: Option<Vec<String>>,
+    queue: mpsc::Sender<Message>,
+}
+
+fn is_pattern(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Spawns the subscriber and one worker pool per subscribed plugin; `None`
+/// when no plugin subscribes to anything.
+pub async fn start(
+    host: Arc<Host>,
+    config: &Config,
+) -> anyhow::Result<Option<Vec<tokio::task::JoinHandle<()>>>> {
+    let mut channels: BTreeMap<String, Vec<Target>> = BTreeMap::new();
+    let mut patterns: BTreeMap<String, Vec<Target>> = BTreeMap::new();
+    let mut tasks = Vec::new();
+    let mut keyspace_flags = String::new();
+    let db = host.redis().db();
+    for (name, p) in &config.plugins {
+        let t = &p.triggers;
+        if t.subscriptions.is_empty() && t.keyspace_events.is_empty() {
+            continue;
+        }
+        let (tx, rx) = mpsc::channel::<Message>(t.subscription_buffer);
+        tasks.extend(workers(
+            host.clone(),
+            name.clone(),
+            rx,
+            p.quotas.concurrency,
+        ));
+        let ns = Namespace::new(name);
+        for sub in &t.subscriptions {
+            let shared = crate::namespace::is_shared(&t.shared_channels, sub);
+            let redis_name = ns
+                .channel(sub, shared)
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            let prefix = if shared {
+                SHARED_CHANNEL_PREFIX.to_string()
+            } else {
+                ns.channel_prefix()
+            };
+            let pattern = is_pattern(sub);
+            let target = Target {
+                plugin: name.clone(),
+                pattern: pattern.then(|| sub.clone()),
+                prefix,
+                events: None,
+                queue: tx.clone(),
+            };
+            if pattern {
+                patterns.entry(redis_name).or_default().push(target);
+            } else {
+                channels.entry(redis_name).or_default().push(target);
+            }
+        }
+        if !t.keyspace_events.is_empty() {
+            for e in &t.keyspace_events {
+                let flag = match e.as_str() {
+                    "expired" => "x",
+                    "evicted" => "e",
+                    "new" => "n",
+                    _ => "$g",
+                };
+                keyspace_flags.push_str(flag);
+            }
+            let prefix = format!("__keyspace@{db}__:{}kv:", ns.prefix());
+            patterns
+                .entry(format!("{prefix}*"))
+                .or_default()
+                .push(Target {
+                    plugin: name.clone(),
+                    pattern: Some("__keyspace__".into()),
+                    prefix,
+                    events: Some(t.keyspace_events.clone()),
+                    queue: tx.clone(),
+                });
+        }
+    }
+    if channels.is_empty() && patterns.is_empty() {
+        return Ok(None);
+    }
+    if !keyspace_flags.is_empty() {
+        let set = host
+            .redis()
+            .enable_keyspace_events(&keyspace_flags)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot enable keyspace notifications (CONFIG SET): {e}")
+            })?;
+        tracing::info!(notify_keyspace_events = %set, "enabled keyspace notifications");
+    }
+    let client = host.redis().client()?;
+    let routes = Arc::new(Routes { channels, patterns });
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    tasks.push(tokio::spawn(subscriber(client, routes, host, ready_tx)));
+    // Serve only says it is serving once messages can arrive; if Redis is
+    // slow to answer, the subscriber keeps trying in the background.
+    if tokio::time::timeout(SUBSCRIBE_WAIT, ready).await.is_err() {
+        tracing::warn!("not subscribed yet after {SUBSCRIBE_WAIT:?}; still trying");
+    }
+    Ok(Some(tasks))
+}
+
+struct Routes {
+    channels: BTreeMap<String, Vec<Target>>,
+    patterns: BTreeMap<String, Vec<Target>>,
+}
+
+/// How long `start` waits for the first subscription.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+
+/// Keeps one subscription connection up and routes what arrives.
+async fn subscriber(
+    client: redis::Client,
+    routes: Arc<Routes>,
+    host: Arc<Host>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut ready = Some(ready);
+    loop {
+        match subscribe(&client, &routes).await {
+            Ok(mut pubsub) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+                tracing::info!(
+                    channels = routes.channels.len(),
+                    patterns = routes.patterns.len(),
+                    "subscribed"
+                );
+                backoff = Duration::from_millis(100);
+                let mut stream = pubsub.on_message();
+                while let Some(msg) = stream.next().await {
+                    route(&routes, &host, &msg);
+                }
+                tracing::warn!("subscription connection lost; reconnecting");
+            }
+            Err(e) => tracing::warn!("cannot subscribe: {e}; retrying in {backoff:?}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    routes: &Routes,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = tokio::time::timeout(Duration::from_secs(5), client.get_async_pubsub())
+        .await
+        .map_err(|_| {
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+        })??;
+    if !routes.channels.is_empty() {
+        pubsub
+            .subscribe(routes.channels.keys().collect::<Vec<_>>())
+            .await?;
+    }
+    if !routes.patterns.is_empty() {
+        pubsub
+            .psubscribe(routes.patterns.keys().collect::<Vec<_>>())
+            .await?;
+    }
+    Ok(pubsub)
+}
+
+fn route(routes: &Routes, host: &Host, msg: &redis::Msg) {
+    let channel = msg.get_channel_name();
+    let targets = if msg.from_pattern() {
+        match msg.get_pattern::<String>() {
+            Ok(p) => routes.patterns.get(&p),
+            Err(_) => None,
+        }
+    } else {
+        routes.channels.get(channel)
+    };
+    for t in targets.into_iter().flatten() {
+        let name = channel
+            .strip_prefix(&t.prefix)
+            .unwrap_or(channel)
+            .to_string();
+        let payload = msg.get_payload_bytes().to_vec();
+        if let Some(events) = &t.events
+            && !events.iter().any(|e| e.as_bytes() == payload.as_slice())
+        {
+            continue;
+        }
+        let message = Message {
+            channel: name,
+            pattern: t.pattern.clone(),
+            payload,
+        };
+        if t.queue.try_send(message).is_err()
+            && let Some(p) = host.plugin(&t.plugin)
+        {
+            p.count_dropped_message();
+        }
+    }
+}
+
+/// `n` workers draining one plugin's buffer, each calling the plugin in turn.
+fn workers(
+    host: Arc<Host>,
+    plugin: PluginName,
+    rx: mpsc::Receiver<Message>,
+    n: u32,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let rx = Arc::new(Mutex::new(rx));
+    (0..n.clamp(1, 64))
+        .map(|_| {
+            let (host, plugin, rx) = (host.clone(), plugin.clone(), rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Some(message) = rx.lock().await.recv().await else {
+                        return;
+                    };
+                    if let Err(e) = host.call(&plugin, Call::Message(&message)).await {
+                        tracing::warn!(%plugin, channel = %message.channel, "message handler failed: {e}");
+                    }
+                }
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,169 @@
+//! The timer trigger: `every = "30s"` or `cron = "0 */5 * * * *"` per
+//! `[plugins.NAME.timers.TIMER]`.
+//!
+//! Ticks are wall-clock instants every host computes the same way (multiples
+//! of the period since the Unix epoch, or the cron schedule in UTC), so with
+//! `singleton = true` the hosts running a plugin race for an atomic claim of
+//! each tick (`SET rl:<plugin>:timer:{<timer>}:<tick ms> NX PX`) and exactly
+//! one runs it. Without `singleton`, every host runs every tick.
+//!
+//! Missed ticks (the host was busy, paused or down, or the previous tick ran
+//! past the next): `missed = "skip"` (default) drops them and waits for the
+//! next future tick; `missed = "catch-up"` runs the most recent missed tick
+//! once, at once. Ticks of one timer never overlap on one host.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::{Config, Missed, Schedule, TimerConfig};
+use crate::host::Host;
+use crate::namespace::PluginName;
+use crate::plugin::{Call, Tick};
+
+/// Spawns one task per configured timer.
+pub fn start(host: Arc<Host>, config: &Config) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (name, p) in &config.plugins {
+        for (timer, t) in &p.triggers.timers {
+            tasks.push(tokio::spawn(run(
+                host.clone(),
+                name.clone(),
+                timer.clone(),
+                t.clone(),
+            )));
+        }
+    }
+    tasks
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The first tick strictly after `after_ms`.
+fn next_tick(schedule: &Schedule, cron: Option<&cron::Schedule>, after_ms: u64) -> Option<u64> {
+    match schedule {
+        Schedule::Every(period) => {
+            let p = period.as_millis().max(1) as u64;
+            Some((after_ms / p + 1) * p)
+        }
+        Schedule::Cron(_) => {
+            let after = chrono::DateTime::from_timestamp_millis(after_ms as i64)?;
+            cron?
+                .after(&after)
+                .next()
+                .map(|t| t.timestamp_millis() as u64)
+        }
+    }
+}
+
+/// How long a singleton claim lives: long enough that no other host can
+/// claim the same tick, short enough not to pile up keys.
+fn claim_ttl(schedule: &Schedule) -> u64 {
+    match schedule {
+        Schedule::Every(p) => (p.as_millis() as u64 * 10).clamp(1_000, 86_400_000),
+        Schedule::Cron(_) => 86_400_000,
+    }
+}
+
+async fn run(host: Arc<Host>, plugin: PluginName, timer: String, t: TimerConfig) {
+    let cron = match &t.schedule {
+        Schedule::Cron(c) => match cron::Schedule::from_str(c) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(%plugin, %timer, "invalid cron expression: {e}");
+                return;
+            }
+        },
+        Schedule::Every(_) => None,
+    };
+    let Some(mut due) = next_tick(&t.schedule, cron.as_ref(), now_ms()) else {
+        tracing::warn!(%plugin, %timer, "the schedule has no future tick");
+        return;
+    };
+    loop {
+        let now = now_ms();
+        if due > now {
+            tokio::time::sleep(Duration::from_millis(due - now)).await;
+        }
+        fire(&host, &plugin, &timer, &t, due).await;
+        // Where the schedule stands after this tick (which may have run long).
+        let now = now_ms();
+        let Some(next) = next_tick(&t.schedule, cron.as_ref(), due) else {
+            return;
+        };
+        due = if next > now {
+            next
+        } else {
+            // Ticks passed while this one ran or the host was away.
+            let latest_missed = last_tick_at_or_before(&t.schedule, cron.as_ref(), next, now);
+            match t.missed {
+                Missed::CatchUp => latest_missed,
+                Missed::Skip => match next_tick(&t.schedule, cron.as_ref(), now) {
+                    Some(n) => n,
+                    None => return,
+                },
+            }
+        };
+    }
+}
+
+/// The latest tick in `[first, now]` (`first` is a tick).
+fn last_tick_at_or_before(
+    schedule: &Schedule,
+    cron: Option<&cron::Schedule>,
+    first: u64,
+    now: u64,
+) -> u64 {
+    let mut last = first;
+    while let Some(n) = next_tick(schedule, cron, last) {
+        if n > now {
+            break;
+        }
+        last = n;
+    }
+    last
+}
+
+async fn fire(host: &Host, plugin: &PluginName, timer: &str, t: &TimerConfig, due: u64) {
+    if t.singleton {
+        let key = format!("rl:{plugin}:timer:{{{timer}}}:{due}");
+        match host.redis().claim(&key, claim_ttl(&t.schedule)).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(%plugin, timer, "cannot claim the tick (skipped): {e}");
+                return;
+            }
+        }
+    }
+    let tick = Tick {
+        timer: timer.to_string(),
+        scheduled_ms: due,
+    };
+    if let Err(e) = host.call(plugin, Call::Tick(&tick)).await {
+        tracing::warn!(%plugin, timer, "timer handler failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Interval ticks are multiples of the period; cron ticks follow the
+    /// expression; catch-up finds the latest missed tick.
+    #[test]
+    fn schedules() {
+        let every = Schedule::Every(Duration::from_millis(250));
+        assert_eq!(next_tick(&every, None, 1_000), Some(1_250));
+        assert_eq!(next_tick(&every, None, 1_001), Some(1_250));
+        assert_eq!(last_tick_at_or_before(&every, None, 1_250, 2_100), 2_000);
+        let c = cron::Schedule::from_str("0 */5 * * * *").unwrap();
+        let cron = Schedule::Cron("0 */5 * * * *".into());
+        // 1970-01-01T00:00:01Z → the next multiple of five minutes.
+        assert_eq!(next_tick(&cron, Some(&c), 1_000), Some(300_000));
+    }
+}

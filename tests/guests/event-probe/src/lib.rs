@@ -1,0 +1,57 @@
+//! Test guest for the pub/sub, keyspace and timer triggers: it records what
+//! it receives in its own kv keys, so tests read the effects from Redis.
+//!
+//! - message: `SET last:<channel> <payload>`, `INCR got:<channel>`, and
+//!   `INCR got-pattern:<pattern>` when a pattern matched; a payload starting
+//!   with `slow` first runs guest code for 200 ms.
+//! - tick: `INCR tick:<timer>:<scheduled ms>` and `INCR ticks:<timer>`.
+//! - invoke: `publish <channel> <payload>` publishes and returns the count.
+
+use std::time::{Duration, Instant};
+
+use redloom_sdk::pubsub::{self, Message, Tick};
+use redloom_sdk::{Error, Invoke, OnMessage, OnTick, Result, kv};
+
+struct Probe;
+
+impl OnMessage for Probe {
+    fn on_message(message: Message) -> Result<()> {
+        if message.payload.starts_with(b"slow") {
+            let until = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < until {
+                std::hint::black_box(0u64);
+            }
+        }
+        // `last` first: tests wait for `got`, then read `last`.
+        kv::set(&format!("last:{}", message.channel), &message.payload)?;
+        kv::increment(&format!("got:{}", message.channel), 1)?;
+        if let Some(p) = &message.pattern {
+            kv::increment(&format!("got-pattern:{p}"), 1)?;
+        }
+        Ok(())
+    }
+}
+
+impl OnTick for Probe {
+    fn on_tick(tick: Tick) -> Result<()> {
+        kv::increment(&format!("tick:{}:{}", tick.timer, tick.scheduled_ms), 1)?;
+        kv::increment(&format!("ticks:{}", tick.timer), 1)?;
+        Ok(())
+    }
+}
+
+impl Invoke for Probe {
+    fn invoke(input: Vec<u8>) -> Result<Vec<u8>> {
+        let input = String::from_utf8(input)?;
+        let mut words = input.splitn(3, ' ');
+        match (words.next(), words.next(), words.next()) {
+            (Some("publish"), Some(channel), payload) => {
+                let n = pubsub::publish(channel, payload.unwrap_or(""))?;
+                Ok(n.to_string().into_bytes())
+            }
+            _ => Err(Error::invalid("expected `publish <channel> <payload>`")),
+        }
+    }
+}
+
+redloom_sdk::export!(Probe => [invoke, message, timer]);

@@ -1,0 +1,69 @@
+//! Test guest for the HTTP trigger. Routes (by path; the host's route
+//! patterns decide which requests arrive here):
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/echo/...` | 200, a text dump of the request: method, path, params, query, headers, body length |
+//! | `/burn/:ms` | runs guest code for `ms` milliseconds, then 200 `done` |
+//! | `/version` | 200, the `version` setting |
+//! | `/error` | the plugin's error (the host answers 500) |
+//! | `/panic` | a trap (500) |
+//! | `/fetch?url=U` | outbound GET of `U`: 200 with the origin's status and body, or 502 `denied`/`timeout`/... |
+
+use std::time::{Duration, Instant};
+
+use redloom_sdk::http::{self, Request, Response};
+use redloom_sdk::{Error, Http, Result, config};
+
+struct Probe;
+
+impl Http for Probe {
+    fn handle(request: Request) -> Result<Response> {
+        let path = request.path.clone();
+        if path.starts_with("/echo") {
+            let mut out = format!("{} {}\n", request.method, request.path);
+            for (k, v) in &request.params {
+                out.push_str(&format!("param {k}={v}\n"));
+            }
+            for (k, v) in &request.query {
+                out.push_str(&format!("query {k}={v}\n"));
+            }
+            if let Some(v) = request.header("x-test") {
+                out.push_str(&format!("header x-test={v}\n"));
+            }
+            out.push_str(&format!("body {}\n", request.body.len()));
+            return Ok(Response::text(200, out).with_header("x-probe", "yes"));
+        }
+        if let Some(ms) = path.strip_prefix("/burn/") {
+            let ms: u64 = ms.parse().map_err(|_| Error::invalid("bad ms"))?;
+            let until = Instant::now() + Duration::from_millis(ms);
+            let mut x = 0u64;
+            while Instant::now() < until {
+                for _ in 0..10_000 {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            }
+            return Ok(Response::text(200, "done"));
+        }
+        match path.as_str() {
+            "/version" => Ok(Response::text(200, config::get_or("version", "1"))),
+            "/error" => Err(Error::other("secret internal detail")),
+            "/panic" => panic!("secret panic detail"),
+            "/fetch" => {
+                let url = request
+                    .query("url")
+                    .ok_or_else(|| Error::invalid("no url"))?;
+                match http::get(url) {
+                    Ok(r) => Ok(Response::text(
+                        200,
+                        format!("{} {}", r.status, String::from_utf8_lossy(&r.body)),
+                    )),
+                    Err(e) => Ok(Response::text(502, e.kind())),
+                }
+            }
+            _ => Ok(Response::text(404, "probe: no such path")),
+        }
+    }
+}
+
+redloom_sdk::export!(Probe => [http]);

@@ -1,0 +1,631 @@
+//! Plugins in JavaScript, Python and C, built with their real toolchains
+//! (componentize-js, componentize-py, clang + wasi-libc + wit-bindgen C),
+//! run through the host against Redis; heavy runtimes under quotas and
+//! instance reuse; the compiled cache; `redloom new` for every language.
+//!
+//! Non-Rust plugins are built here, once per test process, by their own
+//! `build` scripts (`plugins/*/build`, `tests/guests/lang-probe-*/build`).
+//! A build is kept in `target/lang-plugins/` under a hash of its inputs, and
+//! compiled components in the shared cache `target/lang-plugins/data/cache`,
+//! so a second test run rebuilds and recompiles nothing that did not change.
+//! `scripts/setup` installs the toolchains; a build script installs its own
+//! when run without it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use redloom::bindings::types::Error as GuestError;
+use redloom::engine::CacheOutcome;
+use redloom::host::{Host, HostInvokeError};
+use redloom::namespace::PluginName;
+use redloom::plugin::{InvokeError, Plugin, PluginSpec};
+use redloom_tests::{
+    RedisServer, host_options, redloom_bin, run_with_timeout, spec, target_dir, workspace_root,
+};
+use serde_json::{Value, json};
+
+/// Every test body runs under this deadline (a cold run compiles
+/// SpiderMonkey and CPython components, ≈ 30–60 s each in a debug build).
+const TEST_TIMEOUT: Duration = Duration::from_secs(900);
+
+async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(TEST_TIMEOUT, f)
+        .await
+        .expect("test timed out");
+}
+
+/// Where built components, the shared compile cache and scaffolded
+/// projects' state live between test runs.
+fn lang_dir() -> PathBuf {
+    target_dir().join("lang-plugins")
+}
+
+/// A non-Rust plugin and what its build reads.
+struct LangPlugin {
+    /// Folder (relative to the workspace root) with an executable `build OUT`.
+    dir: &'static str,
+    /// Further inputs of the build: toolchain pins and shared build code.
+    inputs: &'static [&'static str],
+}
+
+const JS_TOOLS: &str = "plugins/rate-limited-api/package-lock.json";
+const PY_TOOLS: &str = "plugins/product-cache/requirements.txt";
+
+const RATE_LIMITED_API: LangPlugin = LangPlugin {
+    dir: "plugins/rate-limited-api",
+    inputs: &[],
+};
+const PRODUCT_CACHE: LangPlugin = LangPlugin {
+    dir: "plugins/product-cache",
+    inputs: &[],
+};
+const HIT_COUNTER: LangPlugin = LangPlugin {
+    dir: "plugins/hit-counter",
+    inputs: &["xtask", "host/templates/c/tools/c_plugin.rs"],
+};
+const PROBE_JS: LangPlugin = LangPlugin {
+    dir: "tests/guests/lang-probe-js",
+    inputs: &[JS_TOOLS],
+};
+const PROBE_PY: LangPlugin = LangPlugin {
+    dir: "tests/guests/lang-probe-py",
+    inputs: &[PY_TOOLS],
+};
+
+/// Hashes every file under `path` (name and contents), skipping installed
+/// toolchains and build outputs.
+fn hash_tree(path: &Path, h: &mut DefaultHasher) {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if matches!(name, "node_modules" | ".venv" | "__pycache__" | "target")
+        || name.ends_with(".wasm")
+    {
+        return;
+    }
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for e in entries {
+            hash_tree(&e, h);
+        }
+    } else {
+        path.strip_prefix(workspace_root()).unwrap().hash(h);
+        std::fs::read(path).unwrap().hash(h);
+    }
+}
+
+/// Builds `p` (at most once per process, and not at all when a build of the
+/// same inputs exists) and returns the component's path.
+fn build(p: &LangPlugin) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<&'static str, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
+    let cell = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(p.dir)
+        .or_default()
+        .clone();
+    cell.get_or_init(|| {
+        let root = workspace_root();
+        let mut h = DefaultHasher::new();
+        hash_tree(&root.join(p.dir), &mut h);
+        hash_tree(&root.join("wit"), &mut h);
+        for input in p.inputs {
+            hash_tree(&root.join(input), &mut h);
+        }
+        let name = Path::new(p.dir).file_name().unwrap().to_str().unwrap();
+        let out = lang_dir().join(format!("{name}-{:016x}.wasm", h.finish()));
+        if out.exists() {
+            return out;
+        }
+        let tmp = out.with_extension("wasm.tmp");
+        let started = Instant::now();
+        let built = run_with_timeout(
+            Command::new(root.join(p.dir).join("build"))
+                .arg(&tmp)
+                .current_dir(&root)
+                .env("CARGO", env!("CARGO")),
+            Duration::from_secs(900),
+        );
+        assert!(
+            built.status.success(),
+            "{}/build failed:\n{}",
+            p.dir,
+            String::from_utf8_lossy(&built.stderr)
+        );
+        std::fs::rename(&tmp, &out).unwrap();
+        eprintln!(
+            "[timing] built {name}: {} bytes in {:.1?}",
+            std::fs::metadata(&out).unwrap().len(),
+            started.elapsed()
+        );
+        out
+    })
+    .clone()
+}
+
+/// A spec for the component built from `p`, named `name`, default quotas.
+fn lang_spec(name: &str, p: &LangPlugin) -> PluginSpec {
+    let mut s = PluginSpec::from_path(&build(p));
+    s.name = PluginName::parse(name).unwrap();
+    s
+}
+
+/// A host on `redis` whose compile cache is the shared one in
+/// `target/lang-plugins/data/cache` (Redis comes from the URL, so nothing
+/// else is kept there).
+async fn lang_host(redis: &RedisServer) -> Host {
+    let data = lang_dir().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    Host::start(host_options(redis, &data))
+        .await
+        .expect("host starts")
+}
+
+/// Loads `spec`, one load per component at a time in this process, so
+/// tests that share a component compile it once and the others hit the
+/// cache.
+async fn load(host: &Host, spec: PluginSpec) -> Arc<Plugin> {
+    static LOADING: OnceLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
+        OnceLock::new();
+    let lock = LOADING
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(spec.wasm.clone())
+        .or_default()
+        .clone();
+    let _guard = lock.lock().await;
+    let wasm = spec.wasm.clone();
+    let started = Instant::now();
+    let p = host
+        .load(spec)
+        .await
+        .unwrap_or_else(|e| panic!("loading {}: {e}", wasm.display()));
+    eprintln!(
+        "[timing] loaded {} ({:?} cache): {:.1?}, compile/deserialize {:.1?}",
+        p.name(),
+        p.report().cache,
+        started.elapsed(),
+        p.report().compile_time
+    );
+    p
+}
+
+async fn invoke_json(host: &Host, p: &Plugin, input: Value) -> Value {
+    let out = host
+        .invoke(p.name(), input.to_string().as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{} failed on {input}: {e}", p.name()));
+    serde_json::from_slice(&out).unwrap_or_else(|e| {
+        panic!(
+            "{}: not JSON ({e}): {}",
+            p.name(),
+            String::from_utf8_lossy(&out)
+        )
+    })
+}
+
+fn settings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn invalid_argument(e: &HostInvokeError) -> bool {
+    matches!(
+        e,
+        HostInvokeError::Invoke(InvokeError::Guest {
+            error: GuestError::InvalidArgument(_),
+            ..
+        })
+    )
+}
+
+/// Every key in Redis belongs to `plugin`'s namespace.
+async fn all_keys_namespaced(redis: &RedisServer, plugin: &str) {
+    let mut conn = redis.client().await;
+    let all: Vec<String> = conn.keys("*").await.unwrap();
+    let prefix = format!("rl:{plugin}:");
+    assert!(all.iter().all(|k| k.starts_with(&prefix)), "{all:?}");
+}
+
+/// The JavaScript example (componentize-js, SpiderMonkey): a fixed-window
+/// rate limit per client in front of an API, with its counters in Redis;
+/// the component imports redloom's interfaces and nothing from WASI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_rate_limited_api() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let host = lang_host(&redis).await;
+        let mut s = lang_spec("api", &RATE_LIMITED_API);
+        s.settings = settings(&[("limit", "3"), ("window-ms", "60000")]);
+        let p = load(&host, s).await;
+
+        let imports = &p.report().imports;
+        assert!(
+            imports.iter().all(|i| i.starts_with("redloom:plugin/")),
+            "only redloom's interfaces: {imports:?}"
+        );
+        assert!(imports.iter().any(|i| i.starts_with("redloom:plugin/kv@")));
+        assert_eq!(p.report().exports, ["redloom:plugin/invoke@0.1.0"]);
+
+        let alice = json!({"client": "alice", "path": "/items"});
+        let mut replies = Vec::new();
+        for _ in 0..4 {
+            replies.push(invoke_json(&host, &p, alice.clone()).await);
+        }
+        for (i, r) in replies[..3].iter().enumerate() {
+            assert_eq!(r["allowed"], true, "{r}");
+            assert_eq!(r["status"], 200, "{r}");
+            assert_eq!(r["remaining"], 2 - i, "{r}");
+            assert_eq!(r["body"]["served"], i + 1, "{r}");
+        }
+        assert_eq!(
+            replies[3],
+            json!({"allowed": false, "status": 429, "limit": 3, "remaining": 0, "retry_after_ms": 60000})
+        );
+        // Another client has its own window.
+        let bob = invoke_json(&host, &p, json!({"client": "bob", "path": "/items"})).await;
+        assert_eq!(bob["allowed"], true, "{bob}");
+        assert_eq!(bob["body"]["served"], 4, "{bob}");
+
+        // In Redis: the window counts every request, with its TTL; the API
+        // counted only what it served.
+        let mut conn = redis.client().await;
+        let window: i64 = conn.get("rl:api:kv:window:alice").await.unwrap();
+        assert_eq!(window, 4);
+        let ttl: i64 = conn.pttl("rl:api:kv:window:alice").await.unwrap();
+        assert!(ttl > 0 && ttl <= 60_000, "window TTL {ttl}");
+        let served: i64 = conn.get("rl:api:kv:served:/items").await.unwrap();
+        assert_eq!(served, 4);
+        all_keys_namespaced(&redis, "api").await;
+
+        let e = host.invoke(p.name(), b"not json").await.unwrap_err();
+        assert!(invalid_argument(&e), "{e}");
+    })
+    .await;
+}
+
+/// The Python example (componentize-py, CPython): cache-aside with a fill
+/// lease — a miss loads from the origin and fills the cache with a TTL, a
+/// hit does not touch the origin, invalidation drops the entry, and a miss
+/// while another invocation holds the lease answers without writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_product_cache() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let host = lang_host(&redis).await;
+        let mut s = lang_spec("products", &PRODUCT_CACHE);
+        s.settings = settings(&[("ttl-ms", "30000")]);
+        let p = load(&host, s).await;
+        let mut conn = redis.client().await;
+
+        let first = invoke_json(&host, &p, json!({"product": "42"})).await;
+        assert_eq!(first["source"], "origin", "{first}");
+        assert_eq!(first["filled"], true, "{first}");
+        assert_eq!(first["value"]["id"], "42", "{first}");
+        let second = invoke_json(&host, &p, json!({"product": "42"})).await;
+        assert_eq!(second["source"], "cache", "{second}");
+        assert_eq!(second["value"], first["value"]);
+
+        let stored: String = conn.get("rl:products:kv:product:42").await.unwrap();
+        let stored: Value = serde_json::from_str(&stored).unwrap();
+        assert_eq!(stored, first["value"]);
+        let ttl: i64 = conn.pttl("rl:products:kv:product:42").await.unwrap();
+        assert!(ttl > 0 && ttl <= 30_000, "TTL {ttl}");
+        let loads: i64 = conn.get("rl:products:kv:origin-loads").await.unwrap();
+        assert_eq!(loads, 1, "the hit did not load from the origin");
+        let lease: bool = conn.exists("rl:products:kv:lease:42").await.unwrap();
+        assert!(!lease, "the fill lease is released");
+
+        let dropped = invoke_json(&host, &p, json!({"product": "42", "invalidate": true})).await;
+        assert_eq!(dropped["invalidated"], true, "{dropped}");
+        let exists: bool = conn.exists("rl:products:kv:product:42").await.unwrap();
+        assert!(!exists);
+
+        // Someone else holds the fill lease: answer from the origin, leave
+        // the filling to them.
+        let _: () = conn
+            .set_ex("rl:products:kv:lease:7", "1", 30)
+            .await
+            .unwrap();
+        let r = invoke_json(&host, &p, json!({"product": "7"})).await;
+        assert_eq!(r["source"], "origin", "{r}");
+        assert_eq!(r["filled"], false, "{r}");
+        let exists: bool = conn.exists("rl:products:kv:product:7").await.unwrap();
+        assert!(!exists, "only the lease holder fills");
+        let loads: i64 = conn.get("rl:products:kv:origin-loads").await.unwrap();
+        assert_eq!(loads, 2);
+        all_keys_namespaced(&redis, "products").await;
+
+        let e = host.invoke(p.name(), b"{}").await.unwrap_err();
+        assert!(invalid_argument(&e), "{e}");
+    })
+    .await;
+}
+
+/// The C example (clang + wasi-libc, wit-bindgen C, preview1 reactor
+/// adapter): a hit counter with a configurable step and period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_hit_counter() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let host = lang_host(&redis).await;
+        let mut s = lang_spec("hits", &HIT_COUNTER);
+        s.settings = settings(&[("step", "2"), ("ttl-ms", "60000")]);
+        let p = load(&host, s).await;
+        assert!(
+            p.report()
+                .imports
+                .iter()
+                .any(|i| i.starts_with("redloom:plugin/kv@")),
+            "{:?}",
+            p.report().imports
+        );
+
+        for want in [2, 4, 6] {
+            let out = host.invoke(p.name(), b"home").await.unwrap();
+            let r: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(r, json!({"counter": "home", "hits": want}));
+        }
+        let mut conn = redis.client().await;
+        let hits: i64 = conn.get("rl:hits:kv:hits:home").await.unwrap();
+        assert_eq!(hits, 6);
+        let ttl: i64 = conn.pttl("rl:hits:kv:hits:home").await.unwrap();
+        assert!(ttl > 0 && ttl <= 60_000, "the period's TTL: {ttl}");
+        all_keys_namespaced(&redis, "hits").await;
+
+        for bad in [&b""[..], b"no spaces", b"quote\""] {
+            let e = host.invoke(p.name(), bad).await.unwrap_err();
+            assert!(invalid_argument(&e), "{e}");
+        }
+    })
+    .await;
+}
+
+/// A JavaScript and a Python plugin stuck in an infinite loop are stopped
+/// at their wall-time deadline; the host and the plugin keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_runtimes_stop_at_wall_time() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let host = lang_host(&redis).await;
+        for (name, probe) in [("spin-js", &PROBE_JS), ("spin-py", &PROBE_PY)] {
+            let mut s = lang_spec(name, probe);
+            // Below the 2 s CPU quota, so the wall clock is what ends it.
+            s.quotas.wall_time = Duration::from_millis(500);
+            s.reuse_instances = 4;
+            let p = load(&host, s).await;
+
+            let started = Instant::now();
+            let e = host.invoke(p.name(), b"spin").await.unwrap_err();
+            let took = started.elapsed();
+            assert!(
+                matches!(
+                    &e,
+                    HostInvokeError::Invoke(e) if e.quota().is_some_and(|q| matches!(q, redloom::bindings::types::Quota::WallTime))
+                ),
+                "{name}: {e}"
+            );
+            assert!(took < Duration::from_secs(5), "{name}: stopped after {took:?}");
+            eprintln!("[timing] {name}: infinite loop stopped after {took:.1?} (wall-time 500ms)");
+            assert_eq!(host.invoke(p.name(), b"ping").await.unwrap(), b"ping");
+            assert_eq!(
+                host.invoke(p.name(), b"count").await.unwrap(),
+                b"2",
+                "{name}: the stopped instance was discarded"
+            );
+        }
+    })
+    .await;
+}
+
+/// Instance reuse with heavy runtimes: module globals survive between the
+/// invocations one instance serves (at most N), and any error discards the
+/// instance. A capability's typed error reaches JS and Python code as the
+/// WIT variant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_runtime_reuse_and_typed_errors() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let host = lang_host(&redis).await;
+        for (name, probe) in [("reuse-js", &PROBE_JS), ("reuse-py", &PROBE_PY)] {
+            let mut s = lang_spec(name, probe);
+            s.reuse_instances = 3;
+            let p = load(&host, s).await;
+            let mut seen = Vec::new();
+            for _ in 0..4 {
+                seen.push(String::from_utf8(host.invoke(p.name(), b"count").await.unwrap()).unwrap());
+            }
+            assert_eq!(seen, ["1", "2", "3", "1"], "{name}: at most 3 per instance");
+            let e = host.invoke(p.name(), b"error").await.unwrap_err();
+            assert!(
+                matches!(
+                    &e,
+                    HostInvokeError::Invoke(InvokeError::Guest { error: GuestError::Other(m), .. }) if m == "deliberate error"
+                ),
+                "{name}: {e}"
+            );
+            assert_eq!(
+                host.invoke(p.name(), b"count").await.unwrap(),
+                b"1",
+                "{name}: an error discards the instance"
+            );
+
+            let out = host.invoke(p.name(), b"bad-key").await.unwrap();
+            let r: Value = serde_json::from_slice(&out).unwrap();
+            if name.ends_with("js") {
+                assert_eq!(r["payload"]["tag"], "invalid-argument", "{r}");
+            } else {
+                assert_eq!(r["type"], "Error_InvalidArgument", "{r}");
+            }
+        }
+        // Without reuse every invocation gets a fresh instance.
+        let p = load(&host, lang_spec("fresh-js", &PROBE_JS)).await;
+        for _ in 0..2 {
+            assert_eq!(host.invoke(p.name(), b"count").await.unwrap(), b"1");
+        }
+    })
+    .await;
+}
+
+/// The second load of a SpiderMonkey or CPython component comes from the
+/// compiled cache: milliseconds instead of a compilation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_components_load_from_the_compiled_cache() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        for (name, p) in [
+            ("cached-js", &RATE_LIMITED_API),
+            ("cached-py", &PRODUCT_CACHE),
+        ] {
+            let first = lang_host(&redis).await;
+            let loaded = load(&first, lang_spec(name, p)).await;
+            let compiled = loaded.report().compile_time;
+            let outcome = loaded.report().cache;
+            drop(loaded);
+            first.shutdown().await;
+
+            let second = lang_host(&redis).await;
+            let started = Instant::now();
+            let loaded = load(&second, lang_spec(name, p)).await;
+            let took = started.elapsed();
+            assert_eq!(loaded.report().cache, CacheOutcome::Hit, "{name}");
+            eprintln!(
+                "[timing] {name} ({} bytes): first load {outcome:?} {compiled:.1?}; \
+                 second load Hit: deserialize {:.1?}, whole load with probe {took:.1?}",
+                loaded.report().size,
+                loaded.report().compile_time,
+            );
+            second.shutdown().await;
+        }
+    })
+    .await;
+}
+
+/// Per-invocation cost with a fresh instance each time and with reuse, for
+/// each runtime (printed for the report; only correctness is asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_reuse_costs() {
+    with_timeout(async {
+        const N: u32 = 200;
+        let redis = RedisServer::start().await;
+        let host = lang_host(&redis).await;
+        let cases: Vec<(&str, PluginSpec, &[u8])> = vec![
+            ("rust", spec("cost-rust", "trap"), b"ping"),
+            ("c", lang_spec("cost-c", &HIT_COUNTER), b"bench"),
+            ("js", lang_spec("cost-js", &PROBE_JS), b"ping"),
+            ("python", lang_spec("cost-py", &PROBE_PY), b"ping"),
+        ];
+        for (lang, base, input) in cases {
+            let mut line = format!("[timing] {lang:>6} per invocation (mean of {N}):");
+            for reuse in [0, 16] {
+                let mut s = base.clone();
+                s.name = PluginName::parse(&format!("{}-{reuse}", base.name)).unwrap();
+                s.reuse_instances = reuse;
+                let p = load(&host, s).await;
+                // Warm up (first instance, page faults).
+                host.invoke(p.name(), input).await.unwrap();
+                let started = Instant::now();
+                for _ in 0..N {
+                    host.invoke(p.name(), input).await.unwrap();
+                }
+                let mean = started.elapsed() / N;
+                line.push_str(&format!(" reuse {reuse:>2}: {mean:>8.1?}"));
+            }
+            eprintln!("{line}");
+        }
+    })
+    .await;
+}
+
+/// Runs `redloom new NAME --lang LANG` and then the project's own `./test`,
+/// which builds it and runs it in redloom against a private Redis.
+fn new_project_passes_its_test(lang: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("hello-{lang}");
+    let dir = tmp.path().join(&name);
+    let bin = redloom_bin();
+    let out = run_with_timeout(
+        Command::new(&bin)
+            .args(["new", &name, "--lang", lang, "--dir"])
+            .arg(&dir)
+            .current_dir(tmp.path()),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "redloom new: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What the project's test keeps between runs (the compiled cache and a
+    // private Redis; Rust and C build-tool targets) lives under target/.
+    let state = lang_dir().join(format!("new-{lang}"));
+    let root = workspace_root();
+    let mut test = Command::new(dir.join("test"));
+    test.current_dir(&dir)
+        .env("REDLOOM", &bin)
+        .env("REDLOOM_DATA_DIR", state.join("data"))
+        .env("CARGO_TARGET_DIR", state.join("cargo-target"))
+        .env(
+            "COMPONENTIZE_JS",
+            root.join("plugins/rate-limited-api/node_modules/.bin/componentize-js"),
+        )
+        .env(
+            "COMPONENTIZE_PY",
+            root.join("plugins/product-cache/.venv/bin/componentize-py"),
+        );
+    if lang == "js" {
+        // The tool the example plugins use (installed by scripts/setup).
+        build(&RATE_LIMITED_API);
+    }
+    if lang == "python" {
+        build(&PRODUCT_CACHE);
+    }
+    let started = Instant::now();
+    let out = run_with_timeout(&mut test, Duration::from_secs(900));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("3 passed, 0 failed"),
+        "{lang} project's ./test failed ({}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "[timing] redloom new --lang {lang}: ./test passed in {:.1?}",
+        started.elapsed()
+    );
+}
+
+/// `redloom new --lang rust` builds with cargo and passes its own test.
+#[test]
+fn new_rust_project_passes_its_test() {
+    new_project_passes_its_test("rust");
+}
+
+/// `redloom new --lang js` builds with componentize-js and passes its own test.
+#[test]
+fn new_js_project_passes_its_test() {
+    new_project_passes_its_test("js");
+}
+
+/// `redloom new --lang python` builds with componentize-py and passes its own test.
+#[test]
+fn new_python_project_passes_its_test() {
+    new_project_passes_its_test("python");
+}
+
+/// `redloom new --lang c` builds with its own tools/ crate and passes its own test.
+#[test]
+fn new_c_project_passes_its_test() {
+    new_project_passes_its_test("c");
+}

@@ -1,0 +1,629 @@
+//! `redloom serve` over real HTTP on 127.0.0.1:0: routing, limits, quotas,
+//! outbound HTTP, the admin API with hot reload, metrics and shutdown.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use redloom::config::Config;
+use redloom::host::Host;
+use redloom::serve::{ServeError, Server};
+use redloom_tests::{RedisServer, host_options, plugin};
+use reqwest::StatusCode;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(TEST_TIMEOUT, f)
+        .await
+        .expect("test timed out");
+}
+
+/// A running `serve` on free ports; dropping `stop` shuts it down.
+struct Served {
+    http: SocketAddr,
+    admin: SocketAddr,
+    host: Arc<Host>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+    _redis: RedisServer,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Stops accepting and waits for the drain to finish.
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(30), &mut self.done)
+            .await
+            .expect("serve stops")
+            .unwrap();
+        self.host.shutdown().await;
+    }
+}
+
+/// The http-probe plugin as `probe` (routes `/echo/*rest`, `/burn/:ms`, ...),
+/// plus `extra` TOML appended to the file.
+fn probe_config(extra: &str) -> String {
+    format!(
+        r#"
+[http]
+listen = "127.0.0.1:0"
+shutdown-timeout = "10s"
+[admin]
+listen = "127.0.0.1:0"
+
+[plugins.probe]
+wasm = {probe:?}
+[plugins.probe.quotas]
+max-input = "1KiB"
+concurrency = 1
+queue = 0
+
+[[routes]]
+method = "GET"
+path = "/echo/:a/*rest"
+plugin = "probe"
+[[routes]]
+path = "/echo"
+plugin = "probe"
+[[routes]]
+method = "GET"
+path = "/burn/:ms"
+plugin = "probe"
+[[routes]]
+method = "GET"
+path = "/version"
+plugin = "probe"
+[[routes]]
+method = "GET"
+path = "/error"
+plugin = "probe"
+[[routes]]
+method = "GET"
+path = "/panic"
+plugin = "probe"
+[[routes]]
+method = "GET"
+path = "/fetch"
+plugin = "probe"
+{extra}
+"#,
+        probe = plugin("http-probe").display().to_string(),
+    )
+}
+
+async fn serve(config_text: &str) -> Served {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        Config::parse(config_text, &dir.path().join("redloom.toml")).expect("valid config");
+    let host = Arc::new(Host::start(host_options(&redis, dir.path())).await.unwrap());
+    let server = Server::bind(host.clone(), config).await.expect("binds");
+    let (http, admin) = (server.http_addr(), server.admin_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Served {
+        http,
+        admin,
+        host,
+        stop: Some(stop),
+        done,
+        _redis: redis,
+        _dir: dir,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A counting origin on a free port: `/users/{id}` for ids 1–3, 404 else.
+async fn origin() -> (SocketAddr, Arc<AtomicUsize>) {
+    use axum::extract::Path as P;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/users/{id}",
+        axum::routing::get(move |P(id): P<String>| {
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                if ["1", "2", "3"].contains(&id.as_str()) {
+                    (axum::http::StatusCode::OK, format!(r#"{{"id":"{id}"}}"#))
+                } else {
+                    (axum::http::StatusCode::NOT_FOUND, String::new())
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, hits)
+}
+
+/// Routes with parameters and query strings reach the plugin; no route is
+/// 404, the wrong method 405.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_and_params() {
+    with_timeout(async {
+        let s = serve(&probe_config("")).await;
+        let c = client();
+        let r = c
+            .get(s.url("/echo/one/two/three?x=1&x=2&y=a%20b"))
+            .header("x-test", "hello")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["x-probe"], "yes");
+        let body = r.text().await.unwrap();
+        for line in [
+            "GET /echo/one/two/three",
+            "param a=one",
+            "param rest=two/three",
+            "query x=1",
+            "query x=2",
+            "query y=a b",
+            "header x-test=hello",
+            "body 0",
+        ] {
+            assert!(
+                body.lines().any(|l| l == line),
+                "{line:?} missing from:\n{body}"
+            );
+        }
+        // `/echo` with any method.
+        let r = c.post(s.url("/echo")).body("abc").send().await.unwrap();
+        assert!(r.text().await.unwrap().contains("body 3"));
+        assert_eq!(
+            c.get(s.url("/nowhere")).send().await.unwrap().status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            c.post(s.url("/version")).send().await.unwrap().status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        s.shutdown().await;
+    })
+    .await;
+}
+
+/// Plugin errors and traps are 500s that reveal nothing; a body over the
+/// plugin's max-input is 413; beyond its concurrency, 429 with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_limits_and_quota_statuses() {
+    with_timeout(async {
+        let s = serve(&probe_config("")).await;
+        let c = client();
+        for path in ["/error", "/panic"] {
+            let r = c.get(s.url(path)).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR, "{path}");
+            let body = r.text().await.unwrap();
+            assert!(!body.contains("secret"), "{path} leaked: {body}");
+        }
+        let r = c
+            .post(s.url("/echo"))
+            .body(vec![b'x'; 2048])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let r = c
+            .post(s.url("/echo"))
+            .body(vec![b'x'; 1024])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "exactly max-input is fine");
+
+        let slow = tokio::spawn({
+            let (c, url) = (c.clone(), s.url("/burn/1500"));
+            async move { c.get(url).send().await.unwrap().status() }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = c.get(s.url("/burn/1")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_eq!(slow.await.unwrap(), StatusCode::OK);
+        s.shutdown().await;
+    })
+    .await;
+}
+
+/// Outbound HTTP reaches an allowed origin and is denied elsewhere; the
+/// get-user example caches what the origin returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_http_and_cache_aside() {
+    with_timeout(async {
+        let (allowed, hits) = origin().await;
+        let (_, denied_hits) = origin().await;
+        let extra = format!(
+            r#"
+[plugins.get-user]
+wasm = {get_user:?}
+allowed-outbound-hosts = ["http://{allowed}"]
+settings = {{ origin = "http://{allowed}", ttl-secs = 300 }}
+[[routes]]
+method = "GET"
+path = "/users/:id"
+plugin = "get-user"
+"#,
+            get_user = plugin("get-user").display().to_string(),
+        );
+        let s = serve(&probe_config(&extra)).await;
+        let c = client();
+        // The `probe` plugin has no allowlist: everything is denied.
+        let r = c
+            .get(s.url(&format!("/fetch?url=http://{allowed}/users/1")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(r.text().await.unwrap(), "denied");
+        assert_eq!(hits.load(Ordering::SeqCst), 0);
+
+        let r = c.get(s.url("/users/1")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["x-cache"], "miss");
+        assert_eq!(r.text().await.unwrap(), r#"{"id":"1"}"#);
+        let r = c.get(s.url("/users/1")).send().await.unwrap();
+        assert_eq!(r.headers()["x-cache"], "hit");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            1,
+            "the second request was served from the cache"
+        );
+        assert_eq!(
+            c.get(s.url("/users/9")).send().await.unwrap().status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            c.get(s.url("/users/a%20b")).send().await.unwrap().status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(denied_hits.load(Ordering::SeqCst), 0);
+        s.shutdown().await;
+    })
+    .await;
+}
+
+/// The probe with an allowlist fetches from the allowed origin only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_allowlist() {
+    with_timeout(async {
+        let (allowed, hits) = origin().await;
+        let (other, other_hits) = origin().await;
+        let config = probe_config("").replace(
+            "[plugins.probe.quotas]",
+            &format!("allowed-outbound-hosts = [\"http://{allowed}\"]\n[plugins.probe.quotas]"),
+        );
+        let s = serve(&config).await;
+        let c = client();
+        let r = c
+            .get(s.url(&format!("/fetch?url=http://{allowed}/users/2")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), r#"200 {"id":"2"}"#);
+        let r = c
+            .get(s.url(&format!("/fetch?url=http://{other}/users/2")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "denied");
+        assert_eq!(
+            (
+                hits.load(Ordering::SeqCst),
+                other_hits.load(Ordering::SeqCst)
+            ),
+            (1, 0)
+        );
+        s.shutdown().await;
+    })
+    .await;
+}
+
+/// Hot reload under continuous requests fails none of them, and the new
+/// version answers afterwards; unload stops routing; load brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_unload_and_load() {
+    with_timeout(async {
+        let config = probe_config("").replace("concurrency = 1\nqueue = 0", "concurrency = 16");
+        let s = serve(&config).await;
+        let c = client();
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (c, url, stop) = (c.clone(), s.url("/version"), stop.clone());
+                tokio::spawn(async move {
+                    let (mut ok, mut failed, mut versions) =
+                        (0, 0, std::collections::BTreeSet::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        match c.get(&url).send().await {
+                            Ok(r) if r.status() == StatusCode::OK => {
+                                versions.insert(r.text().await.unwrap());
+                                ok += 1;
+                            }
+                            _ => failed += 1,
+                        }
+                    }
+                    (ok, failed, versions)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = c
+            .post(s.admin_url("/plugins/probe/reload"))
+            .json(&serde_json::json!({"settings": {"version": "2"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        for w in workers {
+            let (ok, failed, versions) = w.await.unwrap();
+            assert_eq!(failed, 0, "requests failed during the reload");
+            assert!(versions.contains("2"), "{versions:?}");
+            total += ok;
+        }
+        assert!(total > 10, "only {total} requests ran");
+        assert_eq!(
+            c.get(s.url("/version"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            "2"
+        );
+
+        // A reload to a file without the HTTP handler is refused; v2 keeps serving.
+        let r = c
+            .post(s.admin_url("/plugins/probe/reload"))
+            .json(&serde_json::json!({"wasm": plugin("kv-probe")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(r.text().await.unwrap().contains("http-handler"));
+        assert_eq!(
+            c.get(s.url("/version"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            "2"
+        );
+
+        let r = c
+            .delete(s.admin_url("/plugins/probe"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = c.get(s.url("/version")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let list: serde_json::Value = c
+            .get(s.admin_url("/plugins"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list, serde_json::json!([]));
+        let r = c.get(s.admin_url("/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("plugin probe is not loaded")
+        );
+
+        let r = c
+            .post(s.admin_url("/plugins"))
+            .json(&serde_json::json!({"name": "probe"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        assert_eq!(
+            c.get(s.url("/version"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            "1"
+        );
+        assert_eq!(
+            c.get(s.admin_url("/readyz")).send().await.unwrap().status(),
+            StatusCode::OK
+        );
+        s.shutdown().await;
+    })
+    .await;
+}
+
+fn counter(text: &str, name: &str, plugin: &str) -> f64 {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && s.labels.get("plugin") == Some(plugin))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name} is {other:?}"),
+        })
+        .unwrap_or_else(|| panic!("{name}{{plugin={plugin:?}}} not in:\n{text}"))
+}
+
+/// `/metrics` parses as Prometheus text and its counters move with traffic;
+/// health endpoints answer; `/plugins` needs the token when one is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_token() {
+    with_timeout(async {
+        let config = probe_config("").replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"",
+        );
+        let s = serve(&config).await;
+        let c = client();
+        let metrics = || async {
+            c.get(s.admin_url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        };
+        let before = counter(&metrics().await, "redloom_invocations_total", "probe");
+        for _ in 0..5 {
+            assert_eq!(
+                c.get(s.url("/version")).send().await.unwrap().status(),
+                StatusCode::OK
+            );
+        }
+        assert_eq!(
+            c.get(s.url("/error")).send().await.unwrap().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let text = metrics().await;
+        assert_eq!(
+            counter(&text, "redloom_invocations_total", "probe") - before,
+            6.0
+        );
+        assert!(
+            text.contains(r#"redloom_errors_total{plugin="probe",kind="guest"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("redloom_invocation_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(text.contains("redloom_redis_up 1"), "{text}");
+
+        assert_eq!(
+            c.get(s.admin_url("/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            c.get(s.admin_url("/readyz")).send().await.unwrap().status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            c.get(s.admin_url("/plugins"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let r = c
+            .get(s.admin_url("/plugins"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let list: serde_json::Value = c
+            .get(s.admin_url("/plugins"))
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list[0]["name"], "probe");
+        assert_eq!(list[0]["handlers"], serde_json::json!(["http"]));
+        assert!(list[0]["invocations"].as_u64().unwrap() >= 6);
+        s.shutdown().await;
+    })
+    .await;
+}
+
+/// Shutdown stops accepting but lets a running request finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    with_timeout(async {
+        let s = serve(&probe_config("")).await;
+        let c = client();
+        let slow = tokio::spawn({
+            let (c, url) = (c.clone(), s.url("/burn/1500"));
+            async move { c.get(url).send().await.map(|r| r.status()) }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let http = s.http;
+        let started = Instant::now();
+        s.shutdown().await;
+        assert_eq!(slow.await.unwrap().unwrap(), StatusCode::OK);
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "did not wait for the request"
+        );
+        assert!(
+            client()
+                .get(format!("http://{http}/version"))
+                .send()
+                .await
+                .is_err(),
+            "still accepting after shutdown"
+        );
+    })
+    .await;
+}
+
+/// A route to a plugin without the HTTP handler is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_to_plugin_without_http_handler_is_refused() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [plugins.counter]\nwasm = {:?}\n[[routes]]\npath = \"/count\"\nplugin = \"counter\"\n",
+            plugin("visit-counter").display().to_string()
+        );
+        let config = Config::parse(&text, Path::new(&dir.path().join("redloom.toml"))).unwrap();
+        let host = Arc::new(Host::start(host_options(&redis, dir.path())).await.unwrap());
+        let e = Server::bind(host, config).await.err().expect("refused");
+        assert!(matches!(e, ServeError::Routes(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("counter must export redloom:plugin/http-handler"),
+            "{e}"
+        );
+    })
+    .await;
+}
