@@ -133,3 +133,35 @@ pub trait OnTick {
     /// Handle one tick. An error is logged and counted; the tick is not retried.
     fn on_tick(tick: crate::pubsub::Tick) -> Result<()>;
 }
+
+/// The queue handler: `redloom serve` calls it for each message of the
+/// queues the manifest's `[plugins.NAME.consumers.QUEUE]` tables consume.
+/// `Ok` acknowledges the message; an `Err` (or a panic) retries it with
+/// backoff, and after the last attempt moves it to the dead letters.
+///
+/// Export it with `redloom_sdk::export!(MyPlugin => [queue]);`.
+///
+/// ```no_run
+/// use redloom_sdk::queue::Job;
+/// use redloom_sdk::{OnJob, Result, kv};
+///
+/// struct Worker;
+///
+/// impl OnJob for Worker {
+///     fn on_job(job: Job) -> Result<()> {
+///         kv::set(&format!("done:{}", job.id), &job.payload)
+///     }
+/// }
+///
+/// redloom_sdk::export!(Worker => [queue]);
+/// # fn main() {}
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not implement `redloom_sdk::OnJob`",
+    label = "exported with the `queue` handler here",
+    note = "`export!(... => [queue])` needs `impl redloom_sdk::OnJob for {Self}`"
+)]
+pub trait OnJob {
+    /// Process one message.
+    fn on_job(job: crate::queue::Job) -> Result<()>;
+}

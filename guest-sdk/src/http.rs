@@ -34,6 +34,8 @@ pub struct Request {
     /// Headers, names lowercase.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The client's address as the host saw it (`ip:port`).
+    pub client_addr: String,
 }
 
 fn first<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -67,6 +69,7 @@ impl Request {
             query: r.query,
             headers: r.headers,
             body: r.body,
+            client_addr: r.client_addr,
         }
     }
 }

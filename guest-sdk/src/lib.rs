@@ -53,6 +53,9 @@
 //! - [`limiter`]: distributed per-key rate limits — GCRA, token bucket,
 //!   sliding and fixed windows, concurrency slots under a lease — with
 //!   per-key overrides and the `RateLimit-*` headers of a decision.
+//! - [`cache`]: cache-aside, stale-while-revalidate, write-through and
+//!   write-around with single-flight fills across hosts, tags and negative
+//!   caching ([`cache::Cache`], [`cache::Policy`]).
 //! - [`log`]: records in the host's log, tagged with the plugin's name.
 //! - [`config`]: the plugin's settings from its manifest.
 //! - [`Error`], [`Quota`], [`Result`]: what every fallible call returns.
@@ -69,6 +72,7 @@
 mod error;
 mod handlers;
 
+pub mod cache;
 pub mod config;
 pub mod http;
 pub mod kv;
@@ -76,13 +80,14 @@ pub mod limiter;
 pub mod lock;
 pub mod log;
 pub mod pubsub;
+pub mod queue;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
 pub use error::{Error, Quota, Result};
-pub use handlers::{Http, Invoke, OnMessage, OnTick};
+pub use handlers::{Http, Invoke, OnJob, OnMessage, OnTick};
 
 /// Exports a type's handlers from the plugin component.
 ///

@@ -62,3 +62,8 @@ pub fn on_tick<T: crate::OnTick + ?Sized>(
     })
     .map_err(Error::into_wit)
 }
+
+/// Glue for the `queue` handler.
+pub fn on_job<T: crate::OnJob + ?Sized>(job: crate::queue::Job) -> Result<(), WitError> {
+    T::on_job(job).map_err(Error::into_wit)
+}

@@ -14,9 +14,11 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::exports::redloom::plugin::invoke as invoke_handler;
-pub use self::exports::redloom::plugin::{http_handler, message_handler, timer_handler};
+pub use self::exports::redloom::plugin::{
+    http_handler, message_handler, queue_handler, timer_handler,
+};
 pub use self::redloom::plugin::{
-    config, http_types, kv, limiter, lock, log, outbound_http, pubsub, types,
+    config, http_types, kv, limiter, lock, log, outbound_http, pubsub, queue, types,
 };
 
 /// The export name of the `invoke` handler interface.
@@ -30,6 +32,9 @@ pub const MESSAGE_EXPORT: &str = "redloom:plugin/message-handler@0.1.0";
 
 /// The export name of the `timer-handler` interface.
 pub const TIMER_EXPORT: &str = "redloom:plugin/timer-handler@0.1.0";
+
+/// The export name of the `queue-handler` interface.
+pub const QUEUE_EXPORT: &str = "redloom:plugin/queue-handler@0.1.0";
 
 /// The WIT package the host speaks, as it appears in import and export names.
 pub const WIT_PACKAGE: &str = "redloom:plugin@0.1.0";

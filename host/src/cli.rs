@@ -103,6 +103,11 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         admin_listen: Option<std::net::SocketAddr>,
     },
+    /// Inspect and repair work queues: stats, dead letters, replay.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
     /// Manage the plugins of a running `redloom serve` through its admin API.
     Plugin {
         /// The admin API [default: http://<[admin] listen>].
@@ -135,6 +140,49 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         sdk: Option<PathBuf>,
     },
+}
+
+/// Which queue a `redloom queue` command works on.
+#[derive(Debug, clap::Args)]
+struct QueueArgs {
+    /// The queue, as the plugin names it.
+    queue: String,
+    /// The plugin whose queue it is (its namespace).
+    #[arg(long)]
+    plugin: String,
+    /// The queue is shared between plugins (`shared-queues`).
+    #[arg(long)]
+    shared: bool,
+    /// The consumer group [default: workers].
+    #[arg(long, default_value = "workers")]
+    group: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueAction {
+    /// Length, pending, consumers, lag, oldest pending age, scheduled retries, dead letters.
+    Stats(QueueArgs),
+    /// List the dead letters with their errors.
+    DeadLetters {
+        #[command(flatten)]
+        queue: QueueArgs,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move dead letters back into the queue, attempts reset.
+    Replay {
+        #[command(flatten)]
+        queue: QueueArgs,
+        /// One dead letter (its stream entry id, as `dead-letters` shows).
+        #[arg(long, conflicts_with = "all")]
+        id: Option<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete every dead letter of the queue.
+    PurgeDeadLetters(QueueArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,6 +325,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             serve(options, config).await
         }
+        Command::Queue { action } => queue_command(options, action).await,
         Command::Plugin {
             admin,
             token,
@@ -586,6 +635,72 @@ async fn plugin_admin(
         _ => println!("{body}"),
     }
     Ok(())
+}
+
+async fn queue_command(options: HostOptions, action: QueueAction) -> Result<(), Failure> {
+    let args = match &action {
+        QueueAction::Stats(a) | QueueAction::PurgeDeadLetters(a) => a,
+        QueueAction::DeadLetters { queue, .. } | QueueAction::Replay { queue, .. } => queue,
+    };
+    let plugin = PluginName::parse(&args.plugin).map_err(|e| Failure::new(exit::USAGE, e))?;
+    let keys = crate::namespace::Namespace::new(&plugin)
+        .queue(&args.queue, args.shared)
+        .map_err(|e| Failure::new(exit::USAGE, e))?;
+    let host = Host::start(options).await?;
+    let redis = host.redis().clone();
+    let failed = |e: crate::redis::CommandError| Failure::new(exit::REDIS, e);
+    let result = async {
+        match &action {
+            QueueAction::Stats(a) => {
+                let s = redis.queue_stats(&keys, &a.group).await.map_err(failed)?;
+                println!("queue:              {} ({})", a.queue, keys.stream);
+                println!("length:             {}", s.length);
+                println!("pending:            {}", s.pending);
+                println!("consumers:          {}", s.consumers);
+                println!("lag:                {}", s.lag);
+                println!("oldest pending:     {} ms", s.oldest_pending_ms);
+                println!("scheduled:          {}", s.scheduled);
+                println!("dead letters:       {}", s.dead_letters);
+            }
+            QueueAction::DeadLetters { limit, .. } => {
+                let dead = redis
+                    .queue_dead_letters(&keys, *limit)
+                    .await
+                    .map_err(failed)?;
+                println!(
+                    "{:<22} {:<24} {:>8} {:>14}  ERROR",
+                    "ENTRY", "ID", "ATTEMPTS", "FAILED (ms)"
+                );
+                for d in dead {
+                    println!(
+                        "{:<22} {:<24} {:>8} {:>14}  {}",
+                        d.entry_id, d.id, d.attempts, d.failed_ms, d.error
+                    );
+                }
+            }
+            QueueAction::Replay { id, all, .. } => {
+                if id.is_none() && !all {
+                    return Err(Failure::new(exit::USAGE, "give --id ENTRY or --all"));
+                }
+                let n = redis
+                    .queue_replay(&keys, id.as_deref(), 100_000)
+                    .await
+                    .map_err(failed)?;
+                println!("replayed {n} message(s)");
+            }
+            QueueAction::PurgeDeadLetters(_) => {
+                let purged = redis
+                    .queue_purge_dead_letters(&keys)
+                    .await
+                    .map_err(failed)?;
+                println!("{}", if purged { "purged" } else { "no dead letters" });
+            }
+        }
+        Ok(())
+    }
+    .await;
+    host.shutdown().await;
+    result
 }
 
 /// The server resolves relative paths against its own folder, not ours.

@@ -87,8 +87,8 @@ pub struct PluginConfig {
     pub triggers: TriggerConfig,
 }
 
-/// The pub/sub, keyspace and timer triggers of one plugin.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The pub/sub, keyspace, timer and queue triggers of one plugin.
+#[derive(Debug, Clone, PartialEq)]
 pub struct TriggerConfig {
     /// Channel names that are shared with other plugins listing them.
     pub shared_channels: Vec<String>,
@@ -102,6 +102,77 @@ pub struct TriggerConfig {
     pub keyspace_events: Vec<String>,
     /// Timers by name.
     pub timers: BTreeMap<String, TimerConfig>,
+    /// Queue names (or `prefix*`) shared with other plugins listing them.
+    pub shared_queues: Vec<String>,
+    /// Messages one queue may hold before `enqueue` is refused.
+    pub queue_max_length: u64,
+    /// Queue consumers by queue name.
+    pub consumers: BTreeMap<String, ConsumerConfig>,
+}
+
+impl Default for TriggerConfig {
+    fn default() -> Self {
+        TriggerConfig {
+            shared_channels: Vec::new(),
+            subscriptions: Vec::new(),
+            subscription_buffer: 1_000,
+            keyspace_events: Vec::new(),
+            timers: BTreeMap::new(),
+            shared_queues: Vec::new(),
+            queue_max_length: 100_000,
+            consumers: BTreeMap::new(),
+        }
+    }
+}
+
+/// One `[plugins.NAME.consumers.QUEUE]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConsumerConfig {
+    /// Consumer group; hosts in one group share the work.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Messages processed at once by this host.
+    #[serde(default = "default_consumer_concurrency")]
+    pub concurrency: u32,
+    /// Messages read per `XREADGROUP`.
+    #[serde(default = "default_batch")]
+    pub batch: u32,
+    /// A message delivered this long ago and not acknowledged is taken over
+    /// by another consumer (its consumer crashed or hangs).
+    #[serde(default = "default_visibility", with = "duration")]
+    pub visibility_timeout: Duration,
+    /// Attempts before a message goes to the dead-letter stream.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles each attempt, with jitter.
+    #[serde(default = "default_backoff", with = "duration")]
+    pub backoff: Duration,
+    /// The longest retry delay.
+    #[serde(default = "default_max_backoff", with = "duration")]
+    pub max_backoff: Duration,
+}
+
+fn default_group() -> String {
+    "workers".into()
+}
+fn default_consumer_concurrency() -> u32 {
+    4
+}
+fn default_batch() -> u32 {
+    16
+}
+fn default_visibility() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// One `[plugins.NAME.timers.TIMER]` table.
@@ -404,6 +475,23 @@ impl Config {
                                     .map_err(|m| at(&format!("{key}.timers.{n}"), m))
                             })
                             .collect::<Result<_, _>>()?,
+                        shared_queues: p.shared_queues,
+                        queue_max_length: p.queue_max_length.unwrap_or(100_000).max(1),
+                        consumers: {
+                            for (q, c) in &p.consumers {
+                                let k = format!("{key}.consumers.{q}");
+                                if c.concurrency == 0 || c.batch == 0 || c.max_attempts == 0 {
+                                    return Err(at(&k, "concurrency, batch and max-attempts must be at least 1".into()));
+                                }
+                                if c.visibility_timeout < Duration::from_millis(100) || c.backoff.is_zero() {
+                                    return Err(at(&k, "visibility-timeout must be at least 100ms and backoff above 0".into()));
+                                }
+                                if c.group.is_empty() {
+                                    return Err(at(&format!("{k}.group"), "must not be empty".into()));
+                                }
+                            }
+                            p.consumers
+                        },
                     },
                 },
             );
@@ -526,6 +614,12 @@ struct RawPlugin {
     keyspace_events: Vec<String>,
     #[serde(default)]
     timers: BTreeMap<String, RawTimer>,
+    #[serde(default)]
+    shared_queues: Vec<String>,
+    #[serde(default)]
+    queue_max_length: Option<u64>,
+    #[serde(default)]
+    consumers: BTreeMap<String, ConsumerConfig>,
 }
 
 #[derive(Deserialize)]

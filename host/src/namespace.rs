@@ -127,6 +127,32 @@ pub struct LimiterKeys {
     pub overrides: String,
 }
 
+/// The keys of one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    /// The stream of messages to process (acknowledged ones are deleted).
+    pub stream: String,
+    /// Delayed messages and retries, scored by due time.
+    pub delayed: String,
+    /// Counter for message ids.
+    pub seq: String,
+    /// Dead letters.
+    pub dead: String,
+    /// `dedupe:<id>` keys.
+    pub dedupe_prefix: String,
+}
+
+/// The Redis keys of one cache entry; see [`Namespace::cache`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheKeys {
+    /// The entry: a hash `{v, neg, tags, fresh, stale, delta}` expiring at
+    /// the end of its stale time.
+    pub entry: String,
+    /// The entry's fill/refresh lease: a string (the lease id) with the
+    /// lease's time to live.
+    pub lease: String,
+}
+
 /// Maps a plugin's keys into its namespace.
 #[derive(Debug, Clone)]
 pub struct Namespace {
@@ -211,6 +237,57 @@ impl Namespace {
         } else {
             format!("{}ch:{name}", self.prefix)
         })
+    }
+
+    /// The Redis keys of the plugin's queue `name` (or of the shared queue
+    /// `name`): one hash tag per queue, so every queue script runs on one
+    /// Cluster slot.
+    pub fn queue(&self, name: &str, shared: bool) -> Result<QueueKeys, KeyTooLong> {
+        if name.len() > MAX_KEY_BYTES {
+            return Err(KeyTooLong { len: name.len() });
+        }
+        let base = if shared {
+            format!("rl::q:{{{name}}}:")
+        } else {
+            format!("{}q:{{{name}}}:", self.prefix)
+        };
+        Ok(QueueKeys {
+            stream: format!("{base}stream"),
+            delayed: format!("{base}delayed"),
+            seq: format!("{base}seq"),
+            dead: format!("{base}dead"),
+            dedupe_prefix: format!("{base}dedupe:"),
+        })
+    }
+
+    /// The Redis keys of cache key `key`: `rl:NAME:cache:{NAME/KEY}` (the
+    /// entry) and the same followed by `:lease`.
+    ///
+    /// Both share one hash tag, so every cache script touches one Cluster
+    /// slot. Entry keys end with `}` and lease keys with `:lease`, so no key
+    /// (whatever its braces) makes one entry's key equal another's lease.
+    /// Keys over 1024 bytes are refused.
+    pub fn cache(&self, key: &str) -> Result<CacheKeys, KeyTooLong> {
+        if key.len() > MAX_KEY_BYTES {
+            return Err(KeyTooLong { len: key.len() });
+        }
+        let plugin = &self.prefix["rl:".len()..self.prefix.len() - 1];
+        let entry = format!("{}cache:{{{plugin}/{key}}}", self.prefix);
+        Ok(CacheKeys {
+            lease: format!("{entry}:lease"),
+            entry,
+        })
+    }
+
+    /// The version counter of cache tag `tag`:
+    /// `rl:NAME:cache-tag:{NAME/TAG}` (an integer; absent means 0). Its own
+    /// hash tag: it is only read and incremented by single-key commands.
+    pub fn cache_tag(&self, tag: &str) -> Result<String, KeyTooLong> {
+        if tag.len() > MAX_KEY_BYTES {
+            return Err(KeyTooLong { len: tag.len() });
+        }
+        let plugin = &self.prefix["rl:".len()..self.prefix.len() - 1];
+        Ok(format!("{}cache-tag:{{{plugin}/{tag}}}", self.prefix))
     }
 
     /// The prefix of the plugin's private channels.
@@ -372,6 +449,33 @@ mod tests {
                 len: MAX_KEY_BYTES + 1
             })
         );
+    }
+
+    /// A cache entry and its lease share one non-empty hash tag; no two
+    /// keys (hostile braces included) share a Redis key, and cache keys
+    /// never equal kv, lock or tag keys.
+    #[test]
+    fn cache_keys_share_a_slot_and_never_collide() {
+        let a = Namespace::new(&PluginName::parse("a").unwrap());
+        let keys = ["", "}", "{", "{x}", "x}:lease", "x", "x:lease", "x}"];
+        let mut all = Vec::new();
+        for key in keys {
+            let k = a.cache(key).unwrap();
+            let tag = hash_tag(&k.entry).expect("a hash tag");
+            assert!(tag.starts_with("a/"), "{k:?}");
+            assert_eq!(hash_tag(&k.lease), Some(tag), "{k:?}");
+            assert_ne!(a.kv(key).unwrap(), k.entry);
+            assert_ne!(a.lock(key).unwrap().lock, k.entry);
+            all.push(k.entry);
+            all.push(k.lease);
+            all.push(a.cache_tag(key).unwrap());
+        }
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "two cache keys share a Redis key: {all:?}");
+        assert!(a.cache(&"x".repeat(MAX_KEY_BYTES + 1)).is_err());
+        assert!(a.cache_tag(&"x".repeat(MAX_KEY_BYTES + 1)).is_err());
     }
 
     fn hostile_kv_keys() -> [&'static str; 4] {

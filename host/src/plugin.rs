@@ -23,8 +23,8 @@ use wasmtime::{CallHook, Store, Trap, UpdateDeadline};
 use crate::bindings::http_types::{Request as HttpRequest, Response as HttpResponse};
 use crate::bindings::types::{Error as GuestError, Quota};
 use crate::bindings::{
-    HTTP_EXPORT, INVOKE_EXPORT, MESSAGE_EXPORT, TIMER_EXPORT, WIT_PACKAGE, http_handler,
-    invoke_handler, message_handler, timer_handler,
+    HTTP_EXPORT, INVOKE_EXPORT, MESSAGE_EXPORT, QUEUE_EXPORT, TIMER_EXPORT, WIT_PACKAGE,
+    http_handler, invoke_handler, message_handler, queue_handler, timer_handler,
 };
 use crate::caps::outbound_http::Origin;
 use crate::config::{PluginConfig, Quotas, TriggerConfig};
@@ -109,13 +109,14 @@ pub enum LoadError {
     #[error("{path} is not a valid component: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error(
-        "{path} cannot run in this host: {reason} (redloom provides {WIT_PACKAGE} kv, log and \
-         config, and WASI clocks, random, io and cli without filesystem, environment or sockets)"
+        "{path} cannot run in this host: {reason} (redloom provides the {WIT_PACKAGE} interfaces \
+         of world `imports` — kv, log, config, lock, limiter, cache, pubsub, queue, outbound-http \
+         — and WASI clocks, random, io and cli without filesystem, environment or sockets)"
     )]
     Link { path: PathBuf, reason: String },
     #[error(
-        "{path} does not export {INVOKE_EXPORT} or {HTTP_EXPORT}, so it has no handler redloom \
-         can call (its exports: {exports}); with redloom-sdk, add \
+        "{path} does not export {INVOKE_EXPORT} or another redloom handler, so it has no handler \
+         redloom can call (its exports: {exports}); with redloom-sdk, add \
          `redloom_sdk::export!(YourPlugin => [invoke]);`"
     )]
     NoHandler { path: PathBuf, exports: String },
@@ -199,6 +200,7 @@ pub struct Handlers {
     pub http: Option<http_handler::GuestIndices>,
     pub message: Option<message_handler::GuestIndices>,
     pub timer: Option<timer_handler::GuestIndices>,
+    pub queue: Option<queue_handler::GuestIndices>,
 }
 
 impl Handlers {
@@ -217,6 +219,9 @@ impl Handlers {
         if self.timer.is_some() {
             v.push("timer");
         }
+        if self.queue.is_some() {
+            v.push("queue");
+        }
         v
     }
 }
@@ -227,12 +232,15 @@ struct Guests {
     http: Option<http_handler::Guest>,
     message: Option<message_handler::Guest>,
     timer: Option<timer_handler::Guest>,
+    queue: Option<queue_handler::Guest>,
 }
 
 /// A pub/sub message or keyspace event for the message handler.
 pub type Message = message_handler::Message;
 /// A timer tick for the timer handler.
 pub type Tick = timer_handler::Tick;
+/// A queue message for the queue handler.
+pub type Job = queue_handler::Job;
 
 /// One call into a plugin: which handler, with what.
 pub enum Call<'a> {
@@ -240,6 +248,7 @@ pub enum Call<'a> {
     Http(&'a HttpRequest),
     Message(&'a Message),
     Tick(&'a Tick),
+    Job(&'a Job),
 }
 
 /// What a handler returned.
@@ -257,6 +266,7 @@ impl Call<'_> {
             Call::Http(_) => "http",
             Call::Message(_) => "message",
             Call::Tick(_) => "timer",
+            Call::Job(_) => "queue",
         }
     }
 
@@ -266,6 +276,7 @@ impl Call<'_> {
             Call::Http(r) => r.body.len(),
             Call::Message(m) => m.payload.len(),
             Call::Tick(_) => 0,
+            Call::Job(j) => j.payload.len(),
         }
     }
 }
@@ -361,6 +372,10 @@ impl Plugin {
                 .then(|| timer_handler::GuestIndices::new(&pre))
                 .transpose()
                 .map_err(invalid)?,
+            queue: exported(QUEUE_EXPORT)
+                .then(|| queue_handler::GuestIndices::new(&pre))
+                .transpose()
+                .map_err(invalid)?,
         };
         if handlers.names().is_empty() {
             return Err(LoadError::NoHandler {
@@ -381,7 +396,11 @@ impl Plugin {
                     spec.allowed_outbound_hosts,
                 )
                 .with_limiters(spec.limiters)
-                .with_shared_channels(&spec.triggers.shared_channels),
+                .with_shared_channels(&spec.triggers.shared_channels)
+                .with_queues(crate::store::QueuePolicy {
+                    shared: spec.triggers.shared_queues.clone(),
+                    max_length: spec.triggers.queue_max_length,
+                }),
             ),
             pre,
             handlers,
@@ -475,6 +494,12 @@ impl Plugin {
                 .as_ref()
                 .map(|i| i.load(&mut *store, instance))
                 .transpose()?,
+            queue: self
+                .handlers
+                .queue
+                .as_ref()
+                .map(|i| i.load(&mut *store, instance))
+                .transpose()?,
         })
     }
 
@@ -536,6 +561,7 @@ impl Plugin {
             Call::Http(_) => self.handlers.http.is_some(),
             Call::Message(_) => self.handlers.message.is_some(),
             Call::Tick(_) => self.handlers.timer.is_some(),
+            Call::Job(_) => self.handlers.queue.is_some(),
         };
         if !exported {
             return Err(InvokeError::NoHandler {
@@ -607,6 +633,13 @@ impl Plugin {
                 Call::Tick(tick) => match &warm.guests.timer {
                     Some(g) => g
                         .call_handle(store, tick)
+                        .await
+                        .map(|r| r.map(|()| Reply::Done)),
+                    None => unreachable!("checked above"),
+                },
+                Call::Job(job) => match &warm.guests.queue {
+                    Some(g) => g
+                        .call_handle(store, job)
                         .await
                         .map(|r| r.map(|()| Reply::Done)),
                     None => unreachable!("checked above"),

@@ -326,7 +326,7 @@ mod tests {
             w > Duration::from_millis(90) && w <= Duration::from_millis(100),
             "{w:?}"
         );
-        assert!(b.take(Duration::from_millis(150)).unwrap() > Duration::from_millis(190));
+        assert!(b.take(Duration::from_millis(250)).unwrap() > Duration::from_millis(190));
         assert!(b.take(Duration::from_millis(100)).is_err());
         assert_eq!(TokenBucket::new(0).take(Duration::ZERO), Ok(Duration::ZERO));
     }

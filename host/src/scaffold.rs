@@ -168,6 +168,7 @@ const fn script(path: &'static str, text: &'static str) -> File {
 /// Every file of `wit/`, copied into each project. A unit test checks that
 /// this list and the folder agree.
 const WIT: &[(&str, &str)] = &[
+    ("cache.wit", include_str!("../../wit/cache.wit")),
     ("config.wit", include_str!("../../wit/config.wit")),
     ("handlers.wit", include_str!("../../wit/handlers.wit")),
     ("http.wit", include_str!("../../wit/http.wit")),
@@ -176,6 +177,7 @@ const WIT: &[(&str, &str)] = &[
     ("lock.wit", include_str!("../../wit/lock.wit")),
     ("log.wit", include_str!("../../wit/log.wit")),
     ("pubsub.wit", include_str!("../../wit/pubsub.wit")),
+    ("queue.wit", include_str!("../../wit/queue.wit")),
     ("types.wit", include_str!("../../wit/types.wit")),
     ("worlds.wit", include_str!("../../wit/worlds.wit")),
 ];

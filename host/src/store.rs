@@ -35,6 +35,28 @@ pub struct PluginContext {
     pub limiters: crate::limiter::Policies,
     /// Channel names shared with other plugins (`shared-channels`).
     pub shared_channels: std::collections::BTreeSet<String>,
+    /// In-process single flights of cache lookups (see `caps::cache`).
+    pub cache_flights: Arc<crate::caps::cache::Flights>,
+    pub queues: QueuePolicy,
+}
+
+/// Which queues are shared and how long they may grow.
+#[derive(Debug, Clone)]
+pub struct QueuePolicy {
+    /// Queue names (or `prefix*`) shared with other plugins (`shared-queues`).
+    pub shared: Vec<String>,
+    /// Messages a queue may hold (unacknowledged plus delayed) before
+    /// `enqueue` is refused (`queue-max-length`).
+    pub max_length: u64,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy {
+            shared: Vec::new(),
+            max_length: 100_000,
+        }
+    }
 }
 
 /// Where and how long a plugin may make outbound HTTP requests.
@@ -61,6 +83,8 @@ impl PluginContext {
             redis_rate: Mutex::new(TokenBucket::new(quotas.redis_rate)),
             admission: Admission::new(&quotas),
             shared_channels: Default::default(),
+            cache_flights: Default::default(),
+            queues: QueuePolicy::default(),
             outbound: OutboundPolicy {
                 allowed: allowed_outbound,
                 timeout: quotas.outbound_timeout,
@@ -68,6 +92,12 @@ impl PluginContext {
             quotas,
             limiters: Default::default(),
         }
+    }
+
+    /// The same context with the manifest's queue settings.
+    pub fn with_queues(mut self, queues: QueuePolicy) -> PluginContext {
+        self.queues = queues;
+        self
     }
 
     /// The same context with the manifest's shared channel names.

@@ -1,62 +1,49 @@
-// rate-limited-api: a tiny API behind a per-client fixed-window rate limit,
-// kept in Redis through redloom's `kv` capability.
+// rate-limited-api: a tiny API behind a per-client rate limit (the seed's
+// rate-limited API), on redloom's `limiter` capability, with what it served
+// counted in `kv`.
 //
 // Input (JSON): {"client": "alice", "path": "/items"}
-// Reply (JSON), allowed: {"allowed": true, "status": 200, "limit": 5,
-//   "remaining": 4, "body": {"path": "/items", "served": 17}}
-// Reply, over the limit: {"allowed": false, "status": 429, "limit": 5,
-//   "remaining": 0, "retry_after_ms": 60000}
+// Reply (JSON), allowed:
+//   {"status": 200, "headers": {"RateLimit-Limit": "5", "RateLimit-Remaining": "4",
+//    "RateLimit-Reset": "12"}, "body": {"path": "/items", "served": 17}}
+// Reply, over the limit:
+//   {"status": 429, "headers": {"Retry-After": "12", "RateLimit-Limit": "5",
+//    "RateLimit-Remaining": "0", "RateLimit-Reset": "60"}}
 //
-// Settings: `limit` (requests per window, default 5), `window-ms` (default
-// 60000).
+// The limit is a policy in the plugin's manifest entry (any algorithm), by
+// default the one named `api`:
+//
+//   [plugins.rate-limited-api.limiters.api]
+//   algorithm = "gcra"
+//   rate = "100/min"
+//   burst = 20
+//
+// Setting `policy` names another one.
 
 import { get as setting } from 'redloom:plugin/config@0.1.0';
-import { increment, set, expire } from 'redloom:plugin/kv@0.1.0';
+import { increment } from 'redloom:plugin/kv@0.1.0';
+import { check } from 'redloom:plugin/limiter@0.1.0';
 import { log } from 'redloom:plugin/log@0.1.0';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-// Keys become part of Redis key names; the host refuses keys over 1024 bytes,
-// these caps give a clearer error first.
+// Clients and paths become part of Redis keys; the host refuses keys over
+// 1024 bytes, these caps give a clearer error first.
 const MAX_CLIENT = 256;
 const MAX_PATH = 512;
-
-/** A positive integer setting, or `fallback` when it is not set. */
-function positiveSetting(name, fallback) {
-  const raw = setting(name);
-  if (raw === undefined || raw === null) return fallback;
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n < 1) {
-    throw invalid(`setting \`${name}\` must be a positive integer, got ${JSON.stringify(raw)}`);
-  }
-  return n;
-}
 
 /** A handler error the host reports as `invalid-argument`. */
 function invalid(message) {
   return { tag: 'invalid-argument', val: message };
 }
 
-/**
- * Counts one request in the client's current window and returns the count.
- *
- * The window starts with the client's first request and lasts `windowMs`.
- * `set(..., if-absent)` opens it with its time to live in one atomic command,
- * so a window key never lives without a TTL; the increment then keeps that
- * TTL. If the window expired between the two calls, the increment created a
- * fresh key without a TTL, which `expire` fixes.
- */
-function countRequest(key, windowMs) {
-  const opened = set(key, encoder.encode('0'), { ttlMs: BigInt(windowMs), condition: 'if-absent' });
-  const count = increment(key, 1n);
-  if (!opened && count === 1n) {
-    expire(key, BigInt(windowMs));
-  }
-  return Number(count);
+/** Milliseconds (a BigInt) as whole seconds, rounded up, for HTTP headers. */
+function seconds(ms) {
+  return String((ms + 999n) / 1000n);
 }
 
-/** The "API" behind the limiter: counts what it served, per path. */
+/** The "API" behind the limit: counts what it served, per path. */
 function serve(path) {
   const served = increment(`served:${path}`, 1n);
   return { path, served: Number(served) };
@@ -77,17 +64,22 @@ function handle(input) {
   if (typeof path !== 'string' || path.length > MAX_PATH) {
     throw invalid(`"path" must be a string of at most ${MAX_PATH} characters`);
   }
-  const limit = positiveSetting('limit', 5);
-  const windowMs = positiveSetting('window-ms', 60000);
+  const policy = setting('policy') ?? 'api';
 
-  const count = countRequest(`window:${client}`, windowMs);
-  const remaining = Math.max(0, limit - count);
+  // One atomic EVALSHA in Redis; a failure throws, with the WIT error as
+  // `payload`, and becomes this invocation's error.
+  const d = check(policy, client, 1n);
+  const headers = {
+    'RateLimit-Limit': String(d.limit),
+    'RateLimit-Remaining': String(d.remaining),
+    'RateLimit-Reset': seconds(d.resetAfterMs),
+  };
   let reply;
-  if (count <= limit) {
-    reply = { allowed: true, status: 200, limit, remaining, body: serve(path) };
+  if (d.allowed) {
+    reply = { status: 200, headers, body: serve(path) };
   } else {
-    log('info', `rate limit: client ${client} over ${limit} requests per ${windowMs} ms`);
-    reply = { allowed: false, status: 429, limit, remaining, retry_after_ms: windowMs };
+    log('info', `client ${client} is over the \`${policy}\` limit of ${d.limit}`);
+    reply = { status: 429, headers: { 'Retry-After': seconds(d.retryAfterMs), ...headers } };
   }
   return encoder.encode(JSON.stringify(reply));
 }

@@ -22,6 +22,7 @@ use redis::AsyncCommands;
 use redloom::bindings::types::Error as GuestError;
 use redloom::engine::CacheOutcome;
 use redloom::host::{Host, HostInvokeError};
+use redloom::limiter::{Limits, Policies, Rate};
 use redloom::namespace::PluginName;
 use redloom::plugin::{InvokeError, Plugin, PluginSpec};
 use redloom_tests::{
@@ -141,6 +142,14 @@ fn build(p: &LangPlugin) -> PathBuf {
             String::from_utf8_lossy(&built.stderr)
         );
         std::fs::rename(&tmp, &out).unwrap();
+        // Builds of earlier inputs are of no more use.
+        for e in std::fs::read_dir(lang_dir()).unwrap() {
+            let path = e.unwrap().path();
+            let file = path.file_name().unwrap().to_str().unwrap_or("");
+            if path != out && file.starts_with(&format!("{name}-")) && file.ends_with(".wasm") {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
         eprintln!(
             "[timing] built {name}: {} bytes in {:.1?}",
             std::fs::metadata(&out).unwrap().len(),
@@ -238,16 +247,24 @@ async fn all_keys_namespaced(redis: &RedisServer, plugin: &str) {
     assert!(all.iter().all(|k| k.starts_with(&prefix)), "{all:?}");
 }
 
-/// The JavaScript example (componentize-js, SpiderMonkey): a fixed-window
-/// rate limit per client in front of an API, with its counters in Redis;
-/// the component imports redloom's interfaces and nothing from WASI.
+/// The JavaScript example (componentize-js, SpiderMonkey): the seed's
+/// rate-limited API — a per-client GCRA limit from the `limiter` capability
+/// in front of an API that counts what it served in `kv`; the component
+/// imports redloom's interfaces and nothing from WASI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_rate_limited_api() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let host = lang_host(&redis).await;
         let mut s = lang_spec("api", &RATE_LIMITED_API);
-        s.settings = settings(&[("limit", "3"), ("window-ms", "60000")]);
+        let mut policies = Policies::default();
+        // Three at once, then one per hour: the fourth request is refused.
+        let limits = Limits::Gcra {
+            rate: Rate::new(1, Duration::from_secs(3600)),
+            burst: 3,
+        };
+        policies.insert("api", limits).unwrap();
+        s.limiters = policies;
         let p = load(&host, s).await;
 
         let imports = &p.report().imports;
@@ -255,7 +272,11 @@ async fn javascript_rate_limited_api() {
             imports.iter().all(|i| i.starts_with("redloom:plugin/")),
             "only redloom's interfaces: {imports:?}"
         );
-        assert!(imports.iter().any(|i| i.starts_with("redloom:plugin/kv@")));
+        assert!(
+            imports
+                .iter()
+                .any(|i| i.starts_with("redloom:plugin/limiter@"))
+        );
         assert_eq!(p.report().exports, ["redloom:plugin/invoke@0.1.0"]);
 
         let alice = json!({"client": "alice", "path": "/items"});
@@ -264,32 +285,52 @@ async fn javascript_rate_limited_api() {
             replies.push(invoke_json(&host, &p, alice.clone()).await);
         }
         for (i, r) in replies[..3].iter().enumerate() {
-            assert_eq!(r["allowed"], true, "{r}");
             assert_eq!(r["status"], 200, "{r}");
-            assert_eq!(r["remaining"], 2 - i, "{r}");
+            assert_eq!(r["headers"]["RateLimit-Limit"], "3", "{r}");
+            assert_eq!(
+                r["headers"]["RateLimit-Remaining"],
+                (2 - i).to_string(),
+                "{r}"
+            );
             assert_eq!(r["body"]["served"], i + 1, "{r}");
         }
-        assert_eq!(
-            replies[3],
-            json!({"allowed": false, "status": 429, "limit": 3, "remaining": 0, "retry_after_ms": 60000})
-        );
-        // Another client has its own window.
+        let refused = &replies[3];
+        assert_eq!(refused["status"], 429, "{refused}");
+        assert_eq!(refused["headers"]["RateLimit-Remaining"], "0", "{refused}");
+        let retry: u64 = refused["headers"]["Retry-After"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry > 0 && retry <= 3600, "{refused}");
+        assert!(refused.get("body").is_none(), "{refused}");
+        // Another client has its own limit.
         let bob = invoke_json(&host, &p, json!({"client": "bob", "path": "/items"})).await;
-        assert_eq!(bob["allowed"], true, "{bob}");
+        assert_eq!(bob["status"], 200, "{bob}");
         assert_eq!(bob["body"]["served"], 4, "{bob}");
 
-        // In Redis: the window counts every request, with its TTL; the API
-        // counted only what it served.
+        // In Redis: the limiter's state per client, in the plugin's
+        // namespace; the API counted only what it served.
         let mut conn = redis.client().await;
-        let window: i64 = conn.get("rl:api:kv:window:alice").await.unwrap();
-        assert_eq!(window, 4);
-        let ttl: i64 = conn.pttl("rl:api:kv:window:alice").await.unwrap();
-        assert!(ttl > 0 && ttl <= 60_000, "window TTL {ttl}");
+        let state: bool = conn
+            .exists("rl:api:limiter:{api/api/alice}:gcra")
+            .await
+            .unwrap();
+        assert!(state, "alice's GCRA state");
         let served: i64 = conn.get("rl:api:kv:served:/items").await.unwrap();
         assert_eq!(served, 4);
         all_keys_namespaced(&redis, "api").await;
 
         let e = host.invoke(p.name(), b"not json").await.unwrap_err();
+        assert!(invalid_argument(&e), "{e}");
+        // An unknown policy is the limiter's typed error, passed through.
+        let mut s = lang_spec("api-typo", &RATE_LIMITED_API);
+        s.settings = settings(&[("policy", "nope")]);
+        let typo = load(&host, s).await;
+        let e = host
+            .invoke(typo.name(), alice.to_string().as_bytes())
+            .await
+            .unwrap_err();
         assert!(invalid_argument(&e), "{e}");
     })
     .await;
@@ -551,15 +592,23 @@ async fn instance_reuse_costs() {
 /// Runs `redloom new NAME --lang LANG` and then the project's own `./test`,
 /// which builds it and runs it in redloom against a private Redis.
 fn new_project_passes_its_test(lang: &str) {
-    let tmp = tempfile::tempdir().unwrap();
+    // What the project's test keeps between runs (the compiled cache and a
+    // private Redis; Rust and C build targets) lives under target/. The
+    // project itself is created afresh, always at the same path: the JS and
+    // Python toolchains record source paths, so the same path gives the same
+    // component, which the compiled cache then recognises.
+    let state = lang_dir().join(format!("new-{lang}"));
     let name = format!("hello-{lang}");
-    let dir = tmp.path().join(&name);
+    let dir = state.join(&name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    std::fs::create_dir_all(&state).unwrap();
     let bin = redloom_bin();
     let out = run_with_timeout(
         Command::new(&bin)
-            .args(["new", &name, "--lang", lang, "--dir"])
-            .arg(&dir)
-            .current_dir(tmp.path()),
+            .args(["new", &name, "--lang", lang])
+            .current_dir(&state),
         Duration::from_secs(60),
     );
     assert!(
@@ -567,9 +616,8 @@ fn new_project_passes_its_test(lang: &str) {
         "redloom new: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // What the project's test keeps between runs (the compiled cache and a
-    // private Redis; Rust and C build-tool targets) lives under target/.
-    let state = lang_dir().join(format!("new-{lang}"));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("./test"), "{summary}");
     let root = workspace_root();
     let mut test = Command::new(dir.join("test"));
     test.current_dir(&dir)

@@ -678,8 +678,8 @@ async fn diagnostics_and_errors() {
         assert_eq!(ok(&r[7]), &json!("owner"));
         assert_eq!(ok(&r[8]), &Value::Null);
         assert_eq!(ok(&r[9]), &json!(false));
-        for i in 10..=12 {
-            assert_eq!(err_kind(&r[i]), "invalid-argument", "{i}: {:?}", r[i]);
+        for v in &r[10..=12] {
+            assert_eq!(err_kind(v), "invalid-argument", "{v}");
         }
         assert!(ok(&r[13])["token"].is_u64(), "the empty name is a name");
         assert!(ok(&r[14])["token"].is_u64(), "braces are just characters");

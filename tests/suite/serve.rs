@@ -627,3 +627,63 @@ async fn route_to_plugin_without_http_handler_is_refused() {
     })
     .await;
 }
+
+/// The seed's per-IP limit over HTTP: `RateLimit-*` headers on every answer,
+/// 429 with `Retry-After` once a client's burst is spent; other clients and
+/// the direct (proxy-less) client are counted apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_rate_limit_over_http() {
+    with_timeout(async {
+        let extra = format!(
+            r#"
+[plugins.ip-rate-limit]
+wasm = {wasm:?}
+[plugins.ip-rate-limit.limiters.per-ip]
+algorithm = "gcra"
+rate = "1/hour"
+burst = 3
+[[routes]]
+method = "GET"
+path = "/search"
+plugin = "ip-rate-limit"
+"#,
+            wasm = plugin("ip-rate-limit").display().to_string()
+        );
+        let s = serve(&probe_config(&extra)).await;
+        let c = client();
+        let get = |ip: Option<&'static str>| {
+            let mut r = c.get(s.url("/search"));
+            if let Some(ip) = ip {
+                r = r.header("x-forwarded-for", format!("{ip}, 10.0.0.1"));
+            }
+            r.send()
+        };
+        for remaining in ["2", "1", "0"] {
+            let r = get(Some("203.0.113.7")).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["ratelimit-limit"], "3");
+            assert_eq!(r.headers()["ratelimit-remaining"], remaining);
+            assert!(r.headers().get("retry-after").is_none());
+        }
+        let r = get(Some("203.0.113.7")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((3590..=3600).contains(&retry), "{retry}");
+        assert!(r.headers().contains_key("ratelimit-reset"));
+        assert_eq!(
+            get(Some("198.51.100.1")).await.unwrap().status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            get(None).await.unwrap().status(),
+            StatusCode::OK,
+            "the direct client has its own budget"
+        );
+        s.shutdown().await;
+    })
+    .await;
+}

@@ -66,7 +66,9 @@ const IMPORTS: &[&str] = &[
     "http-types",
     "outbound-http",
     "limiter",
+    "cache",
     "pubsub",
+    "queue",
 ];
 
 /// A handler the SDK can export.
@@ -149,6 +151,27 @@ const HANDLERS: &[Handler] = &[
                 impl #module::Guest for #exports {
                     fn handle(tick: #module::Tick) -> ::std::result::Result<(), ::redloom_sdk::__private::WitError> {
                         ::redloom_sdk::__private::on_tick::<#plugin>(tick.timer, tick.scheduled_ms)
+                    }
+                }
+            }
+        },
+    },
+    Handler {
+        name: "queue",
+        interface: "queue-handler",
+        sdk_trait: "OnJob",
+        adapter: |module, exports, plugin| {
+            quote! {
+                impl #module::Guest for #exports {
+                    fn handle(job: #module::Job) -> ::std::result::Result<(), ::redloom_sdk::__private::WitError> {
+                        ::redloom_sdk::__private::on_job::<#plugin>(::redloom_sdk::queue::Job {
+                            queue: job.queue,
+                            id: job.id,
+                            payload: job.payload,
+                            headers: job.headers,
+                            attempt: job.attempt,
+                            enqueued_ms: job.enqueued_ms,
+                        })
                     }
                 }
             }
@@ -307,7 +330,7 @@ mod tests {
     }
 
     /// `IMPORTS` lists exactly the interfaces the `imports` world imports,
-    /// plus `types`, so the macro's `with` map covers the world.
+    /// plus `types` and `http-types`, so the macro's `with` map covers the world.
     #[test]
     fn imports_match_the_imports_world() {
         let worlds = read_wit("worlds.wit");
@@ -318,7 +341,9 @@ mod tests {
             .filter_map(|l| l.trim().strip_prefix("import "))
             .map(|l| l.trim_end_matches(';').trim())
             .collect();
+        // Interfaces the imported ones `use` types from.
         imported.push("types");
+        imported.push("http-types");
         imported.sort_unstable();
         let mut listed = IMPORTS.to_vec();
         listed.sort_unstable();
@@ -329,9 +354,17 @@ mod tests {
     /// package version the macro assumes.
     #[test]
     fn handlers_exist_in_the_wit_package() {
-        let all: String = ["types.wit", "handlers.wit"]
-            .iter()
-            .map(|f| read_wit(f))
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../wit");
+        let all: String = std::fs::read_dir(dir)
+            .expect("wit/")
+            .map(|e| {
+                e.expect("entry")
+                    .file_name()
+                    .into_string()
+                    .expect("utf-8 name")
+            })
+            .filter(|n| n.ends_with(".wit"))
+            .map(|f| read_wit(&f))
             .collect();
         assert!(all.contains(&format!("package {PACKAGE}@{VERSION};")));
         for h in HANDLERS {

@@ -3,6 +3,7 @@
 //! into the plugin's namespace here, Redis is reached only through
 //! [`crate::redis`], and every failure becomes a typed WIT `error`.
 
+pub(crate) mod cache;
 mod config;
 mod kv;
 pub(crate) mod limiter;
@@ -10,6 +11,7 @@ pub(crate) mod lock;
 mod log;
 pub(crate) mod outbound_http;
 mod pubsub;
+mod queue;
 
 use crate::bindings::types::{self, Error, Quota};
 use crate::quota::{MAX_RATE_WAIT, QuotaTrap};

@@ -12,6 +12,8 @@
 //! to the one invocation that sent it.
 
 pub mod acl;
+pub mod cache;
+pub mod queue;
 mod limiter;
 mod lock;
 pub mod scripts;
@@ -229,8 +231,9 @@ impl Redis {
             .await?;
         let mut value = current.get(1).cloned().unwrap_or_default();
         for f in flags.chars().chain(['K']) {
-            if !value.contains(f) && !(f != 'K' && value.contains('A') && "g$lshzxetd".contains(f))
-            {
+            // `A` already stands for every event class.
+            let covered_by_all = f != 'K' && value.contains('A') && "g$lshzxetd".contains(f);
+            if !value.contains(f) && !covered_by_all {
                 value.push(f);
             }
         }

@@ -12,6 +12,16 @@ use redis::aio::ConnectionLike;
 
 /// One field per file in `lua/`.
 pub struct Scripts {
+    /// `lua/queue_enqueue.lua`
+    pub queue_enqueue: Script,
+    /// `lua/queue_promote.lua`
+    pub queue_promote: Script,
+    /// `lua/queue_ack.lua`
+    pub queue_ack: Script,
+    /// `lua/queue_fail.lua`
+    pub queue_fail: Script,
+    /// `lua/queue_replay.lua`
+    pub queue_replay: Script,
     /// `lua/kv_cas.lua`
     pub kv_cas: Script,
     /// `lua/lock_acquire.lua`
@@ -30,11 +40,24 @@ pub struct Scripts {
     pub limiter_fixed_window: Script,
     /// `lua/limiter_concurrency.lua`
     pub limiter_concurrency: Script,
+    /// `lua/cache_lookup.lua`
+    pub cache_lookup: Script,
+    /// `lua/cache_fill.lua`
+    pub cache_fill: Script,
+    /// `lua/cache_set.lua`
+    pub cache_set: Script,
+    /// `lua/cache_abandon.lua`
+    pub cache_abandon: Script,
 }
 
 /// `(file name, source)` for every script, for loading and for tests that
 /// check every script in `lua/`.
 pub const SOURCES: &[(&str, &str)] = &[
+    ("queue_enqueue.lua", include_str!("../../../lua/queue_enqueue.lua")),
+    ("queue_promote.lua", include_str!("../../../lua/queue_promote.lua")),
+    ("queue_ack.lua", include_str!("../../../lua/queue_ack.lua")),
+    ("queue_fail.lua", include_str!("../../../lua/queue_fail.lua")),
+    ("queue_replay.lua", include_str!("../../../lua/queue_replay.lua")),
     ("kv_cas.lua", include_str!("../../../lua/kv_cas.lua")),
     (
         "lock_acquire.lua",
@@ -68,6 +91,16 @@ pub const SOURCES: &[(&str, &str)] = &[
         "limiter_concurrency.lua",
         include_str!("../../../lua/limiter_concurrency.lua"),
     ),
+    (
+        "cache_lookup.lua",
+        include_str!("../../../lua/cache_lookup.lua"),
+    ),
+    ("cache_fill.lua", include_str!("../../../lua/cache_fill.lua")),
+    ("cache_set.lua", include_str!("../../../lua/cache_set.lua")),
+    (
+        "cache_abandon.lua",
+        include_str!("../../../lua/cache_abandon.lua"),
+    ),
 ];
 
 impl Scripts {
@@ -75,6 +108,11 @@ impl Scripts {
     pub fn get() -> &'static Scripts {
         static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
         SCRIPTS.get_or_init(|| Scripts {
+            queue_enqueue: Script::new(source("queue_enqueue.lua")),
+            queue_promote: Script::new(source("queue_promote.lua")),
+            queue_ack: Script::new(source("queue_ack.lua")),
+            queue_fail: Script::new(source("queue_fail.lua")),
+            queue_replay: Script::new(source("queue_replay.lua")),
             kv_cas: Script::new(source("kv_cas.lua")),
             lock_acquire: Script::new(source("lock_acquire.lua")),
             lock_release: Script::new(source("lock_release.lua")),
@@ -84,6 +122,10 @@ impl Scripts {
             limiter_sliding_window: Script::new(source("limiter_sliding_window.lua")),
             limiter_fixed_window: Script::new(source("limiter_fixed_window.lua")),
             limiter_concurrency: Script::new(source("limiter_concurrency.lua")),
+            cache_lookup: Script::new(source("cache_lookup.lua")),
+            cache_fill: Script::new(source("cache_fill.lua")),
+            cache_set: Script::new(source("cache_set.lua")),
+            cache_abandon: Script::new(source("cache_abandon.lua")),
         })
     }
 

@@ -194,9 +194,12 @@ impl Server {
             .fallback(trigger::handle)
             .with_state(self.app.clone());
         let http = tokio::spawn(
-            axum::serve(self.http, trigger)
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .into_future(),
+            axum::serve(
+                self.http,
+                trigger.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
         );
         let admin = tokio::spawn(
             axum::serve(self.admin, admin::router(self.app.clone()))
@@ -206,14 +209,17 @@ impl Server {
         let triggers = self.triggers;
         shutdown.await;
         tracing::info!("shutting down: no new connections; draining running requests");
-        // Stop taking messages and ticks; HTTP requests drain below.
-        drop(triggers);
+        // Stop taking messages and ticks; queue consumers and HTTP requests
+        // drain in parallel.
+        let shutdown_timeout = self.shutdown_timeout;
+        let triggers_stopped = tokio::spawn(triggers.stop(shutdown_timeout));
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(self.shutdown_timeout, async {
             let _ = http.await;
             let _ = admin.await;
         })
         .await;
+        let _ = triggers_stopped.await;
         if drained.is_err() {
             tracing::warn!(
                 "requests still running after {}; exiting anyway",

@@ -28,6 +28,11 @@ use crate::plugin::InvokeError;
 const RETRY_AFTER_SECS: &str = "1";
 
 pub async fn handle(State(app): State<Arc<App>>, request: Request<Body>) -> Response<Body> {
+    let client_addr = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
     let (plugin, params) = match app.routes.lookup(parts.method.as_str(), &path) {
@@ -71,6 +76,7 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request<Body>) -> Resp
         query,
         headers,
         body,
+        client_addr,
     };
     match app.host.handle_http(&plugin, &request).await {
         Ok(r) => {

@@ -8,6 +8,7 @@
 //! most once, a tick runs at most once).
 
 pub mod pubsub;
+pub mod queue;
 pub mod timer;
 
 use std::sync::Arc;
@@ -35,6 +36,9 @@ pub fn required_handlers(config: &Config) -> Vec<(PluginName, &'static str, Stri
         if !p.triggers.timers.is_empty() {
             out.push((name.clone(), "timer", "its timers".to_string()));
         }
+        if !p.triggers.consumers.is_empty() {
+            out.push((name.clone(), "queue", "its consumers".to_string()));
+        }
     }
     out
 }
@@ -45,6 +49,7 @@ pub fn export_of(handler: &str) -> &'static str {
         "http" => crate::bindings::HTTP_EXPORT,
         "message" => crate::bindings::MESSAGE_EXPORT,
         "timer" => crate::bindings::TIMER_EXPORT,
+        "queue" => crate::bindings::QUEUE_EXPORT,
         _ => crate::bindings::INVOKE_EXPORT,
     }
 }
@@ -52,6 +57,7 @@ pub fn export_of(handler: &str) -> &'static str {
 /// Background trigger tasks; dropping (or [`Triggers::stop`]) ends them.
 pub struct Triggers {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    consumers: Vec<queue::Consumer>,
 }
 
 impl Triggers {
@@ -61,13 +67,17 @@ impl Triggers {
         if let Some(t) = pubsub::start(host.clone(), config).await? {
             tasks.extend(t);
         }
-        tasks.extend(timer::start(host, config));
-        Ok(Triggers { tasks })
+        tasks.extend(timer::start(host.clone(), config));
+        let consumers = queue::start(host, config).await?;
+        Ok(Triggers { tasks, consumers })
     }
 
-    /// Stops every trigger task (calls already running are cancelled at
-    /// their next await; use it after the HTTP drain).
-    pub fn stop(self) {
+    /// Graceful stop: queue consumers stop reading and finish (or hand back)
+    /// the messages they hold within `deadline`; then every other trigger
+    /// task is stopped.
+    pub async fn stop(mut self, deadline: std::time::Duration) {
+        let consumers = std::mem::take(&mut self.consumers);
+        queue::stop(consumers, deadline).await;
         for t in &self.tasks {
             t.abort();
         }

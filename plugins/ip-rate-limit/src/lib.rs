@@ -141,4 +141,32 @@ impl Invoke for IpRateLimit {
     }
 }
 
-redloom_sdk::export!(IpRateLimit => [invoke]);
+/// The HTTP face of the same logic: the client is the first address of
+/// `x-forwarded-for` when a proxy set it, else the connection's IP.
+impl redloom_sdk::Http for IpRateLimit {
+    fn handle(request: redloom_sdk::http::Request) -> Result<redloom_sdk::http::Response> {
+        let client = request
+            .header("x-forwarded-for")
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| {
+                request
+                    .client_addr
+                    .rsplit_once(':')
+                    .map_or(request.client_addr.clone(), |(ip, _)| ip.to_owned())
+            });
+        let r = limit(&Request {
+            client,
+            path: request.path.clone(),
+            cost: 1,
+        })?;
+        let mut response = redloom_sdk::http::Response::text(r.status, r.body);
+        for (k, v) in r.headers {
+            response = response.with_header(k, v);
+        }
+        Ok(response)
+    }
+}
+
+redloom_sdk::export!(IpRateLimit => [invoke, http]);

@@ -1,0 +1,758 @@
+//! `redloom:plugin/cache`: cache-aside with single-flight fills,
+//! stale-while-revalidate, tag invalidation, negative caching and XFetch.
+//!
+//! # In Redis
+//!
+//! Cache key `K` of plugin `p` is an entry hash `rl:p:cache:{p/K}` and a
+//! lease string `rl:p:cache:{p/K}:lease`, one hash tag per entry (see
+//! [`crate::namespace::Namespace::cache`]). `lua/cache_lookup.lua` reads the
+//! entry and, when the caller should compute the value (a miss, a stale hit,
+//! an XFetch early refresh), takes the lease with `SET NX PX` in the same
+//! step, so exactly one caller across all hosts gets it.
+//! `lua/cache_fill.lua` stores only if the caller's lease id is still the
+//! lease's value, so an expired or superseded lease stores nothing.
+//!
+//! Tags are version counters `rl:p:cache-tag:{p/TAG}`. A lookup reads the
+//! versions of its tags (one pipelined round trip) and passes them to the
+//! script as an opaque snapshot; an entry stored with another snapshot counts
+//! as absent. The snapshot taken when a lease is granted travels inside the
+//! lease token and is what `fill` stores, so a tag invalidated while the
+//! origin was being read still invalidates the value read before it.
+//! Invalidating a tag is one `INCR`.
+//!
+//! # Waiting and coalescing
+//!
+//! Inside one host, concurrent lookups of one key by one plugin form a
+//! *flight* ([`Flights`], in the plugin's [`PluginContext`]): the first is the
+//! leader and talks to Redis; the others wait on the flight's
+//! `tokio::sync::watch` channel and get the leader's result without a Redis
+//! command. When the leader gets the fill lease, the flight stays open until
+//! its `fill` (followers get the filled value), `abandon` or the end of its
+//! invocation (a cleanup action frees the lease in Redis and releases the
+//! followers, so a trapped filler is replaced at once), or until its lease's
+//! time to live passes (then a follower takes over through Redis).
+//!
+//! A leader that finds the lease held by another host waits with jittered
+//! exponential backoff ([`FIRST_BACKOFF`] doubling to [`MAX_BACKOFF`], never
+//! past the lease's remaining time to live + 1 ms or the caller's deadline)
+//! and looks again: it then finds the value, or takes the expired lease over.
+//! No caller waits past its `wait-ms`.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::bindings::redloom::plugin::cache::{
+    Hit, Host, Lease, LookupOptions, LookupResult, Ttls,
+};
+use crate::bindings::types::Error;
+use crate::namespace::CacheKeys;
+use crate::redis::Redis;
+use crate::redis::cache::{CacheLookup, CacheValue};
+use crate::store::{Caps, Cleanup, PluginContext};
+
+/// Longest lease: a lease only matters while its holder computes a value.
+pub const MAX_LEASE_TTL_MS: u64 = 60 * 60 * 1000;
+
+/// Longest `wait-ms`.
+pub const MAX_WAIT_MS: u64 = 60_000;
+
+/// Most tags per entry (each costs a `GET` per lookup).
+pub const MAX_TAGS: usize = 32;
+
+/// Longest fresh + stale time to live: 30 days.
+pub const MAX_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// First pause of a leader waiting for another host's fill.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(2);
+
+/// Longest pause of a leader waiting for another host's fill: how late it
+/// may notice a value filled through another host.
+pub const MAX_BACKOFF: Duration = Duration::from_millis(50);
+
+type R<T> = wasmtime::Result<Result<T, Error>>;
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::InvalidArgument(message.into())
+}
+
+// ---- flights ----------------------------------------------------------------
+
+/// What a flight's followers learn.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// The leader is still working.
+    Pending,
+    /// A value: from the leader's hit or from its fill.
+    Value { value: Option<Vec<u8>>, stale: bool },
+    /// The leader gave up (no value): look again.
+    Gone,
+}
+
+/// One key's in-process single flight.
+struct Flight {
+    serial: u64,
+    /// The leader's canonical tags; only lookups with the same tags follow.
+    tags: Vec<String>,
+    tx: watch::Sender<Outcome>,
+    /// Set once the leader holds the fill lease.
+    lease: Mutex<Option<FlightLease>>,
+}
+
+struct FlightLease {
+    id: String,
+    /// When the lease expires (then followers stop waiting for the leader).
+    expires: Instant,
+    /// The leader's invocation cleanup and the registered give-up action.
+    cleanup: Arc<Cleanup>,
+    cleanup_id: u64,
+}
+
+/// One plugin's flights in this host, by entry key.
+#[derive(Default)]
+pub struct Flights {
+    map: Mutex<HashMap<String, Arc<Flight>>>,
+}
+
+impl std::fmt::Debug for Flights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.map.lock().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("Flights").field("open", &n).finish()
+    }
+}
+
+enum Role {
+    Lead(LeaderGuard),
+    Follow(Arc<Flight>),
+    /// A flight with other tags is open: go to Redis without coalescing.
+    Alone,
+}
+
+impl Flights {
+    fn join(self: &Arc<Self>, entry: &str, tags: &[String]) -> Role {
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
+        let mut map = self.map.lock().expect("flights poisoned");
+        if let Some(f) = map.get(entry) {
+            return if f.tags == tags {
+                Role::Follow(f.clone())
+            } else {
+                Role::Alone
+            };
+        }
+        let flight = Arc::new(Flight {
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+            tags: tags.to_vec(),
+            tx: watch::Sender::new(Outcome::Pending),
+            lease: Mutex::new(None),
+        });
+        map.insert(entry.to_owned(), flight.clone());
+        Role::Lead(LeaderGuard {
+            flights: self.clone(),
+            entry: entry.to_owned(),
+            flight,
+            kept: false,
+        })
+    }
+
+    /// Closes `entry`'s flight `serial` (if it is still the open one) with
+    /// `outcome`. Returns the closed flight.
+    fn close(&self, entry: &str, serial: u64, outcome: Outcome) -> Option<Arc<Flight>> {
+        let mut map = self.map.lock().expect("flights poisoned");
+        if map.get(entry).is_some_and(|f| f.serial == serial) {
+            let f = map.remove(entry)?;
+            drop(map);
+            f.tx.send_replace(outcome);
+            return Some(f);
+        }
+        None
+    }
+
+    /// Closes `entry`'s flight if its leader holds lease `id`; cancels the
+    /// leader's give-up action.
+    fn close_lease(&self, entry: &str, id: &str, outcome: Outcome) {
+        let flight = {
+            let map = self.map.lock().expect("flights poisoned");
+            match map.get(entry) {
+                Some(f)
+                    if f.lease
+                        .lock()
+                        .expect("flight poisoned")
+                        .as_ref()
+                        .is_some_and(|l| l.id == id) =>
+                {
+                    f.clone()
+                }
+                _ => return,
+            }
+        };
+        if let Some(f) = self.close(entry, flight.serial, outcome)
+            && let Some(l) = f.lease.lock().expect("flight poisoned").take()
+        {
+            l.cleanup.cancel(l.cleanup_id);
+        }
+    }
+}
+
+/// The leader's hold on its flight: closes it as `Gone` when dropped
+/// without [`LeaderGuard::resolve`] or [`LeaderGuard::keep`] (an error, a
+/// deadline, a cancelled invocation).
+struct LeaderGuard {
+    flights: Arc<Flights>,
+    entry: String,
+    flight: Arc<Flight>,
+    kept: bool,
+}
+
+impl LeaderGuard {
+    fn resolve(mut self, outcome: Outcome) {
+        self.kept = true;
+        self.flights.close(&self.entry, self.flight.serial, outcome);
+    }
+
+    /// Keeps the flight open for the leader's fill.
+    fn keep(mut self, lease: FlightLease) {
+        self.kept = true;
+        *self.flight.lease.lock().expect("flight poisoned") = Some(lease);
+    }
+}
+
+impl Drop for LeaderGuard {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.flights
+                .close(&self.entry, self.flight.serial, Outcome::Gone);
+        }
+    }
+}
+
+// ---- leases -------------------------------------------------------------------
+
+/// 64 random bits from the standard library's per-process random keys.
+fn random_u64() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    RandomState::new().hash_one(N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A uniform random number in (0, 1].
+fn random_unit() -> f64 {
+    ((random_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+}
+
+/// A new lease id, unique across hosts: a random process id and a sequence.
+fn lease_id() -> String {
+    static HOST_ID: LazyLock<String> =
+        LazyLock::new(|| format!("{:016x}{:016x}", random_u64(), random_u64()));
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", *HOST_ID, SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The guest-visible token: `ID|GRANTED_MS|TAG_SNAPSHOT`.
+fn token(id: &str, granted_ms: u64, tags: &str) -> Lease {
+    Lease {
+        token: format!("{id}|{granted_ms}|{tags}"),
+    }
+}
+
+/// `(id, granted_ms, tag snapshot)` of a token.
+fn parse_token(token: &str) -> Result<(&str, u64, &str), Error> {
+    let bad = || invalid("not a lease token from cache.lookup");
+    let (id, rest) = token.split_once('|').ok_or_else(bad)?;
+    let (granted, tags) = rest.split_once('|').ok_or_else(bad)?;
+    if id.is_empty() {
+        return Err(bad());
+    }
+    Ok((id, granted.parse().map_err(|_| bad())?, tags))
+}
+
+/// Canonical tags: sorted, without duplicates, checked.
+fn canonical_tags(tags: &[String]) -> Result<Vec<String>, Error> {
+    let mut tags = tags.to_vec();
+    tags.sort();
+    tags.dedup();
+    if tags.len() > MAX_TAGS {
+        return Err(invalid(format!(
+            "an entry may have at most {MAX_TAGS} tags, not {}",
+            tags.len()
+        )));
+    }
+    Ok(tags)
+}
+
+/// The snapshot of `tags` at `versions`: `LEN:TAG=VERSION;` per tag.
+fn snapshot(tags: &[String], versions: &[u64]) -> String {
+    tags.iter()
+        .zip(versions)
+        .map(|(t, v)| format!("{}:{t}={v};", t.len()))
+        .collect()
+}
+
+fn check_ttls(ttls: Ttls) -> Result<Ttls, Error> {
+    if ttls.fresh_ms == 0 {
+        return Err(invalid("fresh-ms must be greater than 0"));
+    }
+    if ttls.fresh_ms.saturating_add(ttls.stale_ms) > MAX_TTL_MS {
+        return Err(invalid(format!(
+            "fresh-ms + stale-ms must be at most {MAX_TTL_MS} (30 days)"
+        )));
+    }
+    Ok(ttls)
+}
+
+fn hit(value: Option<Vec<u8>>, refresh: Option<Lease>) -> Hit {
+    Hit { value, refresh }
+}
+
+/// Jittered exponential backoff: each pause from the upper half of a cap
+/// doubling from [`FIRST_BACKOFF`] to [`MAX_BACKOFF`].
+struct Backoff {
+    cap: Duration,
+}
+
+impl Backoff {
+    fn next_pause(&mut self) -> Duration {
+        let half = self.cap / 2;
+        let span = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        let pause = half + Duration::from_nanos(random_u64() % (span + 1));
+        self.cap = (self.cap * 2).min(MAX_BACKOFF);
+        pause
+    }
+}
+
+// ---- the capability -------------------------------------------------------------
+
+impl Caps {
+    fn cache_keys(&self, key: &str) -> Result<CacheKeys, Error> {
+        self.plugin
+            .namespace
+            .cache(key)
+            .map_err(|e| invalid(format!("cache key: {e}")))
+    }
+
+    /// Refuses a value the plugin could never read back (`max-reply`).
+    fn check_value(&self, value: Option<&[u8]>) -> Result<(), Error> {
+        let len = value.map_or(0, <[u8]>::len) as u64;
+        let max = self.plugin.quotas.max_reply;
+        if len > max {
+            return Err(invalid(format!(
+                "a cache value of {len} bytes is over the plugin's max-reply quota ({max} bytes)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The snapshot of `tags` at their current versions.
+    async fn tag_snapshot(&mut self, tags: &[String]) -> Result<String, Error> {
+        if tags.is_empty() {
+            return Ok(String::new());
+        }
+        let keys = tags
+            .iter()
+            .map(|t| {
+                self.plugin
+                    .namespace
+                    .cache_tag(t)
+                    .map_err(|e| invalid(format!("cache tag: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let redis = self.admit().await?;
+        // One pipelined round trip; each GET counts as a command.
+        for _ in 1..keys.len() {
+            self.admit().await?;
+        }
+        let versions = redis.cache_tag_versions(&keys).await?;
+        Ok(snapshot(tags, &versions))
+    }
+
+    async fn cache_lookup(
+        &mut self,
+        key: &str,
+        options: LookupOptions,
+    ) -> Result<LookupResult, Error> {
+        let keys = self.cache_keys(key)?;
+        if options.lease_ttl_ms == 0 || options.lease_ttl_ms > MAX_LEASE_TTL_MS {
+            return Err(invalid(format!(
+                "lease-ttl-ms must be from 1 to {MAX_LEASE_TTL_MS}, not {}",
+                options.lease_ttl_ms
+            )));
+        }
+        if options.wait_ms > MAX_WAIT_MS {
+            return Err(invalid(format!(
+                "wait-ms must be at most {MAX_WAIT_MS}, not {}",
+                options.wait_ms
+            )));
+        }
+        let beta = options.early_refresh_beta;
+        if !beta.is_finite() || beta < 0.0 {
+            return Err(invalid("early-refresh-beta must be 0 or a positive number"));
+        }
+        let tags = canonical_tags(&options.tags)?;
+        let deadline = Instant::now() + Duration::from_millis(options.wait_ms);
+        let flights = self.plugin.cache_flights.clone();
+        loop {
+            match flights.join(&keys.entry, &tags) {
+                Role::Follow(flight) => {
+                    match follow(&flight, deadline).await {
+                        Some(Outcome::Value { value, stale }) => {
+                            self.check_reply(value.as_ref().map_or(0, Vec::len))?;
+                            let h = hit(value, None);
+                            return Ok(if stale {
+                                LookupResult::Stale(h)
+                            } else {
+                                LookupResult::Fresh(h)
+                            });
+                        }
+                        Some(_) => {
+                            // The leader gave up or its lease ran out: close
+                            // its flight (if still open) and look again.
+                            flights.close(&keys.entry, flight.serial, Outcome::Gone);
+                        }
+                        None => return Ok(LookupResult::Filling),
+                    }
+                }
+                Role::Lead(guard) => {
+                    return self
+                        .lead(&keys, &tags, &options, deadline, Some(guard))
+                        .await;
+                }
+                Role::Alone => return self.lead(&keys, &tags, &options, deadline, None).await,
+            }
+        }
+    }
+
+    /// Looks up in Redis, waiting with backoff while another host fills,
+    /// and tells the flight's followers (if leading one) what it found.
+    async fn lead(
+        &mut self,
+        keys: &CacheKeys,
+        tags: &[String],
+        options: &LookupOptions,
+        deadline: Instant,
+        guard: Option<LeaderGuard>,
+    ) -> Result<LookupResult, Error> {
+        let mut backoff = Backoff { cap: FIRST_BACKOFF };
+        loop {
+            let tag_snapshot = self.tag_snapshot(tags).await?;
+            let id = lease_id();
+            let redis = self.admit().await?;
+            let found = redis
+                .cache_lookup(
+                    keys,
+                    &tag_snapshot,
+                    &id,
+                    options.lease_ttl_ms,
+                    options.early_refresh_beta,
+                    random_unit(),
+                )
+                .await?;
+            let (value, stale, granted, now_ms) = match found {
+                CacheLookup::Fresh {
+                    value,
+                    granted,
+                    now_ms,
+                } => (value, false, granted, now_ms),
+                CacheLookup::Stale {
+                    value,
+                    granted,
+                    now_ms,
+                } => (value, true, granted, now_ms),
+                CacheLookup::Miss { now_ms } => {
+                    let lease = token(&id, now_ms, &tag_snapshot);
+                    if let Some(guard) = guard {
+                        let cleanup_id = self.cleanup.register(give_up_at_end(
+                            self.plugin.clone(),
+                            keys.clone(),
+                            id.clone(),
+                        ));
+                        guard.keep(FlightLease {
+                            id,
+                            expires: Instant::now() + Duration::from_millis(options.lease_ttl_ms),
+                            cleanup: self.cleanup.clone(),
+                            cleanup_id,
+                        });
+                    }
+                    return Ok(LookupResult::Miss(lease));
+                }
+                CacheLookup::Filling { lease_ttl_ms } => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Ok(LookupResult::Filling);
+                    }
+                    let mut pause = backoff.next_pause().min(deadline - now);
+                    if let Some(left) = lease_ttl_ms {
+                        pause = pause.min(Duration::from_millis(left + 1));
+                    }
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            };
+            self.check_reply(value.as_ref().map_or(0, Vec::len))?;
+            if let Some(guard) = guard {
+                guard.resolve(Outcome::Value {
+                    value: value.clone(),
+                    stale,
+                });
+            }
+            let refresh = granted.then(|| token(&id, now_ms, &tag_snapshot));
+            let h = hit(value, refresh);
+            return Ok(if stale {
+                LookupResult::Stale(h)
+            } else {
+                LookupResult::Fresh(h)
+            });
+        }
+    }
+
+    async fn cache_fill(
+        &mut self,
+        key: &str,
+        lease: &Lease,
+        value: Option<&[u8]>,
+        ttls: Ttls,
+    ) -> Result<bool, Error> {
+        let keys = self.cache_keys(key)?;
+        let (id, granted_ms, tags) = parse_token(&lease.token)?;
+        let ttls = check_ttls(ttls)?;
+        if let Err(e) = self.check_value(value) {
+            // The value will never be stored: let the next caller try.
+            self.cache_give_up(&keys, id).await;
+            return Err(e);
+        }
+        let redis = self.admit().await?;
+        let stored = redis
+            .cache_fill(
+                &keys,
+                id,
+                granted_ms,
+                &CacheValue {
+                    value,
+                    fresh_ms: ttls.fresh_ms,
+                    stale_ms: ttls.stale_ms,
+                    tags,
+                },
+            )
+            .await?;
+        let outcome = if stored {
+            Outcome::Value {
+                value: value.map(<[u8]>::to_vec),
+                stale: false,
+            }
+        } else {
+            Outcome::Gone
+        };
+        self.plugin
+            .cache_flights
+            .close_lease(&keys.entry, id, outcome);
+        Ok(stored)
+    }
+
+    /// Frees lease `id` in Redis and releases this host's waiters; errors
+    /// are left to the lease's time to live.
+    async fn cache_give_up(&mut self, keys: &CacheKeys, id: &str) -> bool {
+        let freed = match self.admit().await {
+            Ok(redis) => redis.cache_abandon(keys, id).await.unwrap_or(false),
+            Err(_) => false,
+        };
+        self.plugin
+            .cache_flights
+            .close_lease(&keys.entry, id, Outcome::Gone);
+        freed
+    }
+
+    async fn cache_abandon(&mut self, key: &str, lease: &Lease) -> Result<bool, Error> {
+        let keys = self.cache_keys(key)?;
+        let (id, _, _) = parse_token(&lease.token)?;
+        let redis = self.admit().await?;
+        let freed = redis.cache_abandon(&keys, id).await?;
+        self.plugin
+            .cache_flights
+            .close_lease(&keys.entry, id, Outcome::Gone);
+        Ok(freed)
+    }
+
+    async fn cache_set(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+        ttls: Ttls,
+        tags: &[String],
+    ) -> Result<(), Error> {
+        let keys = self.cache_keys(key)?;
+        let ttls = check_ttls(ttls)?;
+        self.check_value(value)?;
+        let tags = canonical_tags(tags)?;
+        let tag_snapshot = self.tag_snapshot(&tags).await?;
+        let redis = self.admit().await?;
+        redis
+            .cache_set(
+                &keys,
+                &CacheValue {
+                    value,
+                    fresh_ms: ttls.fresh_ms,
+                    stale_ms: ttls.stale_ms,
+                    tags: &tag_snapshot,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn cache_invalidate(&mut self, key: &str) -> Result<bool, Error> {
+        let keys = self.cache_keys(key)?;
+        Ok(self.admit().await?.cache_invalidate(&keys).await?)
+    }
+
+    async fn cache_invalidate_tag(&mut self, tag: &str) -> Result<(), Error> {
+        let key = self
+            .plugin
+            .namespace
+            .cache_tag(tag)
+            .map_err(|e| invalid(format!("cache tag: {e}")))?;
+        Ok(self.admit().await?.cache_invalidate_tag(&key).await?)
+    }
+}
+
+/// Waits for `flight`'s outcome until `deadline` or the leader's lease
+/// expires. `None`: the caller's deadline passed first; `Some(Gone)` also
+/// when the lease expired without a fill.
+async fn follow(flight: &Flight, deadline: Instant) -> Option<Outcome> {
+    let mut rx = flight.tx.subscribe();
+    loop {
+        let outcome = rx.borrow_and_update().clone();
+        if !matches!(outcome, Outcome::Pending) {
+            return Some(outcome);
+        }
+        let expires = flight
+            .lease
+            .lock()
+            .expect("flight poisoned")
+            .as_ref()
+            .map(|l| l.expires);
+        let until = match expires {
+            Some(e) if e < deadline => e,
+            _ => deadline,
+        };
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return Some(Outcome::Gone);
+                }
+            }
+            _ = tokio::time::sleep_until(until) => {
+                if until >= deadline {
+                    return None;
+                }
+                // The leader's lease expired: stop following. If it never
+                // had one yet, keep waiting (the loop re-reads it).
+                if expires.is_some() {
+                    return Some(Outcome::Gone);
+                }
+            }
+        }
+    }
+}
+
+/// The cleanup action of a fill lease: free it in Redis and release this
+/// host's waiters, if the invocation ends without filling or abandoning.
+fn give_up_at_end(
+    plugin: Arc<PluginContext>,
+    keys: CacheKeys,
+    id: String,
+) -> crate::store::CleanupAction {
+    Box::new(move |redis: Redis| {
+        Box::pin(async move {
+            plugin.stats.redis_command();
+            match redis.cache_abandon(&keys, &id).await {
+                Ok(true) => tracing::debug!(
+                    plugin = %plugin.name,
+                    "freed a cache fill lease the invocation still held when it ended"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    plugin = %plugin.name,
+                    "cannot free a cache fill lease (it expires with its TTL): {e}"
+                ),
+            }
+            plugin
+                .cache_flights
+                .close_lease(&keys.entry, &id, Outcome::Gone);
+        })
+    })
+}
+
+impl Host for Caps {
+    async fn lookup(&mut self, key: String, options: LookupOptions) -> R<LookupResult> {
+        Ok(self.cache_lookup(&key, options).await)
+    }
+
+    async fn fill(
+        &mut self,
+        key: String,
+        lease: Lease,
+        value: Option<Vec<u8>>,
+        ttls: Ttls,
+    ) -> R<bool> {
+        Ok(self.cache_fill(&key, &lease, value.as_deref(), ttls).await)
+    }
+
+    async fn abandon(&mut self, key: String, lease: Lease) -> R<bool> {
+        Ok(self.cache_abandon(&key, &lease).await)
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Option<Vec<u8>>,
+        ttls: Ttls,
+        tags: Vec<String>,
+    ) -> R<()> {
+        Ok(self.cache_set(&key, value.as_deref(), ttls, &tags).await)
+    }
+
+    async fn invalidate(&mut self, key: String) -> R<bool> {
+        Ok(self.cache_invalidate(&key).await)
+    }
+
+    async fn invalidate_tag(&mut self, tag: String) -> R<()> {
+        Ok(self.cache_invalidate_tag(&tag).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokens round-trip, whatever the tag snapshot holds.
+    #[test]
+    fn tokens_round_trip() {
+        let tags = snapshot(&["a|b".into(), "c".into()], &[3, 0]);
+        let t = token("id-1", 42, &tags);
+        assert_eq!(parse_token(&t.token).unwrap(), ("id-1", 42, tags.as_str()));
+        assert!(parse_token("garbage").is_err());
+        assert!(parse_token("|1|").is_err());
+    }
+
+    /// Tags are sorted and deduplicated, so the same set always gives the
+    /// same snapshot.
+    #[test]
+    fn tags_are_canonical() {
+        let t = canonical_tags(&["b".into(), "a".into(), "b".into()]).unwrap();
+        assert_eq!(t, ["a", "b"]);
+        assert_eq!(snapshot(&t, &[1, 2]), "1:a=1;1:b=2;");
+        let many: Vec<String> = (0..=MAX_TAGS).map(|i| i.to_string()).collect();
+        assert!(canonical_tags(&many).is_err());
+    }
+
+    /// Random units are in (0, 1].
+    #[test]
+    fn random_units() {
+        for _ in 0..1000 {
+            let r = random_unit();
+            assert!(r > 0.0 && r <= 1.0, "{r}");
+        }
+    }
+}

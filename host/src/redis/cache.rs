@@ -1,0 +1,183 @@
+//! Typed commands behind the `cache` capability: the `lua/cache_*.lua`
+//! scripts, tag versions and invalidation.
+//!
+//! Keys come from [`crate::namespace::Namespace::cache`]: an entry and its
+//! lease share one hash tag, so each script touches one Cluster slot. Tag
+//! version counters have their own hash tags and are only read (`GET`) and
+//! bumped (`INCR`) by single-key commands; their values reach the scripts as
+//! an opaque snapshot in ARGV, never as keys. Entry times are Redis's
+//! (`TIME` inside the scripts).
+
+use crate::namespace::CacheKeys;
+
+use super::{CommandResult, Redis};
+
+/// What `lua/cache_lookup.lua` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CacheLookup {
+    /// A value inside its fresh time to live; `granted`: XFetch chose this
+    /// caller for an early refresh and it holds the lease since `now_ms`.
+    Fresh {
+        value: Option<Vec<u8>>,
+        granted: bool,
+        now_ms: u64,
+    },
+    /// A value inside its stale time to live; `granted`: this caller holds
+    /// the refresh lease since `now_ms`.
+    Stale {
+        value: Option<Vec<u8>>,
+        granted: bool,
+        now_ms: u64,
+    },
+    /// No value; this caller holds the fill lease since `now_ms`.
+    Miss { now_ms: u64 },
+    /// No value; someone else holds the lease for `lease_ttl_ms` more
+    /// milliseconds (`None`: unknown).
+    Filling { lease_ttl_ms: Option<u64> },
+}
+
+/// A value to store: the bytes (`None`: a negative entry), times to live
+/// and the tag snapshot.
+pub struct CacheValue<'a> {
+    pub value: Option<&'a [u8]>,
+    pub fresh_ms: u64,
+    pub stale_ms: u64,
+    pub tags: &'a str,
+}
+
+impl Redis {
+    /// The current versions of the tag counters `keys` (0 for a missing
+    /// counter), in one round trip. No keys: no round trip.
+    pub async fn cache_tag_versions(&self, keys: &[String]) -> CommandResult<Vec<u64>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("GET").arg(k);
+        }
+        let versions: Vec<Option<u64>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(versions.into_iter().map(|v| v.unwrap_or(0)).collect())
+    }
+
+    /// `INCR` of one tag counter: every entry stored with an older version
+    /// stops matching.
+    pub async fn cache_invalidate_tag(&self, key: &str) -> CommandResult<()> {
+        let _: i64 = redis::cmd("INCR")
+            .arg(key)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `lua/cache_lookup.lua`.
+    pub async fn cache_lookup(
+        &self,
+        keys: &CacheKeys,
+        tags: &str,
+        lease_id: &str,
+        lease_ttl_ms: u64,
+        beta: f64,
+        random: f64,
+    ) -> CommandResult<CacheLookup> {
+        let (kind, value, negative, granted, n): (i64, Vec<u8>, i64, i64, i64) = self
+            .scripts
+            .cache_lookup
+            .key(&keys.entry)
+            .key(&keys.lease)
+            .arg(tags)
+            .arg(lease_id)
+            .arg(lease_ttl_ms)
+            .arg(beta.to_string())
+            .arg(random.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let value = (negative == 0).then_some(value);
+        let now_ms = u64::try_from(n).unwrap_or(0);
+        Ok(match kind {
+            1 => CacheLookup::Fresh {
+                value,
+                granted: granted == 1,
+                now_ms,
+            },
+            2 => CacheLookup::Stale {
+                value,
+                granted: granted == 1,
+                now_ms,
+            },
+            3 => CacheLookup::Miss { now_ms },
+            _ => CacheLookup::Filling {
+                lease_ttl_ms: u64::try_from(n).ok(),
+            },
+        })
+    }
+
+    /// Runs `lua/cache_fill.lua`: stores `value` if `lease_id` still holds
+    /// the lease. Returns whether it did.
+    pub async fn cache_fill(
+        &self,
+        keys: &CacheKeys,
+        lease_id: &str,
+        granted_ms: u64,
+        value: &CacheValue<'_>,
+    ) -> CommandResult<bool> {
+        let stored: i64 = self
+            .scripts
+            .cache_fill
+            .key(&keys.entry)
+            .key(&keys.lease)
+            .arg(lease_id)
+            .arg(value.value.unwrap_or_default())
+            .arg(if value.value.is_some() { 0 } else { 1 })
+            .arg(value.fresh_ms)
+            .arg(value.stale_ms)
+            .arg(value.tags)
+            .arg(granted_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(stored == 1)
+    }
+
+    /// Runs `lua/cache_set.lua`: stores `value` and supersedes any lease.
+    pub async fn cache_set(&self, keys: &CacheKeys, value: &CacheValue<'_>) -> CommandResult<()> {
+        let _: i64 = self
+            .scripts
+            .cache_set
+            .key(&keys.entry)
+            .key(&keys.lease)
+            .arg(value.value.unwrap_or_default())
+            .arg(if value.value.is_some() { 0 } else { 1 })
+            .arg(value.fresh_ms)
+            .arg(value.stale_ms)
+            .arg(value.tags)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `lua/cache_abandon.lua`: frees the lease if `lease_id` holds it.
+    pub async fn cache_abandon(&self, keys: &CacheKeys, lease_id: &str) -> CommandResult<bool> {
+        let freed: i64 = self
+            .scripts
+            .cache_abandon
+            .key(&keys.lease)
+            .arg(lease_id)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(freed == 1)
+    }
+
+    /// Deletes the entry and its lease in one `MULTI` on one slot. Returns
+    /// whether the entry existed.
+    pub async fn cache_invalidate(&self, keys: &CacheKeys) -> CommandResult<bool> {
+        let (entry, _lease): (i64, i64) = redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(&keys.entry)
+            .cmd("DEL")
+            .arg(&keys.lease)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(entry == 1)
+    }
+}

@@ -1,0 +1,22 @@
+-- cache_set: store a cache entry unconditionally (write-through) and
+-- supersede any outstanding lease, so a slower filler cannot overwrite it.
+--
+-- KEYS[1]  the entry: a hash {v, neg, tags, fresh, stale, delta} (same hash
+--          tag as KEYS[2])
+-- KEYS[2]  the entry's lease (deleted)
+-- ARGV[1]  the value
+-- ARGV[2]  1 for a negative entry (a remembered "not found"), else 0
+-- ARGV[3]  fresh time to live in milliseconds (> 0)
+-- ARGV[4]  stale time to live after the fresh one, in milliseconds (>= 0)
+-- ARGV[5]  the tag snapshot (the entry's tags at their current versions)
+--
+-- Reply: 1.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local fresh_ms = tonumber(ARGV[3])
+local stale_ms = tonumber(ARGV[4])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'neg', ARGV[2], 'tags', ARGV[5],
+  'fresh', now + fresh_ms, 'stale', now + fresh_ms + stale_ms, 'delta', 0)
+redis.call('PEXPIRE', KEYS[1], fresh_ms + stale_ms)
+return 1

@@ -1,0 +1,178 @@
+//! Test guest: runs a JSON list of `cache` operations and reports the result
+//! of each, so `tests/suite/cache.rs` can drive every cache call and pattern
+//! against a counting origin.
+//!
+//! Input: a JSON array of operations. Output: a JSON array with one entry per
+//! operation, `{"ok": <value>}` or `{"err": {"kind", "message"}}`.
+//!
+//! Policy fields (every op that takes a policy): `fresh_ms` (default 60000),
+//! `stale_ms` (0), `negative_ms` (none), `tags` ([]), `lease_ms` (10000),
+//! `wait_ms` (5000), `beta` (0).
+//!
+//! | op | fields | `ok` value |
+//! |---|---|---|
+//! | `lookup` | `key`, policy, `as`? (remember the lease under this name) | `{"kind": "fresh"/"stale"/"miss"/"filling", "value", "lease": bool}` |
+//! | `fill` | `key`, `lease` (a name), `value` (string or null), policy | bool: stored |
+//! | `abandon` | `key`, `lease` | bool |
+//! | `set` | `key`, `value` (string or null), policy | null |
+//! | `invalidate` | `key` | bool |
+//! | `invalidate_tag` | `tag` | null |
+//! | `fetch` | `key`, `origin` (URL; 404 = not found), policy | `{"value", "source"}` |
+//! | `write_through` | `key`, `value`, `origin` (URL, POSTed the value), policy | null |
+//! | `write_around` | `key`, `value`, `origin` (URL, POSTed the value) | null |
+//! | `sleep` | `ms` | null |
+//! | `trap` | | — (the instance traps) |
+//!
+//! `value` may be replaced by `repeat` (`{"value": "x", "repeat": n}` is
+//! "x" n times).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redloom_sdk::cache::{self, Cache, Lease, Lookup, Policy};
+use redloom_sdk::{Error, Invoke, Result, http};
+use serde_json::{Value, json};
+
+struct CacheProbe;
+
+impl Invoke for CacheProbe {
+    fn invoke(input: Vec<u8>) -> Result<Vec<u8>> {
+        let ops: Vec<Value> = serde_json::from_slice(&input)
+            .map_err(|e| Error::invalid(format!("input is not a JSON array: {e}")))?;
+        let mut leases = HashMap::new();
+        let results: Vec<Value> = ops
+            .iter()
+            .map(|op| match run(op, &mut leases) {
+                Ok(value) => json!({ "ok": value }),
+                Err(e) => json!({ "err": { "kind": e.kind(), "message": e.message() } }),
+            })
+            .collect();
+        serde_json::to_vec(&results).map_err(|e| Error::other(format!("encoding results: {e}")))
+    }
+}
+
+redloom_sdk::export!(CacheProbe => [invoke]);
+
+fn str_field<'a>(op: &'a Value, name: &str) -> Result<&'a str> {
+    op[name]
+        .as_str()
+        .ok_or_else(|| Error::invalid(format!("`{name}` missing in {op}")))
+}
+
+fn ms_field(op: &Value, name: &str, default: u64) -> Duration {
+    Duration::from_millis(op[name].as_u64().unwrap_or(default))
+}
+
+fn policy(op: &Value) -> Policy {
+    let mut p = Policy::ttl(ms_field(op, "fresh_ms", 60_000))
+        .stale(ms_field(op, "stale_ms", 0))
+        .lease(ms_field(op, "lease_ms", 10_000))
+        .wait(ms_field(op, "wait_ms", 5_000))
+        .early_refresh(op["beta"].as_f64().unwrap_or(0.0));
+    if let Some(n) = op["negative_ms"].as_u64() {
+        p = p.negative(Duration::from_millis(n));
+    }
+    for t in op["tags"].as_array().into_iter().flatten() {
+        p = p.tag(t.as_str().unwrap_or_default());
+    }
+    p
+}
+
+fn value(op: &Value) -> Option<Vec<u8>> {
+    let v = op["value"].as_str()?;
+    let n = op["repeat"].as_u64().unwrap_or(1) as usize;
+    Some(v.repeat(n).into_bytes())
+}
+
+fn text(v: Option<Vec<u8>>) -> Value {
+    v.map_or(Value::Null, |b| {
+        Value::String(String::from_utf8_lossy(&b).into_owned())
+    })
+}
+
+fn lease(leases: &HashMap<String, Lease>, op: &Value) -> Result<Lease> {
+    let name = str_field(op, "lease")?;
+    leases
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::invalid(format!("no lease named `{name}`")))
+}
+
+/// GET `url`: the body, or `None` on 404.
+fn origin_get(url: &str) -> Result<Option<Vec<u8>>> {
+    let r = http::get(url)?;
+    match r.status {
+        200 => Ok(Some(r.body)),
+        404 => Ok(None),
+        s => Err(Error::other(format!("origin answered {s}"))),
+    }
+}
+
+fn origin_post(url: &str, body: &[u8]) -> Result<()> {
+    let r = http::send(http::OutgoingRequest::new("POST", url).body(body.to_vec()))?;
+    if r.status >= 300 {
+        return Err(Error::other(format!("origin answered {}", r.status)));
+    }
+    Ok(())
+}
+
+fn run(op: &Value, leases: &mut HashMap<String, Lease>) -> Result<Value> {
+    let key = op["key"].as_str().unwrap_or_default();
+    match str_field(op, "op")? {
+        "lookup" => {
+            let (kind, hit_value, lease) = match cache::lookup(key, &policy(op))? {
+                Lookup::Fresh(h) => ("fresh", text(h.value), h.refresh),
+                Lookup::Stale(h) => ("stale", text(h.value), h.refresh),
+                Lookup::Miss(l) => ("miss", Value::Null, Some(l)),
+                Lookup::Filling => ("filling", Value::Null, None),
+            };
+            let has = lease.is_some();
+            if let (Some(l), Some(name)) = (lease, op["as"].as_str()) {
+                leases.insert(name.to_string(), l);
+            }
+            Ok(json!({ "kind": kind, "value": hit_value, "lease": has }))
+        }
+        "fill" => {
+            let l = lease(leases, op)?;
+            Ok(json!(cache::fill(
+                key,
+                l,
+                value(op).as_deref(),
+                &policy(op)
+            )?))
+        }
+        "abandon" => Ok(json!(cache::abandon(key, lease(leases, op)?)?)),
+        "set" => {
+            cache::set(key, value(op).as_deref(), &policy(op))?;
+            Ok(Value::Null)
+        }
+        "invalidate" => Ok(json!(cache::invalidate(key)?)),
+        "invalidate_tag" => {
+            cache::invalidate_tag(str_field(op, "tag")?)?;
+            Ok(Value::Null)
+        }
+        "fetch" => {
+            let url = str_field(op, "origin")?;
+            let got = Cache::fetch(key, &policy(op), || origin_get(url))?;
+            Ok(json!({ "value": text(got.value), "source": got.source.as_str() }))
+        }
+        "write_through" => {
+            let url = str_field(op, "origin")?;
+            let v = value(op).unwrap_or_default();
+            Cache::write_through(key, &v, &policy(op), || origin_post(url, &v))?;
+            Ok(Value::Null)
+        }
+        "write_around" => {
+            let url = str_field(op, "origin")?;
+            let v = value(op).unwrap_or_default();
+            Cache::write_around(key, || origin_post(url, &v))?;
+            Ok(Value::Null)
+        }
+        "sleep" => {
+            std::thread::sleep(ms_field(op, "ms", 0));
+            Ok(Value::Null)
+        }
+        "trap" => panic!("cache-probe: trap requested"),
+        other => Err(Error::invalid(format!("unknown op `{other}`"))),
+    }
+}

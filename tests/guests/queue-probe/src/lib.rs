@@ -1,0 +1,78 @@
+//! Test guest for queues.
+//!
+//! invoke: a JSON object `{"queue": Q, "payloads": [..], "delay_ms"?: n,
+//! "dedupe"?: id, "max_attempts"?: n}` enqueues each payload and returns the
+//! ids as a JSON array (`"full"` for a refused one).
+//!
+//! queue handler, by payload:
+//! - `ok...`: `INCR done:<id>`, `INCR done-total`;
+//! - `fail-N`: fails attempts 1..=N, then succeeds like `ok`;
+//! - `always-fail`: always fails;
+//! - `slow-MS`: runs guest code for MS milliseconds, then succeeds.
+//!   Every delivery also does `INCR attempts:<id>` and records its time in
+//!   `at:<id>:<attempt>`.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redloom_sdk::queue::{self, EnqueueOptions, Job};
+use redloom_sdk::{Error, Invoke, OnJob, Result, kv};
+use serde_json::Value;
+
+struct Probe;
+
+impl Invoke for Probe {
+    fn invoke(input: Vec<u8>) -> Result<Vec<u8>> {
+        let v: Value = serde_json::from_slice(&input).map_err(|e| Error::invalid(e.to_string()))?;
+        let q = v["queue"]
+            .as_str()
+            .ok_or_else(|| Error::invalid("no queue"))?;
+        let mut ids = Vec::new();
+        for p in v["payloads"].as_array().cloned().unwrap_or_default() {
+            let mut o = EnqueueOptions::default();
+            if let Some(d) = v["delay_ms"].as_u64() {
+                o = o.delay(Duration::from_millis(d));
+            }
+            if let Some(d) = v["dedupe"].as_str() {
+                o = o.dedupe_id(d);
+            }
+            if let Some(m) = v["max_attempts"].as_u64() {
+                o = o.max_attempts(m as u32);
+            }
+            match queue::enqueue(q, p.as_str().unwrap_or_default(), o) {
+                Ok(id) => ids.push(Value::String(id)),
+                Err(Error::QuotaExceeded(_)) => ids.push(Value::String("full".into())),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Value::Array(ids).to_string().into_bytes())
+    }
+}
+
+impl OnJob for Probe {
+    fn on_job(job: Job) -> Result<()> {
+        let payload = String::from_utf8_lossy(&job.payload).into_owned();
+        kv::increment(&format!("attempts:{}", job.id), 1)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        kv::set(&format!("at:{}:{}", job.id, job.attempt), now.to_string())?;
+        if let Some(n) = payload.strip_prefix("fail-") {
+            let n: u32 = n.parse().unwrap_or(0);
+            if job.attempt <= n {
+                return Err(Error::other(format!("failing attempt {}", job.attempt)));
+            }
+        } else if payload == "always-fail" {
+            return Err(Error::other("this job always fails"));
+        } else if let Some(ms) = payload.strip_prefix("slow-") {
+            let until = Instant::now() + Duration::from_millis(ms.parse().unwrap_or(0));
+            while Instant::now() < until {
+                std::hint::black_box(0u64);
+            }
+        }
+        kv::increment(&format!("done:{}", job.id), 1)?;
+        kv::increment("done-total", 1)?;
+        Ok(())
+    }
+}
+
+redloom_sdk::export!(Probe => [invoke, queue]);
