@@ -687,3 +687,53 @@ plugin = "ip-rate-limit"
     })
     .await;
 }
+
+/// The cache-capability getUser example over HTTP: concurrent requests for a
+/// cold user reach the origin once; later ones are hits; unknown users are
+/// cached as 404s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_user_cached_example() {
+    with_timeout(async {
+        let (origin_addr, hits) = origin().await;
+        let extra = format!(
+            r#"
+[plugins.get-user-cached]
+wasm = {wasm:?}
+allowed-outbound-hosts = ["http://{origin_addr}"]
+settings = {{ origin = "http://{origin_addr}", ttl-secs = 300, stale-secs = 60 }}
+[plugins.get-user-cached.quotas]
+concurrency = 32
+queue = 64
+[[routes]]
+method = "GET"
+path = "/cached/users/:id"
+plugin = "get-user-cached"
+"#,
+            wasm = plugin("get-user-cached").display().to_string()
+        );
+        let s = serve(&probe_config(&extra)).await;
+        let c = client();
+        let requests: Vec<_> = (0..20)
+            .map(|_| {
+                let (c, url) = (c.clone(), s.url("/cached/users/3"));
+                tokio::spawn(async move {
+                    let r = c.get(url).send().await.unwrap();
+                    (r.status(), r.text().await.unwrap())
+                })
+            })
+            .collect();
+        for r in requests {
+            let (status, body) = r.await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body, r#"{"id":"3"}"#);
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "one origin call for 20 concurrent requests");
+        let r = c.get(s.url("/cached/users/3")).send().await.unwrap();
+        assert_eq!(r.headers()["x-cache"], "hit");
+        assert_eq!(c.get(s.url("/cached/users/77")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+        assert_eq!(c.get(s.url("/cached/users/77")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+        assert_eq!(hits.load(Ordering::SeqCst), 2, "the 404 was cached");
+        s.shutdown().await;
+    })
+    .await;
+}

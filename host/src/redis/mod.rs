@@ -13,9 +13,9 @@
 
 pub mod acl;
 pub mod cache;
-pub mod queue;
 mod limiter;
 mod lock;
+pub mod queue;
 pub mod scripts;
 pub mod server;
 

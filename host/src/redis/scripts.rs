@@ -53,11 +53,23 @@ pub struct Scripts {
 /// `(file name, source)` for every script, for loading and for tests that
 /// check every script in `lua/`.
 pub const SOURCES: &[(&str, &str)] = &[
-    ("queue_enqueue.lua", include_str!("../../../lua/queue_enqueue.lua")),
-    ("queue_promote.lua", include_str!("../../../lua/queue_promote.lua")),
+    (
+        "queue_enqueue.lua",
+        include_str!("../../../lua/queue_enqueue.lua"),
+    ),
+    (
+        "queue_promote.lua",
+        include_str!("../../../lua/queue_promote.lua"),
+    ),
     ("queue_ack.lua", include_str!("../../../lua/queue_ack.lua")),
-    ("queue_fail.lua", include_str!("../../../lua/queue_fail.lua")),
-    ("queue_replay.lua", include_str!("../../../lua/queue_replay.lua")),
+    (
+        "queue_fail.lua",
+        include_str!("../../../lua/queue_fail.lua"),
+    ),
+    (
+        "queue_replay.lua",
+        include_str!("../../../lua/queue_replay.lua"),
+    ),
     ("kv_cas.lua", include_str!("../../../lua/kv_cas.lua")),
     (
         "lock_acquire.lua",
@@ -95,7 +107,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         "cache_lookup.lua",
         include_str!("../../../lua/cache_lookup.lua"),
     ),
-    ("cache_fill.lua", include_str!("../../../lua/cache_fill.lua")),
+    (
+        "cache_fill.lua",
+        include_str!("../../../lua/cache_fill.lua"),
+    ),
     ("cache_set.lua", include_str!("../../../lua/cache_set.lua")),
     (
         "cache_abandon.lua",
