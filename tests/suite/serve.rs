@@ -727,11 +727,29 @@ plugin = "get-user-cached"
             assert_eq!(status, StatusCode::OK);
             assert_eq!(body, r#"{"id":"3"}"#);
         }
-        assert_eq!(hits.load(Ordering::SeqCst), 1, "one origin call for 20 concurrent requests");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            1,
+            "one origin call for 20 concurrent requests"
+        );
         let r = c.get(s.url("/cached/users/3")).send().await.unwrap();
         assert_eq!(r.headers()["x-cache"], "hit");
-        assert_eq!(c.get(s.url("/cached/users/77")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
-        assert_eq!(c.get(s.url("/cached/users/77")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            c.get(s.url("/cached/users/77"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            c.get(s.url("/cached/users/77"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::NOT_FOUND
+        );
         assert_eq!(hits.load(Ordering::SeqCst), 2, "the 404 was cached");
         s.shutdown().await;
     })
