@@ -7,9 +7,11 @@
 //! `build` scripts (`plugins/*/build`, `tests/guests/lang-probe-*/build`).
 //! A build is kept in `target/lang-plugins/` under a hash of its inputs, and
 //! compiled components in the shared cache `target/lang-plugins/data/cache`,
-//! so a second test run rebuilds and recompiles nothing that did not change.
-//! `scripts/setup` installs the toolchains; a build script installs its own
-//! when run without it.
+//! so a second test run rebuilds and recompiles nothing that did not change
+//! (the key is the inputs, not the output: componentize-js and
+//! componentize-py builds are not bit-for-bit reproducible).
+//! `scripts/setup` installs the toolchains (the tests run it once, a no-op
+//! when all is there); a build script also installs its own when run alone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -102,10 +104,30 @@ fn hash_tree(path: &Path, h: &mut DefaultHasher) {
     }
 }
 
+/// Runs `scripts/setup` once per process (a no-op when everything is
+/// installed), so no two builds install the same toolchain at once.
+fn toolchains() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let out = run_with_timeout(
+            &mut Command::new(workspace_root().join("scripts/setup")),
+            Duration::from_secs(900),
+        );
+        assert!(
+            out.status.success(),
+            "scripts/setup failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
 /// Builds `p` (at most once per process, and not at all when a build of the
 /// same inputs exists) and returns the component's path.
 fn build(p: &LangPlugin) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<&'static str, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
+    /// One cell per plugin folder: concurrent tests wait for one build.
+    type Cells = Mutex<HashMap<&'static str, Arc<OnceLock<PathBuf>>>>;
+    static BUILT: OnceLock<Cells> = OnceLock::new();
     let cell = BUILT
         .get_or_init(Default::default)
         .lock()
@@ -114,6 +136,7 @@ fn build(p: &LangPlugin) -> PathBuf {
         .or_default()
         .clone();
     cell.get_or_init(|| {
+        toolchains();
         let root = workspace_root();
         let mut h = DefaultHasher::new();
         hash_tree(&root.join(p.dir), &mut h);
@@ -142,14 +165,7 @@ fn build(p: &LangPlugin) -> PathBuf {
             String::from_utf8_lossy(&built.stderr)
         );
         std::fs::rename(&tmp, &out).unwrap();
-        // Builds of earlier inputs are of no more use.
-        for e in std::fs::read_dir(lang_dir()).unwrap() {
-            let path = e.unwrap().path();
-            let file = path.file_name().unwrap().to_str().unwrap_or("");
-            if path != out && file.starts_with(&format!("{name}-")) && file.ends_with(".wasm") {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
+        prune_older_builds(name, &out);
         eprintln!(
             "[timing] built {name}: {} bytes in {:.1?}",
             std::fs::metadata(&out).unwrap().len(),
@@ -158,6 +174,33 @@ fn build(p: &LangPlugin) -> PathBuf {
         out
     })
     .clone()
+}
+
+/// Removes the builds of `name` other than `keep`, and what the shared
+/// compile cache holds for them (JS and Python builds are not reproducible,
+/// so nothing else would ever load those artifacts again).
+fn prune_older_builds(name: &str, keep: &Path) {
+    use sha2::{Digest, Sha256};
+    let caches: Vec<PathBuf> = std::fs::read_dir(lang_dir().join("data/cache"))
+        .map(|dirs| dirs.filter_map(|d| d.ok()).map(|d| d.path()).collect())
+        .unwrap_or_default();
+    for e in std::fs::read_dir(lang_dir()).unwrap() {
+        let path = e.unwrap().path();
+        let file = path.file_name().unwrap().to_str().unwrap_or("");
+        if path == keep || !file.starts_with(&format!("{name}-")) || !file.ends_with(".wasm") {
+            continue;
+        }
+        if let Ok(bytes) = std::fs::read(&path) {
+            let hex: String = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            for cache in &caches {
+                let _ = std::fs::remove_file(cache.join(format!("{hex}.cwasm")));
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
 }
 
 /// A spec for the component built from `p`, named `name`, default quotas.
@@ -592,16 +635,16 @@ async fn instance_reuse_costs() {
 /// Runs `redloom new NAME --lang LANG` and then the project's own `./test`,
 /// which builds it and runs it in redloom against a private Redis.
 fn new_project_passes_its_test(lang: &str) {
-    // What the project's test keeps between runs (the compiled cache and a
-    // private Redis; Rust and C build targets) lives under target/. The
-    // project itself is created afresh, always at the same path: the JS and
-    // Python toolchains record source paths, so the same path gives the same
-    // component, which the compiled cache then recognises.
+    // The project is created afresh (its private Redis and compiled cache
+    // in its own .redloom/ with it); only the Rust and C build targets are
+    // kept between runs, under target/lang-plugins/new-<lang>/.
     let state = lang_dir().join(format!("new-{lang}"));
     let name = format!("hello-{lang}");
     let dir = state.join(&name);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).unwrap();
+    for old in [&dir, &state.join("data")] {
+        if old.exists() {
+            std::fs::remove_dir_all(old).unwrap();
+        }
     }
     std::fs::create_dir_all(&state).unwrap();
     let bin = redloom_bin();
@@ -622,7 +665,6 @@ fn new_project_passes_its_test(lang: &str) {
     let mut test = Command::new(dir.join("test"));
     test.current_dir(&dir)
         .env("REDLOOM", &bin)
-        .env("REDLOOM_DATA_DIR", state.join("data"))
         .env("CARGO_TARGET_DIR", state.join("cargo-target"))
         .env(
             "COMPONENTIZE_JS",
@@ -632,13 +674,8 @@ fn new_project_passes_its_test(lang: &str) {
             "COMPONENTIZE_PY",
             root.join("plugins/product-cache/.venv/bin/componentize-py"),
         );
-    if lang == "js" {
-        // The tool the example plugins use (installed by scripts/setup).
-        build(&RATE_LIMITED_API);
-    }
-    if lang == "python" {
-        build(&PRODUCT_CACHE);
-    }
+    // The JS and Python tools the examples use.
+    toolchains();
     let started = Instant::now();
     let out = run_with_timeout(&mut test, Duration::from_secs(900));
     let stdout = String::from_utf8_lossy(&out.stdout);
