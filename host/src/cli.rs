@@ -13,6 +13,7 @@ use crate::engine::{Runtime, RuntimeOptions};
 use crate::host::{Host, HostInvokeError, HostOptions, StartupError};
 use crate::namespace::PluginName;
 use crate::plugin::{InvokeError, Plugin, PluginSpec};
+use crate::redis::RedisTarget;
 use crate::serve::{ServeError, Server};
 use std::sync::Arc;
 
@@ -50,6 +51,17 @@ pub struct Cli {
     /// starts a private redis-server with its data in the data folder.
     #[arg(long, global = true, env = "REDIS_URL", value_name = "URL")]
     redis_url: Option<String>,
+
+    /// Seed nodes of a Redis Cluster, comma-separated (redis:// or
+    /// rediss:// URLs); instead of --redis-url.
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_CLUSTER",
+        value_name = "URL,URL",
+        value_delimiter = ','
+    )]
+    redis_cluster: Vec<String>,
 
     /// Folder for the private Redis's data and the compiled-plugin cache
     /// [default: .redloom next to the configuration file].
@@ -292,7 +304,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     if let Some(url) = &cli.redis_url {
         config::check_redis_url(url)
             .map_err(|m| Failure::new(exit::USAGE, format!("--redis-url: {m}")))?;
-        options.redis_url = Some(url.clone());
+        options.redis_target = Some(RedisTarget::Single(url.clone()));
+    }
+    if !cli.redis_cluster.is_empty() {
+        if cli.redis_url.is_some() {
+            return Err(Failure::new(
+                exit::USAGE,
+                "--redis-cluster: give either --redis-url or --redis-cluster, not both",
+            ));
+        }
+        config::check_cluster_seeds(&cli.redis_cluster)
+            .map_err(|m| Failure::new(exit::USAGE, format!("--redis-cluster: {m}")))?;
+        options.redis_target = Some(RedisTarget::Cluster(cli.redis_cluster.clone()));
     }
     if let Some(dir) = &cli.data_dir {
         options.data_dir = dir.clone();

@@ -38,25 +38,46 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RedisSection {
-    /// `redis://` or `rediss://` URL; none means: start a private `redis-server`.
+    /// `redis://` or `rediss://` URL; none (and no `cluster`) means: start
+    /// a private `redis-server`.
     #[serde(default)]
     pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`redis://` or `rediss://` URLs with
+    /// the same credentials); the other nodes are discovered. Instead of `url`.
+    #[serde(default)]
+    pub cluster: Vec<String>,
     /// How long to wait for a connection to Redis.
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
     /// How long to wait for the reply to one command.
     #[serde(default = "default_response_timeout", with = "duration")]
     pub response_timeout: Duration,
+    /// Replicas that must hold a new queue message or lock fencing token
+    /// before the plugin hears it was written (`WAIT`), so a failover
+    /// cannot lose it; 0 (default) does not wait.
+    #[serde(default)]
+    pub wait_replicas: u32,
+    /// How long that `WAIT` may take; an enqueue or acquire that did not
+    /// reach enough replicas in time fails with "backend unavailable".
+    #[serde(default = "default_wait_timeout", with = "duration")]
+    pub wait_timeout: Duration,
 }
 
 impl Default for RedisSection {
     fn default() -> Self {
         RedisSection {
             url: None,
+            cluster: Vec::new(),
             connect_timeout: default_connect_timeout(),
             response_timeout: default_response_timeout(),
+            wait_replicas: 0,
+            wait_timeout: default_wait_timeout(),
         }
     }
+}
+
+fn default_wait_timeout() -> Duration {
+    Duration::from_millis(500)
 }
 
 fn default_connect_timeout() -> Duration {
@@ -151,6 +172,41 @@ pub struct ConsumerConfig {
     /// The longest retry delay.
     #[serde(default = "default_max_backoff", with = "duration")]
     pub max_backoff: Duration,
+    /// `rate-limit`: a rate policy of the plugin's `limiters`, checked
+    /// before each message is handled; a message over the limit is deferred
+    /// (see [`crate::triggers::queue`]).
+    #[serde(default)]
+    pub rate_limit: Option<String>,
+    /// `rate-limit-key`: what the limit is counted per. None: one key for
+    /// the queue.
+    #[serde(default, deserialize_with = "rate_limit_key")]
+    pub rate_limit_key: Option<RateLimitKey>,
+}
+
+/// What a queue's `rate-limit` is counted per (`rate-limit-key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// `"header:NAME"`: the value of the message header `NAME` (set at
+    /// enqueue, matched exactly); messages without it share one key.
+    Header(String),
+}
+
+impl RateLimitKey {
+    pub fn parse(text: &str) -> Result<RateLimitKey, String> {
+        match text.strip_prefix("header:") {
+            Some(name) if !name.is_empty() => Ok(RateLimitKey::Header(name.to_string())),
+            _ => Err(format!(
+                "expected \"header:NAME\" (the message header whose value is the tenant), found {text:?}"
+            )),
+        }
+    }
+}
+
+fn rate_limit_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RateLimitKey>, D::Error> {
+    let s = String::deserialize(d)?;
+    RateLimitKey::parse(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn default_group() -> String {
@@ -411,6 +467,10 @@ impl Config {
             let quotas = p.quotas.resolve(&key, &host).map_err(|(k, m)| at(&k, m))?;
             let limiters =
                 crate::limiter::resolve_manifest(&key, p.limiters).map_err(|(k, m)| at(&k, m))?;
+            for (q, c) in &p.consumers {
+                check_rate_limit(&name, &limiters, c)
+                    .map_err(|(field, m)| at(&format!("{key}.consumers.{q}.{field}"), m))?;
+            }
             if p.reuse_instances > ceilings::REUSE_INSTANCES {
                 return Err(at(
                     &format!("{key}.reuse-instances"),
@@ -525,6 +585,13 @@ impl Config {
         if let Some(url) = &raw.redis.url {
             check_redis_url(url).map_err(|m| at("redis.url", m))?;
         }
+        check_cluster_seeds(&raw.redis.cluster).map_err(|m| at("redis.cluster", m))?;
+        if raw.redis.url.is_some() && !raw.redis.cluster.is_empty() {
+            return Err(at(
+                "redis.cluster",
+                "set either `url` (one Redis) or `cluster` (seed nodes of a Redis Cluster), not both".into(),
+            ));
+        }
         Ok(Config {
             source: Some(path.to_path_buf()),
             redis: raw.redis,
@@ -535,6 +602,74 @@ impl Config {
             data_dir: base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from(".redloom"))),
             plugins,
         })
+    }
+}
+
+/// A consumer's `rate-limit` names one of the plugin's rate policies (not a
+/// concurrency policy: a deferred message would wait out a whole lease), and
+/// `rate-limit-key` needs a `rate-limit`. Errors name the field.
+fn check_rate_limit(
+    plugin: &PluginName,
+    limiters: &crate::limiter::Policies,
+    c: &ConsumerConfig,
+) -> Result<(), (&'static str, String)> {
+    let Some(policy) = &c.rate_limit else {
+        if c.rate_limit_key.is_some() {
+            return Err((
+                "rate-limit-key",
+                "needs `rate-limit` (the limiter policy to count with)".into(),
+            ));
+        }
+        return Ok(());
+    };
+    let Some(limits) = limiters.get(policy) else {
+        return Err((
+            "rate-limit",
+            format!(
+                "no limiter policy `{policy}`; this plugin defines {} (add [plugins.{plugin}.limiters.{policy}])",
+                limiters.names()
+            ),
+        ));
+    };
+    if limits.algorithm() == crate::limiter::Algorithm::Concurrency {
+        return Err((
+            "rate-limit",
+            format!(
+                "`{policy}` is a concurrency policy; a queue takes a rate policy (gcra, token-bucket, sliding-window or fixed-window), and `concurrency` bounds messages at once"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks Cluster seed URLs: `redis://` or `rediss://` (a Cluster announces
+/// TCP addresses, so no `unix://`), one TLS mode and one set of credentials.
+pub fn check_cluster_seeds(seeds: &[String]) -> Result<(), String> {
+    for url in seeds {
+        if url.starts_with("unix://") {
+            return Err(format!(
+                "`{}`: a Cluster node needs a redis:// or rediss:// URL",
+                crate::redis::redact(url)
+            ));
+        }
+        check_redis_url(url)?;
+    }
+    if !seeds.is_empty() {
+        redis::cluster::ClusterClient::new(seeds.iter().map(String::as_str))
+            .map_err(|e| format!("the seed nodes disagree: {e}"))?;
+    }
+    Ok(())
+}
+
+impl RedisSection {
+    /// Where to connect; `None`: start a private `redis-server`.
+    pub fn target(&self) -> Option<crate::redis::RedisTarget> {
+        use crate::redis::RedisTarget;
+        match &self.url {
+            Some(url) => Some(RedisTarget::Single(url.clone())),
+            None if !self.cluster.is_empty() => Some(RedisTarget::Cluster(self.cluster.clone())),
+            None => None,
+        }
     }
 }
 
@@ -974,5 +1109,63 @@ wall-time = "2s"
         let e = parse("[plugins.a\n").unwrap_err().0;
         assert!(e.starts_with("/etc/redloom/redloom.toml:1: "), "{e}");
         assert!(!e.contains('\n'), "{e}");
+    }
+
+    /// A consumer's `rate-limit` names a rate policy of the plugin, and
+    /// `rate-limit-key` is `header:NAME` (with a `rate-limit`).
+    #[test]
+    fn consumer_rate_limits() {
+        let file = |consumer: &str| {
+            format!(
+                "[plugins.w]\nwasm = \"w.wasm\"\n[plugins.w.limiters.jobs]\nalgorithm = \"gcra\"\nrate = \"10/s\"\nburst = 1\n[plugins.w.limiters.slots]\nalgorithm = \"concurrency\"\nslots = 2\nlease = \"1s\"\n[plugins.w.consumers.q]\n{consumer}\n"
+            )
+        };
+        let c = parse(&file(
+            "rate-limit = \"jobs\"\nrate-limit-key = \"header:tenant\"",
+        ))
+        .unwrap();
+        let q = &c.plugins[&PluginName::parse("w").unwrap()]
+            .triggers
+            .consumers["q"];
+        assert_eq!(q.rate_limit.as_deref(), Some("jobs"));
+        assert_eq!(
+            q.rate_limit_key,
+            Some(RateLimitKey::Header("tenant".into()))
+        );
+        let c = parse(&file("")).unwrap();
+        let q = &c.plugins[&PluginName::parse("w").unwrap()]
+            .triggers
+            .consumers["q"];
+        assert_eq!(
+            (q.rate_limit.as_ref(), q.rate_limit_key.as_ref()),
+            (None, None)
+        );
+
+        let e = parse(&file("rate-limit = \"nope\"")).unwrap_err().0;
+        assert!(
+            e.contains("plugins.w.consumers.q.rate-limit: no limiter policy `nope`")
+                && e.contains("`jobs`, `slots`"),
+            "{e}"
+        );
+        let e = parse(&file("rate-limit = \"slots\"")).unwrap_err().0;
+        assert!(
+            e.contains("q.rate-limit: `slots` is a concurrency policy"),
+            "{e}"
+        );
+        let e = parse(&file("rate-limit = \"jobs\"\nrate-limit-key = \"tenant\""))
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains(":13: plugins.w.consumers.q.rate-limit-key: expected \"header:NAME\""),
+            "{e}"
+        );
+        let e = parse(&file("rate-limit = \"jobs\"\nrate-limit-key = \"header:\""))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("q.rate-limit-key: expected"), "{e}");
+        let e = parse(&file("rate-limit-key = \"header:tenant\""))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("q.rate-limit-key: needs `rate-limit`"), "{e}");
     }
 }

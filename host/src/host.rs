@@ -12,13 +12,14 @@ use crate::engine::{Runtime, RuntimeOptions};
 use crate::namespace::PluginName;
 use crate::plugin::{Call, InvokeError, LoadError, Plugin, PluginSpec, Reply};
 use crate::redis::server::{PrivateRedis, ServerOptions, StartError};
-use crate::redis::{Redis, RedisOptions};
+use crate::redis::{Redis, RedisOptions, RedisTarget};
 
 /// How to start a host.
 #[derive(Debug, Clone)]
 pub struct HostOptions {
-    /// Redis URL; `None` starts a private `redis-server` in `data_dir/redis`.
-    pub redis_url: Option<String>,
+    /// Redis or Cluster to use; `None` starts a private `redis-server` in
+    /// `data_dir/redis`.
+    pub redis_target: Option<RedisTarget>,
     pub redis: RedisSection,
     /// Holds `redis/` (private server data) and `cache/` (compiled plugins).
     pub data_dir: PathBuf,
@@ -30,7 +31,7 @@ pub struct HostOptions {
 impl HostOptions {
     pub fn from_config(config: &Config) -> HostOptions {
         HostOptions {
-            redis_url: config.redis.url.clone(),
+            redis_target: config.redis.target(),
             redis: config.redis.clone(),
             data_dir: config.data_dir.clone(),
             compile_cache: true,
@@ -90,20 +91,24 @@ impl Host {
             runtime_options.cache_dir = Some(options.data_dir.join("cache"));
         }
         let runtime = Runtime::new(runtime_options).map_err(StartupError::Runtime)?;
-        let (url, private_redis) = match &options.redis_url {
-            Some(url) => (url.clone(), None),
+        let (target, private_redis) = match &options.redis_target {
+            Some(target) => (target.clone(), None),
             None => {
                 let server =
                     PrivateRedis::start(ServerOptions::new(options.data_dir.join("redis"))).await?;
                 tracing::info!(url = %server.url(), dir = %server.dir().display(), "started a private redis-server");
-                (server.url(), Some(server))
+                (RedisTarget::Single(server.url()), Some(server))
             }
         };
-        let redis = Redis::connect(
-            &url,
+        let redis = Redis::connect_to(
+            &target,
             RedisOptions {
-                connect_timeout: options.redis.connect_timeout,
-                response_timeout: options.redis.response_timeout,
+                wait_replicas: options.redis.wait_replicas,
+                wait_timeout: options.redis.wait_timeout,
+                ..RedisOptions::new(
+                    options.redis.connect_timeout,
+                    options.redis.response_timeout,
+                )
             },
         )
         .await

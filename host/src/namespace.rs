@@ -188,7 +188,7 @@ impl Namespace {
         if name.len() > MAX_KEY_BYTES {
             return Err(KeyTooLong { len: name.len() });
         }
-        let plugin = &self.prefix["rl:".len()..self.prefix.len() - 1];
+        let plugin = self.plugin();
         let lock = format!("{}lock:{{{plugin}/{name}}}", self.prefix);
         Ok(LockKeys {
             fence: format!("{lock}:fence"),
@@ -217,7 +217,7 @@ impl Namespace {
         if key.len() > MAX_KEY_BYTES {
             return Err(KeyTooLong { len: key.len() });
         }
-        let plugin = &self.prefix["rl:".len()..self.prefix.len() - 1];
+        let plugin = self.plugin();
         let base = format!("{}limiter:{{{plugin}/{policy}/{key}}}", self.prefix);
         Ok(LimiterKeys {
             state: format!("{base}:{code}"),
@@ -240,16 +240,18 @@ impl Namespace {
     }
 
     /// The Redis keys of the plugin's queue `name` (or of the shared queue
-    /// `name`): one hash tag per queue, so every queue script runs on one
-    /// Cluster slot.
+    /// `name`): one non-empty hash tag per queue (`{<plugin>/<name>}`, or
+    /// `{/<name>}` when shared), so every queue script runs on one Cluster
+    /// slot whatever braces the name holds.
     pub fn queue(&self, name: &str, shared: bool) -> Result<QueueKeys, KeyTooLong> {
         if name.len() > MAX_KEY_BYTES {
             return Err(KeyTooLong { len: name.len() });
         }
         let base = if shared {
-            format!("rl::q:{{{name}}}:")
+            format!("rl::q:{{/{name}}}:")
         } else {
-            format!("{}q:{{{name}}}:", self.prefix)
+            let plugin = self.plugin();
+            format!("{}q:{{{plugin}/{name}}}:", self.prefix)
         };
         Ok(QueueKeys {
             stream: format!("{base}stream"),
@@ -271,7 +273,7 @@ impl Namespace {
         if key.len() > MAX_KEY_BYTES {
             return Err(KeyTooLong { len: key.len() });
         }
-        let plugin = &self.prefix["rl:".len()..self.prefix.len() - 1];
+        let plugin = self.plugin();
         let entry = format!("{}cache:{{{plugin}/{key}}}", self.prefix);
         Ok(CacheKeys {
             lease: format!("{entry}:lease"),
@@ -286,7 +288,7 @@ impl Namespace {
         if tag.len() > MAX_KEY_BYTES {
             return Err(KeyTooLong { len: tag.len() });
         }
-        let plugin = &self.prefix["rl:".len()..self.prefix.len() - 1];
+        let plugin = self.plugin();
         Ok(format!("{}cache-tag:{{{plugin}/{tag}}}", self.prefix))
     }
 
@@ -298,6 +300,12 @@ impl Namespace {
     /// The prefix every key of this plugin starts with (for ACL patterns and tests).
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The plugin's name (the prefix without `rl:` and `:`), which starts
+    /// every hash tag so no tag is ever empty.
+    fn plugin(&self) -> &str {
+        &self.prefix["rl:".len()..self.prefix.len() - 1]
     }
 }
 

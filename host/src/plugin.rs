@@ -443,6 +443,11 @@ impl Plugin {
         self.context.stats.dropped_message();
     }
 
+    /// Counts a queue message deferred by its consumer's rate limit.
+    pub fn count_deferred_message(&self) {
+        self.context.stats.deferred_message();
+    }
+
     /// The plugin's counters.
     pub fn stats(&self) -> Snapshot {
         self.context.stats.snapshot()

@@ -55,6 +55,7 @@ pub struct PluginStats {
     redis_commands: AtomicU64,
     outbound_requests: AtomicU64,
     dropped_messages: AtomicU64,
+    deferred_messages: AtomicU64,
     wall_buckets: [AtomicU64; 13],
     wall_sum_ns: AtomicU64,
 }
@@ -72,6 +73,9 @@ pub struct Snapshot {
     pub outbound_requests: u64,
     /// Pub/sub messages dropped because the plugin's buffer was full.
     pub dropped_messages: u64,
+    /// Queue messages deferred because they were over their consumer's
+    /// `rate-limit` (each deferral counts; the message is not lost).
+    pub deferred_messages: u64,
     /// Cumulative counts per bucket of [`WALL_TIME_BUCKETS`], then `+Inf`.
     pub wall_time_buckets: Vec<u64>,
     pub wall_time_sum: Duration,
@@ -122,6 +126,11 @@ impl PluginStats {
         self.dropped_messages.fetch_add(1, Relaxed);
     }
 
+    /// Counts a queue message deferred by its consumer's rate limit.
+    pub fn deferred_message(&self) {
+        self.deferred_messages.fetch_add(1, Relaxed);
+    }
+
     /// Counts one outbound HTTP request.
     pub fn outbound_request(&self) {
         self.outbound_requests.fetch_add(1, Relaxed);
@@ -145,6 +154,7 @@ impl PluginStats {
             redis_commands: self.redis_commands.load(Relaxed),
             outbound_requests: self.outbound_requests.load(Relaxed),
             dropped_messages: self.dropped_messages.load(Relaxed),
+            deferred_messages: self.deferred_messages.load(Relaxed),
             wall_time_buckets: self
                 .wall_buckets
                 .iter()

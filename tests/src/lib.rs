@@ -13,62 +13,351 @@ use std::time::Duration;
 use redloom::host::{Host, HostOptions};
 use redloom::namespace::PluginName;
 use redloom::plugin::PluginSpec;
+use redloom::redis::RedisTarget;
 use redloom::redis::server::{PrivateRedis, ServerOptions};
 
-/// A private `redis-server`, killed (and its folder removed) on drop.
+/// Environment variable choosing the Redis the capability suites run
+/// against: unset or `standalone` for one server, `cluster` for a 6-node
+/// loopback Redis Cluster (`scripts/test` runs those suites both ways).
+pub const BACKEND_ENV: &str = "REDLOOM_TEST_REDIS";
+
+/// Whether [`RedisServer::start`] starts a Cluster in this test process.
+pub fn cluster_backend() -> bool {
+    match std::env::var(BACKEND_ENV).as_deref() {
+        Ok("cluster") => true,
+        Ok("standalone") | Err(_) => false,
+        Ok(other) => panic!("{BACKEND_ENV}={other}: expected `standalone` or `cluster`"),
+    }
+}
+
+/// A private Redis: one `redis-server`, or a loopback Redis Cluster of
+/// three primaries with one replica each. Every node is killed (and the
+/// folder removed) on drop.
 pub struct RedisServer {
-    server: Option<PrivateRedis>,
+    /// One node, or six (the first three created as primaries).
+    nodes: Vec<Option<PrivateRedis>>,
+    ports: Vec<u16>,
+    /// The first node's URL.
     url: String,
-    _dir: tempfile::TempDir,
+    cluster: bool,
+    dir: tempfile::TempDir,
+}
+
+/// `redis-server` arguments of a Cluster node: a 1 s node timeout makes a
+/// failover take ≈ 2–3 s instead of ≈ 20 s, and diskless sync without delay
+/// lets replicas catch up at once.
+fn cluster_args() -> Vec<String> {
+    [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "1000",
+        "--repl-diskless-sync",
+        "yes",
+        "--repl-diskless-sync-delay",
+        "0",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 impl RedisServer {
-    /// Starts a standalone server without persistence.
+    /// Starts what [`BACKEND_ENV`] asks for: by default a standalone server
+    /// without persistence.
     pub async fn start() -> RedisServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut options = ServerOptions::new(dir.path().join("redis"));
-        options.persistence = false;
-        let server = PrivateRedis::start(options)
-            .await
-            .expect("start redis-server (is it installed? see README)");
-        RedisServer {
-            url: server.url(),
-            server: Some(server),
-            _dir: dir,
+        if cluster_backend() {
+            RedisServer::start_cluster().await
+        } else {
+            RedisServer::start_standalone().await
         }
     }
 
+    /// Starts a standalone server without persistence.
+    pub async fn start_standalone() -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = start_node(&dir.path().join("redis"), None, Vec::new()).await;
+        RedisServer {
+            ports: vec![server.port()],
+            url: server.url(),
+            nodes: vec![Some(server)],
+            cluster: false,
+            dir,
+        }
+    }
+
+    /// Starts a 6-node Cluster (3 primaries, 3 replicas) and waits until
+    /// every slot is served, every node agrees, and every replica's link
+    /// to its primary is up (a replica whose link is down refuses to take
+    /// over).
+    pub async fn start_cluster() -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let starting: Vec<_> = (0..6)
+            .map(|i| {
+                let folder = dir.path().join(format!("node-{i}"));
+                tokio::spawn(async move { start_node(&folder, None, cluster_args()).await })
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        for s in starting {
+            nodes.push(s.await.expect("node start task"));
+        }
+        let ports: Vec<u16> = nodes.iter().map(PrivateRedis::port).collect();
+        let mut cmd = Command::new("redis-cli");
+        cmd.arg("--cluster").arg("create");
+        cmd.args(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        cmd.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = tokio::task::spawn_blocking(move || {
+            run_with_timeout(&mut cmd, Duration::from_secs(60))
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let server = RedisServer {
+            url: format!("redis://127.0.0.1:{}", ports[0]),
+            nodes: nodes.into_iter().map(Some).collect(),
+            ports,
+            cluster: true,
+            dir,
+        };
+        server.wait_cluster_ready(Duration::from_secs(60)).await;
+        server
+    }
+
+    /// Whether this is a Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// Where a host should connect.
+    pub fn target(&self) -> RedisTarget {
+        if self.cluster {
+            RedisTarget::Cluster(self.node_urls())
+        } else {
+            RedisTarget::Single(self.url().to_string())
+        }
+    }
+
+    /// The `redloom` command-line arguments that select this Redis.
+    pub fn cli_args(&self) -> Vec<String> {
+        if self.cluster {
+            vec!["--redis-cluster".into(), self.node_urls().join(",")]
+        } else {
+            vec!["--redis-url".into(), self.url.clone()]
+        }
+    }
+
+    /// The `[redis]` table of a `redloom.toml` for this Redis.
+    pub fn config_table(&self) -> String {
+        match self.target() {
+            RedisTarget::Single(url) => format!("[redis]\nurl = {url:?}\n"),
+            RedisTarget::Cluster(seeds) => format!("[redis]\ncluster = {seeds:?}\n"),
+        }
+    }
+
+    /// The URL of the (first) node. On a Cluster, prefer [`Self::target`],
+    /// [`Self::cli_args`] or [`Self::config_table`].
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// A plain redis-rs connection, to look at what plugins wrote.
-    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to test redis")
+    /// Every node's URL.
+    pub fn node_urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
     }
 
-    /// Kills the server at once, to simulate an outage.
+    /// A plain redis-rs connection, to look at what plugins wrote (a
+    /// Cluster connection on a Cluster).
+    pub async fn client(&self) -> TestConnection {
+        if self.cluster {
+            let client = redis::cluster::ClusterClientBuilder::new(self.node_urls())
+                .retries(10)
+                .build()
+                .unwrap();
+            TestConnection::Cluster(
+                client
+                    .get_async_connection()
+                    .await
+                    .expect("connect to test cluster"),
+            )
+        } else {
+            TestConnection::Single(
+                redis::Client::open(self.url())
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("connect to test redis"),
+            )
+        }
+    }
+
+    /// Kills every node at once, to simulate an outage.
     pub fn kill(&mut self) {
-        if let Some(mut s) = self.server.take() {
+        for node in &mut self.nodes {
+            if let Some(mut s) = node.take() {
+                s.kill();
+            }
+        }
+    }
+
+    /// Kills node `i` (SIGKILL), e.g. a primary to force a failover.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut s) = self.nodes[i].take() {
             s.kill();
         }
     }
 
-    /// Kills the server and starts a new, empty one on the same port.
+    /// The indexes of the Cluster's current primaries, as node `0` (or the
+    /// first live node) sees them.
+    pub async fn primaries(&self) -> Vec<usize> {
+        let text = self.cluster_nodes().await;
+        text.lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .filter_map(|l| {
+                let port: u16 = l
+                    .split_whitespace()
+                    .nth(1)?
+                    .split([':', '@'])
+                    .nth(1)?
+                    .parse()
+                    .ok()?;
+                self.ports.iter().position(|p| *p == port)
+            })
+            .collect()
+    }
+
+    /// Calls of each data command since start (or `CONFIG RESETSTAT`),
+    /// summed over the primaries (`INFO commandstats`): what clients sent,
+    /// not what replicas replayed, and not [`housekeeping`].
+    pub async fn command_calls(&self) -> std::collections::HashMap<String, u64> {
+        let mut calls = std::collections::HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.is_none() {
+                continue;
+            }
+            let port = self.ports[i];
+            let role: String = node_query(port, &["INFO", "replication"]).await.unwrap();
+            if !role.contains("role:master") {
+                continue;
+            }
+            let info: String = node_query(port, &["INFO", "commandstats"]).await.unwrap();
+            for line in info.lines() {
+                let parsed = line
+                    .strip_prefix("cmdstat_")
+                    .and_then(|l| l.split_once(':'))
+                    .and_then(|(name, rest)| {
+                        let n: u64 = rest
+                            .strip_prefix("calls=")?
+                            .split(',')
+                            .next()?
+                            .parse()
+                            .ok()?;
+                        Some((name.to_string(), n))
+                    });
+                if let Some((name, n)) = parsed.filter(|(name, _)| !housekeeping(name)) {
+                    *calls.entry(name).or_insert(0) += n;
+                }
+            }
+        }
+        calls
+    }
+
+    /// `CLIENT LIST` of the server that holds `key` (its primary, on a
+    /// Cluster): the connections that could be blocked reading it.
+    pub async fn client_list_for(&self, key: &str) -> String {
+        let port = if self.cluster {
+            self.ports[self.primary_for(key).await]
+        } else {
+            self.ports[0]
+        };
+        node_query(port, &["CLIENT", "LIST"]).await.unwrap()
+    }
+
+    /// The index of the node that serves `key`'s slot as primary now.
+    pub async fn primary_for(&self, key: &str) -> usize {
+        let live = self.ports[self
+            .nodes
+            .iter()
+            .position(Option::is_some)
+            .expect("a live node")];
+        let slot: u16 = node_query(live, &["CLUSTER", "KEYSLOT", key])
+            .await
+            .unwrap();
+        let text = self.cluster_nodes().await;
+        for line in text
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+        {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let serves = fields.iter().skip(8).any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+            });
+            if serves {
+                let port: u16 = fields[1].split([':', '@']).nth(1).unwrap().parse().unwrap();
+                return self.ports.iter().position(|p| *p == port).unwrap();
+            }
+        }
+        panic!("no primary serves slot {slot} of {key:?}:\n{text}");
+    }
+
+    async fn cluster_nodes(&self) -> String {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.is_none() {
+                continue;
+            }
+            if let Ok(text) = node_query::<String>(self.ports[i], &["CLUSTER", "NODES"]).await {
+                return text;
+            }
+        }
+        panic!("no live cluster node answers CLUSTER NODES");
+    }
+
+    /// Kills every node and starts new, empty ones on the same ports. A
+    /// Cluster comes back from its `nodes.conf` files with the same slots.
     pub async fn restart(&mut self) {
         self.kill();
-        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
-        let mut options = ServerOptions::new(self._dir.path().join("redis"));
-        options.persistence = false;
-        options.port = Some(port);
+        for i in 0..self.nodes.len() {
+            self.start_again(i).await;
+        }
+        if self.cluster {
+            self.wait_cluster_ready(Duration::from_secs(60)).await;
+        }
+    }
+
+    /// Starts killed Cluster node `i` again, empty, on its port: its
+    /// `nodes.conf` makes it rejoin, as a replica of whichever node took
+    /// its slots over. Waits until the Cluster is ready again.
+    pub async fn restart_node(&mut self, i: usize) {
+        assert!(self.cluster, "restart_node is for Cluster nodes");
+        self.start_again(i).await;
+        self.wait_cluster_ready(Duration::from_secs(60)).await;
+    }
+
+    async fn start_again(&mut self, i: usize) {
+        let (folder, args) = if self.cluster {
+            (self.dir.path().join(format!("node-{i}")), cluster_args())
+        } else {
+            (self.dir.path().join("redis"), Vec::new())
+        };
+        let port = self.ports[i];
         let started = tokio::time::timeout(Duration::from_secs(20), async {
             loop {
                 // The old process may still hold the port for a moment.
-                match PrivateRedis::start(options.clone()).await {
+                let mut options = ServerOptions::new(&folder);
+                options.persistence = false;
+                options.port = Some(port);
+                options.extra_args = args.clone();
+                match PrivateRedis::start(options).await {
                     Ok(s) => return s,
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
@@ -76,7 +365,141 @@ impl RedisServer {
         })
         .await
         .expect("redis-server restarts on its port");
-        self.server = Some(started);
+        self.nodes[i] = Some(started);
+    }
+
+    /// Waits until every live node says `cluster_state:ok` with all slots
+    /// assigned and the same number of known nodes, and every replica's
+    /// link to its primary is up.
+    pub async fn wait_cluster_ready(&self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let last = match self.cluster_ready().await {
+                Ok(()) => return,
+                Err(why) => why,
+            };
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster was not ready within {timeout:?}: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn cluster_ready(&self) -> Result<(), String> {
+        let live: Vec<u16> = self
+            .nodes
+            .iter()
+            .zip(&self.ports)
+            .filter(|(n, _)| n.is_some())
+            .map(|(_, p)| *p)
+            .collect();
+        for port in &live {
+            let info: String = node_query(*port, &["CLUSTER", "INFO"])
+                .await
+                .map_err(|e| format!("{port}: {e}"))?;
+            for want in [
+                "cluster_state:ok",
+                "cluster_slots_assigned:16384",
+                "cluster_slots_ok:16384",
+            ] {
+                if !info.contains(want) {
+                    return Err(format!("{port}: no {want}"));
+                }
+            }
+            let repl: String = node_query(*port, &["INFO", "replication"])
+                .await
+                .map_err(|e| format!("{port}: {e}"))?;
+            if repl.contains("role:slave") && !repl.contains("master_link_status:up") {
+                return Err(format!("{port}: replica link down"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Commands clients send to manage connections and servers (the harness's
+/// `INFO`, a Cluster client's topology refreshes), not to touch data.
+fn housekeeping(command: &str) -> bool {
+    let family = command.split('|').next().unwrap_or(command);
+    matches!(
+        family,
+        "info"
+            | "config"
+            | "cluster"
+            | "ping"
+            | "client"
+            | "hello"
+            | "readonly"
+            | "auth"
+            | "select"
+    )
+}
+
+/// Sends one command to the node on `port`, with a short timeout.
+async fn node_query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> Result<T, String> {
+    let client =
+        redis::Client::open(format!("redis://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
+    tokio::time::timeout(Duration::from_secs(2), async {
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        redis::cmd(args[0])
+            .arg(&args[1..])
+            .query_async::<T>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|_| "timed out".to_string())?
+}
+
+async fn start_node(folder: &Path, port: Option<u16>, extra_args: Vec<String>) -> PrivateRedis {
+    let mut options = ServerOptions::new(folder);
+    options.persistence = false;
+    options.port = port;
+    options.extra_args = extra_args;
+    PrivateRedis::start(options)
+        .await
+        .expect("start redis-server (is it installed? see README)")
+}
+
+/// A connection for checks in tests: to one server or to a Cluster.
+#[derive(Clone)]
+pub enum TestConnection {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for TestConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            TestConnection::Single(c) => c.req_packed_command(cmd),
+            TestConnection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            TestConnection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            TestConnection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            TestConnection::Single(c) => c.get_db(),
+            TestConnection::Cluster(c) => c.get_db(),
+        }
     }
 }
 
@@ -191,7 +614,7 @@ pub fn unique(prefix: &str) -> String {
 /// 32 concurrent invocations.
 pub fn host_options(redis: &RedisServer, data: &Path) -> HostOptions {
     let mut options = HostOptions::from_config(&Default::default());
-    options.redis_url = Some(redis.url().to_string());
+    options.redis_target = Some(redis.target());
     options.data_dir = data.to_path_buf();
     options.runtime.max_instances = 32;
     options

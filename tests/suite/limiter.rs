@@ -33,7 +33,7 @@ const SEC: Duration = Duration::from_secs(1);
 
 async fn start_host(redis: &RedisServer, data: &Path, max_instances: u32) -> Arc<Host> {
     let mut options = HostOptions::from_config(&Default::default());
-    options.redis_url = Some(redis.url().to_string());
+    options.redis_target = Some(redis.target());
     options.data_dir = data.to_path_buf();
     options.runtime.max_instances = max_instances;
     Arc::new(Host::start(options).await.expect("host starts"))
@@ -97,7 +97,7 @@ fn u(v: &Value) -> u64 {
 }
 
 /// Redis `TIME` in microseconds.
-async fn redis_now_us(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+async fn redis_now_us(conn: &mut redloom_tests::TestConnection) -> u64 {
     let (s, us): (u64, u64) = redis::cmd("TIME").query_async(conn).await.unwrap();
     s * 1_000_000 + us
 }
@@ -697,9 +697,9 @@ async fn a_killed_hosts_slot_comes_back_after_the_lease() {
         std::fs::write(
             dir.path().join("redloom.toml"),
             format!(
-                "[redis]\nurl = {:?}\n\n[plugins.holder]\nwasm = {:?}\n\n\
+                "{}\n[plugins.holder]\nwasm = {:?}\n\n\
                  [plugins.holder.limiters.c]\nalgorithm = \"concurrency\"\nslots = 1\nlease = \"1500ms\"\n",
-                redis.url(),
+                redis.config_table(),
                 plugin("limiter-probe").display().to_string()
             ),
         )

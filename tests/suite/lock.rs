@@ -29,7 +29,7 @@ async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
 
 async fn start_host(redis: &RedisServer, data: &Path) -> Arc<Host> {
     let mut options = HostOptions::from_config(&Default::default());
-    options.redis_url = Some(redis.url().to_string());
+    options.redis_target = Some(redis.target());
     options.data_dir = data.to_path_buf();
     options.runtime.max_instances = 40;
     Arc::new(Host::start(options).await.expect("host starts"))
@@ -79,7 +79,7 @@ fn lock_key(plugin: &str, name: &str) -> String {
 }
 
 /// Polls (every 5 ms, for at most 10 s) until the lock key exists.
-async fn until_locked(conn: &mut redis::aio::MultiplexedConnection, key: &str) {
+async fn until_locked(conn: &mut redloom_tests::TestConnection, key: &str) {
     let started = Instant::now();
     while !conn.exists::<_, bool>(key).await.unwrap() {
         assert!(
@@ -331,10 +331,10 @@ async fn locks_are_released_when_the_invocation_ends() {
             );
         }
         // ...and its renewal stopped with it: no more scripts run.
-        let calls = evalsha_calls(&mut conn).await;
+        let calls = evalsha_calls(&redis).await;
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(
-            evalsha_calls(&mut conn).await,
+            evalsha_calls(&redis).await,
             calls,
             "auto-renew kept running after the trap"
         );
@@ -547,20 +547,17 @@ async fn waiting_acquire_wakes_on_release_and_gives_up_at_deadline() {
 }
 
 /// How many scripts Redis has run (`EVALSHA` calls).
-async fn evalsha_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
+async fn evalsha_calls(redis: &RedisServer) -> u64 {
+    redis
+        .command_calls()
         .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
+        .get("evalsha")
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Writes a lock as another process would: owner `elsewhere`, `ttl_ms`.
-async fn hold_elsewhere(conn: &mut redis::aio::MultiplexedConnection, key: &str, ttl_ms: i64) {
+async fn hold_elsewhere(conn: &mut redloom_tests::TestConnection, key: &str, ttl_ms: i64) {
     let _: () = redis::cmd("HSET")
         .arg(key)
         .arg("owner")

@@ -91,12 +91,12 @@ async fn enqueue_all(host: &Host, body: Value) -> Vec<String> {
     ids
 }
 
-async fn get_i64(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+async fn get_i64(conn: &mut redloom_tests::TestConnection, key: &str) -> i64 {
     conn.get::<_, Option<i64>>(key).await.unwrap().unwrap_or(0)
 }
 
 async fn wait_for(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut redloom_tests::TestConnection,
     key: &str,
     want: i64,
     within: Duration,
@@ -117,23 +117,169 @@ fn keys() -> redloom::namespace::QueueKeys {
         .unwrap()
 }
 
-/// 10,000 messages, two hosts × 4 concurrency: every message processed
-/// exactly once when nothing fails, and nothing left behind.
+/// A `redloom serve` process on a config file of its own, its log in a
+/// file; killed (`kill -9`) on drop unless it was stopped.
+struct ServeProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    /// The admin API's address, from the "serving" log line.
+    admin: String,
+}
+
+impl ServeProcess {
+    /// Starts `redloom serve` in `dir` with `text` as its `redloom.toml`
+    /// and waits (bounded) until it serves.
+    async fn start(dir: &std::path::Path, text: &str) -> ServeProcess {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("redloom.toml"), text).unwrap();
+        let log = dir.join("serve.log");
+        let child = Command::new(redloom_bin())
+            .current_dir(dir)
+            .arg("serve")
+            .env_remove("REDIS_URL")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut p = ServeProcess {
+            child,
+            log,
+            admin: String::new(),
+        };
+        let start = Instant::now();
+        p.admin = loop {
+            let text = p.log_text();
+            if let Some(addr) = text
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("admin="))
+            {
+                break addr.to_string();
+            }
+            assert!(
+                p.child.try_wait().unwrap().is_none(),
+                "redloom serve exited:\n{text}"
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "redloom serve did not start:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        p
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The counter `name` of plugin `worker` on this process's `/metrics`.
+    async fn counter(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("plugin") == Some("worker"))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{name} is {other:?}"),
+            })
+            .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit.
+    async fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "redloom serve did not stop:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "{status}:\n{}", self.log_text());
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// 10,000 messages, two `redloom serve` processes × 4 concurrency: every
+/// message processed and acknowledged exactly once when nothing fails,
+/// both processes took part, and nothing is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_messages_two_hosts() {
+async fn ten_thousand_messages_two_host_processes() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let text = config_text("concurrency = 4\nbatch = 32", "");
-        let a = serve(&redis, &dir.path().join("a"), &text).await;
-        let b = serve(&redis, &dir.path().join("b"), &text).await;
+        // Enqueue through a plain in-process host (it has no consumers); its
+        // compiled-plugin cache is the processes' too, so they start fast.
+        let data = dir.path().join("data");
+        let producer = Host::start(host_options(&redis, &data)).await.unwrap();
+        producer
+            .load(redloom_tests::spec("worker", "queue-probe"))
+            .await
+            .unwrap();
+        let text = format!(
+            "data-dir = {data:?}\n{}{}",
+            redis.config_table(),
+            config_text("concurrency = 4\nbatch = 32", ""),
+            data = data.display().to_string(),
+        );
+        let a = ServeProcess::start(&dir.path().join("a"), &text).await;
+        let b = ServeProcess::start(&dir.path().join("b"), &text).await;
+        // Both consumers are reading before the first message arrives (a
+        // consumer joins the group only once a read returns something, so
+        // look for the blocked reads).
+        let k = keys();
+        let mut conn = redis.client().await;
+        let start = Instant::now();
+        loop {
+            let clients = redis.client_list_for(&k.stream).await;
+            if clients.matches("cmd=xreadgroup").count() >= 2 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the consumers never read:\n{clients}\n{}\n{}",
+                a.log_text(),
+                b.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let mut ids = Vec::new();
         for _ in 0..10 {
             let payloads: Vec<String> = (0..1000).map(|_| "ok".to_string()).collect();
-            ids.extend(enqueue_all(&a.host, json!({"queue": "jobs", "payloads": payloads})).await);
+            ids.extend(
+                enqueue_all(&producer, json!({"queue": "jobs", "payloads": payloads})).await,
+            );
         }
         assert_eq!(ids.len(), 10_000);
-        let mut conn = redis.client().await;
         let total = wait_for(
             &mut conn,
             "rl:worker:kv:done-total",
@@ -141,7 +287,26 @@ async fn ten_thousand_messages_two_hosts() {
             Duration::from_secs(150),
         )
         .await;
-        assert_eq!(total, 10_000);
+        assert_eq!(total, 10_000, "{}\n{}", a.log_text(), b.log_text());
+        // Acknowledged: nothing in the stream, pending, scheduled or dead.
+        let start = Instant::now();
+        let stats = loop {
+            let stats = producer.redis().queue_stats(&k, "workers").await.unwrap();
+            if stats.pending == 0 || start.elapsed() > Duration::from_secs(10) {
+                break stats;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            (
+                stats.length,
+                stats.pending,
+                stats.scheduled,
+                stats.dead_letters
+            ),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(stats.consumers, 2);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             get_i64(&mut conn, "rl:worker:kv:done-total").await,
@@ -159,24 +324,16 @@ async fn ten_thousand_messages_two_hosts() {
                 "handler runs per message: {runs:?}"
             );
         }
-        let stats = a
-            .host
-            .redis()
-            .queue_stats(&keys(), "workers")
-            .await
-            .unwrap();
-        assert_eq!(
-            (
-                stats.length,
-                stats.pending,
-                stats.scheduled,
-                stats.dead_letters
-            ),
-            (0, 0, 0, 0)
+        // Handler runs, as each process counted them: one per message, and
+        // both processes took part.
+        let (ran_a, ran_b) = (
+            a.counter("redloom_invocations_total").await,
+            b.counter("redloom_invocations_total").await,
         );
-        assert_eq!(stats.consumers, 2, "both hosts consumed");
-        a.shutdown().await;
-        b.shutdown().await;
+        assert_eq!(ran_a + ran_b, 10_000.0, "a {ran_a}, b {ran_b}");
+        assert!(ran_a > 0.0 && ran_b > 0.0, "a {ran_a}, b {ran_b}");
+        a.stop().await;
+        b.stop().await;
     })
     .await;
 }
@@ -322,8 +479,8 @@ async fn crashed_host_messages_are_reclaimed() {
         let redis = RedisServer::start().await;
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "[redis]\nurl = \"{}\"\n{}",
-            redis.url(),
+            "{}{}",
+            redis.config_table(),
             config_text("concurrency = 4\nvisibility-timeout = \"1s\"", "")
         );
         let a_dir = dir.path().join("a");
@@ -535,14 +692,8 @@ backoff = "50ms"
             cmd.current_dir(dir.path())
                 .args(["queue"])
                 .args(args)
-                .args([
-                    "video:ingest",
-                    "--plugin",
-                    "video-worker",
-                    "--shared",
-                    "--redis-url",
-                    redis.url(),
-                ]);
+                .args(["video:ingest", "--plugin", "video-worker", "--shared"])
+                .args(redis.cli_args());
             redloom_tests::run_with_timeout(&mut cmd, Duration::from_secs(60))
         };
         let out = cli(&["stats"]);
@@ -581,6 +732,211 @@ backoff = "50ms"
         assert_eq!(host.redis().queue_replay(&k, None, 10).await.unwrap(), 0);
         let out = cli(&["purge-dead-letters"]);
         assert!(out.status.success());
+    })
+    .await;
+}
+
+/// When the handler ran for each of `ids` (attempt 1), in ms since the
+/// epoch, sorted; and that no message ran a second attempt.
+async fn first_runs(conn: &mut redloom_tests::TestConnection, ids: &[String]) -> Vec<i64> {
+    let mut at = Vec::new();
+    for id in ids {
+        let first = get_i64(conn, &format!("rl:worker:kv:at:{id}:1")).await;
+        assert!(first > 0, "{id} never ran as attempt 1");
+        assert_eq!(
+            get_i64(conn, &format!("rl:worker:kv:at:{id}:2")).await,
+            0,
+            "{id} ran a second attempt: a deferral counted as one"
+        );
+        assert_eq!(
+            get_i64(conn, &format!("rl:worker:kv:attempts:{id}")).await,
+            1,
+            "{id}: handler runs"
+        );
+        at.push(first);
+    }
+    at.sort();
+    at
+}
+
+/// The most of `times` (sorted, ms) inside any window of `window_ms`.
+fn most_in_window(times: &[i64], window_ms: i64) -> usize {
+    times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            times[i..]
+                .iter()
+                .take_while(|u| **u < t + window_ms)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// `rate-limit` on a queue: 30 messages through a GCRA limit of 10/s with
+/// a burst of 2 run at that rate (never more than 2 + 10 in a second),
+/// every one exactly once as its first attempt; the others were deferred
+/// (counted), not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_per_queue_caps_the_processing_rate() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let s = serve(
+            &redis,
+            dir.path(),
+            &config_text(
+                "concurrency = 4\nrate-limit = \"per-queue\"",
+                "limiters = { per-queue = { algorithm = \"gcra\", rate = \"10/s\", burst = 2 } }",
+            ),
+        )
+        .await;
+        let payloads: Vec<&str> = vec!["ok"; 30];
+        let ids = enqueue_all(&s.host, json!({"queue": "jobs", "payloads": payloads})).await;
+        let mut conn = redis.client().await;
+        let total = wait_for(
+            &mut conn,
+            "rl:worker:kv:done-total",
+            30,
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(total, 30, "every message is processed in the end");
+        let at = first_runs(&mut conn, &ids).await;
+        // GCRA admits at most burst + ⌊t × rate⌋ in any interval t; the
+        // handler's own clock reading adds a little jitter (+1).
+        let busiest = most_in_window(&at, 1000);
+        assert!(busiest <= 13, "{busiest} messages in one second: {at:?}");
+        let span = at[at.len() - 1] - at[0];
+        assert!(
+            span >= 2_500,
+            "30 messages at 10/s (burst 2) took only {span} ms"
+        );
+        let stats = s
+            .host
+            .redis()
+            .queue_stats(&keys(), "workers")
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                stats.length,
+                stats.pending,
+                stats.scheduled,
+                stats.dead_letters
+            ),
+            (0, 0, 0, 0)
+        );
+        let worker = s
+            .host
+            .plugin(&PluginName::parse("worker").unwrap())
+            .unwrap();
+        let counters = worker.stats();
+        // Deferred messages come back spaced at the limit's rate, so each
+        // is deferred about once, not once per retry-after.
+        assert!(
+            (1..=60).contains(&counters.deferred_messages),
+            "deferrals: {}",
+            counters.deferred_messages
+        );
+        assert_eq!(counters.invocations, 31, "30 messages and one enqueue");
+        s.shutdown().await;
+    })
+    .await;
+}
+
+/// `rate-limit-key = "header:tenant"`: a noisy tenant with a backlog over
+/// its limit does not hold back another tenant's messages enqueued after
+/// it, nor messages without the header (which share one key); the noisy
+/// tenant's messages all run in the end, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_per_tenant_isolates_tenants() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let s = serve(
+            &redis,
+            dir.path(),
+            &config_text(
+                "concurrency = 4\nrate-limit = \"per-tenant\"\nrate-limit-key = \"header:tenant\"",
+                "limiters = { per-tenant = { algorithm = \"gcra\", rate = \"5/s\", burst = 2 } }",
+            ),
+        )
+        .await;
+        let noisy = enqueue_all(
+            &s.host,
+            json!({"queue": "jobs", "payloads": vec!["ok"; 20], "headers": {"tenant": "noisy"}}),
+        )
+        .await;
+        let started = Instant::now();
+        let quiet = enqueue_all(
+            &s.host,
+            json!({"queue": "jobs", "payloads": vec!["ok"; 2], "headers": {"tenant": "quiet"}}),
+        )
+        .await;
+        let anonymous =
+            enqueue_all(&s.host, json!({"queue": "jobs", "payloads": vec!["ok"; 2]})).await;
+        let mut conn = redis.client().await;
+        let others: Vec<&String> = quiet.iter().chain(&anonymous).collect();
+        loop {
+            let mut done = 0;
+            for id in &others {
+                done += get_i64(&mut conn, &format!("rl:worker:kv:done:{id}")).await;
+            }
+            if done == others.len() as i64 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "the other tenants waited behind the noisy one"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let noisy_done = {
+            let mut n = 0;
+            for id in &noisy {
+                n += get_i64(&mut conn, &format!("rl:worker:kv:done:{id}")).await;
+            }
+            n
+        };
+        assert!(
+            noisy_done < 20,
+            "the noisy tenant was not limited ({noisy_done} of 20 done after {:?})",
+            started.elapsed()
+        );
+        let total = wait_for(
+            &mut conn,
+            "rl:worker:kv:done-total",
+            24,
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(total, 24);
+        let at = first_runs(&mut conn, &noisy).await;
+        let busiest = most_in_window(&at, 1000);
+        assert!(
+            busiest <= 8,
+            "{busiest} noisy messages in one second: {at:?}"
+        );
+        first_runs(&mut conn, &quiet).await;
+        first_runs(&mut conn, &anonymous).await;
+        let stats = s
+            .host
+            .redis()
+            .queue_stats(&keys(), "workers")
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                stats.length,
+                stats.pending,
+                stats.scheduled,
+                stats.dead_letters
+            ),
+            (0, 0, 0, 0)
+        );
+        s.shutdown().await;
     })
     .await;
 }

@@ -58,13 +58,13 @@ fn probe(name: &str, extra: &str) -> String {
     )
 }
 
-async fn get_i64(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+async fn get_i64(conn: &mut redloom_tests::TestConnection, key: &str) -> i64 {
     conn.get::<_, Option<i64>>(key).await.unwrap().unwrap_or(0)
 }
 
 /// Polls `key` until it reaches `want` (or the deadline passes) and returns the last value.
 async fn wait_for(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut redloom_tests::TestConnection,
     key: &str,
     want: i64,
     within: Duration,

@@ -73,15 +73,8 @@ impl Redis {
                 self.url
             )
         })?;
-        let info = self.info.clone().set_redis_settings(
-            self.info
-                .redis_settings()
-                .clone()
-                .set_username(user)
-                .set_password(&password),
-        );
         let shown = format!("{} as ACL user {user}", redact(&self.url));
-        Redis::connect_with(info, shown, self.options).await
+        Redis::connect_with(self.as_user(user, &password), shown, self.options).await
     }
 }
 

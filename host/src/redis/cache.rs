@@ -47,16 +47,16 @@ pub struct CacheValue<'a> {
 
 impl Redis {
     /// The current versions of the tag counters `keys` (0 for a missing
-    /// counter), in one round trip. No keys: no round trip.
+    /// counter), with one `MGET` (which a Cluster connection splits by
+    /// slot: tags live in different slots). No keys: no round trip.
     pub async fn cache_tag_versions(&self, keys: &[String]) -> CommandResult<Vec<u64>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.cmd("GET").arg(k);
-        }
-        let versions: Vec<Option<u64>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let versions: Vec<Option<u64>> = redis::cmd("MGET")
+            .arg(keys)
+            .query_async(&mut self.conn.clone())
+            .await?;
         Ok(versions.into_iter().map(|v| v.unwrap_or(0)).collect())
     }
 

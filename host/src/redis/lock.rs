@@ -47,6 +47,7 @@ impl Redis {
         owner: &str,
         ttl_ms: u64,
     ) -> CommandResult<AcquireReply> {
+        let mut conn = self.durable_conn();
         let (acquired, n, holder): (i64, i64, String) = self
             .scripts
             .lock_acquire
@@ -54,8 +55,16 @@ impl Redis {
             .key(&keys.fence)
             .arg(owner)
             .arg(ttl_ms)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut conn)
             .await?;
+        if acquired == 1
+            && let Err(e) = self.wait_for_replicas(&conn, &keys.lock).await
+        {
+            // A token a failover could hand out again is no fence: give
+            // the lock back and report the failure.
+            let _ = self.lock_release(keys, owner).await;
+            return Err(e);
+        }
         Ok(if acquired == 1 {
             AcquireReply::Acquired {
                 token: u64::try_from(n).unwrap_or(0),

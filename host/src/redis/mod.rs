@@ -4,12 +4,17 @@
 //! modules call the typed methods here with keys already mapped into the
 //! plugin's namespace, so this module never sees an un-namespaced plugin key.
 //!
-//! One [`ConnectionManager`] (a multiplexed connection that reconnects by
-//! itself) is shared by all invocations: clones are cheap and concurrent
-//! commands are pipelined on one socket. Blocking reads and subscriptions,
-//! when later triggers need them, get connections of their own. Every command
-//! has a response timeout; a timed-out or failed command surfaces as an error
-//! to the one invocation that sent it.
+//! One shared connection serves all invocations: for a standalone Redis a
+//! [`ConnectionManager`] (a multiplexed connection that reconnects by
+//! itself), for Redis Cluster a cluster connection (one multiplexed
+//! connection per node; redis-rs follows `MOVED`/`ASK` and refreshes the
+//! slot map after a failover). Clones are cheap and concurrent commands are
+//! pipelined. Blocking reads and subscriptions get connections of their own.
+//! Every command has a response timeout; a timed-out or failed command
+//! surfaces as an error to the one invocation that sent it.
+//!
+//! **Cluster discipline:** every Lua script and every `MULTI` touches keys
+//! of one hash tag (see `namespace.rs`), so it runs on one slot.
 
 pub mod acl;
 pub mod cache;
@@ -24,8 +29,12 @@ pub use lock::{AcquireReply, LockHolder};
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, ErrorKind, RedisError, ServerErrorKind};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncCommands, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value,
+};
 
 use scripts::Scripts;
 
@@ -34,6 +43,23 @@ use scripts::Scripts;
 pub struct RedisOptions {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// Replicas that must have a queue message or a fencing token before
+    /// the plugin is told it was written (`WAIT`); 0: do not wait.
+    pub wait_replicas: u32,
+    /// How long `WAIT` may take.
+    pub wait_timeout: Duration,
+}
+
+impl RedisOptions {
+    /// Timeouts as given, no waiting for replicas.
+    pub fn new(connect_timeout: Duration, response_timeout: Duration) -> RedisOptions {
+        RedisOptions {
+            connect_timeout,
+            response_timeout,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(500),
+        }
+    }
 }
 
 /// A failed Redis command, classified for the plugin.
@@ -69,6 +95,10 @@ impl From<RedisError> for CommandError {
 
 pub type CommandResult<T> = Result<T, CommandError>;
 
+/// How often the Cluster client retries a command that met a moving slot
+/// or a failed node, with waits from 50 ms up to 1 s between tries.
+const CLUSTER_RETRIES: u32 = 6;
+
 /// When a `SET` may write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetCondition {
@@ -77,14 +107,67 @@ pub enum SetCondition {
     IfPresent,
 }
 
-/// The shared connection to one Redis, plus the loaded scripts.
+/// Where Redis is: one server, or the seed nodes of a Cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// A standalone (or managed, proxied) Redis.
+    Single(String),
+    /// Seed nodes of a Redis Cluster; the rest is discovered.
+    Cluster(Vec<String>),
+}
+
+/// The shared connection: to one server or to a Cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How the shared connection was made, to open others like it (ACL users,
+/// blocking reads, subscriptions).
+#[derive(Clone)]
+enum Info {
+    Single(Box<redis::ConnectionInfo>),
+    Cluster(Vec<redis::ConnectionInfo>),
+}
+
+/// The shared connection to one Redis or one Cluster, plus the loaded scripts.
 #[derive(Clone)]
 pub struct Redis {
-    conn: ConnectionManager,
+    conn: Conn,
+    /// With `wait-replicas`: the connection for writes that `WAIT`.
+    durable: Option<Conn>,
     scripts: &'static Scripts,
     url: String,
-    /// How this connection was made, to open others like it (ACL users).
-    info: redis::ConnectionInfo,
+    info: Info,
     options: RedisOptions,
 }
 
@@ -92,32 +175,56 @@ impl Redis {
     /// Connects to `url` and loads every script in `lua/`. Fails with a
     /// message naming the (password-redacted) URL when Redis is unreachable.
     pub async fn connect(url: &str, options: RedisOptions) -> anyhow::Result<Redis> {
-        let shown = redact(url);
-        let info = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(|e| anyhow::anyhow!("invalid Redis URL `{shown}`: {e}"))?;
-        Redis::connect_with(info, shown, options).await
+        Redis::connect_to(&RedisTarget::Single(url.to_string()), options).await
+    }
+
+    /// Connects to a standalone Redis or a Cluster and loads every script
+    /// in `lua/` (into every node of a Cluster).
+    pub async fn connect_to(target: &RedisTarget, options: RedisOptions) -> anyhow::Result<Redis> {
+        let parse = |url: &str| {
+            redis::IntoConnectionInfo::into_connection_info(url)
+                .map_err(|e| anyhow::anyhow!("invalid Redis URL `{}`: {e}", redact(url)))
+        };
+        match target {
+            RedisTarget::Single(url) => {
+                Redis::connect_with(Info::Single(Box::new(parse(url)?)), redact(url), options).await
+            }
+            RedisTarget::Cluster(seeds) => {
+                let infos = seeds
+                    .iter()
+                    .map(|u| parse(u))
+                    .collect::<anyhow::Result<_>>()?;
+                let shown = format!(
+                    "cluster {}",
+                    seeds
+                        .iter()
+                        .map(|u| redact(u))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                Redis::connect_with(Info::Cluster(infos), shown, options).await
+            }
+        }
     }
 
     async fn connect_with(
-        info: redis::ConnectionInfo,
+        info: Info,
         shown: String,
         options: RedisOptions,
     ) -> anyhow::Result<Redis> {
-        let client = redis::Client::open(info.clone())
-            .map_err(|e| anyhow::anyhow!("invalid Redis URL `{shown}`: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.response_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let deadline = options.connect_timeout * 3 + Duration::from_secs(1);
-        let conn =
-            tokio::time::timeout(deadline, ConnectionManager::new_with_config(client, config))
-                .await
-                .map_err(|_| anyhow::anyhow!("cannot connect to Redis at {shown}: timed out"))?
-                .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {shown}: {e}"))?;
+        let conn = open(&info, &shown, options.response_timeout, &options).await?;
+        // WAIT blocks the connection it is sent on: writes that wait for
+        // replicas get a connection of their own, so a slow or failing
+        // WAIT never stalls other invocations' commands.
+        let durable = if options.wait_replicas > 0 {
+            let timeout = options.response_timeout + options.wait_timeout;
+            Some(open(&info, &shown, timeout, &options).await?)
+        } else {
+            None
+        };
         let redis = Redis {
             conn,
+            durable,
             scripts: Scripts::get(),
             url: shown,
             info,
@@ -129,6 +236,55 @@ impl Redis {
             .await
             .map_err(|e| anyhow::anyhow!("cannot load scripts into Redis at {}: {e}", redis.url))?;
         Ok(redis)
+    }
+
+    /// With `wait-replicas` set: `WAIT`s until that many replicas have
+    /// every write this host sent to the node holding `key` (the write just
+    /// made included). A failover promotes a replica, so a write that
+    /// reached one survives it; one that did not may be lost, so fewer
+    /// acknowledgements within the timeout are an error (the write itself
+    /// happened on the primary). `WAIT` must go over the same connection as
+    /// the write: the one connection to a standalone server, or the
+    /// Cluster client's connection to the key's primary.
+    async fn wait_for_replicas(&self, conn: &Conn, key: &str) -> CommandResult<()> {
+        let want = self.options.wait_replicas;
+        if want == 0 {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(want)
+            .arg(self.options.wait_timeout.as_millis() as u64);
+        let reply = match conn {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await?,
+            Conn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route =
+                    SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
+                c.clone()
+                    .route_command(cmd, RoutingInfo::SingleNode(route))
+                    .await?
+            }
+        };
+        let got: u64 =
+            redis::from_redis_value(reply).map_err(|e| CommandError::Rejected(e.to_string()))?;
+        if got < u64::from(want) {
+            return Err(CommandError::Unavailable(format!(
+                "the write reached {got} of {want} replicas within {:?} (wait-replicas); it may not survive a failover",
+                self.options.wait_timeout
+            )));
+        }
+        Ok(())
+    }
+
+    /// The connection for a write followed by [`Self::wait_for_replicas`]
+    /// (the same one must carry both).
+    fn durable_conn(&self) -> Conn {
+        self.durable.clone().unwrap_or_else(|| self.conn.clone())
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.info, Info::Cluster(_))
     }
 
     /// The URL with any password replaced by `***`.
@@ -208,10 +364,16 @@ impl Redis {
         Ok(self.conn.clone().publish(channel, payload).await?)
     }
 
-    /// A new client for the same server and credentials, for connections
-    /// that must not share the multiplexed one (subscriptions).
-    pub fn client(&self) -> redis::RedisResult<redis::Client> {
-        redis::Client::open(self.info.clone())
+    /// Clients for connections that must not share the multiplexed one
+    /// (subscriptions), same credentials: the server, or each Cluster seed
+    /// node. A Cluster forwards every `PUBLISH` to all its nodes, so a
+    /// subscriber needs only one node and moves to the next when it fails.
+    pub fn subscriber_clients(&self) -> redis::RedisResult<Vec<redis::Client>> {
+        let infos = match &self.info {
+            Info::Single(info) => std::slice::from_ref(&**info),
+            Info::Cluster(seeds) => seeds.as_slice(),
+        };
+        infos.iter().cloned().map(redis::Client::open).collect()
     }
 
     /// `SET key value PX ttl NX`: whether this caller claimed `key`.
@@ -246,9 +408,29 @@ impl Redis {
         Ok(value)
     }
 
-    /// The database number of this connection (for keyspace channel names).
+    /// The database number of this connection (for keyspace channel names;
+    /// always 0 on a Cluster).
     pub fn db(&self) -> i64 {
-        self.info.redis_settings().db()
+        match &self.info {
+            Info::Single(info) => info.redis_settings().db(),
+            Info::Cluster(_) => 0,
+        }
+    }
+
+    /// Credentials for another user: the same servers, as `user`.
+    fn as_user(&self, user: &str, password: &str) -> Info {
+        let with = |info: &redis::ConnectionInfo| {
+            info.clone().set_redis_settings(
+                info.redis_settings()
+                    .clone()
+                    .set_username(user)
+                    .set_password(password),
+            )
+        };
+        match &self.info {
+            Info::Single(info) => Info::Single(Box::new(with(info))),
+            Info::Cluster(seeds) => Info::Cluster(seeds.iter().map(with).collect()),
+        }
     }
 
     /// Runs `lua/kv_cas.lua`.
@@ -271,6 +453,52 @@ impl Redis {
             .await?;
         Ok(swapped == 1)
     }
+}
+
+/// Opens a shared (multiplexed, reconnecting) connection to a server or a
+/// Cluster, failing with a message naming `shown` (the redacted URL).
+async fn open(
+    info: &Info,
+    shown: &str,
+    response_timeout: Duration,
+    options: &RedisOptions,
+) -> anyhow::Result<Conn> {
+    let deadline = options.connect_timeout * 3 + Duration::from_secs(1);
+    Ok(match info {
+        Info::Single(info) => {
+            let client = redis::Client::open((**info).clone())
+                .map_err(|e| anyhow::anyhow!("invalid Redis URL `{shown}`: {e}"))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(options.connect_timeout))
+                .set_response_timeout(Some(response_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(2));
+            let conn =
+                tokio::time::timeout(deadline, ConnectionManager::new_with_config(client, config))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("cannot connect to Redis at {shown}: timed out"))?
+                    .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {shown}: {e}"))?;
+            Conn::Single(conn)
+        }
+        Info::Cluster(seeds) => {
+            // A few quick retries ride out a failover (≈ node timeout +
+            // election) without holding an invocation past its deadline:
+            // the response timeout bounds each attempt.
+            let client = ClusterClientBuilder::new(seeds.clone())
+                .connection_timeout(options.connect_timeout)
+                .response_timeout(response_timeout)
+                .retries(CLUSTER_RETRIES)
+                .min_retry_wait(50)
+                .max_retry_wait(1_000)
+                .build()
+                .map_err(|e| anyhow::anyhow!("invalid Redis Cluster seeds `{shown}`: {e}"))?;
+            let conn = tokio::time::timeout(deadline, client.get_async_connection())
+                .await
+                .map_err(|_| anyhow::anyhow!("cannot connect to Redis {shown}: timed out"))?
+                .map_err(|e| anyhow::anyhow!("cannot connect to Redis {shown}: {e}"))?;
+            Conn::Cluster(conn)
+        }
+    })
 }
 
 /// `url` with the password (if any) replaced by `***`.

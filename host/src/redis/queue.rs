@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 
-use super::{CommandResult, Redis};
+use super::{CommandResult, Redis, RedisOptions};
 use crate::namespace::QueueKeys;
 
 /// A message as stored in the stream.
@@ -93,6 +93,7 @@ impl Redis {
         max_length: u64,
     ) -> CommandResult<Enqueued> {
         let dedupe_key = format!("{}{}", keys.dedupe_prefix, dedupe_id.unwrap_or(""));
+        let mut conn = self.durable_conn();
         let (id, status): (String, String) = self
             .scripts
             .queue_enqueue
@@ -110,8 +111,11 @@ impl Redis {
             })
             .arg(max_attempts)
             .arg(max_length)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut conn)
             .await?;
+        if status == "new" {
+            self.wait_for_replicas(&conn, &keys.stream).await?;
+        }
         Ok(match status.as_str() {
             "duplicate" => Enqueued::Duplicate(id),
             "full" => Enqueued::Full,
@@ -372,6 +376,37 @@ impl Redis {
 
     /// A connection of its own, for blocking reads.
     pub async fn dedicated(&self) -> anyhow::Result<Redis> {
-        Redis::connect_with(self.info.clone(), self.url.clone(), self.options).await
+        // A reader never enqueues: no connection for waiting writes.
+        let options = RedisOptions {
+            wait_replicas: 0,
+            ..self.options
+        };
+        Redis::connect_with(self.info.clone(), self.url.clone(), options).await
+    }
+}
+
+impl Redis {
+    /// A message over its consumer's rate limit: back into the delayed set,
+    /// visible again after `delay_ms`, its attempt unchanged
+    /// (`lua/queue_defer.lua`). Returns `"deferred"` or `"gone"`.
+    pub async fn queue_defer(
+        &self,
+        keys: &QueueKeys,
+        group: &str,
+        entry_id: &str,
+        delay_ms: u64,
+        attempt: u32,
+    ) -> CommandResult<String> {
+        Ok(self
+            .scripts
+            .queue_defer
+            .key(&keys.stream)
+            .key(&keys.delayed)
+            .arg(group)
+            .arg(entry_id)
+            .arg(delay_ms)
+            .arg(attempt)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
     }
 }

@@ -22,6 +22,8 @@ pub struct Scripts {
     pub queue_fail: Script,
     /// `lua/queue_replay.lua`
     pub queue_replay: Script,
+    /// `lua/queue_defer.lua`
+    pub queue_defer: Script,
     /// `lua/kv_cas.lua`
     pub kv_cas: Script,
     /// `lua/lock_acquire.lua`
@@ -69,6 +71,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     (
         "queue_replay.lua",
         include_str!("../../../lua/queue_replay.lua"),
+    ),
+    (
+        "queue_defer.lua",
+        include_str!("../../../lua/queue_defer.lua"),
     ),
     ("kv_cas.lua", include_str!("../../../lua/kv_cas.lua")),
     (
@@ -128,6 +134,7 @@ impl Scripts {
             queue_ack: Script::new(source("queue_ack.lua")),
             queue_fail: Script::new(source("queue_fail.lua")),
             queue_replay: Script::new(source("queue_replay.lua")),
+            queue_defer: Script::new(source("queue_defer.lua")),
             kv_cas: Script::new(source("kv_cas.lua")),
             lock_acquire: Script::new(source("lock_acquire.lua")),
             lock_release: Script::new(source("lock_release.lua")),
@@ -168,6 +175,87 @@ fn source(name: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::namespace::{Namespace, PluginName};
+    use redis::cluster_routing::Slot;
+
+    /// The KEYS the host passes to `script` (as the methods in `redis/`
+    /// build them) for a plugin- or user-chosen `name`. A script missing
+    /// here fails [`every_script_keeps_its_keys_in_one_slot`].
+    fn keys_of(script: &str, ns: &Namespace, name: &str) -> Option<Vec<String>> {
+        let limiter = |code: &str| {
+            let k = ns.limiter("per-user", code, name).unwrap();
+            vec![k.state, k.overrides]
+        };
+        let queue = |shared| ns.queue(name, shared).unwrap();
+        let cache = ns.cache(name).unwrap();
+        let lock = ns.lock(name).unwrap();
+        Some(match script {
+            "kv_cas.lua" => vec![ns.kv(name).unwrap()],
+            "lock_acquire.lua" => vec![lock.lock, lock.fence],
+            "lock_release.lua" | "lock_extend.lua" => vec![lock.lock],
+            "limiter_gcra.lua" => limiter("gcra"),
+            "limiter_token_bucket.lua" => limiter("tb"),
+            "limiter_sliding_window.lua" => limiter("sw"),
+            "limiter_fixed_window.lua" => limiter("fw"),
+            "limiter_concurrency.lua" => limiter("cc"),
+            "cache_lookup.lua" | "cache_fill.lua" | "cache_set.lua" => {
+                vec![cache.entry, cache.lease]
+            }
+            "cache_abandon.lua" => vec![cache.lease],
+            "queue_enqueue.lua" => {
+                let q = queue(false);
+                vec![
+                    q.stream,
+                    q.delayed,
+                    q.seq,
+                    format!("{}{name}", q.dedupe_prefix),
+                ]
+            }
+            "queue_promote.lua" => vec![queue(false).delayed, queue(false).stream],
+            "queue_ack.lua" => vec![queue(false).stream],
+            "queue_fail.lua" => {
+                let q = queue(true);
+                vec![q.stream, q.delayed, q.dead]
+            }
+            "queue_replay.lua" => vec![queue(false).dead, queue(false).stream],
+            "queue_defer.lua" => vec![queue(true).stream, queue(true).delayed],
+            _ => return None,
+        })
+    }
+
+    /// Redis Cluster runs a script only when all its keys are in one slot
+    /// (else CROSSSLOT). For every script in `lua/` and names chosen to
+    /// break hash tags (empty, lone or nested braces, a tag-looking
+    /// suffix), the keys the host passes hash to one slot, as redis-rs's
+    /// cluster router computes it; and two different names of one pattern
+    /// do not all land in the same slot (the tag includes the name).
+    #[test]
+    fn every_script_keeps_its_keys_in_one_slot() {
+        let names = [
+            "", "}", "{", "{}", "}{", "{x}", "x}y", "x{y}z", "}x{", ":lease", "a/b", "jobs", "ü{ñ}",
+        ];
+        for plugin in ["a", "p-2"] {
+            let ns = Namespace::new(&PluginName::parse(plugin).unwrap());
+            for (script, _) in SOURCES {
+                let mut slots_by_name = Vec::new();
+                for name in names {
+                    let keys = keys_of(script, &ns, name)
+                        .unwrap_or_else(|| panic!("lua/{script}: add its KEYS to keys_of"));
+                    let slots: Vec<Slot> = keys.iter().map(Slot::for_key).collect();
+                    assert!(
+                        slots.windows(2).all(|w| w[0] == w[1]),
+                        "lua/{script} with name {name:?} gets keys in different slots: {keys:?}"
+                    );
+                    slots_by_name.push(slots[0]);
+                }
+                slots_by_name.dedup();
+                assert!(
+                    slots_by_name.len() > 1,
+                    "lua/{script}: every name lands in one slot"
+                );
+            }
+        }
+    }
 
     /// Every file in `lua/` is embedded and has the documented header.
     #[test]

@@ -10,6 +10,7 @@
 //! | `redloom_redis_commands_total` | counter | `plugin` |
 //! | `redloom_outbound_requests_total` | counter | `plugin` |
 //! | `redloom_pubsub_dropped_total` | counter | `plugin` |
+//! | `redloom_queue_deferred_total` | counter | `plugin` |
 //! | `redloom_invocation_duration_seconds` | histogram | `plugin` |
 //! | `redloom_plugins_loaded` | gauge | |
 //! | `redloom_redis_up` | gauge | (1 when the last `PING` answered) |
@@ -134,6 +135,12 @@ impl Collector for HostCollector {
             "redloom_pubsub_dropped",
             "Pub/sub messages dropped because the plugin's buffer was full.",
             per_plugin(&|s| s.dropped_messages as f64),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_queue_deferred",
+            "Queue messages deferred because they were over their consumer's rate limit.",
+            per_plugin(&|s| s.deferred_messages as f64),
         )?;
 
         let mut family = encoder.encode_descriptor(

@@ -121,6 +121,12 @@ pub async fn start(
     if channels.is_empty() && patterns.is_empty() {
         return Ok(None);
     }
+    if !keyspace_flags.is_empty() && host.redis().is_cluster() {
+        anyhow::bail!(
+            "keyspace-events need a standalone Redis: a Redis Cluster sends keyspace \
+             notifications only to subscribers of the node that holds the key"
+        );
+    }
     if !keyspace_flags.is_empty() {
         let set = host
             .redis()
@@ -131,10 +137,10 @@ pub async fn start(
             })?;
         tracing::info!(notify_keyspace_events = %set, "enabled keyspace notifications");
     }
-    let client = host.redis().client()?;
+    let clients = host.redis().subscriber_clients()?;
     let routes = Arc::new(Routes { channels, patterns });
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    tasks.push(tokio::spawn(subscriber(client, routes, host, ready_tx)));
+    tasks.push(tokio::spawn(subscriber(clients, routes, host, ready_tx)));
     // Serve only says it is serving once messages can arrive; if Redis is
     // slow to answer, the subscriber keeps trying in the background.
     if tokio::time::timeout(SUBSCRIBE_WAIT, ready).await.is_err() {
@@ -151,17 +157,18 @@ struct Routes {
 /// How long `start` waits for the first subscription.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
-/// Keeps one subscription connection up and routes what arrives.
+/// Keeps one subscription connection up and routes what arrives. With
+/// several `clients` (Cluster seed nodes), each reconnect tries the next.
 async fn subscriber(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     routes: Arc<Routes>,
     host: Arc<Host>,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut ready = Some(ready);
-    loop {
-        match subscribe(&client, &routes).await {
+    for client in clients.iter().cycle() {
+        match subscribe(client, &routes).await {
             Ok(mut pubsub) => {
                 if let Some(r) = ready.take() {
                     let _ = r.send(());

@@ -15,7 +15,13 @@
 //!   `XAUTOCLAIM`; each lost delivery counts as an attempt, so a message that
 //!   keeps crashing its consumer still ends in the dead letters;
 //! - delayed messages and retries move into the stream when due (checked
-//!   every [`PROMOTE_EVERY`]: a delay is honoured to within that period).
+//!   every [`PROMOTE_EVERY`]: a delay is honoured to within that period);
+//! - with `rate-limit`, each message is checked against the plugin's limiter
+//!   policy before its handler runs (one key per queue, or per tenant with
+//!   `rate-limit-key = "header:NAME"`); a message over the limit is
+//!   deferred: moved back into the delayed set in one script, due when the
+//!   limiter says it would be allowed, with its attempt count unchanged and
+//!   never to the dead letters for it (see [`RateLimit`]).
 //!
 //! Set `visibility-timeout` above the plugin's `wall-time` quota: a message
 //! still running when it expires may be taken over by another host and run
@@ -26,6 +32,7 @@
 //! messages it holds up to the deadline, and leaves any still running
 //! unacknowledged, for another consumer to reclaim.
 
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -33,12 +40,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, watch};
 
-use crate::config::{Config, ConsumerConfig};
+use crate::config::{Config, ConsumerConfig, RateLimitKey};
 use crate::host::Host;
+use crate::limiter::Limits;
 use crate::namespace::{Namespace, PluginName, QueueKeys, is_shared};
 use crate::plugin::{Call, Job};
-use crate::redis::Redis;
 use crate::redis::queue::Entry;
+use crate::redis::{LimiterReply, Redis};
 
 /// How often due delayed messages are moved into the stream.
 pub const PROMOTE_EVERY: Duration = Duration::from_millis(100);
@@ -68,6 +76,21 @@ pub async fn start(host: Arc<Host>, config: &Config) -> anyhow::Result<Vec<Consu
                 .map_err(|e| {
                     anyhow::anyhow!("{plugin}: queue {queue}: cannot create the group: {e}")
                 })?;
+            let limit = match &c.rate_limit {
+                None => None,
+                Some(policy) => {
+                    let limits = p.limiters.get(policy).copied().ok_or_else(|| {
+                        anyhow::anyhow!("{plugin}: queue {queue}: no limiter policy `{policy}`")
+                    })?;
+                    Some(RateLimit::new(
+                        Namespace::new(plugin),
+                        policy.clone(),
+                        limits,
+                        queue.clone(),
+                        c.rate_limit_key.clone(),
+                    ))
+                }
+            };
             let reader = host.redis().dedicated().await?;
             let (stop, stopped) = watch::channel(false);
             let task = tokio::spawn(run(Run {
@@ -76,6 +99,7 @@ pub async fn start(host: Arc<Host>, config: &Config) -> anyhow::Result<Vec<Consu
                 queue: queue.clone(),
                 keys,
                 config: c.clone(),
+                limit,
                 reader,
                 consumer: format!("{identity}-{plugin}"),
                 stopped,
@@ -119,6 +143,7 @@ struct Run {
     queue: String,
     keys: QueueKeys,
     config: ConsumerConfig,
+    limit: Option<RateLimit>,
     reader: Redis,
     consumer: String,
     stopped: watch::Receiver<bool>,
@@ -133,6 +158,7 @@ async fn run(mut r: Run) {
         queue: r.queue.clone(),
         keys: r.keys.clone(),
         config: r.config.clone(),
+        limit: r.limit.take(),
     });
     // Delayed messages and retries are promoted on their own clock, so a
     // blocking read does not hold them back.
@@ -270,6 +296,7 @@ struct Shared {
     queue: String,
     keys: QueueKeys,
     config: ConsumerConfig,
+    limit: Option<RateLimit>,
 }
 
 impl Shared {
@@ -291,6 +318,17 @@ impl Shared {
             enqueued_ms: entry.enqueued_ms,
         };
         let redis = self.host.redis();
+        if let Some(limit) = &self.limit {
+            match limit.check(redis, &job.headers).await {
+                Ok(None) => {}
+                Ok(Some(delay)) => {
+                    return self.defer(&entry.entry_id, &job.id, attempt, delay).await;
+                }
+                // The check could not be made: a failed attempt, as if the
+                // handler had failed (retried with backoff, then dead letters).
+                Err(error) => return self.fail(&entry.entry_id, &job.id, attempt, error).await,
+            }
+        }
         match self.host.call(&self.plugin, Call::Job(&job)).await {
             Ok(_) => {
                 if let Err(e) = redis
@@ -302,28 +340,64 @@ impl Shared {
                 }
             }
             Err(e) => {
-                let delay = self.backoff(attempt, &job.id);
-                let error = e.to_string();
-                match redis
-                    .queue_fail(
-                        &self.keys,
-                        &self.config.group,
-                        &entry.entry_id,
-                        delay.as_millis() as u64,
-                        &error,
-                        self.config.max_attempts,
-                        attempt,
-                    )
+                self.fail(&entry.entry_id, &job.id, attempt, e.to_string())
                     .await
+            }
+        }
+    }
+
+    /// Schedules a retry, or moves the message to the dead letters.
+    async fn fail(&self, entry_id: &str, id: &str, attempt: u32, error: String) {
+        let delay = self.backoff(attempt, id);
+        match self
+            .host
+            .redis()
+            .queue_fail(
+                &self.keys,
+                &self.config.group,
+                entry_id,
+                delay.as_millis() as u64,
+                &error,
+                self.config.max_attempts,
+                attempt,
+            )
+            .await
+        {
+            Ok(outcome) => tracing::info!(
+                plugin = %self.plugin, queue = %self.queue, %id, attempt, %outcome,
+                "message failed: {error}"
+            ),
+            Err(e) => {
+                tracing::warn!(plugin = %self.plugin, queue = %self.queue, %id, "cannot schedule the retry: {e}")
+            }
+        }
+    }
+
+    /// Moves a message over the rate limit back into the delayed set, due
+    /// after `delay`; its attempt does not change.
+    async fn defer(&self, entry_id: &str, id: &str, attempt: u32, delay: Duration) {
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
+        match self
+            .host
+            .redis()
+            .queue_defer(&self.keys, &self.config.group, entry_id, delay_ms, attempt)
+            .await
+        {
+            Ok(outcome) => {
+                if outcome == "deferred"
+                    && let Some(p) = self.host.plugin(&self.plugin)
                 {
-                    Ok(outcome) => tracing::info!(
-                        plugin = %self.plugin, queue = %self.queue, id = %job.id, attempt, %outcome,
-                        "message failed: {error}"
-                    ),
-                    Err(e) => {
-                        tracing::warn!(plugin = %self.plugin, queue = %self.queue, id = %job.id, "cannot schedule the retry: {e}")
-                    }
+                    p.count_deferred_message();
                 }
+                tracing::debug!(
+                    plugin = %self.plugin, queue = %self.queue, %id, delay_ms, %outcome,
+                    "message over the rate limit"
+                );
+            }
+            // Still pending: another consumer takes it over after the
+            // visibility timeout (which counts as a delivery).
+            Err(e) => {
+                tracing::warn!(plugin = %self.plugin, queue = %self.queue, %id, "cannot defer a message over the rate limit: {e}")
             }
         }
     }
@@ -335,5 +409,207 @@ impl Shared {
         let capped = base.min(self.config.max_backoff.as_secs_f64());
         let jitter = (RandomState::new().hash_one((id, attempt)) % 1000) as f64 / 1000.0 + 0.5;
         Duration::from_secs_f64(capped * jitter)
+    }
+}
+
+/// Most limiter keys whose deferral schedule a consumer remembers; past
+/// this, schedules already due are forgotten (and, if that is not enough,
+/// all of them: deferrals then only lose their spacing).
+const MAX_SCHEDULED_KEYS: usize = 10_000;
+
+/// A consumer's `rate-limit`: the policy, what it is counted per, and when
+/// this consumer has deferred messages to, per limiter key.
+///
+/// The limiter keys are the consuming plugin's own
+/// ([`Namespace::limiter`]: one hash tag per limited key): the queue's name
+/// without `rate-limit-key`, else the value of the message header it names
+/// (`""` when a message has none). So a plugin's own `limiter::check(policy,
+/// tenant)` and its overrides share a tenant's budget with the queue.
+///
+/// A denied message is due again when the limiter says one unit is free
+/// (`retry-after`), but if every denied message came back then, all but one
+/// would be denied again, over and over. So each further message deferred
+/// for the same key is due one emission interval (the policy's period /
+/// count) after the previous one: a backlog over the limit comes back at
+/// the limit's rate, in order, and each message is deferred about once per
+/// host.
+struct RateLimit {
+    namespace: Namespace,
+    policy: String,
+    limits: Limits,
+    queue: String,
+    key: Option<RateLimitKey>,
+    /// Per limiter key: when the next deferred message is due.
+    schedule: std::sync::Mutex<HashMap<String, Instant>>,
+}
+
+impl RateLimit {
+    fn new(
+        namespace: Namespace,
+        policy: String,
+        limits: Limits,
+        queue: String,
+        key: Option<RateLimitKey>,
+    ) -> RateLimit {
+        RateLimit {
+            namespace,
+            policy,
+            limits,
+            queue,
+            key,
+            schedule: Default::default(),
+        }
+    }
+
+    /// The limiter key of a message with `headers`.
+    fn key<'a>(&'a self, headers: &'a [(String, String)]) -> &'a str {
+        match &self.key {
+            None => &self.queue,
+            Some(RateLimitKey::Header(name)) => headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or("", |(_, v)| v.as_str()),
+        }
+    }
+
+    /// Takes one unit for the message: `None` when allowed, else how long
+    /// to defer it. An error means the check could not be made.
+    async fn check(
+        &self,
+        redis: &Redis,
+        headers: &[(String, String)],
+    ) -> Result<Option<Duration>, String> {
+        let key = self.key(headers);
+        let algorithm = self.limits.algorithm();
+        let keys = self
+            .namespace
+            .limiter(&self.policy, algorithm.code(), key)
+            .map_err(|e| format!("rate-limit key: {e}"))?;
+        let reply = redis
+            .limiter_check(algorithm, &keys, self.limits.script_params(), 1, None)
+            .await
+            .map_err(|e| format!("rate-limit check (policy `{}`): {e}", self.policy))?;
+        match reply {
+            LimiterReply::Decision { allowed: true, .. } => Ok(None),
+            LimiterReply::Decision { retry_after_ms, .. } => Ok(Some(self.due_in(
+                key,
+                Duration::from_millis(retry_after_ms),
+                Instant::now(),
+            ))),
+            LimiterReply::CostOverLimit { limit } => Err(format!(
+                "rate-limit: the override of policy `{}` for key {key:?} allows {limit} units, so a message can never pass",
+                self.policy
+            )),
+            LimiterReply::BadOverride => Err(format!(
+                "rate-limit: the override of policy `{}` for key {key:?} is malformed in Redis; set or clear it again",
+                self.policy
+            )),
+        }
+    }
+
+    /// When a message denied now for `key` should come back: after
+    /// `retry_after`, and one emission interval after the previous message
+    /// deferred for the same key.
+    fn due_in(&self, key: &str, retry_after: Duration, now: Instant) -> Duration {
+        let mut schedule = self.schedule.lock().expect("schedule");
+        if schedule.len() >= MAX_SCHEDULED_KEYS && !schedule.contains_key(key) {
+            schedule.retain(|_, due| *due > now);
+            if schedule.len() >= MAX_SCHEDULED_KEYS {
+                schedule.clear();
+            }
+        }
+        let earliest = now + retry_after;
+        let due = schedule
+            .get(key)
+            .map_or(earliest, |next| (*next).max(earliest));
+        schedule.insert(key.to_string(), due + emission_interval(&self.limits));
+        due - now
+    }
+}
+
+/// The policy's average time per unit: period / count.
+fn emission_interval(limits: &Limits) -> Duration {
+    let (count, period) = match *limits {
+        Limits::Gcra { rate, .. } | Limits::TokenBucket { refill: rate, .. } => {
+            (rate.count, rate.period)
+        }
+        Limits::SlidingWindow { limit, window } | Limits::FixedWindow { limit, window } => {
+            (limit, window)
+        }
+        // Refused by the configuration: a deferral would wait out a lease.
+        Limits::Concurrency { .. } => return Duration::ZERO,
+    };
+    Duration::from_secs_f64(period.as_secs_f64() / count.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::Rate;
+
+    fn limit(key: Option<RateLimitKey>) -> RateLimit {
+        RateLimit::new(
+            Namespace::new(&PluginName::parse("w").unwrap()),
+            "per-tenant".into(),
+            Limits::Gcra {
+                rate: Rate::new(10, Duration::from_secs(1)),
+                burst: 1,
+            },
+            "jobs".into(),
+            key,
+        )
+    }
+
+    /// The key is the queue's name, or the header's value ("" without it).
+    #[test]
+    fn keys_per_queue_and_per_tenant() {
+        let h = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let q = limit(None);
+        assert_eq!(q.key(&h(&[("tenant", "a")])), "jobs");
+        let t = limit(Some(RateLimitKey::Header("tenant".into())));
+        assert_eq!(t.key(&h(&[("x", "1"), ("tenant", "a")])), "a");
+        assert_eq!(t.key(&h(&[("x", "1")])), "");
+        assert_eq!(t.key(&h(&[("Tenant", "a")])), "", "names match exactly");
+    }
+
+    /// Messages denied together for one key come back one emission
+    /// interval apart, never before the limiter's retry-after; other keys
+    /// have their own schedule, and a schedule in the past does not delay.
+    #[test]
+    fn deferrals_are_spaced_by_the_emission_interval() {
+        let l = limit(Some(RateLimitKey::Header("tenant".into())));
+        let now = Instant::now();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(l.due_in("a", ms(30), now), ms(30));
+        assert_eq!(l.due_in("a", ms(30), now), ms(130));
+        assert_eq!(l.due_in("a", ms(500), now), ms(500));
+        assert_eq!(l.due_in("a", ms(10), now), ms(600));
+        assert_eq!(l.due_in("b", ms(10), now), ms(10));
+        let later = now + Duration::from_secs(5);
+        assert_eq!(l.due_in("a", ms(20), later), ms(20));
+    }
+
+    /// Each rate policy's interval is its period over its count.
+    #[test]
+    fn emission_intervals() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            emission_interval(&Limits::TokenBucket {
+                capacity: 5,
+                refill: Rate::new(4, s(1))
+            }),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            emission_interval(&Limits::FixedWindow {
+                limit: 60,
+                window: s(60)
+            }),
+            s(1)
+        );
     }
 }

@@ -1,16 +1,19 @@
 //! Test guest for queues.
 //!
 //! invoke: a JSON object `{"queue": Q, "payloads": [..], "delay_ms"?: n,
-//! "dedupe"?: id, "max_attempts"?: n}` enqueues each payload and returns the
-//! ids as a JSON array (`"full"` for a refused one).
+//! "dedupe"?: id, "max_attempts"?: n, "headers"?: {name: value}}` enqueues
+//! each payload and returns the ids as a JSON array (`"full"` for a refused
+//! one).
 //!
 //! queue handler, by payload:
 //! - `ok...`: `INCR done:<id>`, `INCR done-total`;
 //! - `fail-N`: fails attempts 1..=N, then succeeds like `ok`;
 //! - `always-fail`: always fails;
-//! - `slow-MS`: runs guest code for MS milliseconds, then succeeds.
-//!   Every delivery also does `INCR attempts:<id>` and records its time in
-//!   `at:<id>:<attempt>`.
+//! - `slow-MS`: runs guest code for MS milliseconds, then succeeds;
+//! - `durable`: only enqueues the job's id on the queue `done-log`.
+//!
+//! Every delivery but a `durable` one also does `INCR attempts:<id>` and
+//! records its time in `at:<id>:<attempt>`.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +41,11 @@ impl Invoke for Probe {
             if let Some(m) = v["max_attempts"].as_u64() {
                 o = o.max_attempts(m as u32);
             }
+            if let Some(h) = v["headers"].as_object() {
+                for (name, value) in h {
+                    o = o.header(name, value.as_str().unwrap_or_default());
+                }
+            }
             match queue::enqueue(q, p.as_str().unwrap_or_default(), o) {
                 Ok(id) => ids.push(Value::String(id)),
                 Err(Error::QuotaExceeded(_)) => ids.push(Value::String("full".into())),
@@ -51,6 +59,12 @@ impl Invoke for Probe {
 impl OnJob for Probe {
     fn on_job(job: Job) -> Result<()> {
         let payload = String::from_utf8_lossy(&job.payload).into_owned();
+        if payload == "durable" {
+            // The record is itself a queue message, so with `wait-replicas`
+            // it survives a failover like the job did.
+            queue::enqueue("done-log", job.id.as_str(), EnqueueOptions::default())?;
+            return Ok(());
+        }
         kv::increment(&format!("attempts:{}", job.id), 1)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -1,0 +1,536 @@
+//! Redis Cluster: every pattern keeps working through a primary's failover
+//! without losing an acknowledged queue message, and several hosts share one
+//! Cluster. (The capability suites also run whole against a Cluster when
+//! `REDLOOM_TEST_REDIS=cluster`; `scripts/test` does both.)
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use redloom::config::Config;
+use redloom::host::{Host, HostOptions};
+use redloom::namespace::{Namespace, PluginName};
+use redloom::serve::Server;
+use redloom_tests::{RedisServer, plugin, unique};
+use serde_json::{Value, json};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(240);
+
+async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(TEST_TIMEOUT, f)
+        .await
+        .expect("test timed out");
+}
+
+/// A manifest with one plugin per pattern, on `redis`, waiting for one
+/// replica on enqueues and lock acquisitions.
+fn manifest(redis: &RedisServer) -> String {
+    format!(
+        r#"{redis}wait-replicas = 1
+wait-timeout = "1s"
+response-timeout = "1s"
+[http]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[plugins.cache]
+wasm = {cache:?}
+[plugins.limiter]
+wasm = {limiter:?}
+[plugins.limiter.limiters.g]
+algorithm = "gcra"
+rate = "100000/s"
+burst = 1000
+[plugins.locks]
+wasm = {lock:?}
+[plugins.worker]
+wasm = {queue:?}
+[plugins.worker.consumers.jobs]
+concurrency = 4
+visibility-timeout = "3s"
+max-attempts = 100
+backoff = "100ms"
+max-backoff = "500ms"
+"#,
+        redis = redis.config_table(),
+        cache = plugin("cache-probe").display().to_string(),
+        limiter = plugin("limiter-probe").display().to_string(),
+        lock = plugin("lock-probe").display().to_string(),
+        queue = plugin("queue-probe").display().to_string(),
+    )
+}
+
+struct Served {
+    host: Arc<Host>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// `redloom serve` in this process: the plugins of `text` loaded, its
+/// triggers (the queue consumer) running.
+async fn serve(dir: &std::path::Path, text: &str) -> Served {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = Config::parse(text, &dir.join("redloom.toml")).expect("valid config");
+    let mut options = HostOptions::from_config(&config);
+    options.data_dir = dir.to_path_buf();
+    options.runtime.max_instances = 32;
+    let host = Arc::new(Host::start(options).await.expect("host starts"));
+    let server = Server::bind(host.clone(), config).await.expect("binds");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Served { host, stop, done }
+}
+
+/// Invokes `plugin` with `input`; `Err` for a failed invocation or any
+/// operation that reports an error.
+async fn call(host: &Host, plugin: &str, input: &Value) -> Result<Value, String> {
+    let out = host
+        .invoke(
+            &PluginName::parse(plugin).unwrap(),
+            input.to_string().as_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let v: Value = serde_json::from_slice(&out).map_err(|e| e.to_string())?;
+    if let Some(failed) = v
+        .as_array()
+        .and_then(|ops| ops.iter().find(|o| o.get("err").is_some()))
+    {
+        return Err(failed.to_string());
+    }
+    Ok(v)
+}
+
+/// One pattern's invocations during the run: when each ended and whether it
+/// succeeded.
+#[derive(Default)]
+struct Log {
+    events: Vec<(Instant, bool)>,
+    errors: Vec<String>,
+}
+
+impl Log {
+    fn record(&mut self, r: Result<(), String>) {
+        self.events.push((Instant::now(), r.is_ok()));
+        if let Err(e) = r {
+            // The last few errors say why a pattern has not recovered.
+            if self.errors.len() == 5 {
+                self.errors.remove(0);
+            }
+            self.errors.push(e);
+        }
+    }
+
+    fn last_failure(&self) -> Option<Instant> {
+        self.events.iter().rev().find(|e| !e.1).map(|e| e.0)
+    }
+
+    /// Successes after the last failure (all of them when none failed).
+    fn healthy_streak(&self) -> usize {
+        self.events.iter().rev().take_while(|e| e.1).count()
+    }
+
+    fn successes_before(&self, t: Instant) -> usize {
+        self.events.iter().filter(|e| e.1 && e.0 < t).count()
+    }
+}
+
+/// Waits (up to 60 s) until each of `patterns` has succeeded 20 times in a
+/// row after `since`; returns how long after `since` the last of them last
+/// failed (zero when none failed).
+async fn wait_healthy(
+    logs: &[std::sync::Mutex<Log>; 4],
+    patterns: &[usize],
+    since: Instant,
+) -> Duration {
+    let deadline = since + Duration::from_secs(60);
+    loop {
+        let healthy = patterns.iter().all(|p| {
+            let log = logs[*p].lock().unwrap();
+            log.healthy_streak() >= 20 && log.events.iter().rev().take(20).all(|e| e.0 > since)
+        });
+        if healthy {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not recovered within 60 s: {:?}",
+            patterns
+                .iter()
+                .map(|p| logs[*p].lock().unwrap().errors.clone())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    patterns
+        .iter()
+        .filter_map(|p| logs[*p].lock().unwrap().last_failure())
+        .filter(|t| *t > since)
+        .map(|t| t - since)
+        .max()
+        .unwrap_or(Duration::ZERO)
+}
+
+/// A primary is killed while cache, limiter, lock and queue invocations run
+/// steadily on one host with `wait-replicas = 1`. Its replica takes over and
+/// cache and limiter calls succeed again; enqueues and lock acquisitions on
+/// that shard (which has no replica left to wait for) fail cleanly until
+/// the old primary rejoins as a replica, then succeed again; the host is
+/// never restarted. Fencing tokens keep increasing, and every message whose
+/// enqueue was acknowledged is processed. The test prints the recovery
+/// times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn primary_failover_loses_no_acknowledged_message() {
+    with_timeout(async {
+        let mut redis = RedisServer::start_cluster().await;
+        let dir = tempfile::tempdir().unwrap();
+        let served = serve(dir.path(), &manifest(&redis)).await;
+        let host = served.host.clone();
+        let run = unique("fo");
+        let stop = Arc::new(AtomicBool::new(false));
+        let logs: Arc<[std::sync::Mutex<Log>; 4]> = Arc::new(Default::default());
+        let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let tokens = Arc::new(std::sync::Mutex::new(BTreeMap::<String, Vec<u64>>::new()));
+
+        let mut load = Vec::new();
+        for pattern in 0..4 {
+            let (host, stop, logs, acked, tokens, run) = (
+                host.clone(),
+                stop.clone(),
+                logs.clone(),
+                acked.clone(),
+                tokens.clone(),
+                run.clone(),
+            );
+            load.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    // 16 keys per pattern: their slots spread over all primaries.
+                    let k = format!("{run}-{}", i % 16);
+                    let r = match pattern {
+                        0 => call(
+                            &host,
+                            "cache",
+                            &json!([
+                                {"op": "set", "key": k, "value": i.to_string()},
+                                {"op": "lookup", "key": k, "wait_ms": 0}
+                            ]),
+                        )
+                        .await
+                        .and_then(|v| match v[1]["ok"]["kind"].as_str() {
+                            Some("fresh") => Ok(()),
+                            other => Err(format!("lookup after set: {other:?}")),
+                        }),
+                        1 => {
+                            call(
+                                &host,
+                                "limiter",
+                                &json!([{"op": "check", "policy": "g", "key": k}]),
+                            )
+                            .await
+                            .and_then(|v| match v[0]["ok"]["allowed"].as_bool() {
+                                Some(true) => Ok(()),
+                                _ => Err(format!("denied: {v}")),
+                            })
+                        }
+                        2 => call(
+                            &host,
+                            "locks",
+                            &json!([
+                                {"op": "try_acquire", "name": k, "ttl_ms": 5000},
+                                {"op": "release", "id": k}
+                            ]),
+                        )
+                        .await
+                        .and_then(|v| {
+                            let token = v[0]["ok"]
+                                .as_u64()
+                                .ok_or_else(|| format!("not acquired: {v}"))?;
+                            tokens.lock().unwrap().entry(k).or_default().push(token);
+                            Ok(())
+                        }),
+                        _ => call(
+                            &host,
+                            "worker",
+                            &json!({"queue": "jobs", "payloads": ["durable"]}),
+                        )
+                        .await
+                        .map(|v| {
+                            for id in v.as_array().into_iter().flatten() {
+                                acked.lock().unwrap().push(id.as_str().unwrap().to_string());
+                            }
+                        }),
+                    };
+                    logs[pattern].lock().unwrap().record(r);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }));
+        }
+
+        // Steady state first: every pattern works on the healthy Cluster.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let names = ["cache", "limiter", "lock", "queue"];
+        for (p, name) in names.iter().enumerate() {
+            let log = logs[p].lock().unwrap();
+            assert!(
+                log.healthy_streak() >= 10,
+                "{name} is not healthy before the failover: {:?}",
+                log.errors
+            );
+        }
+
+        // Kill the primary of the queue's slot: the stream, its consumer
+        // group and the pending entries must survive on the replica.
+        let stream = Namespace::new(&PluginName::parse("worker").unwrap())
+            .queue("jobs", false)
+            .unwrap()
+            .stream;
+        let victim = redis.primary_for(&stream).await;
+        let killed = Instant::now();
+        redis.kill_node(victim);
+
+        // Writes that need no replica (cache, limiter) recover once the
+        // replica has taken over. Writes that wait for one (queue enqueue,
+        // lock acquire) are refused on the failed shard, which has no
+        // replica left, until the old primary rejoins as its replica.
+        let all = [0, 1, 2, 3];
+        let failover_time = wait_healthy(&logs, &[0, 1], killed).await;
+        let degraded_queue_error = logs[3].lock().unwrap().errors.join(" | ");
+        assert!(
+            degraded_queue_error.contains("wait-replicas")
+                || degraded_queue_error.contains("timeout")
+                || degraded_queue_error.contains("unavailable"),
+            "an enqueue without a replica fails as unavailable: {degraded_queue_error}"
+        );
+        let rejoin = Instant::now();
+        redis.restart_node(victim).await;
+        let rejoined = rejoin.elapsed();
+        let durable_time = wait_healthy(&logs, &all, rejoin).await;
+        stop.store(true, Ordering::Relaxed);
+        for l in load {
+            l.await.unwrap();
+        }
+
+        let mut report = Vec::new();
+        for (p, name) in names.iter().enumerate() {
+            let log = logs[p].lock().unwrap();
+            assert!(
+                log.successes_before(killed) > 0,
+                "{name} never ran before the kill"
+            );
+            report.push(format!(
+                "{name}: {} failed calls",
+                log.events.iter().filter(|e| !e.1 && e.0 > killed).count()
+            ));
+        }
+        println!(
+            "failover of node {victim}, without a host restart: cache and limiter recovered {} ms \
+             after the kill; the old primary rejoined as a replica in {} ms, and enqueues and lock \
+             acquisitions (wait-replicas = 1) succeeded again {} ms after its restart; {}",
+            failover_time.as_millis(),
+            rejoined.as_millis(),
+            durable_time.as_millis(),
+            report.join(", ")
+        );
+
+        // Fencing tokens never go backwards across the failover.
+        for (name, seen) in tokens.lock().unwrap().iter() {
+            assert!(
+                seen.windows(2).all(|w| w[0] < w[1]),
+                "lock {name}: tokens not increasing: {seen:?}"
+            );
+        }
+
+        // Every acknowledged enqueue is processed: its id reaches `done-log`.
+        let acked: BTreeSet<String> = acked.lock().unwrap().iter().cloned().collect();
+        assert!(
+            acked.len() > 20,
+            "only {} enqueues acknowledged",
+            acked.len()
+        );
+        let done_log = Namespace::new(&PluginName::parse("worker").unwrap())
+            .queue("done-log", false)
+            .unwrap()
+            .stream;
+        let mut conn = redis.client().await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let missing = loop {
+            let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&done_log)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let done: BTreeSet<String> = entries
+                .ids
+                .iter()
+                .filter_map(|e| e.get::<String>("payload"))
+                .collect();
+            let missing: Vec<&String> = acked.difference(&done).collect();
+            if missing.is_empty() || Instant::now() > deadline {
+                break missing.into_iter().cloned().collect::<Vec<_>>();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(
+            missing.is_empty(),
+            "{} of {} acknowledged messages were never processed: {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(10)]
+        );
+        let _ = served.stop.send(());
+        served.done.await.unwrap();
+    })
+    .await;
+}
+
+/// Three hosts share one Cluster: a lock serialises their critical sections
+/// (no lost update, every fencing token unique), a limiter's quota is
+/// global (exactly its limit admitted across hosts), and one cache fill
+/// serves them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hosts_share_one_cluster() {
+    with_timeout(async {
+        let redis = RedisServer::start_cluster().await;
+        let text = format!(
+            "{}\n[plugins.limiter]\nwasm = {:?}\n[plugins.limiter.limiters.w]\n\
+             algorithm = \"sliding-window\"\nrate = \"30/min\"\n\
+             [plugins.locks]\nwasm = {:?}\n[plugins.cache]\nwasm = {:?}\n",
+            redis.config_table(),
+            plugin("limiter-probe").display().to_string(),
+            plugin("lock-probe").display().to_string(),
+            plugin("cache-probe").display().to_string(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut hosts = Vec::new();
+        for i in 0..3 {
+            let d = dir.path().join(format!("h{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let config = Config::parse(&text, &d.join("redloom.toml")).expect("valid config");
+            let mut options = HostOptions::from_config(&config);
+            options.data_dir = d.clone();
+            let host = Arc::new(Host::start(options).await.expect("host starts"));
+            host.load_all(&config).await.expect("plugins load");
+            hosts.push(host);
+        }
+        let run = unique("share");
+
+        let mut tasks = Vec::new();
+        for host in &hosts {
+            let (host, run) = (host.clone(), run.clone());
+            tasks.push(tokio::spawn(async move {
+                let locks = call(
+                    &host,
+                    "locks",
+                    &json!([{"op": "critical", "name": run, "key": format!("{run}-n"),
+                             "n": 20, "ttl_ms": 5000, "wait_ms": 20000}]),
+                )
+                .await
+                .expect("critical sections");
+                let limited = call(
+                    &host,
+                    "limiter",
+                    &json!([{"op": "burst", "policy": "w", "key": run, "n": 20}]),
+                )
+                .await
+                .expect("limiter burst");
+                (locks, limited)
+            }));
+        }
+        let mut tokens = Vec::new();
+        let mut admitted = 0;
+        for t in tasks {
+            let (locks, limited) = t.await.unwrap();
+            tokens.extend(
+                locks[0]["ok"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_u64().unwrap()),
+            );
+            admitted += limited[0]["ok"]["allowed"].as_u64().unwrap();
+        }
+        let unique_tokens: BTreeSet<u64> = tokens.iter().copied().collect();
+        assert_eq!(unique_tokens.len(), 60, "fencing tokens repeat: {tokens:?}");
+        let counter = call(
+            &hosts[0],
+            "locks",
+            &json!([{"op": "critical", "name": run, "key": format!("{run}-n"),
+                     "n": 1, "ttl_ms": 5000, "wait_ms": 5000}]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(counter[0]["ok"].as_array().unwrap().len(), 1);
+        let mut conn = redis.client().await;
+        let n: i64 = redis::cmd("GET")
+            .arg(
+                Namespace::new(&PluginName::parse("locks").unwrap())
+                    .kv(&format!("{run}-n"))
+                    .unwrap(),
+            )
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 61, "a critical section lost an update");
+        assert_eq!(admitted, 30, "the limit is global across hosts");
+
+        // One host fills, the others read the same entry.
+        let key = format!("{run}-c");
+        let set = call(
+            &hosts[0],
+            "cache",
+            &json!([{"op": "set", "key": key, "value": "shared"}]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(set[0]["ok"], Value::Null);
+        for h in &hosts[1..] {
+            let got = call(
+                h,
+                "cache",
+                &json!([{"op": "lookup", "key": key, "wait_ms": 0}]),
+            )
+            .await
+            .unwrap();
+            assert_eq!(got[0]["ok"]["kind"], "fresh", "{got}");
+            assert_eq!(got[0]["ok"]["value"], "shared", "{got}");
+        }
+    })
+    .await;
+}
+
+/// Keyspace notifications are per node on a Cluster, so a plugin asking
+/// for them is refused with a message that says why, instead of silently
+/// missing most events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_events_are_refused_on_a_cluster() {
+    with_timeout(async {
+        let redis = RedisServer::start_cluster().await;
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [plugins.watcher]\nwasm = {:?}\nkeyspace-events = [\"expired\"]\n",
+            redis.config_table(),
+            plugin("event-probe").display().to_string(),
+        );
+        let config = Config::parse(&text, &dir.path().join("redloom.toml")).expect("valid config");
+        let mut options = HostOptions::from_config(&config);
+        options.data_dir = dir.path().to_path_buf();
+        let host = Arc::new(Host::start(options).await.expect("host starts"));
+        let err = match Server::bind(host, config).await {
+            Ok(_) => panic!("serve accepted keyspace events on a Cluster"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            err.contains("keyspace-events") && err.contains("Cluster"),
+            "{err}"
+        );
+    })
+    .await;
+}
