@@ -534,3 +534,81 @@ async fn keyspace_events_are_refused_on_a_cluster() {
     })
     .await;
 }
+
+/// Pub/sub fan-out and per-plugin ACL users on a Cluster: a message one
+/// host publishes reaches the subscriber on another host, whose handler
+/// writes through its own ACL user (created on every node). When the node
+/// the subscriber is connected to dies, it moves to another node and
+/// messages arrive again, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pubsub_fan_out_and_acl_users_on_a_cluster() {
+    with_timeout(async {
+        let mut redis = RedisServer::start_cluster().await;
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [plugins.listener]\nwasm = {:?}\nacl = true\nsubscriptions = [\"news\"]\n",
+            redis.config_table(),
+            plugin("event-probe").display().to_string(),
+        );
+        let subscriber = serve(&dir.path().join("a"), &text).await;
+        let publisher = {
+            let d = dir.path().join("b");
+            std::fs::create_dir_all(&d).unwrap();
+            let config = Config::parse(&text, &d.join("redloom.toml")).unwrap();
+            let mut options = HostOptions::from_config(&config);
+            options.data_dir = d;
+            let host = Host::start(options).await.expect("host starts");
+            host.load_all(&config).await.expect("plugins load");
+            host
+        };
+        let got_key = Namespace::new(&PluginName::parse("listener").unwrap())
+            .kv("got:news")
+            .unwrap();
+        let mut conn = redis.client().await;
+        // Publishes until the subscriber has counted `want` messages: pub/sub
+        // is at most once, so a message sent while it reconnects is lost.
+        let mut deliver = async |want: i64| {
+            let start = Instant::now();
+            loop {
+                // A failed publish (its node failing over) is retried too.
+                let _ = publisher
+                    .invoke(&PluginName::parse("listener").unwrap(), b"publish news hi")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let got: Option<i64> = redis::cmd("GET")
+                    .arg(&got_key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or(None);
+                if got.unwrap_or(0) >= want {
+                    return start.elapsed();
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "message {want} never arrived (got {got:?})"
+                );
+            }
+        };
+        deliver(1).await;
+        let acl_users: Vec<String> = redis::cmd("ACL")
+            .arg("USERS")
+            .query_async(&mut redis.client().await)
+            .await
+            .unwrap();
+        assert!(
+            acl_users.iter().any(|u| u.contains("listener")),
+            "{acl_users:?}"
+        );
+        // The subscriber starts on the first seed node.
+        redis.kill_node(0);
+        let took = deliver(2).await;
+        println!(
+            "subscriber moved to another node; delivery resumed after {} ms",
+            took.as_millis()
+        );
+        let _ = subscriber.stop.send(());
+        subscriber.done.await.unwrap();
+    })
+    .await;
+}

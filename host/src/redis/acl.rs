@@ -33,6 +33,8 @@ fn rules(prefix: &str) -> Vec<String> {
             "+@scripting",
             "+@connection",
             "+@transaction",
+            // The pubsub capability publishes; subscribing is the host's.
+            "+publish",
             "-@dangerous",
             "-@admin",
             "-scan",
@@ -46,6 +48,10 @@ fn rules(prefix: &str) -> Vec<String> {
             "-client",
             "+client|setname",
             "+client|id",
+            // A Cluster client reads the slot map (topology, no keys).
+            "-cluster",
+            "+cluster|slots",
+            "+cluster|shards",
         ]
         .map(String::from),
     );
@@ -53,7 +59,8 @@ fn rules(prefix: &str) -> Vec<String> {
 }
 
 impl Redis {
-    /// Creates (or updates) the ACL user `user`, restricted to keys and
+    /// Creates (or updates) the ACL user `user` (on every node of a
+    /// Cluster: ACL users are per node), restricted to keys and
     /// channels under `prefix`, and returns a connection authenticated as it.
     ///
     /// The user gets a fresh random password each time; earlier passwords
@@ -67,12 +74,40 @@ impl Redis {
         let mut cmd = redis::cmd("ACL");
         cmd.arg("SETUSER").arg(user);
         cmd.arg(rules(prefix)).arg(format!(">{password}"));
-        let _: () = cmd.query_async(&mut self.conn.clone()).await.map_err(|e| {
+        let failed = |e: redis::RedisError| {
             anyhow::anyhow!(
                 "cannot create the ACL user {user} (does {} allow ACL SETUSER?): {e}",
                 self.url
             )
-        })?;
+        };
+        match self.cluster_nodes().await.map_err(failed)? {
+            None => {
+                let _: () = cmd
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(failed)?;
+            }
+            // The Cluster client would send ACL SETUSER to the primaries
+            // only; a replica must know the user before a failover makes it
+            // a primary. A node added later needs a plugin reload.
+            Some(nodes) => {
+                for node in nodes {
+                    let client = redis::Client::open(node).map_err(failed)?;
+                    let mut conn = tokio::time::timeout(
+                        self.options.connect_timeout,
+                        client.get_multiplexed_async_connection(),
+                    )
+                    .await
+                    .map_err(|_| {
+                        failed(redis::RedisError::from(std::io::Error::from(
+                            std::io::ErrorKind::TimedOut,
+                        )))
+                    })?
+                    .map_err(failed)?;
+                    let _: () = cmd.query_async(&mut conn).await.map_err(failed)?;
+                }
+            }
+        }
         let shown = format!("{} as ACL user {user}", redact(&self.url));
         Redis::connect_with(self.as_user(user, &password), shown, self.options).await
     }

@@ -282,6 +282,58 @@ impl Redis {
         self.durable.clone().unwrap_or_else(|| self.conn.clone())
     }
 
+    /// On a Cluster: every reachable node, primaries and replicas, as
+    /// connection settings with the host's credentials (from `CLUSTER
+    /// NODES`). `None` for a standalone Redis.
+    pub(crate) async fn cluster_nodes(
+        &self,
+    ) -> redis::RedisResult<Option<Vec<redis::ConnectionInfo>>> {
+        let Info::Cluster(seeds) = &self.info else {
+            return Ok(None);
+        };
+        let text: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let template = &seeds[0];
+        let mut nodes = Vec::new();
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(addr), Some(flags)) = (fields.nth(1), fields.next()) else {
+                continue;
+            };
+            if flags.contains("fail") || flags.contains("noaddr") || flags.contains("handshake") {
+                continue;
+            }
+            // `ip:port@cport[,hostname]`
+            let Some((host, port)) = addr
+                .split(['@', ','])
+                .next()
+                .and_then(|a| a.rsplit_once(':'))
+            else {
+                continue;
+            };
+            let Ok(port) = port.parse::<u16>() else {
+                continue;
+            };
+            let addr = match template.addr() {
+                redis::ConnectionAddr::TcpTls {
+                    insecure,
+                    tls_params,
+                    ..
+                } => redis::ConnectionAddr::TcpTls {
+                    host: host.to_string(),
+                    port,
+                    insecure: *insecure,
+                    tls_params: tls_params.clone(),
+                },
+                _ => redis::ConnectionAddr::Tcp(host.to_string(), port),
+            };
+            nodes.push(template.clone().set_addr(addr));
+        }
+        Ok(Some(nodes))
+    }
+
     /// Whether this is a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.info, Info::Cluster(_))
