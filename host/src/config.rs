@@ -1099,6 +1099,31 @@ wall-time = "2s"
         );
         let e = parse("[redis]\nurl = \"http://x\"\n").unwrap_err().0;
         assert!(e.contains("redis.url") && e.contains("redis://"), "{e}");
+        let e = parse("[redis]\nurl = \"redis://a:1\"\ncluster = [\"redis://b:2\"]\n")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("redis.cluster") && e.contains("not both"), "{e}");
+        let e = parse("[redis]\ncluster = [\"unix:///tmp/r.sock\"]\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("redis.cluster") && e.contains("rediss://"),
+            "{e}"
+        );
+        let e = parse("[redis]\ncluster = [\"redis://a:1\", \"rediss://b:2\"]\n")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("redis.cluster") && e.contains("disagree"), "{e}");
+        let c = parse("[redis]\ncluster = [\"redis://a:1\", \"redis://b:2\"]\nwait-replicas = 1\n")
+            .unwrap();
+        assert_eq!(
+            c.redis.target(),
+            Some(crate::redis::RedisTarget::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ]))
+        );
+        assert_eq!(c.redis.wait_replicas, 1);
         let e = parse("[plugins.a]\nwasm = \"a.wasm\"\nquotas = { memory = \"2GiB\" }\n")
             .unwrap_err()
             .0;
