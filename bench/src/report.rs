@@ -1,7 +1,6 @@
 //! The report: JSON (`report.json`), a Markdown table (`report.md`, also
 //! printed) and an SVG chart of plugin vs native throughput
-//! (`throughput.svg`, drawn by hand: a few rectangles and labels need no
-//! plotting library).
+//! (`throughput.svg`, drawn with plotters).
 
 use std::fmt::Write as _;
 
@@ -300,74 +299,89 @@ pub fn markdown(r: &Report) -> String {
     s
 }
 
-/// Horizontal bars: plugin and native throughput per pattern and
-/// concurrency, each group scaled to its own native throughput (so fast
-/// and slow patterns are equally readable), with the ops/s printed.
+/// Grouped bars: for each pattern and concurrency, native throughput (1.0)
+/// and plugin throughput relative to it (the ratio), so fast and slow
+/// patterns share one axis; the absolute ops/s are in the category labels.
 pub fn svg(r: &Report) -> String {
-    const W: f64 = 820.0;
-    const LABEL: f64 = 230.0;
-    const BAR: f64 = 14.0;
-    const GROUP: f64 = 2.0 * BAR + 14.0;
-    const TOP: f64 = 64.0;
-    let width = W - LABEL - 150.0;
-    let height = TOP + GROUP * r.patterns.len() as f64 + 30.0;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" viewBox="0 0 {W} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="10" y="20" font-size="15" font-weight="bold">redloom: plugin vs native Rust throughput per pattern (ops/s)</text>"#
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="10" y="38" fill="#555">{} build, {} mode, {}; bars scaled to each row's native throughput</text>"##,
-        r.machine.build,
-        r.mode,
-        escape(&r.machine.date)
-    );
-    let _ = writeln!(
-        s,
-        r##"<rect x="{LABEL}" y="46" width="12" height="10" fill="#d9622b"/><text x="{}" y="55">plugin</text><rect x="{}" y="46" width="12" height="10" fill="#3b6ea5"/><text x="{}" y="55">native</text>"##,
-        LABEL + 16.0,
-        LABEL + 70.0,
-        LABEL + 86.0
-    );
-    for (i, p) in r.patterns.iter().enumerate() {
-        let y = TOP + GROUP * i as f64;
-        let scale = width / p.native.throughput.max(p.plugin.throughput).max(1.0);
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="end">{} @{} (×{:.2})</text>"#,
-            LABEL - 8.0,
-            y + BAR + 4.0,
-            p.pattern,
-            p.concurrency,
-            p.ratio
+    use plotters::prelude::*;
+
+    const PLUGIN: RGBColor = RGBColor(0xd9, 0x62, 0x2b);
+    const NATIVE: RGBColor = RGBColor(0x3b, 0x6e, 0xa5);
+    let rows = &r.patterns;
+    let mut out = String::new();
+    let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+        let height = 140 + 34 * rows.len() as u32;
+        let root = SVGBackend::with_string(&mut out, (900, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let caption = format!(
+            "plugin vs native Rust throughput ({} build, {} mode, {})",
+            r.machine.build, r.mode, r.machine.date
         );
-        for (j, (v, color)) in [
-            (p.plugin.throughput, "#d9622b"),
-            (p.native.throughput, "#3b6ea5"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let by = y + BAR * j as f64;
-            let w = (v * scale).max(1.0);
-            let _ = writeln!(
-                s,
-                r#"<rect x="{LABEL}" y="{by}" width="{w:.1}" height="{}" fill="{color}"/><text x="{:.1}" y="{}">{}</text>"#,
-                BAR - 2.0,
-                LABEL + w + 4.0,
-                by + BAR - 3.0,
-                ops(v)
-            );
-        }
+        let top = rows
+            .iter()
+            .map(|p| p.ratio)
+            .fold(1.0_f64, f64::max)
+            .max(1.0)
+            * 1.1;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(330)
+            .build_cartesian_2d(0.0..top, 0.0..rows.len() as f64)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .x_desc("throughput relative to native (native = 1.0)")
+            .y_labels(rows.len() * 2 + 1)
+            .y_label_formatter(&|y| {
+                // Row i is drawn top-down, in [n-1-i, n-i).
+                let slot = y.floor();
+                let i = rows.len() as f64 - 1.0 - slot;
+                match rows.get(i as usize).filter(|_| i >= 0.0) {
+                    Some(p) if (y - slot - 0.5).abs() < 0.26 => format!(
+                        "{} @{}: {} vs {}",
+                        p.pattern,
+                        p.concurrency,
+                        ops(p.plugin.throughput),
+                        ops(p.native.throughput)
+                    ),
+                    _ => String::new(),
+                }
+            })
+            .draw()?;
+        let bar = |i: usize, lane: f64, value: f64, color: RGBColor| {
+            let y = (rows.len() - 1 - i) as f64 + 0.15 + lane * 0.35;
+            Rectangle::new([(0.0, y), (value, y + 0.32)], color.filled())
+        };
+        chart
+            .draw_series(
+                rows.iter()
+                    .enumerate()
+                    .map(|(i, _)| bar(i, 1.0, 1.0, NATIVE)),
+            )?
+            .label("native")
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], NATIVE.filled()));
+        chart
+            .draw_series(
+                rows.iter()
+                    .enumerate()
+                    .map(|(i, p)| bar(i, 0.0, p.ratio, PLUGIN)),
+            )?
+            .label("plugin")
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], PLUGIN.filled()));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    })();
+    if let Err(e) = drawn {
+        return format!("<!-- chart failed: {} -->", escape(&e.to_string()));
     }
-    let _ = writeln!(s, "</svg>");
-    s
+    out
 }
 
 fn escape(text: &str) -> String {
