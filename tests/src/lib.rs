@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redloom::host::{Host, HostOptions};
 use redloom::namespace::PluginName;
@@ -372,14 +372,14 @@ impl RedisServer {
     /// assigned and the same number of known nodes, and every replica's
     /// link to its primary is up.
     pub async fn wait_cluster_ready(&self, timeout: Duration) {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             let last = match self.cluster_ready().await {
                 Ok(()) => return,
                 Err(why) => why,
             };
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "the cluster was not ready within {timeout:?}: {last}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -632,4 +632,116 @@ pub fn spec(name: &str, crate_name: &str) -> PluginSpec {
     let mut s = PluginSpec::from_path(&plugin(crate_name));
     s.name = PluginName::parse(name).unwrap();
     s
+}
+
+/// A `redloom serve` process on a config file of its own, its log in a
+/// file; killed (`kill -9`) on drop unless it was stopped.
+pub struct ServeProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    /// The admin API's address, from the "serving" log line.
+    pub admin: String,
+}
+
+impl ServeProcess {
+    /// Starts `redloom serve` in `dir` with `text` as its `redloom.toml`
+    /// and waits (bounded) until it serves.
+    pub async fn start(dir: &std::path::Path, text: &str) -> ServeProcess {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("redloom.toml"), text).unwrap();
+        let log = dir.join("serve.log");
+        let child = Command::new(redloom_bin())
+            .current_dir(dir)
+            .arg("serve")
+            .env_remove("REDIS_URL")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut p = ServeProcess {
+            child,
+            log,
+            admin: String::new(),
+        };
+        let start = Instant::now();
+        p.admin = loop {
+            let text = p.log_text();
+            if let Some(addr) = text
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("admin="))
+            {
+                break addr.to_string();
+            }
+            assert!(
+                p.child.try_wait().unwrap().is_none(),
+                "redloom serve exited:\n{text}"
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "redloom serve did not start:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        p
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The counter `name` of `plugin` on this process's `/metrics`.
+    pub async fn counter(&self, plugin: &str, name: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("plugin") == Some(plugin))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{name} is {other:?}"),
+            })
+            .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "redloom serve did not stop:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "{status}:\n{}", self.log_text());
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -12,7 +12,7 @@ use redloom::config::Config;
 use redloom::host::{Host, HostOptions};
 use redloom::namespace::{Namespace, PluginName};
 use redloom::serve::Server;
-use redloom_tests::{RedisServer, plugin, unique};
+use redloom_tests::{RedisServer, ServeProcess, plugin, redloom_bin, run_with_timeout, unique};
 use serde_json::{Value, json};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
@@ -390,116 +390,158 @@ async fn primary_failover_loses_no_acknowledged_message() {
     .await;
 }
 
-/// Three hosts share one Cluster: a lock serialises their critical sections
-/// (no lost update, every fencing token unique), a limiter's quota is
-/// global (exactly its limit admitted across hosts), and one cache fill
-/// serves them all.
+/// `redloom invoke PLUGIN --input INPUT` as a process of its own in `dir`
+/// (which holds its `redloom.toml`); its stdout as JSON.
+fn invoke_process(dir: &std::path::Path, plugin: &str, input: &Value) -> Value {
+    let mut cmd = std::process::Command::new(redloom_bin());
+    cmd.current_dir(dir)
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER")
+        .args(["invoke", plugin, "--input", &input.to_string()]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "redloom invoke {plugin} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the plugin answers JSON")
+}
+
+/// Three host processes share one Cluster:
+/// - three `redloom serve` processes consume one queue: every message is
+///   processed exactly once, and every process takes part;
+/// - three `redloom invoke` processes run critical sections under one lock:
+///   no lost update, every fencing token unique;
+/// - the same three check one sliding-window limit: exactly its limit is
+///   admitted across them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hosts_share_one_cluster() {
+async fn three_host_processes_share_one_cluster() {
     with_timeout(async {
         let redis = RedisServer::start_cluster().await;
-        let text = format!(
-            "{}\n[plugins.limiter]\nwasm = {:?}\n[plugins.limiter.limiters.w]\n\
-             algorithm = \"sliding-window\"\nrate = \"30/min\"\n\
-             [plugins.locks]\nwasm = {:?}\n[plugins.cache]\nwasm = {:?}\n",
-            redis.config_table(),
-            plugin("limiter-probe").display().to_string(),
-            plugin("lock-probe").display().to_string(),
-            plugin("cache-probe").display().to_string(),
-        );
         let dir = tempfile::tempdir().unwrap();
-        let mut hosts = Vec::new();
-        for i in 0..3 {
-            let d = dir.path().join(format!("h{i}"));
-            std::fs::create_dir_all(&d).unwrap();
-            let config = Config::parse(&text, &d.join("redloom.toml")).expect("valid config");
-            let mut options = HostOptions::from_config(&config);
-            options.data_dir = d.clone();
-            let host = Arc::new(Host::start(options).await.expect("host starts"));
-            host.load_all(&config).await.expect("plugins load");
-            hosts.push(host);
+        // One data folder: the processes share the compiled-plugin cache.
+        let text = format!(
+            "data-dir = {data:?}\n{redis}[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [plugins.limiter]\nwasm = {limiter:?}\n[plugins.limiter.limiters.w]\n\
+             algorithm = \"sliding-window\"\nrate = \"30/min\"\n\
+             [plugins.locks]\nwasm = {locks:?}\n[plugins.locks.quotas]\nwall-time = \"60s\"\n\
+             [plugins.worker]\nwasm = {worker:?}\n[plugins.worker.quotas]\nredis-rate = 0\n\
+             [plugins.worker.consumers.jobs]\nconcurrency = 2\nbatch = 4\n",
+            data = dir.path().join("data").display().to_string(),
+            redis = redis.config_table(),
+            limiter = plugin("limiter-probe").display().to_string(),
+            locks = plugin("lock-probe").display().to_string(),
+            worker = plugin("queue-probe").display().to_string(),
+        );
+        let dirs: Vec<std::path::PathBuf> =
+            (0..3).map(|i| dir.path().join(format!("h{i}"))).collect();
+        let mut serves = Vec::new();
+        for d in &dirs {
+            serves.push(ServeProcess::start(d, &text).await);
         }
         let run = unique("share");
 
-        let mut tasks = Vec::new();
-        for host in &hosts {
-            let (host, run) = (host.clone(), run.clone());
-            tasks.push(tokio::spawn(async move {
-                let locks = call(
-                    &host,
+        // Locks and limits: one `redloom invoke` process per host folder,
+        // all at once.
+        let mut procs = Vec::new();
+        for d in dirs.clone() {
+            let run = run.clone();
+            procs.push(tokio::task::spawn_blocking(move || {
+                let locks = invoke_process(
+                    &d,
                     "locks",
                     &json!([{"op": "critical", "name": run, "key": format!("{run}-n"),
-                             "n": 20, "ttl_ms": 5000, "wait_ms": 20000}]),
-                )
-                .await
-                .expect("critical sections");
-                let limited = call(
-                    &host,
+                             "n": 20, "ttl_ms": 5000, "wait_ms": 60000}]),
+                );
+                let limited = invoke_process(
+                    &d,
                     "limiter",
                     &json!([{"op": "burst", "policy": "w", "key": run, "n": 20}]),
-                )
-                .await
-                .expect("limiter burst");
+                );
                 (locks, limited)
             }));
         }
+
+        // The queue: 300 messages from another process.
+        let payloads: Vec<String> = (0..300).map(|i| format!("ok-{i}")).collect();
+        let ids = {
+            let d = dirs[0].clone();
+            tokio::task::spawn_blocking(move || {
+                invoke_process(
+                    &d,
+                    "worker",
+                    &json!({"queue": "jobs", "payloads": payloads}),
+                )
+            })
+            .await
+            .unwrap()
+        };
+        let ids: Vec<String> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids.len(), 300);
+
         let mut tokens = Vec::new();
         let mut admitted = 0;
-        for t in tasks {
-            let (locks, limited) = t.await.unwrap();
+        for p in procs {
+            let (locks, limited) = p.await.unwrap();
+            let ok = |v: &Value| v[0].get("ok").cloned().unwrap_or_else(|| panic!("{v}"));
             tokens.extend(
-                locks[0]["ok"]
+                ok(&locks)
                     .as_array()
                     .unwrap()
                     .iter()
                     .map(|t| t.as_u64().unwrap()),
             );
-            admitted += limited[0]["ok"]["allowed"].as_u64().unwrap();
+            admitted += ok(&limited)["allowed"].as_u64().unwrap();
         }
-        let unique_tokens: BTreeSet<u64> = tokens.iter().copied().collect();
-        assert_eq!(unique_tokens.len(), 60, "fencing tokens repeat: {tokens:?}");
-        let counter = call(
-            &hosts[0],
-            "locks",
-            &json!([{"op": "critical", "name": run, "key": format!("{run}-n"),
-                     "n": 1, "ttl_ms": 5000, "wait_ms": 5000}]),
-        )
-        .await
-        .unwrap();
-        assert_eq!(counter[0]["ok"].as_array().unwrap().len(), 1);
+        let distinct: BTreeSet<u64> = tokens.iter().copied().collect();
+        assert_eq!(distinct.len(), 60, "fencing tokens repeat: {tokens:?}");
+        let locks_ns = Namespace::new(&PluginName::parse("locks").unwrap());
         let mut conn = redis.client().await;
         let n: i64 = redis::cmd("GET")
-            .arg(
-                Namespace::new(&PluginName::parse("locks").unwrap())
-                    .kv(&format!("{run}-n"))
-                    .unwrap(),
-            )
+            .arg(locks_ns.kv(&format!("{run}-n")).unwrap())
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(n, 61, "a critical section lost an update");
-        assert_eq!(admitted, 30, "the limit is global across hosts");
+        assert_eq!(n, 60, "a critical section lost an update");
+        assert_eq!(admitted, 30, "the limit is global across host processes");
 
-        // One host fills, the others read the same entry.
-        let key = format!("{run}-c");
-        let set = call(
-            &hosts[0],
-            "cache",
-            &json!([{"op": "set", "key": key, "value": "shared"}]),
-        )
-        .await
-        .unwrap();
-        assert_eq!(set[0]["ok"], Value::Null);
-        for h in &hosts[1..] {
-            let got = call(
-                h,
-                "cache",
-                &json!([{"op": "lookup", "key": key, "wait_ms": 0}]),
-            )
-            .await
-            .unwrap();
-            assert_eq!(got[0]["ok"]["kind"], "fresh", "{got}");
-            assert_eq!(got[0]["ok"]["value"], "shared", "{got}");
+        // Every message processed exactly once, by all three processes.
+        let worker = Namespace::new(&PluginName::parse("worker").unwrap());
+        let start = Instant::now();
+        loop {
+            let done: Option<i64> = redis::cmd("GET")
+                .arg(worker.kv("done-total").unwrap())
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if done == Some(300) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{done:?} of 300 messages processed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for id in &ids {
+            let runs: Option<i64> = redis::cmd("GET")
+                .arg(worker.kv(&format!("done:{id}")).unwrap())
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(runs, Some(1), "message {id} ran {runs:?} times");
+        }
+        for (i, s) in serves.iter().enumerate() {
+            let handled = s.counter("worker", "redloom_invocations_total").await;
+            assert!(handled > 0.0, "host process {i} processed no message");
+        }
+        for s in serves {
+            s.stop().await;
         }
     })
     .await;

@@ -117,118 +117,6 @@ fn keys() -> redloom::namespace::QueueKeys {
         .unwrap()
 }
 
-/// A `redloom serve` process on a config file of its own, its log in a
-/// file; killed (`kill -9`) on drop unless it was stopped.
-struct ServeProcess {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-    /// The admin API's address, from the "serving" log line.
-    admin: String,
-}
-
-impl ServeProcess {
-    /// Starts `redloom serve` in `dir` with `text` as its `redloom.toml`
-    /// and waits (bounded) until it serves.
-    async fn start(dir: &std::path::Path, text: &str) -> ServeProcess {
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("redloom.toml"), text).unwrap();
-        let log = dir.join("serve.log");
-        let child = Command::new(redloom_bin())
-            .current_dir(dir)
-            .arg("serve")
-            .env_remove("REDIS_URL")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut p = ServeProcess {
-            child,
-            log,
-            admin: String::new(),
-        };
-        let start = Instant::now();
-        p.admin = loop {
-            let text = p.log_text();
-            if let Some(addr) = text
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("admin="))
-            {
-                break addr.to_string();
-            }
-            assert!(
-                p.child.try_wait().unwrap().is_none(),
-                "redloom serve exited:\n{text}"
-            );
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "redloom serve did not start:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        p
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The counter `name` of plugin `worker` on this process's `/metrics`.
-    async fn counter(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let lines = text.lines().map(|l| Ok(l.to_string()));
-        let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name && s.labels.get("plugin") == Some("worker"))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-                ref other => panic!("{name} is {other:?}"),
-            })
-            .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
-    }
-
-    /// SIGTERM, then waits (bounded) for a clean exit.
-    async fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "redloom serve did not stop:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert!(status.success(), "{status}:\n{}", self.log_text());
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// 10,000 messages, two `redloom serve` processes × 4 concurrency: every
 /// message processed and acknowledged exactly once when nothing fails,
 /// both processes took part, and nothing is left behind.
@@ -251,8 +139,8 @@ async fn ten_thousand_messages_two_host_processes() {
             config_text("concurrency = 4\nbatch = 32", ""),
             data = data.display().to_string(),
         );
-        let a = ServeProcess::start(&dir.path().join("a"), &text).await;
-        let b = ServeProcess::start(&dir.path().join("b"), &text).await;
+        let a = redloom_tests::ServeProcess::start(&dir.path().join("a"), &text).await;
+        let b = redloom_tests::ServeProcess::start(&dir.path().join("b"), &text).await;
         // Both consumers are reading before the first message arrives (a
         // consumer joins the group only once a read returns something, so
         // look for the blocked reads).
@@ -327,8 +215,8 @@ async fn ten_thousand_messages_two_host_processes() {
         // Handler runs, as each process counted them: one per message, and
         // both processes took part.
         let (ran_a, ran_b) = (
-            a.counter("redloom_invocations_total").await,
-            b.counter("redloom_invocations_total").await,
+            a.counter("worker", "redloom_invocations_total").await,
+            b.counter("worker", "redloom_invocations_total").await,
         );
         assert_eq!(ran_a + ran_b, 10_000.0, "a {ran_a}, b {ran_b}");
         assert!(ran_a > 0.0 && ran_b > 0.0, "a {ran_a}, b {ran_b}");
