@@ -698,17 +698,7 @@ impl ServeProcess {
             .text()
             .await
             .unwrap();
-        let lines = text.lines().map(|l| Ok(l.to_string()));
-        let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name && s.labels.get("plugin") == Some(plugin))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-                ref other => panic!("{name} is {other:?}"),
-            })
-            .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+        metric_counter(&text, name, plugin)
     }
 
     /// SIGTERM, then waits (bounded) for a clean exit.
@@ -744,4 +734,20 @@ impl Drop for ServeProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The value of counter `name` for `plugin` in Prometheus text (a
+/// `/metrics` page).
+pub fn metric_counter(text: &str, name: &str, plugin: &str) -> f64 {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && s.labels.get("plugin") == Some(plugin))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name} is {other:?}"),
+        })
+        .unwrap_or_else(|| panic!("{name}{{plugin={plugin:?}}} not in:\n{text}"))
 }

@@ -470,17 +470,7 @@ async fn hot_reload_unload_and_load() {
 }
 
 fn counter(text: &str, name: &str, plugin: &str) -> f64 {
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && s.labels.get("plugin") == Some(plugin))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("{name} is {other:?}"),
-        })
-        .unwrap_or_else(|| panic!("{name}{{plugin={plugin:?}}} not in:\n{text}"))
+    redloom_tests::metric_counter(text, name, plugin)
 }
 
 /// `/metrics` parses as Prometheus text and its counters move with traffic;
