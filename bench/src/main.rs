@@ -353,7 +353,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             duration_ms: plan.load.duration.as_millis() as u64,
             rounds: plan.rounds,
             tokio_workers: tokio::runtime::Handle::current().metrics().num_workers(),
-            pool: "pooling allocator; keep resident: linear memory 1 MiB, tables 64 KiB, async stacks 256 KiB (host/src/engine.rs)".into(),
+            pool: "pooling allocator with pagemap_scan (auto); keep resident: linear memory 1 MiB, tables 64 KiB, async stacks 256 KiB (host/src/engine.rs)".into(),
         },
         patterns,
         overhead,

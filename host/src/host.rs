@@ -56,8 +56,8 @@ pub enum StartupError {
 }
 
 /// A loaded plugin and the connection its commands use: the host's, or
-/// one authenticated as the plugin's own ACL user.
-#[derive(Clone)]
+/// one authenticated as the plugin's own ACL user. Shared (`Arc`) so that
+/// looking a plugin up per call clones a pointer, not the spec.
 struct Loaded {
     plugin: Arc<Plugin>,
     redis: Redis,
@@ -78,7 +78,7 @@ pub struct PluginInfo {
 pub struct Host {
     runtime: Runtime,
     redis: Redis,
-    plugins: RwLock<BTreeMap<PluginName, Loaded>>,
+    plugins: RwLock<BTreeMap<PluginName, Arc<Loaded>>>,
     private_redis: std::sync::Mutex<Option<PrivateRedis>>,
 }
 
@@ -184,11 +184,11 @@ impl Host {
         );
         self.plugins.write().expect("plugin table poisoned").insert(
             plugin.name().clone(),
-            Loaded {
+            Arc::new(Loaded {
                 plugin: plugin.clone(),
                 redis,
                 spec,
-            },
+            }),
         );
         Ok(plugin)
     }
@@ -202,10 +202,10 @@ impl Host {
     }
 
     pub fn plugin(&self, name: &PluginName) -> Option<Arc<Plugin>> {
-        self.loaded(name).map(|l| l.plugin)
+        self.loaded(name).map(|l| l.plugin.clone())
     }
 
-    fn loaded(&self, name: &PluginName) -> Option<Loaded> {
+    fn loaded(&self, name: &PluginName) -> Option<Arc<Loaded>> {
         self.plugins
             .read()
             .expect("plugin table poisoned")
@@ -237,7 +237,8 @@ impl Host {
         let mut spec = self
             .loaded(name)
             .ok_or_else(|| ReloadError::UnknownPlugin(name.clone()))?
-            .spec;
+            .spec
+            .clone();
         if let Some(w) = wasm {
             spec.wasm = w;
         }
