@@ -185,16 +185,15 @@ async fn run(mut r: Run) {
     let mut last_reclaim = Instant::now() - r.config.visibility_timeout;
     let mut backoff = Duration::from_millis(100);
     while !*r.stopped.borrow() {
-        // Wait for a free slot before taking messages off the queue.
-        let free = loop {
-            let n = slots.available_permits();
-            if n > 0 {
-                break n;
+        // Wait for a free slot before taking messages off the queue: woken
+        // the moment a message finishes (polling here added up to its
+        // period to every message's latency once all slots were busy).
+        let free = tokio::select! {
+            permit = slots.acquire() => {
+                drop(permit.expect("never closed"));
+                slots.available_permits()
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                _ = r.stopped.changed() => break 0,
-            }
+            _ = r.stopped.changed() => 0,
         };
         if free == 0 {
             break;
