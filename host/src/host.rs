@@ -157,7 +157,14 @@ impl Host {
         let redis = if acl {
             let user = format!("redloom-{}", plugin.name());
             self.redis
-                .for_acl_user(&user, plugin.namespace().prefix())
+                .for_acl_user(
+                    &user,
+                    plugin.namespace().prefix(),
+                    &crate::namespace::shared_acl_patterns(
+                        &spec.triggers.shared_channels,
+                        &spec.triggers.shared_queues,
+                    ),
+                )
                 .await
                 .map_err(|e| LoadError::Config {
                     path: path.clone(),

@@ -18,6 +18,9 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// Prefix of channels shared between plugins (`shared-channels`).
 pub const SHARED_CHANNEL_PREFIX: &str = "rl::ch:";
 
+/// Shared queues' keys start with this (no plugin name; see [`Namespace::queue`]).
+pub const SHARED_QUEUE_PREFIX: &str = "rl::q:";
+
 /// Whether the manifest's `shared-channels` make `name` shared: an entry
 /// equals it, or an entry ending in `*` is a prefix of it (`room:*` shares
 /// `room:1`, and the pattern subscription `room:*` too).
@@ -28,6 +31,31 @@ pub fn is_shared<'a>(shared: impl IntoIterator<Item = &'a String>, name: &str) -
             Some(prefix) => name.starts_with(prefix),
             None => entry == name,
         })
+}
+
+/// Redis ACL patterns (`&channel`, `~key`) that let a plugin's own ACL user
+/// reach the channels and queues it shares: each entry of `shared-channels`
+/// / `shared-queues`, a name or a `prefix*`, as the key layout of
+/// [`Namespace::channel`] and [`Namespace::queue`] spells it, with glob
+/// characters in names escaped.
+pub fn shared_acl_patterns(channels: &[String], queues: &[String]) -> Vec<String> {
+    fn glob_escape(s: &str) -> String {
+        s.chars()
+            .flat_map(|c| {
+                let escape = matches!(c, '*' | '?' | '[' | ']' | '\\');
+                escape.then_some('\\').into_iter().chain([c])
+            })
+            .collect()
+    }
+    let channel = channels.iter().map(|entry| match entry.strip_suffix('*') {
+        Some(prefix) => format!("&{SHARED_CHANNEL_PREFIX}{}*", glob_escape(prefix)),
+        None => format!("&{SHARED_CHANNEL_PREFIX}{}", glob_escape(entry)),
+    });
+    let queue = queues.iter().map(|entry| match entry.strip_suffix('*') {
+        Some(prefix) => format!("~{SHARED_QUEUE_PREFIX}{{/{}*", glob_escape(prefix)),
+        None => format!("~{SHARED_QUEUE_PREFIX}{{/{}}}:*", glob_escape(entry)),
+    });
+    channel.chain(queue).collect()
 }
 
 /// Longest plugin name.
@@ -248,7 +276,7 @@ impl Namespace {
             return Err(KeyTooLong { len: name.len() });
         }
         let base = if shared {
-            format!("rl::q:{{/{name}}}:")
+            format!("{SHARED_QUEUE_PREFIX}{{/{name}}}:")
         } else {
             let plugin = self.plugin();
             format!("{}q:{{{plugin}/{name}}}:", self.prefix)

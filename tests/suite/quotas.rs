@@ -451,6 +451,9 @@ async fn acl_user_per_plugin() {
         let host = host(&redis, data.path()).await;
         let mut s = spec("locked", "kv-probe");
         s.acl = true;
+        // Shared names are the exception to the plugin's own prefix.
+        s.triggers.shared_channels = vec!["lobby".into(), "room:*".into()];
+        s.triggers.shared_queues = vec!["jobs".into(), "a*b".into()];
         load(&host, s).await;
         let mut admin = redis.client().await;
         // Scripts must reload as the plugin user after a flush (NOSCRIPT).
@@ -487,11 +490,17 @@ async fn acl_user_per_plugin() {
             c.arg("DRYRUN").arg("redloom-locked").arg(args);
             c
         };
-        let allowed: String = dry(&["GET", "rl:locked:kv:k"])
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-        assert_eq!(allowed, "OK");
+        for allowed in [
+            vec!["GET", "rl:locked:kv:k"],
+            vec!["PUBLISH", "rl:locked:ch:news", "x"],
+            vec!["PUBLISH", "rl::ch:lobby", "x"],
+            vec!["PUBLISH", "rl::ch:room:7", "x"],
+            vec!["XLEN", "rl::q:{/jobs}:stream"],
+            vec!["XLEN", "rl::q:{/a*b}:stream"],
+        ] {
+            let r: String = dry(&allowed).query_async(&mut admin).await.unwrap();
+            assert_eq!(r, "OK", "{allowed:?}");
+        }
         for denied in [
             vec!["GET", "rl:other:kv:k"],
             vec!["SET", "plain", "x"],
@@ -507,6 +516,11 @@ async fn acl_user_per_plugin() {
             vec!["CONFIG", "GET", "*"],
             vec!["SCRIPT", "FLUSH"],
             vec!["PUBLISH", "elsewhere", "x"],
+            vec!["PUBLISH", "rl::ch:lobby2", "x"],
+            vec!["XLEN", "rl::q:{/other}:stream"],
+            vec!["XLEN", "rl::q:{/jobs2}:stream"],
+            // `*` in a shared queue's name is the name, not a wildcard.
+            vec!["XLEN", "rl::q:{/axb}:stream"],
         ] {
             let r: redis::RedisResult<String> = dry(&denied).query_async(&mut admin).await;
             match r {

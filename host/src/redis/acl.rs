@@ -17,7 +17,7 @@ use super::{Redis, redact};
 /// The ACL rules of a plugin user. They reset everything but the user's
 /// passwords (other hosts sharing the plugin may be using theirs). Order
 /// matters: categories first, then the exceptions.
-fn rules(prefix: &str) -> Vec<String> {
+fn rules(prefix: &str, shared: &[String]) -> Vec<String> {
     let mut r: Vec<String> = vec![
         "resetkeys".into(),
         "resetchannels".into(),
@@ -26,6 +26,7 @@ fn rules(prefix: &str) -> Vec<String> {
         format!("~{prefix}*"),
         format!("&{prefix}*"),
     ];
+    r.extend(shared.iter().cloned());
     r.extend(
         [
             "+@read",
@@ -61,19 +62,26 @@ fn rules(prefix: &str) -> Vec<String> {
 impl Redis {
     /// Creates (or updates) the ACL user `user` (on every node of a
     /// Cluster: ACL users are per node), restricted to keys and
-    /// channels under `prefix`, and returns a connection authenticated as it.
+    /// channels under `prefix` plus the `shared` patterns (see
+    /// [`crate::namespace::shared_acl_patterns`]), and returns a connection
+    /// authenticated as it.
     ///
     /// The user gets a fresh random password each time; earlier passwords
     /// stay valid (hosts sharing the plugin keep their connections), until
     /// `ACL SETUSER <user> resetpass` or `ACL DELUSER <user>`.
-    pub async fn for_acl_user(&self, user: &str, prefix: &str) -> anyhow::Result<Redis> {
+    pub async fn for_acl_user(
+        &self,
+        user: &str,
+        prefix: &str,
+        shared: &[String],
+    ) -> anyhow::Result<Redis> {
         let mut bytes = [0u8; 24];
         getrandom::getrandom(&mut bytes)
             .map_err(|e| anyhow::anyhow!("no randomness for an ACL password: {e}"))?;
         let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let mut cmd = redis::cmd("ACL");
         cmd.arg("SETUSER").arg(user);
-        cmd.arg(rules(prefix)).arg(format!(">{password}"));
+        cmd.arg(rules(prefix, shared)).arg(format!(">{password}"));
         let failed = |e: redis::RedisError| {
             anyhow::anyhow!(
                 "cannot create the ACL user {user} (does {} allow ACL SETUSER?): {e}",
@@ -120,7 +128,8 @@ mod tests {
     /// The pattern is the plugin's prefix and the exceptions follow the categories.
     #[test]
     fn rules_scope_keys_and_channels() {
-        let r = rules("rl:a:");
+        let r = rules("rl:a:", &["&rl::ch:lobby".into()]);
+        assert!(r.contains(&"&rl::ch:lobby".to_string()));
         assert!(r.contains(&"~rl:a:*".to_string()));
         assert!(r.contains(&"&rl:a:*".to_string()));
         let pos = |x: &str| r.iter().position(|y| y == x).unwrap();
