@@ -130,11 +130,6 @@ impl RedisServer {
         server
     }
 
-    /// Whether this is a Cluster.
-    pub fn is_cluster(&self) -> bool {
-        self.cluster
-    }
-
     /// Where a host should connect.
     pub fn target(&self) -> RedisTarget {
         if self.cluster {
@@ -214,25 +209,6 @@ impl RedisServer {
         if let Some(mut s) = self.nodes[i].take() {
             s.kill();
         }
-    }
-
-    /// The indexes of the Cluster's current primaries, as node `0` (or the
-    /// first live node) sees them.
-    pub async fn primaries(&self) -> Vec<usize> {
-        let text = self.cluster_nodes().await;
-        text.lines()
-            .filter(|l| l.contains("master") && !l.contains("fail"))
-            .filter_map(|l| {
-                let port: u16 = l
-                    .split_whitespace()
-                    .nth(1)?
-                    .split([':', '@'])
-                    .nth(1)?
-                    .parse()
-                    .ok()?;
-                self.ports.iter().position(|p| *p == port)
-            })
-            .collect()
     }
 
     /// Calls of each data command since start (or `CONFIG RESETSTAT`),
@@ -750,4 +726,25 @@ pub fn metric_counter(text: &str, name: &str, plugin: &str) -> f64 {
             ref other => panic!("{name} is {other:?}"),
         })
         .unwrap_or_else(|| panic!("{name}{{plugin={plugin:?}}} not in:\n{text}"))
+}
+
+/// The integer at `key` (0 when missing).
+pub async fn get_i64(conn: &mut TestConnection, key: &str) -> i64 {
+    redis::AsyncCommands::get::<_, Option<i64>>(conn, key)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// Polls `key` until it reaches `want` (or `within` passes) and returns the
+/// last value.
+pub async fn wait_for(conn: &mut TestConnection, key: &str, want: i64, within: Duration) -> i64 {
+    let start = Instant::now();
+    loop {
+        let v = get_i64(conn, key).await;
+        if v >= want || start.elapsed() > within {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

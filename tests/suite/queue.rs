@@ -10,7 +10,7 @@ use redloom::config::Config;
 use redloom::host::Host;
 use redloom::namespace::{Namespace, PluginName};
 use redloom::serve::Server;
-use redloom_tests::{RedisServer, host_options, plugin, redloom_bin};
+use redloom_tests::{RedisServer, get_i64, host_options, plugin, redloom_bin, wait_for};
 use serde_json::{Value, json};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
@@ -89,26 +89,6 @@ async fn enqueue_all(host: &Host, body: Value) -> Vec<String> {
     let ids = enqueue(host, body).await;
     assert!(ids.iter().all(|i| i != "full"), "refused: {ids:?}");
     ids
-}
-
-async fn get_i64(conn: &mut redloom_tests::TestConnection, key: &str) -> i64 {
-    conn.get::<_, Option<i64>>(key).await.unwrap().unwrap_or(0)
-}
-
-async fn wait_for(
-    conn: &mut redloom_tests::TestConnection,
-    key: &str,
-    want: i64,
-    within: Duration,
-) -> i64 {
-    let start = Instant::now();
-    loop {
-        let v = get_i64(conn, key).await;
-        if v >= want || start.elapsed() > within {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 fn keys() -> redloom::namespace::QueueKeys {

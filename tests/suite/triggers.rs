@@ -8,7 +8,7 @@ use redloom::config::Config;
 use redloom::host::Host;
 use redloom::namespace::PluginName;
 use redloom::serve::Server;
-use redloom_tests::{RedisServer, host_options, plugin};
+use redloom_tests::{RedisServer, get_i64, host_options, plugin, wait_for};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -56,27 +56,6 @@ fn probe(name: &str, extra: &str) -> String {
         "[plugins.{name}]\nwasm = {:?}\n{extra}\n",
         plugin("event-probe").display().to_string()
     )
-}
-
-async fn get_i64(conn: &mut redloom_tests::TestConnection, key: &str) -> i64 {
-    conn.get::<_, Option<i64>>(key).await.unwrap().unwrap_or(0)
-}
-
-/// Polls `key` until it reaches `want` (or the deadline passes) and returns the last value.
-async fn wait_for(
-    conn: &mut redloom_tests::TestConnection,
-    key: &str,
-    want: i64,
-    within: Duration,
-) -> i64 {
-    let start = Instant::now();
-    loop {
-        let v = get_i64(conn, key).await;
-        if v >= want || start.elapsed() > within {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn publish(host: &Host, plugin: &str, channel: &str, payload: &str) -> u32 {
