@@ -157,10 +157,13 @@ async fn ten_thousand_messages_two_host_processes() {
         .await;
         assert_eq!(total, 10_000, "{}\n{}", a.log_text(), b.log_text());
         // Acknowledged: nothing in the stream, pending, scheduled or dead.
+        // (The handler counts before its ack lands, and the stats are read
+        // in more than one round trip: wait for the whole state.)
         let start = Instant::now();
         let stats = loop {
             let stats = producer.redis().queue_stats(&k, "workers").await.unwrap();
-            if stats.pending == 0 || start.elapsed() > Duration::from_secs(10) {
+            let settled = stats.pending == 0 && stats.length == 0;
+            if settled || start.elapsed() > Duration::from_secs(10) {
                 break stats;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
