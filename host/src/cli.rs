@@ -496,6 +496,14 @@ fn print_stats(s: &crate::stats::Snapshot) {
     eprintln!("redis_commands {}", s.redis_commands);
 }
 
+/// `writeln!` into a `String` report, which cannot fail.
+macro_rules! outln {
+    ($text:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($text, $($arg)*);
+    }};
+}
+
 async fn check(wasm: &Path, options: &HostOptions) -> Result<(), Failure> {
     let mut runtime_options = RuntimeOptions {
         max_instances: 4,
@@ -512,7 +520,7 @@ async fn check(wasm: &Path, options: &HostOptions) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::new(exit::LOAD, e))?;
     let r = plugin.report();
-    let handlers: Vec<&str> = plugin.handlers().invoke.iter().map(|_| "invoke").collect();
+    let handlers = plugin.handlers().names();
     let capabilities: Vec<&str> = r
         .imports
         .iter()
@@ -521,19 +529,62 @@ async fn check(wasm: &Path, options: &HostOptions) -> Result<(), Failure> {
         // `types` only carries shared type definitions.
         .filter(|i| *i != "types")
         .collect();
-    println!("{}: ok", wasm.display());
-    println!("  size:         {}", bytesize::ByteSize(r.size as u64));
-    println!("  world:        redloom:plugin/invoke-plugin");
-    println!("  handlers:     {}", handlers.join(", "));
-    println!("  capabilities: {}", list_or_none(&capabilities));
-    println!("  exports:      {}", list_or_none(&r.exports));
-    println!("  imports:      {}", list_or_none(&r.imports));
-    println!(
+    let mut text = String::new();
+    outln!(text, "{}: ok", wasm.display());
+    outln!(
+        text,
+        "  size:         {}",
+        bytesize::ByteSize(r.size as u64)
+    );
+    outln!(text, "  world:        {}", world_of(&handlers));
+    outln!(text, "  handlers:     {}", list_or_none(&handlers));
+    outln!(text, "  capabilities: {}", list_or_none(&capabilities));
+    outln!(text, "  exports:      {}", list_or_none(&r.exports));
+    outln!(text, "  imports:      {}", list_or_none(&r.imports));
+    outln!(
+        text,
         "  compiled:     {:?} in {} ms",
         r.cache,
         r.compile_time.as_millis()
     );
-    Ok(())
+    emit(&text)
+}
+
+/// The world in `wit/worlds.wit` that exports exactly these handlers; a
+/// component that exports several handlers was built from a world of its own
+/// (the SDK's `export!` makes one), so it is named by the worlds it combines.
+fn world_of(handlers: &[&str]) -> String {
+    let worlds: Vec<String> = handlers
+        .iter()
+        .map(|h| {
+            let world = match *h {
+                "http" => "http",
+                "message" => "message",
+                "timer" => "timer",
+                "queue" => "queue",
+                _ => "invoke",
+            };
+            format!("redloom:plugin/{world}-plugin")
+        })
+        .collect();
+    match worlds.as_slice() {
+        [] => "none (no handler export)".into(),
+        [one] => one.clone(),
+        several => format!("a combination of {}", several.join(" + ")),
+    }
+}
+
+/// Writes a command's report to stdout. A reader that went away (`| head`)
+/// is not an error: what it wanted has been written.
+fn emit(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::new(
+            exit::OTHER,
+            format!("writing the output: {e}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn list_or_none<S: AsRef<str>>(items: &[S]) -> String {
@@ -673,31 +724,41 @@ async fn queue_command(options: HostOptions, action: QueueAction) -> Result<(), 
     let redis = host.redis().clone();
     let failed = |e: crate::redis::CommandError| Failure::new(exit::REDIS, e);
     let result = async {
+        let mut text = String::new();
         match &action {
             QueueAction::Stats(a) => {
                 let s = redis.queue_stats(&keys, &a.group).await.map_err(failed)?;
-                println!("queue:              {} ({})", a.queue, keys.stream);
-                println!("length:             {}", s.length);
-                println!("pending:            {}", s.pending);
-                println!("consumers:          {}", s.consumers);
-                println!("lag:                {}", s.lag);
-                println!("oldest pending:     {} ms", s.oldest_pending_ms);
-                println!("scheduled:          {}", s.scheduled);
-                println!("dead letters:       {}", s.dead_letters);
+                outln!(text, "queue:              {} ({})", a.queue, keys.stream);
+                outln!(text, "length:             {}", s.length);
+                outln!(text, "pending:            {}", s.pending);
+                outln!(text, "consumers:          {}", s.consumers);
+                outln!(text, "lag:                {}", s.lag);
+                outln!(text, "oldest pending:     {} ms", s.oldest_pending_ms);
+                outln!(text, "scheduled:          {}", s.scheduled);
+                outln!(text, "dead letters:       {}", s.dead_letters);
             }
             QueueAction::DeadLetters { limit, .. } => {
                 let dead = redis
                     .queue_dead_letters(&keys, *limit)
                     .await
                     .map_err(failed)?;
-                println!(
+                outln!(
+                    text,
                     "{:<22} {:<24} {:>8} {:>14}  ERROR",
-                    "ENTRY", "ID", "ATTEMPTS", "FAILED (ms)"
+                    "ENTRY",
+                    "ID",
+                    "ATTEMPTS",
+                    "FAILED (ms)"
                 );
                 for d in dead {
-                    println!(
+                    outln!(
+                        text,
                         "{:<22} {:<24} {:>8} {:>14}  {}",
-                        d.entry_id, d.id, d.attempts, d.failed_ms, d.error
+                        d.entry_id,
+                        d.id,
+                        d.attempts,
+                        d.failed_ms,
+                        d.error
                     );
                 }
             }
@@ -709,17 +770,21 @@ async fn queue_command(options: HostOptions, action: QueueAction) -> Result<(), 
                     .queue_replay(&keys, id.as_deref(), 100_000)
                     .await
                     .map_err(failed)?;
-                println!("replayed {n} message(s)");
+                outln!(text, "replayed {n} message(s)");
             }
             QueueAction::PurgeDeadLetters(_) => {
                 let purged = redis
                     .queue_purge_dead_letters(&keys)
                     .await
                     .map_err(failed)?;
-                println!("{}", if purged { "purged" } else { "no dead letters" });
+                outln!(
+                    text,
+                    "{}",
+                    if purged { "purged" } else { "no dead letters" }
+                );
             }
         }
-        Ok(())
+        emit(&text)
     }
     .await;
     host.shutdown().await;

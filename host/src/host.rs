@@ -94,8 +94,11 @@ impl Host {
         let (target, private_redis) = match &options.redis_target {
             Some(target) => (target.clone(), None),
             None => {
-                let server =
-                    PrivateRedis::start(ServerOptions::new(options.data_dir.join("redis"))).await?;
+                let server = PrivateRedis::start(ServerOptions {
+                    claim: true,
+                    ..ServerOptions::new(options.data_dir.join("redis"))
+                })
+                .await?;
                 tracing::info!(url = %server.url(), dir = %server.dir().display(), "started a private redis-server");
                 (RedisTarget::Single(server.url()), Some(server))
             }

@@ -100,6 +100,91 @@ fn zero_config_without_redis_server_explains() {
     assert!(stderr.contains("--redis-url"), "{stderr}");
 }
 
+/// One project folder, one private Redis: a second redloom is told how to
+/// share the running server instead of opening the same AOF, and a server
+/// left behind by a killed redloom is shut down (its data kept) by the next.
+#[test]
+fn zero_config_redis_is_claimed_by_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("redloom.toml"),
+        format!(
+            "[plugins.visit-counter]\nwasm = {:?}\n",
+            plugin("visit-counter").display().to_string()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("serve.log");
+    let mut serve = redloom(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("serving")
+    {
+        if start.elapsed() > CMD_TIMEOUT || serve.try_wait().unwrap().is_some() {
+            let _ = serve.kill();
+            panic!(
+                "serve did not come up:\n{}",
+                text(&std::fs::read(&log).unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let claim = std::fs::read_to_string(dir.path().join(".redloom/redis/redloom.lock")).unwrap();
+    let fields: Vec<u32> = claim
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let [owner, port, server] = fields[..] else {
+        panic!("claim file: {claim:?}");
+    };
+    assert_eq!(owner, serve.id());
+    assert!(server > 0);
+
+    let invoke = |extra: &[&str]| {
+        run(redloom(dir.path())
+            .args(extra)
+            .args(["-v", "invoke", "visit-counter"])
+            .args(["--input", r#"{"page":"home","visitor":"dave"}"#]))
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let out = invoke(&[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 4, "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("in use by another redloom (pid {owner})"))
+            && stderr.contains(&format!("--redis-url {url}")),
+        "{stderr}"
+    );
+    let out = invoke(&["--redis-url", &url]);
+    assert_eq!(code(&out), 0, "stderr: {}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["visits"], 1);
+
+    // SIGKILL leaves the server running with nobody to stop it.
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok());
+
+    let out = invoke(&[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "stderr: {stderr}");
+    assert!(stderr.contains("left running by a redloom"), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["visits"], 2, "the orphan's data was kept");
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
+        "the orphaned redis-server on port {port} still runs"
+    );
+}
+
 /// `check` reports a good plugin's exports and imports without Redis, and
 /// rejects bad files with exit code 3 and a reason.
 #[test]
@@ -108,8 +193,46 @@ fn check_reports_and_rejects() {
     let out = run(redloom(dir.path()).arg("check").arg(plugin("kv-probe")));
     let stdout = text(&out.stdout);
     assert_eq!(code(&out), 0, "stderr: {}", text(&out.stderr));
-    assert!(stdout.contains("handlers:     invoke"), "{stdout}");
+    assert!(stdout.contains("handlers:     invoke\n"), "{stdout}");
+    assert!(
+        stdout.contains("world:        redloom:plugin/invoke-plugin\n"),
+        "{stdout}"
+    );
     assert!(stdout.contains("redloom:plugin/invoke@0.1.0"), "{stdout}");
+
+    // The handlers and world come from what the component exports.
+    let out = run(redloom(dir.path()).arg("check").arg(plugin("http-probe")));
+    let stdout = text(&out.stdout);
+    assert_eq!(code(&out), 0, "stderr: {}", text(&out.stderr));
+    assert!(stdout.contains("handlers:     http\n"), "{stdout}");
+    assert!(
+        stdout.contains("world:        redloom:plugin/http-plugin\n"),
+        "{stdout}"
+    );
+    let out = run(redloom(dir.path()).arg("check").arg(plugin("event-probe")));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("handlers:     invoke, message, timer\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("a combination of redloom:plugin/invoke-plugin + redloom:plugin/message-plugin + redloom:plugin/timer-plugin"), "{stdout}");
+
+    // A reader that stops early (`redloom check x.wasm | head -1`) is not a
+    // crash: the closed pipe ends the report quietly with exit code 0.
+    // `true` exits without reading, so every write meets a closed pipe.
+    let script = r#"{ "$0" check "$1" 2>"$2"; echo "exit=$?" >>"$2"; } | true"#;
+    let log = dir.path().join("check.stderr");
+    let out = run(Command::new("sh")
+        .current_dir(dir.path())
+        .arg("-c")
+        .arg(script)
+        .arg(redloom_bin())
+        .arg(plugin("kv-probe"))
+        .arg(&log));
+    assert_eq!(code(&out), 0);
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(stderr.ends_with("exit=0\n"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(
         stdout.contains("capabilities: ") && stdout.contains("kv"),
         "{stdout}"

@@ -6,7 +6,8 @@
 //! stopped when [`PrivateRedis::stop`] is called (graceful `SHUTDOWN`, which
 //! flushes the AOF) or, failing that, killed when the value is dropped.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,7 +30,19 @@ pub struct ServerOptions {
     /// Listen on this port instead of a free one (to restart a server where
     /// it was).
     pub port: Option<u16>,
+    /// Claim the folder for this process (see [`CLAIM_FILE`]): a second
+    /// redloom on the same folder is refused instead of starting a second
+    /// server on the same AOF, and a server left running by a redloom that was
+    /// killed is shut down before a new one starts. On for the zero-config
+    /// server; the test harness restarts servers in place and leaves it off.
+    pub claim: bool,
 }
+
+/// The file in the server's folder that a running redloom holds locked
+/// (`flock`), naming itself, its server's port and the server's pid. The lock
+/// goes away with the process, however it ends; the names stay, so the next
+/// redloom can find a server its predecessor left behind.
+pub const CLAIM_FILE: &str = "redloom.lock";
 
 impl ServerOptions {
     pub fn new(dir: impl Into<PathBuf>) -> ServerOptions {
@@ -39,6 +52,7 @@ impl ServerOptions {
             extra_args: Vec::new(),
             startup_timeout: Duration::from_secs(10),
             port: None,
+            claim: false,
         }
     }
 }
@@ -57,6 +71,13 @@ pub enum StartError {
     Spawn(String, io::Error),
     #[error("redis-server did not start: {0}")]
     Failed(String),
+    #[error(
+        "the private Redis in {dir} is in use by another redloom (pid {owner}); \
+         share it with --redis-url redis://127.0.0.1:{port}, or stop that process first"
+    )]
+    InUse { dir: PathBuf, owner: u32, port: u16 },
+    #[error("cannot claim the Redis data folder {0}: {1}")]
+    Claim(PathBuf, io::Error),
 }
 
 /// A running private `redis-server`.
@@ -65,6 +86,8 @@ pub struct PrivateRedis {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// The locked [`CLAIM_FILE`], held for as long as the server runs.
+    claim: Option<File>,
 }
 
 impl PrivateRedis {
@@ -77,6 +100,11 @@ impl PrivateRedis {
             .dir
             .canonicalize()
             .map_err(|e| StartError::Dir(options.dir.clone(), e))?;
+        let mut claim = if options.claim {
+            Some(claim_folder(&dir).await?)
+        } else {
+            None
+        };
         // The free port can be taken between our probe and the server's bind;
         // try a few ports before giving up.
         let mut last = String::new();
@@ -120,9 +148,23 @@ impl PrivateRedis {
                 child: Some(child),
                 port,
                 dir: dir.clone(),
+                claim: None,
             };
             match server.wait_ready(options.startup_timeout).await {
-                Ok(()) => return Ok(server),
+                Ok(()) => {
+                    if let Some(mut file) = claim.take() {
+                        let record = Claim {
+                            owner: std::process::id(),
+                            port,
+                            server: server.pid().unwrap_or(0),
+                        };
+                        record
+                            .write(&mut file)
+                            .map_err(|e| StartError::Claim(dir.clone(), e))?;
+                        server.claim = Some(file);
+                    }
+                    return Ok(server);
+                }
                 Err(e) => {
                     last = e;
                     server.kill();
@@ -222,12 +264,138 @@ impl PrivateRedis {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // The server is gone: nothing for the next redloom to clean up.
+        if let Some(file) = self.claim.take() {
+            let _ = file.set_len(0);
+        }
     }
 }
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// What [`CLAIM_FILE`] says: `owner-pid port server-pid`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Claim {
+    owner: u32,
+    port: u16,
+    server: u32,
+}
+
+impl Claim {
+    fn read(file: &mut File) -> Option<Claim> {
+        let mut text = String::new();
+        file.seek(io::SeekFrom::Start(0)).ok()?;
+        file.read_to_string(&mut text).ok()?;
+        let mut words = text.split_whitespace().map(str::parse::<u64>);
+        let mut next = || words.next()?.ok();
+        Some(Claim {
+            owner: u32::try_from(next()?).ok()?,
+            port: u16::try_from(next()?).ok()?,
+            server: u32::try_from(next()?).ok()?,
+        })
+    }
+
+    fn write(&self, file: &mut File) -> io::Result<()> {
+        file.set_len(0)?;
+        file.seek(io::SeekFrom::Start(0))?;
+        writeln!(file, "{} {} {}", self.owner, self.port, self.server)?;
+        file.sync_all()
+    }
+}
+
+/// Locks the folder's [`CLAIM_FILE`] for this process. If another process
+/// holds it, says who and how to share its server. If a server named in the
+/// file still runs although nobody holds the lock, its redloom died without
+/// stopping it: it is shut down (gracefully, so its AOF is complete) before
+/// a new server opens the same files.
+async fn claim_folder(dir: &Path) -> Result<File, StartError> {
+    let path = dir.join(CLAIM_FILE);
+    let failed = |e| StartError::Claim(dir.to_path_buf(), e);
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let claim = Claim::read(&mut file);
+            return Err(StartError::InUse {
+                dir: dir.to_path_buf(),
+                owner: claim.map_or(0, |c| c.owner),
+                port: claim.map_or(0, |c| c.port),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
+    }
+    if let Some(orphan) = Claim::read(&mut file)
+        && orphan_alive(orphan, dir)
+    {
+        tracing::warn!(
+            pid = orphan.server,
+            port = orphan.port,
+            "stopping the private redis-server left running by a redloom that did not exit cleanly"
+        );
+        stop_orphan(orphan, dir).await;
+    }
+    Ok(file)
+}
+
+/// Whether the server `claim` names still runs: a live (not zombie)
+/// `redis-server` with that pid, on that port, in this folder. Checking
+/// all three keeps a reused pid, or another Redis on a
+/// reused port, from being taken for the orphan.
+fn orphan_alive(claim: Claim, dir: &Path) -> bool {
+    if claim.server == 0 {
+        return false;
+    }
+    let proc = Path::new("/proc").join(claim.server.to_string());
+    let live = std::fs::read_to_string(proc.join("stat")).is_ok_and(|stat| {
+        // The state follows the parenthesised command name: `pid (comm) S ...`.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    });
+    // redis-server retitles itself `redis-server 127.0.0.1:PORT` and works in
+    // its --dir.
+    let title = std::fs::read(proc.join("cmdline")).unwrap_or_default();
+    let title = String::from_utf8_lossy(&title);
+    live && title.contains("redis-server")
+        && title.contains(&format!(":{}", claim.port))
+        && std::fs::read_link(proc.join("cwd")).is_ok_and(|cwd| cwd == dir)
+}
+
+/// `SHUTDOWN` (which writes the AOF) through the orphan's port, then SIGKILL
+/// if it is still there after five seconds.
+async fn stop_orphan(orphan: Claim, dir: &Path) {
+    let url = format!("redis://127.0.0.1:{}", orphan.port);
+    if let Ok(client) = redis::Client::open(url)
+        && let Ok(Ok(mut conn)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+    {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            redis::cmd("SHUTDOWN").query_async::<()>(&mut conn),
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while orphan_alive(orphan, dir) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if orphan_alive(orphan, dir) {
+        let _ = Command::new("kill")
+            .args(["-9", &orphan.server.to_string()])
+            .status();
     }
 }
 
