@@ -620,7 +620,8 @@ async fn route_to_plugin_without_http_handler_is_refused() {
 
 /// The seed's per-IP limit over HTTP: `RateLimit-*` headers on every answer,
 /// 429 with `Retry-After` once a client's burst is spent; other clients and
-/// the direct (proxy-less) client are counted apart.
+/// the direct (proxy-less) client are counted apart, and only trusted
+/// `x-forwarded-for` hops count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_rate_limit_over_http() {
     with_timeout(async {
@@ -628,6 +629,8 @@ async fn ip_rate_limit_over_http() {
             r#"
 [plugins.ip-rate-limit]
 wasm = {wasm:?}
+[plugins.ip-rate-limit.settings]
+trusted-proxies = 2
 [plugins.ip-rate-limit.limiters.per-ip]
 algorithm = "gcra"
 rate = "1/hour"
@@ -673,6 +676,17 @@ plugin = "ip-rate-limit"
             StatusCode::OK,
             "the direct client has its own budget"
         );
+        // Only the two trusted hops count: a forged address further left
+        // does not buy a client a fresh budget.
+        for _ in 0..3 {
+            let r = c
+                .get(s.url("/search"))
+                .header("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.0.0.1")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        }
         s.shutdown().await;
     })
     .await;

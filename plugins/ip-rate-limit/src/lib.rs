@@ -10,8 +10,7 @@
 //! sees at once.
 //!
 //! The logic is [`limit`]: a plain function from [`Request`] to
-//! [`Response`], independent of the trigger. Today the plugin is called
-//! through `invoke`:
+//! [`Response`], independent of the trigger. Through `invoke`:
 //!
 //! - input: JSON `{"client": "203.0.113.7", "path": "/search", "cost": 1}`
 //!   (`path` and `cost` optional), or a bare client id;
@@ -19,9 +18,11 @@
 //!   "decision": {"allowed", "limit", "remaining", "retry_after_ms",
 //!   "reset_after_ms"}}`.
 //!
-//! Behind the HTTP trigger the same function serves requests: build the
-//! [`Request`] from the client address (the `x-forwarded-for` header or the
-//! peer) and the path, and turn the [`Response`] into the HTTP response.
+//! Behind the HTTP trigger the same function serves requests: the
+//! [`Request`] is built from the client address (the peer, or with the
+//! setting `trusted-proxies = N` the address N proxies out, from
+//! `x-forwarded-for`) and the path, and the [`Response`] becomes the HTTP
+//! response.
 
 use redloom_sdk::limiter::{self, Decision};
 use redloom_sdk::{Error, Invoke, Result, config};
@@ -141,21 +142,22 @@ impl Invoke for IpRateLimit {
     }
 }
 
-/// The HTTP face of the same logic: the client is the first address of
-/// `x-forwarded-for` when a proxy set it, else the connection's IP.
+/// The HTTP face of the same logic. The client is the connection's IP,
+/// unless the setting `trusted-proxies` says how many proxies stand in front
+/// of the host: then it is the address the outermost trusted proxy saw, read
+/// from the right of `x-forwarded-for` (each proxy appends its peer, so
+/// anything further left was written by the client and could be forged).
 impl redloom_sdk::Http for IpRateLimit {
     fn handle(request: redloom_sdk::http::Request) -> Result<redloom_sdk::http::Response> {
-        let client = request
-            .header("x-forwarded-for")
-            .and_then(|v| v.split(',').next())
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| {
-                request
-                    .client_addr
-                    .rsplit_once(':')
-                    .map_or(request.client_addr.clone(), |(ip, _)| ip.to_owned())
-            });
+        let trusted: usize = config::get_or("trusted-proxies", "0")
+            .parse()
+            .map_err(|_| Error::invalid("setting trusted-proxies must be a whole number"))?;
+        let peer = request
+            .client_addr
+            .rsplit_once(':')
+            .map_or(request.client_addr.as_str(), |(ip, _)| ip)
+            .trim_matches(['[', ']']);
+        let client = client_address(peer, request.header("x-forwarded-for"), trusted);
         let r = limit(&Request {
             client,
             path: request.path.clone(),
@@ -169,4 +171,34 @@ impl redloom_sdk::Http for IpRateLimit {
     }
 }
 
+/// The address `trusted` proxies from the host: the peer itself when no
+/// proxy is trusted, else the `trusted`-th `x-forwarded-for` entry from the
+/// right; the leftmost entry when the chain is shorter than that.
+pub fn client_address(peer: &str, forwarded_for: Option<&str>, trusted: usize) -> String {
+    let mut chain: Vec<&str> = forwarded_for
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    chain.push(peer);
+    let i = chain.len().saturating_sub(trusted + 1);
+    chain[i].to_owned()
+}
+
 redloom_sdk::export!(IpRateLimit => [invoke, http]);
+
+#[cfg(test)]
+mod tests {
+    use super::client_address;
+
+    #[test]
+    fn forwarded_for_counts_only_trusted_hops() {
+        let xff = Some("6.6.6.6, 203.0.113.7, 10.0.0.1");
+        assert_eq!(client_address("127.0.0.1", xff, 0), "127.0.0.1");
+        assert_eq!(client_address("127.0.0.1", xff, 1), "10.0.0.1");
+        assert_eq!(client_address("127.0.0.1", xff, 2), "203.0.113.7");
+        assert_eq!(client_address("127.0.0.1", xff, 9), "6.6.6.6");
+        assert_eq!(client_address("127.0.0.1", None, 2), "127.0.0.1");
+    }
+}
