@@ -8,7 +8,7 @@ use redloom::config::Config;
 use redloom::host::Host;
 use redloom::namespace::PluginName;
 use redloom::serve::Server;
-use redloom_tests::{RedisServer, get_i64, host_options, plugin, wait_for};
+use redloom_tests::{RedisServer, TestConnection, get_i64, host_options, plugin, wait_for};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -38,17 +38,43 @@ async fn serve_http(
     tokio::sync::oneshot::Sender<()>,
     std::net::SocketAddr,
 ) {
-    let text =
-        format!("[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{plugins}");
+    let s = serve_with(redis, dir, "", plugins).await;
+    (s.host, s.stop, s.addr)
+}
+
+/// A running `serve`: send on (or drop) `stop` to shut it down; `run` ends
+/// when the shutdown is complete.
+struct Serving {
+    host: Arc<Host>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    addr: std::net::SocketAddr,
+    run: tokio::task::JoinHandle<()>,
+}
+
+/// A `serve` with `http` added to its `[http]` table.
+async fn serve_with(
+    redis: &RedisServer,
+    dir: &std::path::Path,
+    http: &str,
+    plugins: &str,
+) -> Serving {
+    let text = format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n{http}\n[admin]\nlisten = \"127.0.0.1:0\"\n{plugins}"
+    );
     let config = Config::parse(&text, &dir.join("redloom.toml")).expect("valid config");
     let host = Arc::new(Host::start(host_options(redis, dir)).await.unwrap());
     let server = Server::bind(host.clone(), config).await.expect("binds");
     let addr = server.http_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
+    let run = tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
-    (host, stop, addr)
+    Serving {
+        host,
+        stop,
+        addr,
+        run,
+    }
 }
 
 fn probe(name: &str, extra: &str) -> String {
@@ -67,6 +93,33 @@ async fn publish(host: &Host, plugin: &str, channel: &str, payload: &str) -> u32
         .await
         .expect("publishes");
     String::from_utf8(out).unwrap().parse().unwrap()
+}
+
+/// How many `CLIENT LIST` lines are connections subscribed to a channel
+/// (`sub`) or a pattern (`psub`).
+fn subscriber_connections(client_list: &str) -> usize {
+    client_list
+        .lines()
+        .filter(|line| {
+            line.split_whitespace()
+                .filter_map(|field| field.split_once('='))
+                .any(|(name, value)| {
+                    matches!(name, "sub" | "psub") && value.parse::<u64>().is_ok_and(|n| n > 0)
+                })
+        })
+        .count()
+}
+
+/// The parser counts subscribed connections only: `psub=0 ssub=0` on a
+/// plain connection is not mistaken for a subscription, and a connection
+/// with both channels and patterns counts once.
+#[test]
+fn subscriber_connections_are_counted_by_field() {
+    let list = "id=1 addr=127.0.0.1:1 name= db=0 sub=0 psub=0 ssub=0 multi=-1 cmd=client|list\n\
+                id=2 addr=127.0.0.1:2 name= db=0 sub=3 psub=1 ssub=0 multi=-1 cmd=psubscribe\n\
+                id=3 addr=127.0.0.1:3 name= db=0 sub=0 psub=2 ssub=0 multi=-1 cmd=psubscribe\n";
+    assert_eq!(subscriber_connections(list), 2);
+    assert_eq!(subscriber_connections(list.lines().next().unwrap()), 0);
 }
 
 /// A publish reaches every plugin bound to the channel or a matching
@@ -99,14 +152,7 @@ shared-channels = ["lobby"]"#,
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(
-            clients
-                .lines()
-                .filter(|l| l.contains("sub=") && !l.contains("sub=0") || l.contains("psub=1"))
-                .count(),
-            1,
-            "{clients}"
-        );
+        assert_eq!(subscriber_connections(&clients), 1, "{clients}");
 
         // a publishes on its own "news": only a hears it, b's "news" is another channel.
         assert_eq!(publish(&host, "a", "news", "hello").await, 1);
@@ -161,7 +207,9 @@ shared-channels = ["lobby"]"#,
     .await;
 }
 
-/// After Redis restarts on the same port, subscriptions resume by themselves.
+/// After Redis restarts on the same port, subscriptions resume by
+/// themselves, and keyspace events flow again: the fresh server starts with
+/// `notify-keyspace-events` off, and the host turns it back on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_resume_after_redis_restarts() {
     with_timeout(async {
@@ -170,7 +218,11 @@ async fn subscriptions_resume_after_redis_restarts() {
         let (host, _stop) = serve(
             &redis,
             dir.path(),
-            &probe("a", r#"subscriptions = ["news"]"#),
+            &probe(
+                "a",
+                r#"subscriptions = ["news"]
+keyspace-events = ["expired"]"#,
+            ),
         )
         .await;
         let mut conn = redis.client().await;
@@ -178,6 +230,18 @@ async fn subscriptions_resume_after_redis_restarts() {
         assert_eq!(
             wait_for(&mut conn, "rl:a:kv:got:news", 1, Duration::from_secs(10)).await,
             1
+        );
+        expire_soon(&mut conn, "rl:a:kv:session:before").await;
+        assert_eq!(
+            wait_for(
+                &mut conn,
+                "rl:a:kv:got:session:before",
+                1,
+                Duration::from_secs(10)
+            )
+            .await,
+            1,
+            "a keyspace event before the restart"
         );
 
         redis.restart().await;
@@ -198,9 +262,49 @@ async fn subscriptions_resume_after_redis_restarts() {
         }
         let last: String = conn.get("rl:a:kv:last:news").await.unwrap();
         assert_eq!(last, "after");
+        // The flags are set again before subscribing, so they are on now.
+        let flags = keyspace_flags(&mut conn).await;
+        assert!(flags.contains('K') && flags.contains('x'), "{flags:?}");
+        expire_soon(&mut conn, "rl:a:kv:session:after").await;
+        assert_eq!(
+            wait_for(
+                &mut conn,
+                "rl:a:kv:got:session:after",
+                1,
+                Duration::from_secs(10)
+            )
+            .await,
+            1,
+            "no keyspace event after the restart"
+        );
+        let last: String = conn.get("rl:a:kv:last:session:after").await.unwrap();
+        assert_eq!(last, "expired");
         drop(host);
     })
     .await;
+}
+
+/// Redis's `notify-keyspace-events` setting.
+async fn keyspace_flags(conn: &mut TestConnection) -> String {
+    let flags: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(conn)
+        .await
+        .unwrap();
+    flags.get(1).cloned().unwrap_or_default()
+}
+
+/// Writes `key` to expire 100 ms from now.
+async fn expire_soon(conn: &mut TestConnection, key: &str) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg("v")
+        .arg("PX")
+        .arg(100)
+        .query_async(conn)
+        .await
+        .unwrap();
 }
 
 /// A slow subscriber does not delay a fast one; its overflow is counted.
@@ -277,16 +381,8 @@ async fn keyspace_events() {
         )
         .await;
         let mut conn = redis.client().await;
-        let flags: Vec<String> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("notify-keyspace-events")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert!(
-            flags[1].contains('K') && flags[1].contains('x'),
-            "{flags:?}"
-        );
+        let flags = keyspace_flags(&mut conn).await;
+        assert!(flags.contains('K') && flags.contains('x'), "{flags:?}");
         let _: () = conn
             .set_ex("rl:watcher:kv:session:1", "v", 1)
             .await
@@ -358,9 +454,183 @@ async fn timers_cadence_and_singleton() {
     .await;
 }
 
+/// A cron timer (six fields, the first being seconds) fires on its
+/// schedule: `1/2` in the seconds field is every odd second, which no
+/// `every` can express (intervals are multiples of the period since the
+/// epoch). Each odd second of the window ticks once, and nothing else does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_timer_fires_on_its_schedule() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = probe(
+            "cron",
+            "[plugins.cron.timers.odd]\ncron = \"1/2 * * * * *\"\n",
+        );
+        let before = unix_ms();
+        let (_host, stop) = serve(&redis, dir.path(), &plugins).await;
+        let serving = unix_ms();
+        tokio::time::sleep(Duration::from_millis(6_500)).await;
+        let stopping = unix_ms();
+        drop(stop);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut conn = redis.client().await;
+        let keys: Vec<String> = conn.keys("rl:cron:kv:tick:odd:*").await.unwrap();
+        let mut ticks: Vec<u64> = keys
+            .iter()
+            .map(|k| k.rsplit(':').next().unwrap().parse().unwrap())
+            .collect();
+        ticks.sort_unstable();
+        for k in &keys {
+            assert_eq!(get_i64(&mut conn, k).await, 1, "{k} ran more than once");
+        }
+        assert_eq!(
+            get_i64(&mut conn, "rl:cron:kv:ticks:odd").await,
+            ticks.len() as i64
+        );
+        for t in &ticks {
+            assert_eq!(t % 2_000, 1_000, "{t} is not on an odd second: {ticks:?}");
+            assert!(
+                *t > before && *t <= stopping,
+                "{t} is outside the window {before}..={stopping}"
+            );
+        }
+        // Every odd second well inside the window ran (loose at both ends:
+        // the host's start and the stop are not instants).
+        let must: Vec<u64> = (serving / 1_000 + 1..=(stopping - 500) / 1_000)
+            .filter(|s| s % 2 == 1)
+            .map(|s| s * 1_000)
+            .collect();
+        assert!(must.len() >= 2, "{must:?}");
+        for t in &must {
+            assert!(ticks.contains(t), "the tick at {t} did not run: {ticks:?}");
+        }
+    })
+    .await;
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Waits until the probe's slow timer `p`/`slow` starts a new tick, so the
+/// tick has about 1 s of guest code ahead of it.
+async fn catch_a_slow_tick(conn: &mut TestConnection) {
+    let before = get_i64(conn, "rl:p:kv:started:slow").await;
+    assert!(
+        wait_for(
+            conn,
+            "rl:p:kv:started:slow",
+            before + 1,
+            Duration::from_secs(10)
+        )
+        .await
+            > before,
+        "no slow tick started"
+    );
+}
+
+/// Shutdown takes no new tick or message, but a timer tick and a message
+/// handler already running when it begins finish (their effects land in
+/// Redis) instead of being cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_ticks_and_messages_finish() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = probe(
+            "p",
+            "subscriptions = [\"news\"]\n[plugins.p.timers.slow]\nevery = \"500ms\"\n",
+        );
+        let s = serve_with(&redis, dir.path(), "shutdown-timeout = \"10s\"", &plugins).await;
+        let mut conn = redis.client().await;
+        catch_a_slow_tick(&mut conn).await;
+        let _: i64 = conn.publish("rl:p:ch:news", "slow:1000").await.unwrap();
+        assert_eq!(
+            wait_for(&mut conn, "rl:p:kv:started:news", 1, Duration::from_secs(5)).await,
+            1
+        );
+        // Both are running now, each with most of its second ahead.
+        assert_eq!(get_i64(&mut conn, "rl:p:kv:got:news").await, 0);
+        let stopping = Instant::now();
+        s.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(9), s.run)
+            .await
+            .expect("shutdown within the deadline")
+            .unwrap();
+        let took = stopping.elapsed();
+        let started = get_i64(&mut conn, "rl:p:kv:started:slow").await;
+        assert_eq!(
+            get_i64(&mut conn, "rl:p:kv:ticks:slow").await,
+            started,
+            "a tick running at shutdown was cut off (shutdown took {took:?})"
+        );
+        assert_eq!(
+            get_i64(&mut conn, "rl:p:kv:got:news").await,
+            1,
+            "the message handler running at shutdown was cut off (shutdown took {took:?})"
+        );
+        // Nothing new is taken: the subscription is gone and no tick starts.
+        let start = Instant::now();
+        loop {
+            let receivers: i64 = conn.publish("rl:p:ch:news", "late").await.unwrap();
+            if receivers == 0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "still subscribed after shutdown"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        assert_eq!(
+            get_i64(&mut conn, "rl:p:kv:started:slow").await,
+            started,
+            "a tick started after shutdown"
+        );
+    })
+    .await;
+}
+
+/// Shutdown waits no longer than `shutdown-timeout`: a tick still running
+/// then is aborted and never completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_aborts_ticks_past_the_deadline() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = probe("p", "[plugins.p.timers.slow]\nevery = \"500ms\"\n");
+        let s = serve_with(&redis, dir.path(), "shutdown-timeout = \"200ms\"", &plugins).await;
+        let mut conn = redis.client().await;
+        catch_a_slow_tick(&mut conn).await;
+        let stopping = Instant::now();
+        s.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), s.run)
+            .await
+            .expect("shutdown ends soon after its deadline")
+            .unwrap();
+        let took = stopping.elapsed();
+        // The tick needed ≈ 1 s more; let it have had that time.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let started = get_i64(&mut conn, "rl:p:kv:started:slow").await;
+        let ticks = get_i64(&mut conn, "rl:p:kv:ticks:slow").await;
+        assert_eq!(
+            ticks,
+            started - 1,
+            "the tick running at the deadline was not aborted (shutdown took {took:?})"
+        );
+        assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+    })
+    .await;
+}
+
 /// The examples: chat publishes what is POSTed and every host's chat plugin
 /// hears it; chat-digest hears the same shared channels and aggregates the
-/// count on its timer, once per tick across hosts.
+/// count on its cron timer (every second here), once per tick across hosts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_examples() {
     with_timeout(async {
@@ -381,7 +651,7 @@ wasm = {digest:?}
 subscriptions = ["room:*"]
 shared-channels = ["room:*"]
 [plugins.chat-digest.timers.digest]
-every = "300ms"
+cron = "* * * * * *"
 singleton = true
 "#,
             chat = plugin("chat").display().to_string(),

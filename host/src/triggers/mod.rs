@@ -6,12 +6,21 @@
 //! so quotas, counters and instance handling are the same as for every other
 //! call; a failed call is logged and counted, never retried (pub/sub is at
 //! most once, a tick runs at most once).
+//!
+//! Shutdown ([`Triggers::stop`]) is graceful like the HTTP side's: nothing
+//! new is taken, invocations already running get the same deadline as
+//! running requests, and only what outlives it is aborted.
 
 pub mod pubsub;
 pub mod queue;
 pub mod timer;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::host::Host;
@@ -54,40 +63,88 @@ pub fn export_of(handler: &str) -> &'static str {
     }
 }
 
-/// Background trigger tasks; dropping (or [`Triggers::stop`]) ends them.
+/// Background trigger tasks; dropping them aborts every task at once,
+/// [`Triggers::stop`] stops them gracefully.
 pub struct Triggers {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Set to `true` on stop: workers and timers take nothing new.
+    stop: watch::Sender<bool>,
+    subscriber: Option<pubsub::Subscriber>,
+    timers: Vec<JoinHandle<()>>,
     consumers: Vec<queue::Consumer>,
 }
 
 impl Triggers {
-    /// Starts the subscriber (if any plugin subscribes) and every timer.
+    /// Starts the subscriber (if any plugin subscribes), every timer and
+    /// every queue consumer.
     pub async fn start(host: Arc<Host>, config: &Config) -> anyhow::Result<Triggers> {
-        let mut tasks = Vec::new();
-        if let Some(t) = pubsub::start(host.clone(), config).await? {
-            tasks.extend(t);
-        }
-        tasks.extend(timer::start(host.clone(), config));
+        let (stop, stopped) = watch::channel(false);
+        let subscriber = pubsub::start(host.clone(), config, stopped.clone()).await?;
+        let timers = timer::start(host.clone(), config, &stopped);
         let consumers = queue::start(host, config).await?;
-        Ok(Triggers { tasks, consumers })
+        Ok(Triggers {
+            stop,
+            subscriber,
+            timers,
+            consumers,
+        })
     }
 
-    /// Graceful stop: queue consumers stop reading and finish (or hand back)
-    /// the messages they hold within `deadline`; then every other trigger
-    /// task is stopped.
-    pub async fn stop(mut self, deadline: std::time::Duration) {
+    /// Graceful stop, all triggers at once: no new message, tick or queue
+    /// read is taken; pub/sub and timer invocations already running and
+    /// the queue messages consumers hold get `deadline` (the `[http]
+    /// shutdown-timeout`, shared with running HTTP requests) to finish;
+    /// whatever still runs then is aborted.
+    pub async fn stop(mut self, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        self.stop.send_replace(true);
+        let subscriber = self.subscriber.take();
+        let timers = std::mem::take(&mut self.timers);
         let consumers = std::mem::take(&mut self.consumers);
-        queue::stop(consumers, deadline).await;
-        for t in &self.tasks {
-            t.abort();
-        }
+        tokio::join!(
+            async {
+                if let Some(s) = subscriber {
+                    s.stop(until).await;
+                }
+            },
+            async {
+                let aborted = finish(timers, until).await;
+                if aborted > 0 {
+                    tracing::warn!(
+                        aborted,
+                        "timer ticks still running at the shutdown deadline were stopped"
+                    );
+                }
+            },
+            queue::stop(consumers, deadline),
+        );
     }
 }
 
 impl Drop for Triggers {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        if let Some(s) = &self.subscriber {
+            s.abort();
+        }
+        for t in &self.timers {
             t.abort();
         }
     }
+}
+
+/// How long an aborted task may take to unwind (it stops at its next
+/// await; a guest is interrupted at its next epoch tick).
+const ABORT_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits for `tasks` until `deadline`, then aborts those still running;
+/// returns how many had to be aborted.
+async fn finish(tasks: Vec<JoinHandle<()>>, deadline: Instant) -> usize {
+    let mut aborted = 0;
+    for mut task in tasks {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+            aborted += 1;
+            let _ = tokio::time::timeout(ABORT_WAIT, task).await;
+        }
+    }
+    aborted
 }

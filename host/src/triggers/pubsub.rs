@@ -6,6 +6,11 @@
 //! restart, network), the subscriber reconnects with backoff (100 ms → 5 s)
 //! and subscribes again to everything; no host restart is needed.
 //!
+//! Shutdown ([`Subscriber::stop`]): the connection is dropped at once (no
+//! new messages), handler calls already running finish until the shutdown
+//! deadline and are aborted after it; messages still buffered and not
+//! started are dropped and counted like an overflow.
+//!
 //! Fan-out: each message goes to every plugin whose subscription matches,
 //! through a bounded per-plugin buffer (`subscription-buffer`, default
 //! 1000). When a plugin is slower than its messages and its buffer is full,
@@ -16,19 +21,24 @@
 //! subscribes to `__keyspace@DB__:rl:<plugin>:kv:*` and, only when some
 //! plugin asks for events, adds the needed flags to Redis's
 //! `notify-keyspace-events` (this costs Redis CPU for every matching write,
-//! cluster-wide for the database; it needs `CONFIG SET` permission).
+//! cluster-wide for the database; it needs `CONFIG SET` permission). The
+//! flags are set again on every reconnect, before subscribing: a restarted
+//! Redis comes back with its configured value (usually none) and would
+//! otherwise send no events at all.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
 use crate::config::Config;
 use crate::host::Host;
 use crate::namespace::{Namespace, PluginName, SHARED_CHANNEL_PREFIX};
 use crate::plugin::{Call, Message};
+use crate::redis::CommandError;
 
 /// Where one Redis channel or pattern's messages go.
 #[derive(Clone)]
@@ -47,15 +57,34 @@ fn is_pattern(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// The running subscription trigger: the connection task and each
+/// subscribed plugin's buffer and workers.
+pub struct Subscriber {
+    host: Arc<Host>,
+    connection: JoinHandle<()>,
+    plugins: Vec<PluginWorkers>,
+}
+
+struct PluginWorkers {
+    plugin: PluginName,
+    buffer: Buffer,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// One plugin's bounded buffer, drained by its workers in turn.
+type Buffer = Arc<Mutex<mpsc::Receiver<Message>>>;
+
 /// Spawns the subscriber and one worker pool per subscribed plugin; `None`
-/// when no plugin subscribes to anything.
+/// when no plugin subscribes to anything. Workers take no new message once
+/// `stopped` is true (see [`Subscriber::stop`]).
 pub async fn start(
     host: Arc<Host>,
     config: &Config,
-) -> anyhow::Result<Option<Vec<tokio::task::JoinHandle<()>>>> {
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Subscriber>> {
     let mut channels: BTreeMap<String, Vec<Target>> = BTreeMap::new();
     let mut patterns: BTreeMap<String, Vec<Target>> = BTreeMap::new();
-    let mut tasks = Vec::new();
+    let mut plugins = Vec::new();
     let mut keyspace_flags = String::new();
     let db = host.redis().db();
     for (name, p) in &config.plugins {
@@ -64,12 +93,18 @@ pub async fn start(
             continue;
         }
         let (tx, rx) = mpsc::channel::<Message>(t.subscription_buffer);
-        tasks.extend(workers(
-            host.clone(),
-            name.clone(),
-            rx,
-            p.quotas.concurrency,
-        ));
+        let buffer: Buffer = Arc::new(Mutex::new(rx));
+        plugins.push(PluginWorkers {
+            plugin: name.clone(),
+            workers: workers(
+                host.clone(),
+                name.clone(),
+                buffer.clone(),
+                p.quotas.concurrency,
+                &stopped,
+            ),
+            buffer,
+        });
         let ns = Namespace::new(name);
         for sub in &t.subscriptions {
             let shared = crate::namespace::is_shared(&t.shared_channels, sub);
@@ -138,20 +173,81 @@ pub async fn start(
         tracing::info!(notify_keyspace_events = %set, "enabled keyspace notifications");
     }
     let clients = host.redis().subscriber_clients()?;
-    let routes = Arc::new(Routes { channels, patterns });
+    let routes = Arc::new(Routes {
+        channels,
+        patterns,
+        keyspace_flags,
+    });
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    tasks.push(tokio::spawn(subscriber(clients, routes, host, ready_tx)));
+    let connection = tokio::spawn(subscriber(clients, routes, host.clone(), ready_tx));
     // Serve only says it is serving once messages can arrive; if Redis is
     // slow to answer, the subscriber keeps trying in the background.
     if tokio::time::timeout(SUBSCRIBE_WAIT, ready).await.is_err() {
         tracing::warn!("not subscribed yet after {SUBSCRIBE_WAIT:?}; still trying");
     }
-    Ok(Some(tasks))
+    Ok(Some(Subscriber {
+        host,
+        connection,
+        plugins,
+    }))
+}
+
+impl Subscriber {
+    /// Graceful stop (the stop signal given to [`start`] is already set, so
+    /// workers take no new message): drops the subscription connection,
+    /// waits for handler calls already running until `deadline`, aborts
+    /// what is left, and counts the messages still buffered as dropped.
+    pub async fn stop(self, deadline: tokio::time::Instant) {
+        self.connection.abort();
+        let mut workers = Vec::new();
+        let mut buffers = Vec::new();
+        for p in self.plugins {
+            workers.extend(p.workers);
+            buffers.push((p.plugin, p.buffer));
+        }
+        let aborted = super::finish(workers, deadline).await;
+        if aborted > 0 {
+            tracing::warn!(
+                aborted,
+                "message handlers still running at the shutdown deadline were stopped"
+            );
+        }
+        // Every worker has ended (or is being aborted: then its buffer may
+        // still be locked for a moment and is not counted).
+        for (plugin, buffer) in buffers {
+            let Ok(mut rx) = buffer.try_lock() else {
+                continue;
+            };
+            rx.close();
+            let mut left = 0u64;
+            while rx.try_recv().is_ok() {
+                left += 1;
+                if let Some(p) = self.host.plugin(&plugin) {
+                    p.count_dropped_message();
+                }
+            }
+            if left > 0 {
+                tracing::info!(%plugin, left, "buffered messages not started before shutdown were dropped");
+            }
+        }
+    }
+
+    /// Stops everything at once (no waiting).
+    pub fn abort(&self) {
+        self.connection.abort();
+        for p in &self.plugins {
+            for w in &p.workers {
+                w.abort();
+            }
+        }
+    }
 }
 
 struct Routes {
     channels: BTreeMap<String, Vec<Target>>,
     patterns: BTreeMap<String, Vec<Target>>,
+    /// The `notify-keyspace-events` flags some plugin needs ("" if none).
+    keyspace_flags: String,
 }
 
 /// How long `start` waits for the first subscription.
@@ -168,7 +264,7 @@ async fn subscriber(
     let mut backoff = Duration::from_millis(100);
     let mut ready = Some(ready);
     for client in clients.iter().cycle() {
-        match subscribe(client, &routes).await {
+        match subscribe(client, &routes, &host).await {
             Ok(mut pubsub) => {
                 if let Some(r) = ready.take() {
                     let _ = r.send(());
@@ -185,22 +281,42 @@ async fn subscriber(
                 }
                 tracing::warn!("subscription connection lost; reconnecting");
             }
-            Err(e) => tracing::warn!("cannot subscribe: {e}; retrying in {backoff:?}"),
+            Err(e) => tracing::warn!("cannot subscribe: {e:#}; retrying in {backoff:?}"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
+/// Connects, turns keyspace notifications on again if some plugin needs
+/// them, and subscribes to every channel and pattern.
 async fn subscribe(
     client: &redis::Client,
     routes: &Routes,
-) -> redis::RedisResult<redis::aio::PubSub> {
-    let mut pubsub = tokio::time::timeout(Duration::from_secs(5), client.get_async_pubsub())
+    host: &Host,
+) -> anyhow::Result<redis::aio::PubSub> {
+    // Before subscribing, so events flow as soon as the subscription is
+    // up. A Redis that restarted has its configured flags back (usually
+    // none): without this, keyspace events would silently stop.
+    if !routes.keyspace_flags.is_empty() {
+        match host
+            .redis()
+            .enable_keyspace_events(&routes.keyspace_flags)
+            .await
+        {
+            Ok(set) => tracing::debug!(notify_keyspace_events = %set, "keyspace notifications on"),
+            // Redis refused (e.g. CONFIG was denied since start): channels
+            // still work, so subscribe anyway, loudly.
+            Err(e @ CommandError::Rejected(_)) => tracing::error!(
+                "cannot enable keyspace notifications again (CONFIG SET): {e}; \
+                 keyspace events will not arrive"
+            ),
+            Err(e) => anyhow::bail!("cannot enable keyspace notifications (CONFIG SET): {e}"),
+        }
+    }
+    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
         .await
-        .map_err(|_| {
-            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
-        })??;
+        .map_err(|_| anyhow::anyhow!("no connection within {CONNECT_TIMEOUT:?}"))??;
     if !routes.channels.is_empty() {
         pubsub
             .subscribe(routes.channels.keys().collect::<Vec<_>>())
@@ -213,6 +329,9 @@ async fn subscribe(
     }
     Ok(pubsub)
 }
+
+/// How long one connection attempt of the subscriber may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn route(routes: &Routes, host: &Host, msg: &redis::Msg) {
     let channel = msg.get_channel_name();
@@ -248,20 +367,29 @@ fn route(routes: &Routes, host: &Host, msg: &redis::Msg) {
     }
 }
 
-/// `n` workers draining one plugin's buffer, each calling the plugin in turn.
+/// `n` workers draining one plugin's buffer, each calling the plugin in
+/// turn. Once `stopped` is true a worker takes no further message; a call
+/// that has started runs to its end (the shutdown deadline bounds it).
 fn workers(
     host: Arc<Host>,
     plugin: PluginName,
-    rx: mpsc::Receiver<Message>,
+    buffer: Buffer,
     n: u32,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let rx = Arc::new(Mutex::new(rx));
+    stopped: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
     (0..n.clamp(1, 64))
         .map(|_| {
-            let (host, plugin, rx) = (host.clone(), plugin.clone(), rx.clone());
+            let (host, plugin, buffer) = (host.clone(), plugin.clone(), buffer.clone());
+            let mut stopped = stopped.clone();
             tokio::spawn(async move {
                 loop {
-                    let Some(message) = rx.lock().await.recv().await else {
+                    let next = tokio::select! {
+                        biased;
+                        // Also ends when the sender is gone (triggers dropped).
+                        _ = stopped.wait_for(|s| *s) => None,
+                        m = async { buffer.lock().await.recv().await } => m,
+                    };
+                    let Some(message) = next else {
                         return;
                     };
                     if let Err(e) = host.call(&plugin, Call::Message(&message)).await {

@@ -7,22 +7,37 @@
 //! each tick (`SET rl:<plugin>:timer:{<timer>}:<tick ms> NX PX`) and exactly
 //! one runs it. Without `singleton`, every host runs every tick.
 //!
-//! Missed ticks (the host was busy, paused or down, or the previous tick ran
-//! past the next): `missed = "skip"` (default) drops them and waits for the
-//! next future tick; `missed = "catch-up"` runs the most recent missed tick
-//! once, at once. Ticks of one timer never overlap on one host.
+//! Missed ticks (while the host runs: the previous tick ran past the next,
+//! or the process was paused or starved): `missed = "skip"` (default) drops
+//! them and waits for the next future tick; `missed = "catch-up"` runs the
+//! most recent missed tick once, at once. Ticks of one timer never overlap
+//! on one host. A host keeps no record of its ticks, so one that starts (or
+//! restarts) begins with the next future tick: ticks due while no host ran
+//! are never run, whatever `missed` says.
+//!
+//! Shutdown: a timer stops waiting for its next tick at once; a tick
+//! already running finishes (the shutdown deadline bounds it, see
+//! [`super::Triggers::stop`]).
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::{Config, Missed, Schedule, TimerConfig};
 use crate::host::Host;
 use crate::namespace::PluginName;
 use crate::plugin::{Call, Tick};
 
-/// Spawns one task per configured timer.
-pub fn start(host: Arc<Host>, config: &Config) -> Vec<tokio::task::JoinHandle<()>> {
+/// Spawns one task per configured timer; each ends once `stopped` is true
+/// and no tick of it is running.
+pub fn start(
+    host: Arc<Host>,
+    config: &Config,
+    stopped: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for (name, p) in &config.plugins {
         for (timer, t) in &p.triggers.timers {
@@ -31,6 +46,7 @@ pub fn start(host: Arc<Host>, config: &Config) -> Vec<tokio::task::JoinHandle<()
                 name.clone(),
                 timer.clone(),
                 t.clone(),
+                stopped.clone(),
             )));
         }
     }
@@ -69,7 +85,13 @@ fn claim_ttl(schedule: &Schedule) -> u64 {
     }
 }
 
-async fn run(host: Arc<Host>, plugin: PluginName, timer: String, t: TimerConfig) {
+async fn run(
+    host: Arc<Host>,
+    plugin: PluginName,
+    timer: String,
+    t: TimerConfig,
+    mut stopped: watch::Receiver<bool>,
+) {
     let cron = match &t.schedule {
         Schedule::Cron(c) => match cron::Schedule::from_str(c) {
             Ok(s) => Some(s),
@@ -87,8 +109,17 @@ async fn run(host: Arc<Host>, plugin: PluginName, timer: String, t: TimerConfig)
     loop {
         let now = now_ms();
         if due > now {
-            tokio::time::sleep(Duration::from_millis(due - now)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(due - now)) => {}
+                // Also ends when the sender is gone (triggers dropped).
+                _ = stopped.wait_for(|s| *s) => return,
+            }
         }
+        // A catch-up tick is due at once: no new tick after a stop either.
+        if *stopped.borrow() {
+            return;
+        }
+        // Not raced against the stop signal: a tick that started finishes.
         fire(&host, &plugin, &timer, &t, due).await;
         // Where the schedule stands after this tick (which may have run long).
         let now = now_ms();
@@ -165,5 +196,11 @@ mod tests {
         let cron = Schedule::Cron("0 */5 * * * *".into());
         // 1970-01-01T00:00:01Z → the next multiple of five minutes.
         assert_eq!(next_tick(&cron, Some(&c), 1_000), Some(300_000));
+        // `start/step` in the seconds field: every odd second.
+        let c = cron::Schedule::from_str("1/2 * * * * *").unwrap();
+        let odd = Schedule::Cron("1/2 * * * * *".into());
+        assert_eq!(next_tick(&odd, Some(&c), 0), Some(1_000));
+        assert_eq!(next_tick(&odd, Some(&c), 1_000), Some(3_000));
+        assert_eq!(next_tick(&odd, Some(&c), 59_500), Some(61_000));
     }
 }

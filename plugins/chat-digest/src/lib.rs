@@ -5,7 +5,8 @@
 //! `singleton = true` so one host runs each tick), it moves the count since
 //! the last tick into `digest:<tick>` (kept for a day) and logs it. The
 //! count is taken with compare-and-swap, so messages arriving during the
-//! tick are never lost or counted twice.
+//! tick are never lost or counted twice. README.md has the configuration,
+//! e.g. `cron = "0 */5 * * * *"` (seconds first: every five minutes).
 
 use std::time::Duration;
 

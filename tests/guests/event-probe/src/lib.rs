@@ -3,8 +3,11 @@
 //!
 //! - message: `SET last:<channel> <payload>`, `INCR got:<channel>`, and
 //!   `INCR got-pattern:<pattern>` when a pattern matched; a payload starting
-//!   with `slow` first runs guest code for 200 ms.
-//! - tick: `INCR tick:<timer>:<scheduled ms>` and `INCR ticks:<timer>`.
+//!   with `slow` first does `INCR started:<channel>` and runs guest code for
+//!   200 ms (`slow:<ms>`: for that many ms).
+//! - tick: `INCR tick:<timer>:<scheduled ms>` and `INCR ticks:<timer>`; a
+//!   timer whose name starts with `slow` first does `INCR started:<timer>`
+//!   and runs guest code for 1 s.
 //! - invoke: `publish <channel> <payload>` publishes and returns the count.
 
 use std::time::{Duration, Instant};
@@ -14,13 +17,23 @@ use redloom_sdk::{Error, Invoke, OnMessage, OnTick, Result, kv};
 
 struct Probe;
 
+/// Runs guest code (no host call) for `ms` milliseconds.
+fn spin(ms: u64) {
+    let until = Instant::now() + Duration::from_millis(ms);
+    while Instant::now() < until {
+        std::hint::black_box(0u64);
+    }
+}
+
 impl OnMessage for Probe {
     fn on_message(message: Message) -> Result<()> {
-        if message.payload.starts_with(b"slow") {
-            let until = Instant::now() + Duration::from_millis(200);
-            while Instant::now() < until {
-                std::hint::black_box(0u64);
-            }
+        if let Some(rest) = message.payload.strip_prefix(b"slow") {
+            kv::increment(&format!("started:{}", message.channel), 1)?;
+            let ms = rest
+                .strip_prefix(b":")
+                .and_then(|ms| std::str::from_utf8(ms).ok()?.parse().ok())
+                .unwrap_or(200);
+            spin(ms);
         }
         // `last` first: tests wait for `got`, then read `last`.
         kv::set(&format!("last:{}", message.channel), &message.payload)?;
@@ -34,6 +47,10 @@ impl OnMessage for Probe {
 
 impl OnTick for Probe {
     fn on_tick(tick: Tick) -> Result<()> {
+        if tick.timer.starts_with("slow") {
+            kv::increment(&format!("started:{}", tick.timer), 1)?;
+            spin(1_000);
+        }
         kv::increment(&format!("tick:{}:{}", tick.timer, tick.scheduled_ms), 1)?;
         kv::increment(&format!("ticks:{}", tick.timer), 1)?;
         Ok(())
