@@ -35,14 +35,20 @@
 //! (exactly one caller across all hosts gets it), or [`Lookup::Filling`]
 //! when someone else is filling and the policy's [`wait`](Policy::wait) ran
 //! out. A caller that finds a key being filled waits without polling Redis
-//! hard: the host wakes it when the fill lands through the same host, and
-//! looks again with a short backoff for fills through other hosts. If the
+//! hard: the host wakes it when the fill lands through the same host; for a
+//! fill through another host, one lookup per host (not per caller) reads
+//! Redis again with a jittered backoff of 2 ms doubling to 50 ms, so such a
+//! value arrives up to ~50 ms after it landed. If the
 //! filler dies, its lease expires after [`Policy::lease`] (at once if its
 //! invocation ended) and one waiter takes over. [`fill`] stores only with a
 //! lease that is still valid, so a slow origin never overwrites a newer value.
 //!
 //! Inside one host, concurrent lookups of one key share one Redis round trip
 //! and one fill.
+//!
+//! A lookup finds only an entry stored with the same set of tags
+//! ([`Policy::tag`]); it deletes an entry stored with other tags. Use one
+//! tag set per key.
 //!
 //! # Stale-while-revalidate in a plugin
 //!
@@ -139,7 +145,32 @@ impl Policy {
         self
     }
 
-    /// Turn on XFetch early refresh with `beta` (1.0 is the usual value).
+    /// Turn on XFetch early refresh with `beta` (1.0 is the usual value;
+    /// larger refreshes earlier).
+    ///
+    /// A fresh entry nearing the end of its fresh time is then handed, with
+    /// a probability growing as the end nears and with the time its last
+    /// fill took, to one caller with a refresh lease: [`Cache::get_or_fill`]
+    /// and friends run the origin for that caller (the others keep getting
+    /// the cached value), so a hot key is refreshed before it expires and
+    /// never misses. A value stored by [`set`] (or [`Cache::write_through`])
+    /// keeps the fill time of the entry it replaced; an entry only ever
+    /// stored by `set` has none and is never refreshed early.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use redloom_sdk::cache::{Cache, Policy, Source};
+    ///
+    /// # fn load_prices() -> redloom_sdk::Result<Vec<u8>> { Ok(Vec::new()) }
+    /// # fn main() -> redloom_sdk::Result<()> {
+    /// let policy = Policy::ttl(Duration::from_secs(60)).early_refresh(1.0);
+    /// let got = Cache::fetch("prices", &policy, || Ok(Some(load_prices()?)))?;
+    /// if got.source == Source::Refreshed {
+    ///     // This caller was chosen to refresh the entry before it expired.
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn early_refresh(mut self, beta: f64) -> Policy {
         self.early_refresh = beta;
         self
@@ -246,7 +277,28 @@ pub fn invalidate(key: &str) -> Result<bool> {
     wit::invalidate(key).map_err(Error::from_wit)
 }
 
-/// Invalidates every entry tagged `tag`, in one Redis command.
+/// Invalidates every entry tagged `tag`, in one Redis command however many
+/// entries carry it: the tag's version is bumped, and entries stored with
+/// the old version stop matching (and expire with their time to live).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use redloom_sdk::cache::{self, Cache, Policy};
+///
+/// # fn load(_: &str) -> redloom_sdk::Result<Vec<u8>> { Ok(Vec::new()) }
+/// # fn main() -> redloom_sdk::Result<()> {
+/// // Every entry of team 7 carries the tag "team:7".
+/// let policy = Policy::ttl(Duration::from_secs(300)).tag("team:7");
+/// let members = Cache::get_or_fill("team:7:members", &policy, || load("members"))?;
+/// let settings = Cache::get_or_fill("team:7:settings", &policy, || load("settings"))?;
+/// # let _ = (members, settings);
+///
+/// // Team 7 was renamed: drop all its entries at once. The next lookups
+/// // with `policy` miss and fill from the origin again.
+/// cache::invalidate_tag("team:7")?;
+/// # Ok(())
+/// # }
+/// ```
 pub fn invalidate_tag(tag: &str) -> Result<()> {
     wit::invalidate_tag(tag).map_err(Error::from_wit)
 }
@@ -447,7 +499,29 @@ impl Cache {
         Ok(out)
     }
 
-    /// [`Cache::get_or_fill`] for a serde type, stored as JSON.
+    /// [`Cache::get_or_fill`] for a serde type, stored as JSON (`json`
+    /// feature). A cached value that is not `T`'s JSON fails with
+    /// [`Error::InvalidArgument`].
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use redloom_sdk::cache::{Cache, Policy};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct User {
+    ///     id: u64,
+    ///     name: String,
+    /// }
+    ///
+    /// # fn load_user(id: u64) -> redloom_sdk::Result<User> { Ok(User { id, name: String::new() }) }
+    /// # fn main() -> redloom_sdk::Result<()> {
+    /// let policy = Policy::ttl(Duration::from_secs(300));
+    /// let user: User = Cache::get_or_fill_json("user:42", &policy, || load_user(42))?;
+    /// # let _ = user;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "json")]
     pub fn get_or_fill_json<T>(
         key: &str,
@@ -461,7 +535,30 @@ impl Cache {
             .ok_or_else(|| Error::other(format!("cache entry `{key}` is a negative entry")))
     }
 
-    /// [`Cache::get_or_fill_optional`] for a serde type, stored as JSON.
+    /// [`Cache::get_or_fill_optional`] for a serde type, stored as JSON
+    /// (`json` feature); `None` ("not found") is remembered for
+    /// [`Policy::negative`].
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use redloom_sdk::cache::{Cache, Policy};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct User {
+    ///     id: u64,
+    ///     name: String,
+    /// }
+    ///
+    /// # fn find_user(_: u64) -> redloom_sdk::Result<Option<User>> { Ok(None) }
+    /// # fn main() -> redloom_sdk::Result<()> {
+    /// let policy = Policy::ttl(Duration::from_secs(300)).negative(Duration::from_secs(10));
+    /// let user: Option<User> =
+    ///     Cache::get_or_fill_optional_json("user:404", &policy, || find_user(404))?;
+    /// assert!(user.is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "json")]
     pub fn get_or_fill_optional_json<T>(
         key: &str,
@@ -485,7 +582,28 @@ impl Cache {
             .transpose()
     }
 
-    /// [`Cache::write_through`] for a serde type, stored as JSON.
+    /// [`Cache::write_through`] for a serde type, stored as JSON (`json`
+    /// feature): read back with [`Cache::get_or_fill_json`].
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use redloom_sdk::cache::{Cache, Policy};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct User {
+    ///     id: u64,
+    ///     name: String,
+    /// }
+    ///
+    /// # fn save_user(_: &User) -> redloom_sdk::Result<()> { Ok(()) }
+    /// # fn main() -> redloom_sdk::Result<()> {
+    /// let policy = Policy::ttl(Duration::from_secs(300));
+    /// let user = User { id: 42, name: "Ada".into() };
+    /// Cache::write_through_json("user:42", &user, &policy, || save_user(&user))?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "json")]
     pub fn write_through_json<T: serde::Serialize + ?Sized>(
         key: &str,

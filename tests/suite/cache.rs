@@ -1,8 +1,8 @@
 //! The `cache` capability against real Redis with a counting origin:
 //! single-flight across two hosts, in-process coalescing,
 //! stale-while-revalidate, lease holders that die, stale fills, tag and
-//! key invalidation, write-through / write-around, negative caching, XFetch
-//! and the value size limit.
+//! key invalidation, write-through / write-around, negative caching, XFetch,
+//! the typed JSON helpers and the value size limit.
 //!
 //! "Two hosts" are two [`Host`] values (each with its own runtime, Redis
 //! connection and flight table) on one Redis. The origin is an in-process
@@ -153,8 +153,21 @@ fn url(addr: SocketAddr, key: &str, delay_ms: u64) -> String {
     format!("http://{addr}/v/{key}?delay_ms={delay_ms}")
 }
 
+/// `EVAL`/`EVALSHA` calls so far (summed over a Cluster's primaries): every
+/// cache lookup, fill, set, abandon and invalidate is one.
+async fn script_calls(redis: &RedisServer) -> u64 {
+    redis
+        .command_calls()
+        .await
+        .iter()
+        .filter(|(name, _)| name.starts_with("eval"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
 /// 200 concurrent lookups of a cold key, 100 on each of two hosts: the
-/// origin is called exactly once and every caller gets its value.
+/// origin is called exactly once, every caller gets its value, and waiting
+/// costs a few Redis lookups per host, not a stream of them per caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stampede_across_two_hosts_calls_the_origin_once() {
     with_timeout(async {
@@ -174,6 +187,8 @@ async fn stampede_across_two_hosts_calls_the_origin_once() {
             "op": "fetch", "key": key, "origin": url(addr, &key, 500),
             "fresh_ms": 60_000, "wait_ms": 30_000,
         }]);
+        let scripts_before = script_calls(&redis).await;
+        let started = Instant::now();
         let mut tasks = Vec::new();
         for i in 0..200 {
             let host = hosts[i % 2].clone();
@@ -191,9 +206,25 @@ async fn stampede_across_two_hosts_calls_the_origin_once() {
                 .entry(got["source"].as_str().unwrap().to_string())
                 .or_default() += 1;
         }
+        let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap();
+        let scripts = script_calls(&redis).await - scripts_before;
         assert_eq!(origin.gets(), 1, "the origin was called more than once");
         assert_eq!(sources.get("miss"), Some(&1), "{sources:?}");
         assert_eq!(sources.get("hit"), Some(&199), "{sources:?}");
+        // Redis traffic while waiting. The filling host sends one lookup and
+        // one fill; its other callers wait in-process. On the other host one
+        // lookup re-reads Redis per backoff pause while its other callers
+        // wait in-process; pauses are at least 1, 2, 4, 8, 16 ms, then at
+        // least 25 ms, so in `took_ms` that is at most 6 + took_ms / 25
+        // lookups. Invocations that started only after the fill add one
+        // lookup each (a fresh hit): 40 allowed. A lookup per round trip
+        // (~0.1 ms), even a 2 ms polling loop, or one poller per waiting
+        // caller (100 per host) would be far above the bound.
+        let bound = 2 + 6 + took_ms / 25 + 40;
+        assert!(
+            scripts <= bound,
+            "{scripts} cache scripts reached Redis in {took_ms} ms (bound {bound})"
+        );
     })
     .await;
 }
@@ -420,6 +451,92 @@ async fn filler_that_traps_or_times_out_is_replaced() {
             assert_eq!(ok(&out[0]), &json!({"value": "origin value", "source": "miss"}), "{case} {waiter}");
             // The lease lasts 30 s; the filler's end (at most 1 s of wall time) frees it.
             assert!(took < Duration::from_millis(2500), "{case}/{waiter}: took over after {took:?}");
+            match filler.await.unwrap() {
+                Err(HostInvokeError::Invoke(InvokeError::Trap { .. })) if case == "trap" => {}
+                Err(HostInvokeError::Invoke(InvokeError::Quota { .. })) if case == "timeout" => {}
+                other => panic!("{case}: the filler ended with {other:?}"),
+            }
+        }
+    })
+    .await;
+}
+
+/// 20 callers on two hosts wait for a key whose filler traps, or is
+/// cancelled at its wall-time deadline: once it is dead, exactly one of
+/// them calls the origin, and every one gets the value before its `wait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_waiters_take_over_from_a_dead_filler_once() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (addr, origin) = origin().await;
+        let hosts = [
+            start_host(&redis, d1.path()).await,
+            start_host(&redis, d2.path()).await,
+        ];
+        for h in &hosts {
+            let mut s = spec("takeover", addr);
+            s.quotas.wall_time = Duration::from_secs(2);
+            h.load(s).await.unwrap();
+        }
+        let ns = Namespace::new(&PluginName::parse("takeover").unwrap());
+        let mut conn = redis.client().await;
+        const WAIT_MS: u64 = 1800;
+        for case in ["trap", "timeout"] {
+            let key = unique(case);
+            origin.set(&key, "origin value");
+            let gets_before = origin.gets();
+            // The filler holds a 30 s lease and dies after 1.5 s (trap) or
+            // at its 2 s wall-time deadline.
+            let dies = if case == "trap" {
+                json!([{"op": "lookup", "key": key, "lease_ms": 30_000}, {"op": "sleep", "ms": 1500}, {"op": "trap"}])
+            } else {
+                json!([{"op": "lookup", "key": key, "lease_ms": 30_000}, {"op": "sleep", "ms": 5000}])
+            };
+            let filler = {
+                let host = hosts[0].clone();
+                tokio::spawn(async move { run(&host, "takeover", dies).await })
+            };
+            let lease = ns.cache(&key).unwrap().lease;
+            let seen = Instant::now();
+            while !conn.exists::<_, bool>(&lease).await.unwrap() {
+                assert!(seen.elapsed() < Duration::from_secs(10), "{case}: the filler took no lease");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Start the waiters late enough that their own 2 s of wall time
+            // outlast the filler.
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            let waiters: Vec<_> = (0..20)
+                .map(|i| {
+                    let host = hosts[i % 2].clone();
+                    let program = json!([{
+                        "op": "fetch", "key": key, "origin": url(addr, &key, 100),
+                        "wait_ms": WAIT_MS,
+                    }]);
+                    tokio::spawn(async move {
+                        let started = Instant::now();
+                        let out = run(&host, "takeover", program).await;
+                        (out, started.elapsed())
+                    })
+                })
+                .collect();
+            let mut sources = HashMap::<String, usize>::new();
+            for w in waiters {
+                let (out, took) = w.await.unwrap();
+                let out = out.unwrap_or_else(|e| panic!("{case}: a waiter failed: {e}"));
+                let got = ok(&out[0]);
+                assert_eq!(got["value"], "origin value", "{case}: {out:?}");
+                assert!(
+                    took < Duration::from_millis(WAIT_MS),
+                    "{case}: a waiter got the value after {took:?}, past its wait"
+                );
+                *sources
+                    .entry(got["source"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+            assert_eq!(origin.gets() - gets_before, 1, "{case}: origin calls after the filler died");
+            assert_eq!(sources.get("miss"), Some(&1), "{case}: {sources:?}");
+            assert_eq!(sources.get("hit"), Some(&19), "{case}: {sources:?}");
             match filler.await.unwrap() {
                 Err(HostInvokeError::Invoke(InvokeError::Trap { .. })) if case == "trap" => {}
                 Err(HostInvokeError::Invoke(InvokeError::Quota { .. })) if case == "timeout" => {}
@@ -674,6 +791,32 @@ async fn xfetch_early_refresh() {
         );
         assert_eq!(ok(&out[6]), true);
         assert_eq!(ok(&out[7])["value"], "v2");
+
+        // `set` measures no fill time: it keeps that of the entry it
+        // replaces, and an entry only ever `set` is never refreshed early.
+        let (filled, only_set) = (unique("filled"), unique("set"));
+        let out = probe(
+            &host,
+            "xfetch",
+            json!([
+                {"op": "lookup", "key": filled, "as": "l"},
+                {"op": "sleep", "ms": 50},
+                {"op": "fill", "key": filled, "lease": "l", "value": "v"},
+                {"op": "set", "key": filled, "value": "written"},
+                {"op": "lookup", "key": filled, "beta": 1e9},
+                {"op": "set", "key": only_set, "value": "written"},
+                {"op": "lookup", "key": only_set, "beta": 1e9},
+            ]),
+        )
+        .await;
+        assert_eq!(
+            ok(&out[4]),
+            &json!({"kind": "fresh", "value": "written", "lease": true})
+        );
+        assert_eq!(
+            ok(&out[6]),
+            &json!({"kind": "fresh", "value": "written", "lease": false})
+        );
     })
     .await;
 }
@@ -718,6 +861,92 @@ async fn values_over_the_size_limit_are_rejected() {
         assert_eq!(err(&out[3]).0, "invalid-argument");
         assert_eq!(ok(&out[4]), true);
         assert_eq!(ok(&out[5])["value"].as_str().unwrap().len(), 4096);
+    })
+    .await;
+}
+
+/// The typed helpers (`json` feature) store a serde value as JSON and read
+/// it back: `get_or_fill_json` fills from the origin once, `write_through_json`
+/// writes origin and cache, `get_or_fill_optional_json` remembers "not found",
+/// and a cached value that is not the type's JSON is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_json_values_round_trip() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let d = tempfile::tempdir().unwrap();
+        let (addr, origin) = origin().await;
+        let host = start_host(&redis, d.path()).await;
+        host.load(spec("typed", addr)).await.unwrap();
+        let ns = Namespace::new(&PluginName::parse("typed").unwrap());
+        let mut conn = redis.client().await;
+
+        let ada = json!({"id": 42, "name": "Ada", "teams": ["core", "ops"]});
+        let k = unique("user");
+        origin.set(&k, &ada.to_string());
+        let fetch = json!({"op": "fetch_json", "key": k, "origin": url(addr, &k, 0)});
+        let out = probe(&host, "typed", json!([fetch, fetch])).await;
+        assert_eq!(ok(&out[0]), &ada);
+        assert_eq!(ok(&out[1]), &ada);
+        assert_eq!(origin.gets(), 1, "the second read was a cache hit");
+        let stored: String = conn.hget(ns.cache(&k).unwrap().entry, "v").await.unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&stored).unwrap(),
+            ada,
+            "stored as JSON"
+        );
+
+        let grace = json!({"id": 7, "name": "Grace", "teams": []});
+        let k = unique("user");
+        let u = url(addr, &k, 0);
+        let out = probe(
+            &host,
+            "typed",
+            json!([
+                {"op": "write_through_json", "key": k, "user": grace, "origin": u},
+                {"op": "fetch_json", "key": k, "origin": u},
+            ]),
+        )
+        .await;
+        assert_eq!(ok(&out[0]), &Value::Null);
+        assert_eq!(ok(&out[1]), &grace);
+        assert_eq!(
+            serde_json::from_str::<Value>(&origin.get(&k).unwrap()).unwrap(),
+            grace,
+            "the origin got the JSON"
+        );
+        assert_eq!(
+            origin.gets(),
+            1,
+            "the read after write-through was a cache hit"
+        );
+
+        let missing = unique("missing");
+        let fetch = json!({
+            "op": "fetch_optional_json", "key": missing,
+            "origin": url(addr, &missing, 0), "negative_ms": 5000,
+        });
+        let out = probe(&host, "typed", json!([fetch, fetch])).await;
+        assert_eq!(ok(&out[0]), &Value::Null);
+        assert_eq!(ok(&out[1]), &Value::Null);
+        assert_eq!(
+            origin.gets(),
+            2,
+            "the remembered \"not found\" did not reach the origin"
+        );
+
+        let k = unique("raw");
+        let out = probe(
+            &host,
+            "typed",
+            json!([
+                {"op": "set", "key": k, "value": "not json"},
+                {"op": "fetch_json", "key": k, "origin": url(addr, &k, 0)},
+            ]),
+        )
+        .await;
+        let (kind, message) = err(&out[1]);
+        assert_eq!(kind, "invalid-argument");
+        assert!(message.contains("is not the expected JSON"), "{message}");
     })
     .await;
 }

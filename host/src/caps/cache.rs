@@ -36,6 +36,9 @@
 //! exponential backoff ([`FIRST_BACKOFF`] doubling to [`MAX_BACKOFF`], never
 //! past the lease's remaining time to live + 1 ms or the caller's deadline)
 //! and looks again: it then finds the value, or takes the expired lease over.
+//! Hosts never notify each other: a fill through another host is seen at
+//! this leader's next look, and its followers learn it from the leader, so
+//! one key costs one Redis lookup per pause per host however many wait.
 //! No caller waits past its `wait-ms`.
 
 use std::collections::HashMap;

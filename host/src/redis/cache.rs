@@ -167,17 +167,16 @@ impl Redis {
         Ok(freed == 1)
     }
 
-    /// Deletes the entry and its lease in one `MULTI` on one slot. Returns
-    /// whether the entry existed.
+    /// Runs `lua/cache_invalidate.lua`: deletes the entry and its lease
+    /// (superseding any fill in flight). Returns whether the entry existed.
     pub async fn cache_invalidate(&self, keys: &CacheKeys) -> CommandResult<bool> {
-        let (entry, _lease): (i64, i64) = redis::pipe()
-            .atomic()
-            .cmd("DEL")
-            .arg(&keys.entry)
-            .cmd("DEL")
-            .arg(&keys.lease)
-            .query_async(&mut self.conn.clone())
+        let existed: i64 = self
+            .scripts
+            .cache_invalidate
+            .key(&keys.entry)
+            .key(&keys.lease)
+            .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(entry == 1)
+        Ok(existed == 1)
     }
 }

@@ -50,6 +50,8 @@ pub struct Scripts {
     pub cache_set: Script,
     /// `lua/cache_abandon.lua`
     pub cache_abandon: Script,
+    /// `lua/cache_invalidate.lua`
+    pub cache_invalidate: Script,
 }
 
 /// `(file name, source)` for every script, for loading and for tests that
@@ -122,6 +124,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         "cache_abandon.lua",
         include_str!("../../../lua/cache_abandon.lua"),
     ),
+    (
+        "cache_invalidate.lua",
+        include_str!("../../../lua/cache_invalidate.lua"),
+    ),
 ];
 
 impl Scripts {
@@ -148,6 +154,7 @@ impl Scripts {
             cache_fill: Script::new(source("cache_fill.lua")),
             cache_set: Script::new(source("cache_set.lua")),
             cache_abandon: Script::new(source("cache_abandon.lua")),
+            cache_invalidate: Script::new(source("cache_invalidate.lua")),
         })
     }
 
@@ -198,7 +205,7 @@ mod tests {
             "limiter_sliding_window.lua" => limiter("sw"),
             "limiter_fixed_window.lua" => limiter("fw"),
             "limiter_concurrency.lua" => limiter("cc"),
-            "cache_lookup.lua" | "cache_fill.lua" | "cache_set.lua" => {
+            "cache_lookup.lua" | "cache_fill.lua" | "cache_set.lua" | "cache_invalidate.lua" => {
                 vec![cache.entry, cache.lease]
             }
             "cache_abandon.lua" => vec![cache.lease],

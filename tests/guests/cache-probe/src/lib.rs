@@ -20,6 +20,9 @@
 //! | `fetch` | `key`, `origin` (URL; 404 = not found), policy | `{"value", "source"}` |
 //! | `write_through` | `key`, `value`, `origin` (URL, POSTed the value), policy | null |
 //! | `write_around` | `key`, `value`, `origin` (URL, POSTed the value) | null |
+//! | `fetch_json` | `key`, `origin` (URL answering a [`User`] as JSON), policy | the `User` (`Cache::get_or_fill_json`) |
+//! | `fetch_optional_json` | `key`, `origin` (URL; 404 = not found), policy | the `User` or null (`Cache::get_or_fill_optional_json`) |
+//! | `write_through_json` | `key`, `user` (a `User`), `origin` (URL, POSTed its JSON), policy | null (`Cache::write_through_json`) |
 //! | `sleep` | `ms` | null |
 //! | `trap` | | — (the instance traps) |
 //!
@@ -31,7 +34,17 @@ use std::time::Duration;
 
 use redloom_sdk::cache::{self, Cache, Lease, Lookup, Policy};
 use redloom_sdk::{Error, Invoke, Result, http};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+/// The typed value of the `*_json` ops.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct User {
+    id: u64,
+    name: String,
+    teams: Vec<String>,
+}
 
 struct CacheProbe;
 
@@ -116,6 +129,20 @@ fn origin_post(url: &str, body: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// GET `url` as a [`User`]: `None` on 404.
+fn origin_user(url: &str) -> Result<Option<User>> {
+    origin_get(url)?
+        .map(|b| {
+            serde_json::from_slice(&b)
+                .map_err(|e| Error::other(format!("origin sent no User: {e}")))
+        })
+        .transpose()
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| Error::other(format!("encoding: {e}")))
+}
+
 fn run(op: &Value, leases: &mut HashMap<String, Lease>) -> Result<Value> {
     let key = op["key"].as_str().unwrap_or_default();
     match str_field(op, "op")? {
@@ -166,6 +193,27 @@ fn run(op: &Value, leases: &mut HashMap<String, Lease>) -> Result<Value> {
             let url = str_field(op, "origin")?;
             let v = value(op).unwrap_or_default();
             Cache::write_around(key, || origin_post(url, &v))?;
+            Ok(Value::Null)
+        }
+        "fetch_json" => {
+            let url = str_field(op, "origin")?;
+            let user: User = Cache::get_or_fill_json(key, &policy(op), || {
+                origin_user(url)?.ok_or_else(|| Error::other(format!("{url} answered 404")))
+            })?;
+            to_json(&user)
+        }
+        "fetch_optional_json" => {
+            let url = str_field(op, "origin")?;
+            let user: Option<User> =
+                Cache::get_or_fill_optional_json(key, &policy(op), || origin_user(url))?;
+            to_json(&user)
+        }
+        "write_through_json" => {
+            let url = str_field(op, "origin")?;
+            let user: User = serde_json::from_value(op["user"].clone())
+                .map_err(|e| Error::invalid(format!("`user` is not a User: {e}")))?;
+            let body = serde_json::to_vec(&user)?;
+            Cache::write_through_json(key, &user, &policy(op), || origin_post(url, &body))?;
             Ok(Value::Null)
         }
         "sleep" => {
