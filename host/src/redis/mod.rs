@@ -579,3 +579,24 @@ mod tests {
         assert_eq!(redact("redis://h:1"), "redis://h:1");
     }
 }
+
+/// A subscription connection on `client` (one of
+/// [`Redis::subscriber_clients`]), subscribed to `channels` and `patterns`;
+/// connecting may take up to `connect_timeout`.
+pub async fn subscribe(
+    client: &redis::Client,
+    channels: &[&str],
+    patterns: &[&str],
+    connect_timeout: Duration,
+) -> anyhow::Result<redis::aio::PubSub> {
+    let mut pubsub = tokio::time::timeout(connect_timeout, client.get_async_pubsub())
+        .await
+        .map_err(|_| anyhow::anyhow!("no connection within {connect_timeout:?}"))??;
+    if !channels.is_empty() {
+        pubsub.subscribe(channels).await?;
+    }
+    if !patterns.is_empty() {
+        pubsub.psubscribe(patterns).await?;
+    }
+    Ok(pubsub)
+}

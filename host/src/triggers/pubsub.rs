@@ -314,20 +314,9 @@ async fn subscribe(
             Err(e) => anyhow::bail!("cannot enable keyspace notifications (CONFIG SET): {e}"),
         }
     }
-    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
-        .await
-        .map_err(|_| anyhow::anyhow!("no connection within {CONNECT_TIMEOUT:?}"))??;
-    if !routes.channels.is_empty() {
-        pubsub
-            .subscribe(routes.channels.keys().collect::<Vec<_>>())
-            .await?;
-    }
-    if !routes.patterns.is_empty() {
-        pubsub
-            .psubscribe(routes.patterns.keys().collect::<Vec<_>>())
-            .await?;
-    }
-    Ok(pubsub)
+    let channels: Vec<&str> = routes.channels.keys().map(String::as_str).collect();
+    let patterns: Vec<&str> = routes.patterns.keys().map(String::as_str).collect();
+    crate::redis::subscribe(client, &channels, &patterns, CONNECT_TIMEOUT).await
 }
 
 /// How long one connection attempt of the subscriber may take.
