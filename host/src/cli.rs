@@ -684,24 +684,28 @@ async fn plugin_admin(
         PluginAction::List => {
             let plugins = body.as_array().cloned().unwrap_or_default();
             println!(
-                "{:<24} {:<10} {:>12} {:>8}  WASM",
-                "NAME", "HANDLERS", "INVOCATIONS", "ERRORS"
+                "{:<24} {:<9} {:<10} {:>12} {:>8}  WASM",
+                "NAME", "STATE", "HANDLERS", "INVOCATIONS", "ERRORS"
             );
+            // An unloaded plugin has no handlers or counters: "-".
+            let count = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
             for p in plugins {
-                let errors: u64 = p["errors"]
+                let errors = p["errors"]
                     .as_object()
-                    .map(|o| o.values().filter_map(|v| v.as_u64()).sum())
-                    .unwrap_or(0);
-                let handlers: Vec<&str> = p["handlers"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|h| h.as_str()).collect())
-                    .unwrap_or_default();
+                    .map(|o| o.values().filter_map(|v| v.as_u64()).sum());
+                let handlers = p["handlers"].as_array().map_or("-".to_string(), |a| {
+                    a.iter()
+                        .filter_map(|h| h.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
                 println!(
-                    "{:<24} {:<10} {:>12} {:>8}  {}",
+                    "{:<24} {:<9} {:<10} {:>12} {:>8}  {}",
                     p["name"].as_str().unwrap_or("?"),
-                    handlers.join(","),
-                    p["invocations"].as_u64().unwrap_or(0),
-                    errors,
+                    p["state"].as_str().unwrap_or("?"),
+                    handlers,
+                    count(p["invocations"].as_u64()),
+                    count(errors),
                     p["wasm"].as_str().unwrap_or("?")
                 );
             }

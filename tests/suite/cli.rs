@@ -418,3 +418,101 @@ async fn invoke_stats() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[1]["ok"], 2);
 }
+
+/// `redloom plugin unload|load|reload` drive a running `redloom serve`
+/// through its admin API, and each one's effect shows over HTTP; a reload
+/// the server refuses fails with exit code 3 and leaves the plugin serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_commands_manage_a_running_server() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The ip-rate-limit example answers any path with a greeting; its
+    // limiter policy gets a budget this test never spends.
+    let config = format!(
+        "{redis}[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [plugins.probe]\nwasm = {probe:?}\n\
+         [plugins.probe.limiters.per-ip]\nalgorithm = \"gcra\"\nrate = \"100000/s\"\nburst = 100000\n\
+         [[routes]]\nmethod = \"GET\"\npath = \"/version\"\nplugin = \"probe\"\n",
+        redis = redis.config_table(),
+        probe = plugin("http-probe").display().to_string(),
+    );
+    let serve = redloom_tests::ServeProcess::start(&dir.path().join("serve"), &config).await;
+    let log = serve.log_text();
+    let http = log
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .unwrap_or_else(|| panic!("no http address in the log:\n{log}"))
+        .to_string();
+    let version = || async {
+        let r = reqwest::get(format!("http://{http}/version"))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    // The commands run in a folder of their own: a relative --wasm is
+    // resolved there, not in the server's folder.
+    let cli = dir.path().join("cli");
+    std::fs::create_dir_all(&cli).unwrap();
+    std::fs::copy(plugin("ip-rate-limit"), cli.join("greeter.wasm")).unwrap();
+    let admin = format!("http://{}", serve.admin);
+    let plugin_cmd = |args: &[&str]| {
+        let out = run(redloom(&cli).args(["plugin", "--admin", &admin]).args(args));
+        (code(&out), text(&out.stdout), text(&out.stderr))
+    };
+    let greeting = "hello 127.0.0.1, you asked for /version\n".to_string();
+
+    assert_eq!(version().await, (200, "1".to_string()));
+    let (status, stdout, stderr) = plugin_cmd(&["unload", "probe"]);
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stdout.contains(r#""unloaded":"probe""#), "{stdout}");
+    assert_eq!(version().await.0, 503);
+    let (_, listing, _) = plugin_cmd(&["list"]);
+    assert!(
+        listing.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 5 && cols[..5] == ["probe", "unloaded", "-", "-", "-"]
+        }),
+        "{listing}"
+    );
+
+    let (status, stdout, stderr) = plugin_cmd(&["load", "probe"]);
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stdout.contains(r#""loaded":"probe""#), "{stdout}");
+    assert_eq!(version().await, (200, "1".to_string()));
+
+    let (status, stdout, stderr) = plugin_cmd(&["reload", "probe", "--wasm", "greeter.wasm"]);
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stdout.contains(r#""reloaded":"probe""#), "{stdout}");
+    assert_eq!(version().await, (200, greeting.clone()));
+    let (_, listing, _) = plugin_cmd(&["list"]);
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with("probe "))
+        .unwrap_or_else(|| panic!("{listing}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[..3], ["probe", "loaded", "invoke,http"], "{listing}");
+    assert!(
+        line.ends_with(&*cli.join("greeter.wasm").to_string_lossy()),
+        "{line}"
+    );
+
+    // A component without the HTTP handler cannot serve the route.
+    let (status, _, stderr) = plugin_cmd(&[
+        "reload",
+        "probe",
+        "--wasm",
+        &plugin("kv-probe").display().to_string(),
+    ]);
+    assert_eq!(status, 3, "{stderr}");
+    assert!(stderr.contains("http-handler"), "{stderr}");
+    assert_eq!(version().await, (200, greeting));
+
+    // Without --wasm, `load` needs the plugin in the server's configuration.
+    let (status, _, stderr) = plugin_cmd(&["load", "elsewhere"]);
+    assert_ne!(status, 0);
+    assert!(
+        stderr.contains("elsewhere is not in the configuration"),
+        "{stderr}"
+    );
+    serve.stop().await;
+}

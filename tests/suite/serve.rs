@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use redloom::config::Config;
@@ -133,25 +133,43 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// A counting origin on a free port: `/users/{id}` for ids 1–3, 404 else.
+/// How long the test origin's `/slow` takes to answer: far past any
+/// `outbound-timeout` the tests set.
+const SLOW_ORIGIN: Duration = Duration::from_secs(5);
+
+/// A counting origin on a free port: `/users/{id}` for ids 1–3, 404 else
+/// (counted in the returned hits); `/slow` answers after [`SLOW_ORIGIN`];
+/// `/big/{n}` answers `n` bytes.
 async fn origin() -> (SocketAddr, Arc<AtomicUsize>) {
     use axum::extract::Path as P;
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
-    let app = axum::Router::new().route(
-        "/users/{id}",
-        axum::routing::get(move |P(id): P<String>| {
-            let h = h.clone();
-            async move {
-                h.fetch_add(1, Ordering::SeqCst);
-                if ["1", "2", "3"].contains(&id.as_str()) {
-                    (axum::http::StatusCode::OK, format!(r#"{{"id":"{id}"}}"#))
-                } else {
-                    (axum::http::StatusCode::NOT_FOUND, String::new())
+    let app = axum::Router::new()
+        .route(
+            "/users/{id}",
+            axum::routing::get(move |P(id): P<String>| {
+                let h = h.clone();
+                async move {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    if ["1", "2", "3"].contains(&id.as_str()) {
+                        (axum::http::StatusCode::OK, format!(r#"{{"id":"{id}"}}"#))
+                    } else {
+                        (axum::http::StatusCode::NOT_FOUND, String::new())
+                    }
                 }
-            }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(SLOW_ORIGIN).await;
+                "late"
+            }),
+        )
+        .route(
+            "/big/{n}",
+            axum::routing::get(|P(n): P<usize>| async move { "x".repeat(n) }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -276,7 +294,10 @@ plugin = "get-user"
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(r.text().await.unwrap(), "denied");
+        assert_eq!(
+            r.text().await.unwrap(),
+            format!("denied: http://{allowed} is not in this plugin's allowed-outbound-hosts")
+        );
         assert_eq!(hits.load(Ordering::SeqCst), 0);
 
         let r = c.get(s.url("/users/1")).send().await.unwrap();
@@ -327,7 +348,10 @@ async fn outbound_allowlist() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.text().await.unwrap(), "denied");
+        assert_eq!(
+            r.text().await.unwrap(),
+            format!("denied: http://{other} is not in this plugin's allowed-outbound-hosts")
+        );
         assert_eq!(
             (
                 hits.load(Ordering::SeqCst),
@@ -433,7 +457,15 @@ async fn hot_reload_unload_and_load() {
             .json()
             .await
             .unwrap();
-        assert_eq!(list, serde_json::json!([]));
+        assert_eq!(
+            list,
+            serde_json::json!([{
+                "name": "probe",
+                "wasm": plugin("http-probe"),
+                "state": "unloaded",
+            }]),
+            "an unloaded configured plugin is listed without counters"
+        );
         let r = c.get(s.admin_url("/readyz")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(
@@ -556,6 +588,7 @@ async fn metrics_health_and_token() {
             .await
             .unwrap();
         assert_eq!(list[0]["name"], "probe");
+        assert_eq!(list[0]["state"], "loaded");
         assert_eq!(list[0]["handlers"], serde_json::json!(["http"]));
         assert!(list[0]["invocations"].as_u64().unwrap() >= 6);
         s.shutdown().await;
@@ -755,6 +788,346 @@ plugin = "get-user-cached"
             StatusCode::NOT_FOUND
         );
         assert_eq!(hits.load(Ordering::SeqCst), 2, "the 404 was cached");
+        s.shutdown().await;
+    })
+    .await;
+}
+
+/// `[plugins.probe.limiters.per-ip]` with a budget no test spends: lets the
+/// probe be reloaded from the ip-rate-limit example, which answers any path
+/// with `hello <client>, you asked for <path>`.
+const GREETER_LIMITER: &str = r#"
+[plugins.probe.limiters.per-ip]
+algorithm = "gcra"
+rate = "100000/s"
+burst = 100000
+"#;
+
+/// Reloading a routed plugin from another component under continuous
+/// requests: a slow request that started on the old component finishes
+/// there, no request fails, each client sees the old answers and then only
+/// the new ones, and new requests reach the new component.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_to_another_component() {
+    with_timeout(async {
+        let config = probe_config(GREETER_LIMITER).replace(
+            "concurrency = 1\nqueue = 0",
+            "concurrency = 16\ncpu = \"20s\"",
+        );
+        let s = serve(&config).await;
+        let c = client();
+        let is_new = |body: &str| body == "hello 127.0.0.1, you asked for /version\n";
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (c, url, stop) = (c.clone(), s.url("/version"), stop.clone());
+                tokio::spawn(async move {
+                    let (mut old, mut new, mut failed) = (0, 0, Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        let answer = match c.get(&url).send().await {
+                            Ok(r) => (r.status(), r.text().await.unwrap_or_default()),
+                            Err(e) => (StatusCode::IM_A_TEAPOT, e.to_string()),
+                        };
+                        match answer {
+                            (StatusCode::OK, body) if body == "1" && new == 0 => old += 1,
+                            (StatusCode::OK, body) if is_new(&body) => new += 1,
+                            other => failed.push(other),
+                        }
+                    }
+                    (old, new, failed)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let slow = tokio::spawn({
+            let (c, url) = (c.clone(), s.url("/burn/6000"));
+            async move {
+                let r = c.get(url).send().await.unwrap();
+                (r.status(), r.text().await.unwrap())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = c
+            .post(s.admin_url("/plugins/probe/reload"))
+            .json(&serde_json::json!({"wasm": plugin("ip-rate-limit")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+        assert!(
+            !slow.is_finished(),
+            "the slow request ended before the swap; the test proves nothing"
+        );
+        let r = c.get(s.url("/version")).send().await.unwrap();
+        assert!(
+            is_new(&r.text().await.unwrap()),
+            "the new component answers"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        let (mut old_total, mut new_total) = (0, 0);
+        for w in workers {
+            let (old, new, failed) = w.await.unwrap();
+            assert!(
+                failed.is_empty(),
+                "failed or out-of-order answers during the swap: {failed:?}"
+            );
+            assert!(new > 0, "a client never saw the new component");
+            (old_total, new_total) = (old_total + old, new_total + new);
+        }
+        assert!(
+            old_total > 5 && new_total > 5,
+            "too few requests: {old_total} old, {new_total} new"
+        );
+        // The new component would have greeted; "done" is the old one's answer.
+        assert_eq!(slow.await.unwrap(), (StatusCode::OK, "done".to_string()));
+        let list: serde_json::Value = c
+            .get(s.admin_url("/plugins"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list[0]["wasm"], serde_json::json!(plugin("ip-rate-limit")));
+        assert_eq!(list[0]["handlers"], serde_json::json!(["invoke", "http"]));
+        s.shutdown().await;
+    })
+    .await;
+}
+
+/// Outbound HTTP is bounded: an origin slower than `outbound-timeout` is a
+/// `timeout` error naming it, in about the timeout; a body over `max-reply`
+/// fails the invocation with the payload quota (503 with `Retry-After`)
+/// and a message naming the origin and the limit; a body of exactly
+/// `max-reply` and a normal exchange work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_timeout_and_reply_limit() {
+    with_timeout(async {
+        let (o, _) = origin().await;
+        let config = probe_config("").replace(
+            "[plugins.probe.quotas]",
+            &format!(
+                "allowed-outbound-hosts = [\"http://{o}\"]\n[plugins.probe.quotas]\n\
+                 outbound-timeout = \"300ms\"\nmax-reply = \"16KiB\""
+            ),
+        );
+        let s = serve(&config).await;
+        let c = client();
+        let fetch = |url: String| {
+            let c = c.clone();
+            let probe = s.url(&format!("/fetch?url={url}"));
+            async move {
+                let r = c.get(probe).send().await.unwrap();
+                let status = r.status();
+                let retry = r.headers().get("retry-after").cloned();
+                (status, retry, r.text().await.unwrap())
+            }
+        };
+
+        let (status, _, body) = fetch(format!("http://{o}/users/1")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, r#"200 {"id":"1"}"#)
+        );
+        let (status, _, body) = fetch(format!("http://{o}/big/16384")).await;
+        assert_eq!(status, StatusCode::OK, "exactly max-reply is fine");
+        assert_eq!(body.len(), "200 ".len() + 16384);
+
+        let started = Instant::now();
+        let (status, _, body) = fetch(format!("http://{o}/slow")).await;
+        let took = started.elapsed();
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_eq!(body, format!("timeout: http://{o} did not answer in time"));
+        assert!(
+            took >= Duration::from_millis(250) && took < SLOW_ORIGIN / 2,
+            "the timeout took {took:?}"
+        );
+
+        let (status, retry, body) = fetch(format!("http://{o}/big/16385")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(retry.unwrap(), "1");
+        // The same request straight to the host shows the error behind the 503.
+        let request = redloom::bindings::http_types::Request {
+            method: "GET".into(),
+            path: "/fetch".into(),
+            params: Vec::new(),
+            query: vec![("url".into(), format!("http://{o}/big/20000"))],
+            headers: Vec::new(),
+            body: Vec::new(),
+            client_addr: "127.0.0.1:1".into(),
+        };
+        let probe = redloom::namespace::PluginName::parse("probe").unwrap();
+        let e = s.host.handle_http(&probe, &request).await.err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "plugin probe exceeded its payload quota: the response from http://{o} \
+                 is over max-reply (16384 bytes)"
+            )
+        );
+        let list: serde_json::Value = c
+            .get(s.admin_url("/plugins"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list[0]["quota_rejections"]["payload"], 2, "{list}");
+        s.shutdown().await;
+    })
+    .await;
+}
+
+/// Quota rejections besides concurrency: a request past its `wall-time`
+/// answers 503 and one over `redis-rate` 429, both with `Retry-After`; the
+/// rejections are counted per quota and the plugin keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_quota_rejections_have_retry_after() {
+    with_timeout(async {
+        let extra = "[[routes]]\nmethod = \"GET\"\npath = \"/incr/:n\"\nplugin = \"probe\"\n";
+        let config = probe_config(extra).replace(
+            "concurrency = 1\nqueue = 0",
+            "concurrency = 1\nqueue = 0\nwall-time = \"300ms\"\nredis-rate = 1",
+        );
+        let s = serve(&config).await;
+        let c = client();
+        let key = redloom_tests::unique("incr");
+
+        let started = Instant::now();
+        let r = c.get(s.url("/burn/3000")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_eq!(r.text().await.unwrap(), "service unavailable");
+        assert!(
+            started.elapsed() < Duration::from_millis(2000),
+            "wall-time did not stop the request: {:?}",
+            started.elapsed()
+        );
+
+        // One command a second: the first goes through, the second would
+        // wait a whole second, longer than a command may wait for the bucket.
+        let r = c
+            .get(s.url(&format!("/incr/3?key={key}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["retry-after"], "1");
+
+        let r = c.get(s.url("/version")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let list: serde_json::Value = c
+            .get(s.admin_url("/plugins"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list[0]["quota_rejections"]["wall-time"], 1, "{list}");
+        assert_eq!(list[0]["quota_rejections"]["redis-rate"], 1, "{list}");
+        s.shutdown().await;
+    })
+    .await;
+}
+
+/// An origin whose `/users/{id}` answers `{"id":…,"v":N}`, N counting its
+/// calls, after the returned delay (milliseconds, 0 at first).
+async fn versioned_origin() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicU64>) {
+    use axum::extract::Path as P;
+    let (hits, delay) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(0)));
+    let (h, d) = (hits.clone(), delay.clone());
+    let app = axum::Router::new().route(
+        "/users/{id}",
+        axum::routing::get(move |P(id): P<String>| {
+            let (h, d) = (h.clone(), d.clone());
+            async move {
+                let n = h.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(Duration::from_millis(d.load(Ordering::SeqCst))).await;
+                format!(r#"{{"id":"{id}","v":{n}}}"#)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, hits, delay)
+}
+
+/// Stale-while-revalidate in the get-user-cached example: past `ttl-secs`,
+/// concurrent requests get the stale value at once (`x-cache: stale`) while
+/// exactly one refresh reaches the (slow) origin and answers the new value
+/// (`x-cache: refresh`); afterwards the new value is a fresh hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_user_cached_stale_while_revalidate() {
+    with_timeout(async {
+        let (origin_addr, hits, delay) = versioned_origin().await;
+        let extra = format!(
+            r#"
+[plugins.get-user-cached]
+wasm = {wasm:?}
+allowed-outbound-hosts = ["http://{origin_addr}"]
+settings = {{ origin = "http://{origin_addr}", ttl-secs = 1, stale-secs = 60 }}
+[plugins.get-user-cached.quotas]
+concurrency = 32
+queue = 64
+[[routes]]
+method = "GET"
+path = "/cached/users/:id"
+plugin = "get-user-cached"
+"#,
+            wasm = plugin("get-user-cached").display().to_string()
+        );
+        let s = serve(&probe_config(&extra)).await;
+        let c = client();
+        let get = |c: reqwest::Client, url: String| async move {
+            let started = Instant::now();
+            let r = c.get(url).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let cache = r.headers()["x-cache"].to_str().unwrap().to_string();
+            (cache, r.text().await.unwrap(), started.elapsed())
+        };
+        let url = s.url("/cached/users/1");
+        let v1 = r#"{"id":"1","v":1}"#;
+        let (cache, body, _) = get(c.clone(), url.clone()).await;
+        assert_eq!((cache.as_str(), body.as_str()), ("miss", v1));
+        let (cache, body, _) = get(c.clone(), url.clone()).await;
+        assert_eq!((cache.as_str(), body.as_str()), ("hit", v1));
+
+        // Past the fresh second, with an origin that takes 1.5 s.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let origin_time = Duration::from_millis(1500);
+        delay.store(origin_time.as_millis() as u64, Ordering::SeqCst);
+        let requests: Vec<_> = (0..8)
+            .map(|_| tokio::spawn(get(c.clone(), url.clone())))
+            .collect();
+        let mut answers = Vec::new();
+        for r in requests {
+            answers.push(r.await.unwrap());
+        }
+        let (refreshed, stale): (Vec<_>, Vec<_>) =
+            answers.iter().partition(|(cache, _, _)| cache == "refresh");
+        assert_eq!(refreshed.len(), 1, "one request refreshes: {answers:?}");
+        assert_eq!(refreshed[0].1, r#"{"id":"1","v":2}"#);
+        assert!(refreshed[0].2 >= origin_time, "{answers:?}");
+        for (cache, body, took) in &stale {
+            assert_eq!((cache.as_str(), body.as_str()), ("stale", v1));
+            assert!(
+                *took < origin_time / 2,
+                "a stale answer waited for the refresh: {answers:?}"
+            );
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 2, "exactly one refresh");
+
+        delay.store(0, Ordering::SeqCst);
+        let (cache, body, _) = get(c.clone(), url.clone()).await;
+        assert_eq!(
+            (cache.as_str(), body.as_str()),
+            ("hit", r#"{"id":"1","v":2}"#)
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
         s.shutdown().await;
     })
     .await;

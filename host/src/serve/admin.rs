@@ -3,7 +3,7 @@
 //!
 //! | request | does |
 //! |---|---|
-//! | `GET /plugins` | JSON list: name, wasm, handlers, state, counters |
+//! | `GET /plugins` | JSON list, by name: every loaded plugin (`"state": "loaded"`, its handlers and counters) and every configured plugin that is not loaded now (`"state": "unloaded"`, name and wasm only) |
 //! | `POST /plugins` `{"name", "wasm"?, "settings"?}` | loads a plugin (its `[plugins.NAME]` table, if the config has one, supplies everything not given) |
 //! | `POST /plugins/{name}/reload` `{"wasm"?, "settings"?}` | loads it again (from a new file, with new settings, if given) and swaps it in atomically |
 //! | `DELETE /plugins/{name}` | unloads it; routes to it answer 503 |
@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
@@ -72,8 +71,29 @@ fn error(status: StatusCode, message: String) -> Response {
 #[derive(Serialize)]
 pub struct PluginJson {
     pub name: String,
+    /// The file it runs from; for an unloaded plugin, the file `load` would
+    /// use (its configuration's).
     pub wasm: PathBuf,
-    pub state: &'static str,
+    pub state: PluginState,
+    /// Handlers and counters, only while loaded: unloading drops them.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub loaded: Option<LoadedJson>,
+}
+
+/// Whether requests reach a plugin.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginState {
+    /// Serving its routes and triggers.
+    Loaded,
+    /// In the configuration but unloaded through the admin API: its routes
+    /// answer 503 and `/readyz` fails until it is loaded again.
+    Unloaded,
+}
+
+/// What a loaded plugin adds to [`PluginJson`].
+#[derive(Serialize)]
+pub struct LoadedJson {
     pub handlers: Vec<&'static str>,
     pub invocations: u64,
     pub errors: BTreeMap<&'static str, u64>,
@@ -83,23 +103,36 @@ pub struct PluginJson {
 }
 
 async fn list(State(app): State<Arc<App>>) -> Json<Vec<PluginJson>> {
-    Json(
-        app.host
-            .plugin_infos()
-            .into_iter()
-            .map(|p| PluginJson {
+    let mut plugins: BTreeMap<PluginName, PluginJson> = app
+        .host
+        .plugin_infos()
+        .into_iter()
+        .map(|p| {
+            let json = PluginJson {
                 name: p.name.to_string(),
                 wasm: p.wasm,
-                state: "loaded",
-                handlers: p.handlers,
-                invocations: p.stats.invocations,
-                errors: p.stats.errors.iter().copied().collect(),
-                quota_rejections: p.stats.quota_rejections.iter().copied().collect(),
-                guest_cpu_seconds: p.stats.guest_cpu.as_secs_f64(),
-                redis_commands: p.stats.redis_commands,
-            })
-            .collect(),
-    )
+                state: PluginState::Loaded,
+                loaded: Some(LoadedJson {
+                    handlers: p.handlers,
+                    invocations: p.stats.invocations,
+                    errors: p.stats.errors.iter().copied().collect(),
+                    quota_rejections: p.stats.quota_rejections.iter().copied().collect(),
+                    guest_cpu_seconds: p.stats.guest_cpu.as_secs_f64(),
+                    redis_commands: p.stats.redis_commands,
+                }),
+            };
+            (p.name, json)
+        })
+        .collect();
+    for (name, config) in &app.config.plugins {
+        plugins.entry(name.clone()).or_insert_with(|| PluginJson {
+            name: name.to_string(),
+            wasm: PluginSpec::from_config(name.clone(), config).wasm,
+            state: PluginState::Unloaded,
+            loaded: None,
+        });
+    }
+    Json(plugins.into_values().collect())
 }
 
 #[derive(Deserialize)]
@@ -217,7 +250,6 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
     if problems.is_empty() {
         "ready\n".into_response()
     } else {
-        let _ = app.redis_up.load(Ordering::Relaxed);
         (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n").into_response()
     }
 }

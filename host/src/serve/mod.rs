@@ -24,7 +24,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use prometheus_client::registry::Registry;
 
-pub use admin::PluginJson;
+pub use admin::{LoadedJson, PluginJson, PluginState};
 pub use routes::{Match, RouteTable};
 
 use crate::config::Config;

@@ -8,12 +8,13 @@
 //! | `/version` | 200, the `version` setting |
 //! | `/error` | the plugin's error (the host answers 500) |
 //! | `/panic` | a trap (500) |
-//! | `/fetch?url=U` | outbound GET of `U`: 200 with the origin's status and body, or 502 `denied`/`timeout`/... |
+//! | `/fetch?url=U` | outbound GET of `U`: 200 with the origin's status and body, or 502 with the error as `kind: message` (`denied: ...`, `timeout: ...`) |
+//! | `/incr/:n?key=K` | `n` Redis increments of `K` (to spend the `redis-rate` quota), then 200 with the last value |
 
 use std::time::{Duration, Instant};
 
 use redloom_sdk::http::{self, Request, Response};
-use redloom_sdk::{Error, Http, Result, config};
+use redloom_sdk::{Error, Http, Result, config, kv};
 
 struct Probe;
 
@@ -45,6 +46,17 @@ impl Http for Probe {
             }
             return Ok(Response::text(200, "done"));
         }
+        if let Some(n) = path.strip_prefix("/incr/") {
+            let n: u32 = n.parse().map_err(|_| Error::invalid("bad n"))?;
+            let key = request
+                .query("key")
+                .ok_or_else(|| Error::invalid("no key"))?;
+            let mut last = 0;
+            for _ in 0..n {
+                last = kv::increment(key, 1)?;
+            }
+            return Ok(Response::text(200, last.to_string()));
+        }
         match path.as_str() {
             "/version" => Ok(Response::text(200, config::get_or("version", "1"))),
             "/error" => Err(Error::other("secret internal detail")),
@@ -58,7 +70,10 @@ impl Http for Probe {
                         200,
                         format!("{} {}", r.status, String::from_utf8_lossy(&r.body)),
                     )),
-                    Err(e) => Ok(Response::text(502, e.kind())),
+                    Err(e) => Ok(Response::text(
+                        502,
+                        format!("{}: {}", e.kind(), e.message()),
+                    )),
                 }
             }
             _ => Ok(Response::text(404, "probe: no such path")),
