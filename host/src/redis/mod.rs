@@ -567,19 +567,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Passwords never reach messages.
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
-        assert_eq!(redact("rediss://secret@h"), "rediss://***@h");
-        assert_eq!(redact("redis://h:1"), "redis://h:1");
-    }
-}
-
 /// A subscription connection on `client` (one of
 /// [`Redis::subscriber_clients`]), subscribed to `channels` and `patterns`;
 /// connecting may take up to `connect_timeout`.
@@ -599,4 +586,17 @@ pub async fn subscribe(
         pubsub.psubscribe(patterns).await?;
     }
     Ok(pubsub)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Passwords never reach messages.
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("rediss://secret@h"), "rediss://***@h");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
 }
