@@ -305,7 +305,7 @@ impl Default for Quotas {
             wall_time: Duration::from_secs(10),
             fuel: None,
             memory: 64 << 20,
-            table_elements: 100_000,
+            table_elements: 20_000,
             instances: 64,
             max_input: 1 << 20,
             max_output: 1 << 20,
@@ -329,7 +329,9 @@ pub mod ceilings {
     pub const FUEL: u64 = 1 << 40;
     /// The pooling allocator reserves address space per slot; 1 GiB bounds it.
     pub const MEMORY: u64 = 1 << 30;
-    pub const TABLE_ELEMENTS: u64 = 10_000_000;
+    /// What each table in the engine's instance pool can hold (`engine.rs`
+    /// sizes the pool with it); a larger quota could never be reached.
+    pub const TABLE_ELEMENTS: u64 = 20_000;
     pub const INSTANCES: u64 = 1_000;
     pub const PAYLOAD: u64 = 64 << 20;
     pub const REDIS_OPS: u64 = 1_000_000;
@@ -412,7 +414,9 @@ pub struct Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostSection {
     /// Instances running at once across all plugins: the pool size, shared
-    /// first-come first-served by plugins within their own `concurrency`.
+    /// fairly by plugins within their own `concurrency` (a reserve for idle
+    /// plugins, freed slots to the plugin holding fewest; see
+    /// `quota::HostSlots`).
     pub max_instances: u32,
 }
 

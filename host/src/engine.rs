@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings::AnyPlugin;
 use crate::config::ceilings;
+use crate::quota::HostSlots;
 use crate::store::{Caps, State};
 
 /// How often the epoch advances; the granularity of time slicing.
@@ -54,7 +54,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<State>,
     cache: Option<CompileCache>,
-    slots: Arc<Semaphore>,
+    slots: Arc<HostSlots>,
     fuel: bool,
     _ticker: EpochTicker,
 }
@@ -83,7 +83,7 @@ impl Runtime {
             engine,
             linker,
             cache,
-            slots: Arc::new(Semaphore::new(options.max_instances.max(1) as usize)),
+            slots: HostSlots::new(options.max_instances),
             fuel: options.fuel,
             _ticker: ticker,
         })
@@ -93,8 +93,8 @@ impl Runtime {
         &self.engine
     }
 
-    /// Host-wide instance slots: one per running invocation.
-    pub fn slots(&self) -> &Arc<Semaphore> {
+    /// Host-wide instance slots: one per running invocation, shared fairly.
+    pub fn slots(&self) -> &Arc<HostSlots> {
         &self.slots
     }
 
@@ -145,6 +145,8 @@ fn engine_config(options: &RuntimeOptions) -> Config {
         .total_tables(n.saturating_mul(4))
         .total_stacks(n)
         .max_memory_size(ceilings::MEMORY as usize)
+        // The `table-elements` ceiling is what each pooled table can hold.
+        .table_elements(ceilings::TABLE_ELEMENTS as usize)
         // Keep-resident sizes only pay off together with `pagemap_scan`:
         // without it, wasmtime resets the first `keep_resident` bytes of
         // every memory and table with `memset` when an instance is freed,

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::Semaphore;
 use wasmtime::component::{Component, InstancePre};
 use wasmtime::{CallHook, Store, Trap, UpdateDeadline};
 
@@ -30,7 +29,7 @@ use crate::caps::outbound_http::Origin;
 use crate::config::{PluginConfig, Quotas, TriggerConfig};
 use crate::engine::{CacheOutcome, Runtime};
 use crate::namespace::{Namespace, PluginName};
-use crate::quota::{CpuMeter, QuotaTrap};
+use crate::quota::{CpuMeter, HostShare, QuotaTrap};
 use crate::redis::Redis;
 use crate::stats::{Outcome, Snapshot};
 use crate::store::{Cleanup, PluginContext, State};
@@ -315,8 +314,8 @@ pub struct Plugin {
     handlers: Handlers,
     reuse: u32,
     warm: Mutex<Vec<Warm>>,
-    /// The host-wide instance slots (shared by every plugin).
-    host_slots: Arc<Semaphore>,
+    /// This plugin's share of the host-wide instance slots.
+    host_slots: HostShare,
     fuel: bool,
     report: LoadReport,
 }
@@ -406,7 +405,7 @@ impl Plugin {
             handlers,
             reuse: spec.reuse_instances,
             warm: Mutex::new(Vec::new()),
-            host_slots: runtime.slots().clone(),
+            host_slots: runtime.slots().register(),
             fuel: runtime.fuel(),
             report: LoadReport {
                 size: bytes.len(),

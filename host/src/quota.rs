@@ -5,23 +5,25 @@
 //! | `cpu` | [`CpuMeter`] + the epoch callback | time running guest code, measured between wasmtime call hooks; time in host calls (awaiting Redis) and time parked at a yield are excluded | trap at the next epoch tick (10 ms granularity) |
 //! | `fuel` | wasmtime fuel | instructions executed | trap |
 //! | `wall-time` | `tokio::time::timeout` around the call | everything from admission to the reply, including instantiation and Redis | the call's future is dropped |
-//! | `memory`, `table-elements`, `instances` | [`Limits`] (a `ResourceLimiter`) | every `memory.grow` / `table.grow` and instantiation | trap |
+//! | `memory`, `table-elements`, `instances` | [`Limits`] (a `ResourceLimiter`) | every `memory.grow` / `table.grow` and instantiation; instances, tables and memories are only created at instantiation | trap; too many instances fail instantiation, so the load-time probe refuses the plugin |
 //! | `max-input`, `max-output` | `plugin.rs` | the handler's input and output | refused / output discarded |
 //! | `max-reply` | capability modules | bytes a single Redis reply brings into the guest | typed error, invocation fails |
 //! | `redis-ops` | `Caps::admit` | Redis commands per invocation | typed error, invocation fails |
 //! | `redis-rate` | [`TokenBucket`] in `Caps::admit` | Redis commands per second, all invocations of the plugin | waits up to [`MAX_RATE_WAIT`], then typed error |
 //! | `concurrency`, `queue`, `queue-wait` | [`Admission`] | invocations in flight and waiting | rejected before instantiation |
+//! | `[host] max-instances` | [`HostSlots`] | invocations running at once across all plugins, shared fairly (a reserve for idle plugins, fewest-held first) | waits within `queue-wait`, then rejected as `concurrency` |
 //!
 //! A breach surfaces as [`QuotaTrap`] (traps) or as the guest-visible
 //! `quota-exceeded` error recorded on the store (`Caps::breach`); either way
 //! the invocation's result is a quota error naming the quota, the instance is
 //! discarded, and the plugin's counters record it.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::bindings::types::Quota;
 use crate::config::Quotas;
@@ -225,13 +227,8 @@ impl TokenBucket {
 }
 
 /// Admission control for one plugin: at most `concurrency` invocations run,
-/// at most `queue` wait, each for at most `queue-wait`; then a host-wide slot.
-///
-/// An invocation first takes one of its plugin's slots, then one of the
-/// host's. So at most `concurrency` invocations of a plugin ever compete for
-/// host slots, and host slots are handed out first-come first-served (tokio's
-/// semaphore is fair): a plugin at its limit can delay another by at most its
-/// own `concurrency` invocations, never starve it.
+/// at most `queue` wait, each for at most `queue-wait`; then a host-wide slot
+/// from [`HostSlots`], within what is left of the same `queue-wait`.
 #[derive(Debug)]
 pub struct Admission {
     concurrency: u32,
@@ -244,7 +241,7 @@ pub struct Admission {
 /// Permits held for one running invocation.
 pub struct Admitted {
     _plugin: OwnedSemaphorePermit,
-    _host: OwnedSemaphorePermit,
+    _host: HostPermit,
 }
 
 struct Waiting<'a>(&'a AtomicU32);
@@ -268,7 +265,7 @@ impl Admission {
 
     /// Waits (bounded) for a plugin slot and a host slot. The error says why
     /// the invocation was rejected.
-    pub async fn admit(&self, host: &Arc<Semaphore>) -> Result<Admitted, String> {
+    pub async fn admit(&self, host: &HostShare) -> Result<Admitted, String> {
         let started = Instant::now();
         let plugin = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -292,20 +289,237 @@ impl Admission {
                 }
             }
         };
-        let host = match host.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                let left = self.wait.saturating_sub(started.elapsed());
-                match tokio::time::timeout(left, host.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => p,
-                    _ => return Err("the host's instance slots are all busy".to_string()),
-                }
-            }
-        };
+        let host = host
+            .acquire(self.wait.saturating_sub(started.elapsed()))
+            .await?;
         Ok(Admitted {
             _plugin: plugin,
             _host: host,
         })
+    }
+}
+
+/// The host's instance slots (`[host] max-instances`), shared fairly by the
+/// loaded plugins. An invocation takes one after its plugin's own slot
+/// ([`Admission`]) and gives it back when it ends, however it ends.
+///
+/// Invocations cannot be preempted, so fairness is decided when a slot is
+/// handed out, by two rules:
+///
+/// 1. **Reserve.** A plugin with no invocation running may always take a
+///    free slot. A plugin that already runs one or more takes a slot only
+///    while more slots are free than the reserve: one per loaded plugin that
+///    runs nothing, at most a quarter of the host ([`HostSlots::reserve_cap`]).
+///    So busy plugins, together, never fill the host while another plugin is
+///    idle: that plugin's next invocation starts at once, however long the
+///    busy plugins' invocations run. A plugin alone on the host uses every
+///    slot.
+/// 2. **Fewest first.** A freed slot goes to the waiting invocation whose
+///    plugin holds the fewest slots (oldest first among equals), not simply
+///    to the oldest waiter. Under contention the slots drift to an even
+///    split (max-min fairness); a plugin holding many waits behind one
+///    holding few.
+///
+/// Waiting for a slot is bounded by the caller; a waiter that gives up
+/// leaves the queue, and a slot granted to it in that instant is returned.
+#[derive(Debug)]
+pub struct HostSlots {
+    total: u32,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug)]
+struct SlotState {
+    free: u32,
+    next_id: u64,
+    next_seq: u64,
+    tenants: HashMap<u64, Tenant>,
+}
+
+/// A registered plugin: the slots it holds and its waiting invocations.
+#[derive(Debug, Default)]
+struct Tenant {
+    held: u32,
+    waiting: VecDeque<(u64, oneshot::Sender<HostPermit>)>,
+}
+
+/// One plugin's registration with [`HostSlots`]; dropping it unregisters
+/// the plugin (it no longer counts towards the reserve).
+#[derive(Debug)]
+pub struct HostShare {
+    slots: Arc<HostSlots>,
+    id: u64,
+}
+
+/// One host slot, held by a running invocation; dropping it frees the slot
+/// and hands it on.
+#[derive(Debug)]
+pub struct HostPermit {
+    slots: Arc<HostSlots>,
+    id: u64,
+    /// False once the permit was taken back without a release (a waiter
+    /// that was gone when it was granted).
+    armed: bool,
+}
+
+impl Drop for HostPermit {
+    fn drop(&mut self) {
+        if self.armed {
+            self.slots.release(self.id);
+        }
+    }
+}
+
+impl HostSlots {
+    /// `total` slots (at least one).
+    pub fn new(total: u32) -> Arc<HostSlots> {
+        let total = total.max(1);
+        Arc::new(HostSlots {
+            total,
+            state: Mutex::new(SlotState {
+                free: total,
+                next_id: 0,
+                next_seq: 0,
+                tenants: HashMap::new(),
+            }),
+        })
+    }
+
+    /// The most slots kept for idle plugins: a quarter of the host (rounded
+    /// up), never every slot. 256 slots: 64; 4 slots: 1; 1 slot: none.
+    pub fn reserve_cap(total: u32) -> u32 {
+        total.div_ceil(4).min(total.saturating_sub(1))
+    }
+
+    /// Registers a plugin.
+    pub fn register(self: &Arc<Self>) -> HostShare {
+        let mut state = self.lock();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.tenants.insert(id, Tenant::default());
+        HostShare {
+            slots: self.clone(),
+            id,
+        }
+    }
+
+    /// Slots in use right now, across all plugins.
+    pub fn in_use(&self) -> u32 {
+        self.total - self.lock().free
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // Poisoning is ignored: every update under the lock is a few
+        // integer steps, with no await and no call out.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn release(self: &Arc<Self>, id: u64) {
+        let mut state = self.lock();
+        state.free += 1;
+        if let Some(t) = state.tenants.get_mut(&id) {
+            t.held -= 1;
+        }
+        self.dispatch(&mut state);
+    }
+
+    /// Hands free slots to waiters, in order, while the rules allow.
+    fn dispatch(self: &Arc<Self>, state: &mut SlotState) {
+        while state.free > 0 {
+            let idle = state.tenants.values().filter(|t| t.held == 0).count();
+            let reserve = Self::reserve_cap(self.total).min(idle as u32);
+            let next = state
+                .tenants
+                .iter()
+                .filter_map(|(id, t)| Some(((t.held, t.waiting.front()?.0), *id)))
+                .min();
+            let Some(((held, _), id)) = next else { return };
+            if held > 0 && state.free <= reserve {
+                return;
+            }
+            let tenant = state.tenants.get_mut(&id).expect("just found");
+            let (_, tx) = tenant.waiting.pop_front().expect("has a waiter");
+            tenant.held += 1;
+            state.free -= 1;
+            let permit = HostPermit {
+                slots: self.clone(),
+                id,
+                armed: true,
+            };
+            if let Err(mut permit) = tx.send(permit) {
+                // The waiter gave up: take the slot back (a release here
+                // would take the lock we hold).
+                permit.armed = false;
+                state.free += 1;
+                state.tenants.get_mut(&id).expect("just found").held -= 1;
+            }
+        }
+    }
+}
+
+impl HostShare {
+    /// Waits up to `within` for a host slot.
+    pub async fn acquire(&self, within: Duration) -> Result<HostPermit, String> {
+        let (seq, rx) = {
+            let mut state = self.slots.lock();
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let (tx, rx) = oneshot::channel();
+            state
+                .tenants
+                .get_mut(&self.id)
+                .expect("registered until dropped")
+                .waiting
+                .push_back((seq, tx));
+            self.slots.dispatch(&mut state);
+            (seq, rx)
+        };
+        let _leave = LeaveQueue { share: self, seq };
+        match tokio::time::timeout(within, rx).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                let state = self.slots.lock();
+                let held = state.tenants.get(&self.id).map_or(0, |t| t.held);
+                Err(format!(
+                    "the host's {} instance slots are all busy or kept for idle plugins \
+                     (this plugin holds {held}); none was granted within queue-wait",
+                    self.slots.total
+                ))
+            }
+        }
+    }
+
+    /// Host slots this plugin holds right now.
+    pub fn held(&self) -> u32 {
+        self.slots
+            .lock()
+            .tenants
+            .get(&self.id)
+            .map_or(0, |t| t.held)
+    }
+}
+
+impl Drop for HostShare {
+    fn drop(&mut self) {
+        let mut state = self.slots.lock();
+        state.tenants.remove(&self.id);
+        // One idle plugin fewer: the reserve may shrink.
+        self.slots.dispatch(&mut state);
+    }
+}
+
+/// Removes a waiter that gave up (timed out or was cancelled) from its queue.
+struct LeaveQueue<'a> {
+    share: &'a HostShare,
+    seq: u64,
+}
+
+impl Drop for LeaveQueue<'_> {
+    fn drop(&mut self) {
+        let mut state = self.share.slots.lock();
+        if let Some(t) = state.tenants.get_mut(&self.share.id) {
+            t.waiting.retain(|(seq, _)| *seq != self.seq);
+        }
     }
 }
 
@@ -329,6 +543,116 @@ mod tests {
         assert!(b.take(Duration::from_millis(250)).unwrap() > Duration::from_millis(190));
         assert!(b.take(Duration::from_millis(100)).is_err());
         assert_eq!(TokenBucket::new(0).take(Duration::ZERO), Ok(Duration::ZERO));
+    }
+
+    const NOW: Duration = Duration::ZERO;
+    const LONG: Duration = Duration::from_secs(30);
+
+    /// A plugin alone uses every host slot; with a neighbour loaded but idle
+    /// it leaves one free for it, and the neighbour gets that one at once.
+    #[tokio::test]
+    async fn host_slots_keep_a_reserve_for_idle_plugins() {
+        assert_eq!(
+            [1, 2, 4, 8, 256].map(HostSlots::reserve_cap),
+            [0, 1, 1, 2, 64]
+        );
+        let slots = HostSlots::new(4);
+        let busy = slots.register();
+        let alone: Vec<_> = (0..4).map(|_| busy.acquire(NOW)).collect();
+        let mut held = Vec::new();
+        for a in alone {
+            held.push(a.await.expect("a plugin alone may fill the host"));
+        }
+        held.clear();
+        assert_eq!(slots.in_use(), 0);
+
+        let idle = slots.register();
+        for _ in 0..3 {
+            held.push(busy.acquire(NOW).await.unwrap());
+        }
+        let e = busy.acquire(NOW).await.unwrap_err();
+        assert!(e.contains("kept for idle plugins"), "{e}");
+        let light = idle
+            .acquire(NOW)
+            .await
+            .expect("the reserve serves the idle plugin");
+        assert_eq!((busy.held(), idle.held(), slots.in_use()), (3, 1, 4));
+        drop(light);
+        // Unloading the idle plugin releases the reserve.
+        drop(idle);
+        held.push(busy.acquire(NOW).await.unwrap());
+        assert_eq!(slots.in_use(), 4);
+        held.clear();
+        assert_eq!(slots.in_use(), 0, "every permit came back");
+    }
+
+    /// A freed slot goes to the waiting plugin that holds the fewest, even
+    /// when another plugin has waited longer.
+    #[tokio::test]
+    async fn freed_slots_go_to_the_plugin_holding_fewest() {
+        let slots = HostSlots::new(4);
+        let [a, b] = [(); 2].map(|_| Arc::new(slots.register()));
+        let mut a_held = Vec::new();
+        for _ in 0..3 {
+            a_held.push(a.acquire(NOW).await.unwrap());
+        }
+        let b1 = b.acquire(NOW).await.unwrap();
+        let wait = |s: &Arc<HostShare>| {
+            let s = s.clone();
+            tokio::spawn(async move { s.acquire(LONG).await })
+        };
+        let settle = || tokio::time::sleep(Duration::from_millis(20));
+        // Queued oldest first: a, a, then b.
+        let a4 = wait(&a);
+        settle().await;
+        let a5 = wait(&a);
+        settle().await;
+        let b2 = wait(&b);
+        settle().await;
+        assert!(!a4.is_finished() && !a5.is_finished() && !b2.is_finished());
+
+        // a holds 2, b holds 1: b is served first.
+        a_held.pop();
+        let b2 = tokio::time::timeout(LONG, b2)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        settle().await;
+        assert!(!a4.is_finished() && !a5.is_finished());
+        // a holds 1, b holds 2: a, oldest first.
+        a_held.pop();
+        let a4 = tokio::time::timeout(LONG, a4)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        settle().await;
+        assert!(!a5.is_finished());
+        drop(b1);
+        let a5 = tokio::time::timeout(LONG, a5)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.held(), b.held(), slots.in_use()), (3, 1, 4));
+        drop((a4, a5, b2, a_held));
+        assert_eq!(slots.in_use(), 0);
+    }
+
+    /// A waiter that gives up leaves the queue and takes no slot with it.
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_leaves_the_queue() {
+        let slots = HostSlots::new(1);
+        let share = slots.register();
+        let held = share.acquire(NOW).await.unwrap();
+        assert!(share.acquire(Duration::from_millis(20)).await.is_err());
+        drop(held);
+        assert_eq!(slots.in_use(), 0);
+        let again = share.acquire(NOW).await.expect("the slot is free again");
+        assert_eq!(share.held(), 1);
+        drop(again);
+        assert_eq!(slots.in_use(), 0);
     }
 
     /// CPU time counts only running intervals.

@@ -1,15 +1,20 @@
 //! Hostile plugins against real Redis: each quota stops its plugin, names
 //! itself, is counted, and leaves the host serving everyone else.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redloom::bindings::types::Quota;
+use redloom::config::{Config, Quotas};
 use redloom::host::{Host, HostInvokeError};
 use redloom::namespace::PluginName;
 use redloom::plugin::{InvokeError, PluginSpec};
-use redloom_tests::{RedisServer, host, host_options, spec};
+use redloom_tests::{
+    RedisServer, get_i64, host, host_options, spec, unique, wait_for, workspace_root,
+};
 use serde_json::{Value, json};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -389,9 +394,112 @@ async fn concurrency_queue_and_rejection() {
     .await;
 }
 
-/// A CPU-bound plugin running at its concurrency limit, on a host whose
-/// instance slots it fills, does not stop a light plugin's invocations from
-/// completing.
+/// Starts `inputs` on the hostile `plugin` at once; each must increment the
+/// key `mark` when it starts running. Once all run, the well-behaved
+/// neighbour must answer (within a generous timeout) while every one of them
+/// is still running. Returns their results.
+async fn neighbour_ok_during(
+    host: &Arc<Host>,
+    redis: &RedisServer,
+    plugin: &str,
+    inputs: &[String],
+    mark: &str,
+) -> Vec<Result<Vec<u8>, HostInvokeError>> {
+    let hostile: Vec<_> = inputs
+        .iter()
+        .map(|input| {
+            let (host, name, input) = (host.clone(), name(plugin), input.clone());
+            tokio::spawn(async move { host.invoke(&name, input.as_bytes()).await })
+        })
+        .collect();
+    let mut conn = redis.client().await;
+    let started = wait_for(
+        &mut conn,
+        &format!("rl:{plugin}:kv:{mark}"),
+        inputs.len() as i64,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(started, inputs.len() as i64, "{plugin}: not all started");
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(20), neighbour_ok(host))
+            .await
+            .unwrap_or_else(|_| panic!("the neighbour did not answer during {plugin}"));
+    }
+    assert!(
+        hostile.iter().all(|h| !h.is_finished()),
+        "{plugin} ended before the neighbour was checked: this proved nothing"
+    );
+    let mut results = Vec::new();
+    for h in hostile {
+        results.push(
+            tokio::time::timeout(TEST_TIMEOUT, h)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    results
+}
+
+/// While an infinite loop, a memory bomb and CPU-bound invocations at their
+/// plugin's concurrency limit are running, a well-behaved plugin is served;
+/// each hostile invocation then ends as its quota says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neighbours_are_served_while_hostile_plugins_run() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let data = tempfile::tempdir().unwrap();
+        let host = Arc::new(host(&redis, data.path()).await);
+        load(&host, spec("neighbour", "kv-probe")).await;
+
+        let mut s = spec("looper", "hostile");
+        s.quotas.cpu = Duration::from_secs(3);
+        s.quotas.wall_time = Duration::from_secs(4);
+        load(&host, s).await;
+        let mark = unique("started");
+        let r =
+            neighbour_ok_during(&host, &redis, "looper", &[format!("spin {mark}")], &mark).await;
+        let q = quota_of(r.into_iter().next().unwrap());
+        assert!(q == Quota::Cpu || q == Quota::WallTime, "{q:?}");
+
+        // 1 MiB blocks 60 ms apart: about 2 s to reach the 32 MiB cap.
+        let mut s = spec("bomber", "hostile");
+        s.quotas.memory = 32 << 20;
+        s.quotas.cpu = Duration::from_secs(30);
+        s.quotas.wall_time = Duration::from_secs(30);
+        load(&host, s).await;
+        let mark = unique("started");
+        let r = neighbour_ok_during(
+            &host,
+            &redis,
+            "bomber",
+            &[format!("memory-bomb 60 {mark}")],
+            &mark,
+        )
+        .await;
+        assert_eq!(quota_of(r.into_iter().next().unwrap()), Quota::Memory);
+
+        // Twice as many CPU-bound invocations as worker threads.
+        let mut s = spec("burner", "hostile");
+        s.quotas.concurrency = 4;
+        s.quotas.cpu = Duration::from_secs(30);
+        s.quotas.wall_time = Duration::from_secs(30);
+        load(&host, s).await;
+        let mark = unique("started");
+        let inputs = vec![format!("burn 3000 {mark}"); 4];
+        for r in neighbour_ok_during(&host, &redis, "burner", &inputs, &mark).await {
+            assert_eq!(r.expect("a burn within its quotas succeeds"), b"done");
+        }
+    })
+    .await;
+}
+
+/// Busy plugins at their concurrency limit, whose invocations each last
+/// longer than a neighbour's `queue-wait` (default 1 s), on a host whose
+/// instance slots they could fill between them: the neighbour, with default
+/// quotas, is still served, because busy plugins never take the slot kept
+/// for an idle one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_plugin_does_not_starve_a_light_one() {
     with_timeout(async {
@@ -400,23 +508,28 @@ async fn a_busy_plugin_does_not_starve_a_light_one() {
         let mut options = host_options(&redis, data.path());
         options.runtime.max_instances = 4;
         let host = Arc::new(Host::start(options).await.unwrap());
-        let mut s = spec("heavy", "hostile");
-        s.quotas.concurrency = 4;
-        s.quotas.queue = 100;
-        s.quotas.queue_wait = Duration::from_secs(60);
-        load(&host, s).await;
-        let mut s = spec("neighbour", "kv-probe");
-        s.quotas.queue_wait = Duration::from_secs(30);
-        load(&host, s).await;
+        let mark = unique("started");
+        for heavy in ["heavy-a", "heavy-b"] {
+            let mut s = spec(heavy, "hostile");
+            s.quotas.concurrency = 4;
+            s.quotas.queue = 100;
+            s.quotas.queue_wait = Duration::from_secs(60);
+            s.quotas.cpu = Duration::from_secs(60);
+            s.quotas.wall_time = Duration::from_secs(60);
+            load(&host, s).await;
+        }
+        load(&host, spec("neighbour", "kv-probe")).await;
+        assert_eq!(Quotas::default().queue_wait, Duration::from_secs(1));
 
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let heavy: Vec<_> = (0..8)
-            .map(|_| {
-                let (host, stop) = (host.clone(), stop.clone());
+            .map(|i| {
+                let (host, stop, mark) = (host.clone(), stop.clone(), mark.clone());
+                let plugin = if i % 2 == 0 { "heavy-a" } else { "heavy-b" };
                 tokio::spawn(async move {
                     let mut runs = 0;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        host.invoke(&name("heavy"), b"burn 100")
+                    while !stop.load(Ordering::Relaxed) {
+                        host.invoke(&name(plugin), format!("burn 2000 {mark}").as_bytes())
                             .await
                             .expect("heavy runs");
                         runs += 1;
@@ -425,18 +538,239 @@ async fn a_busy_plugin_does_not_starve_a_light_one() {
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The busy plugins hold every slot they may: all but the reserve.
+        let mut conn = redis.client().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let running = get_i64(&mut conn, &format!("rl:heavy-a:kv:{mark}")).await
+                + get_i64(&mut conn, &format!("rl:heavy-b:kv:{mark}")).await;
+            if running >= 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the heavy plugins never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         for _ in 0..10 {
             tokio::time::timeout(Duration::from_secs(20), neighbour_ok(&host))
                 .await
-                .expect("the light plugin completes while the heavy one saturates the host");
+                .expect("the light plugin completes while the heavy ones saturate the host");
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
         let mut heavy_runs = 0;
         for h in heavy {
             heavy_runs += h.await.unwrap();
         }
-        assert!(heavy_runs >= 8, "the heavy plugin ran too ({heavy_runs})");
+        assert!(heavy_runs >= 8, "the heavy plugins ran too ({heavy_runs})");
+    })
+    .await;
+}
+
+/// The wall-clock microseconds a `span` invocation ran between.
+fn span(out: &[u8]) -> (u128, u128) {
+    let text = std::str::from_utf8(out).unwrap();
+    let (start, end) = text.split_once(' ').unwrap();
+    (start.parse().unwrap(), end.parse().unwrap())
+}
+
+/// The most spans that ran at one instant.
+fn max_overlap(spans: &[(u128, u128)]) -> usize {
+    let mut events: Vec<(u128, i32)> = spans
+        .iter()
+        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
+        .collect();
+    // At the same instant an end comes before a start.
+    events.sort();
+    let (mut running, mut most) = (0, 0);
+    for (_, step) in events {
+        running += step;
+        most = most.max(running);
+    }
+    most as usize
+}
+
+/// `[host] max-instances` bounds the invocations running at once across
+/// plugins: two plugins each allowed 3 at once share a host of 3 slots, and
+/// never run more than 3 together (each invocation reports when it ran).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_instances_bounds_instances_across_plugins() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let data = tempfile::tempdir().unwrap();
+        let mut options = host_options(&redis, data.path());
+        options.runtime.max_instances = 3;
+        let host = Arc::new(Host::start(options).await.unwrap());
+        for plugin in ["one", "two"] {
+            let mut s = spec(plugin, "hostile");
+            s.quotas.concurrency = 3;
+            s.quotas.queue = 10;
+            s.quotas.queue_wait = Duration::from_secs(30);
+            load(&host, s).await;
+        }
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let host = host.clone();
+                let plugin = if i % 2 == 0 { "one" } else { "two" };
+                tokio::spawn(async move { host.invoke(&name(plugin), b"span 300").await })
+            })
+            .collect();
+        let mut spans = Vec::new();
+        for t in tasks {
+            spans.push(span(
+                &t.await.unwrap().expect("every invocation runs in turn"),
+            ));
+        }
+        assert_eq!(
+            max_overlap(&spans),
+            3,
+            "at most max-instances ran at once, and the host was used fully: {spans:?}"
+        );
+    })
+    .await;
+}
+
+/// `table-elements`: a guest growing its function table past the quota is
+/// stopped with a `memory` quota error, while growth within it succeeds.
+/// `instances`: a component creates all its core instances when it is
+/// instantiated (core wasm cannot instantiate at run time), so the limit
+/// can only be crossed there; the load-time probe instantiates, so a plugin
+/// needing more is refused at load with wasmtime's limiter message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_elements_and_instances_limits() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let data = tempfile::tempdir().unwrap();
+        let host = host(&redis, data.path()).await;
+        load(&host, spec("neighbour", "kv-probe")).await;
+        let mut s = spec("tables", "hostile");
+        s.quotas.table_elements = 10_000;
+        load(&host, s).await;
+        let old: u64 = String::from_utf8(
+            host.invoke(&name("tables"), b"grow-table 100")
+                .await
+                .unwrap(),
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+        assert!(old < 10_000 - 100, "initial table of {old} elements");
+        let e = host
+            .invoke(&name("tables"), b"grow-table 100000")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("a table would grow to"), "{e}");
+        assert_eq!(quota_of(Err(e)), Quota::Memory);
+        assert_eq!(
+            host.plugin(&name("tables"))
+                .unwrap()
+                .stats()
+                .rejections_of("memory"),
+            1
+        );
+        neighbour_ok(&host).await;
+
+        let mut s = spec("few", "hostile");
+        s.quotas.instances = 1;
+        let e = host
+            .load(s)
+            .await
+            .err()
+            .expect("one core instance is too few");
+        assert!(e.to_string().contains("instance count too high"), "{e}");
+        assert!(host.plugin(&name("few")).is_none());
+        let mut s = spec("few", "hostile");
+        s.quotas.instances = Quotas::default().instances;
+        load(&host, s).await;
+        assert_eq!(host.invoke(&name("few"), b"burn 0").await.unwrap(), b"done");
+    })
+    .await;
+}
+
+/// After loops, a memory bomb, traps and quota breaches, nothing leaked:
+/// the plugin still runs exactly `concurrency` invocations at once with no
+/// queue and no queue-wait (its slots and the host's came back), and the
+/// host holds no more Redis connections than before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_runs_leak_no_permits_or_connections() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let data = tempfile::tempdir().unwrap();
+        let mut options = host_options(&redis, data.path());
+        // 4 for `bad`, and 1 kept for the idle neighbour.
+        options.runtime.max_instances = 5;
+        let host = Arc::new(Host::start(options).await.unwrap());
+        load(&host, spec("neighbour", "kv-probe")).await;
+        let mut s = spec("bad", "hostile");
+        s.quotas.concurrency = 4;
+        s.quotas.queue = 0;
+        s.quotas.queue_wait = Duration::ZERO;
+        s.quotas.cpu = Duration::from_millis(300);
+        s.quotas.wall_time = Duration::from_millis(600);
+        s.quotas.memory = 16 << 20;
+        s.quotas.redis_ops = 50;
+        s.quotas.table_elements = 10_000;
+        load(&host, s).await;
+        neighbour_ok(&host).await;
+        let connections = || async {
+            let list = redis.client_list_for("any").await;
+            list.lines().count()
+        };
+        let before = connections().await;
+
+        // Each ends with one of these quotas, or (none listed) with a trap.
+        let time: &[Quota] = &[Quota::Cpu, Quota::WallTime];
+        for (input, quotas) in [
+            ("spin", time),
+            ("yield-loop", time),
+            ("memory-bomb 0", &[Quota::Memory]),
+            ("grow-table 100000", &[Quota::Memory]),
+            ("flood", &[Quota::RedisOps]),
+            ("huge-output 2", &[Quota::Payload]),
+            ("big-reply 2", &[Quota::Payload]),
+            ("recurse", &[]),
+            ("panic", &[]),
+        ] {
+            let e = host
+                .invoke(&name("bad"), input.as_bytes())
+                .await
+                .expect_err(input);
+            if quotas.is_empty() {
+                assert!(
+                    matches!(e, HostInvokeError::Invoke(InvokeError::Trap { .. })),
+                    "{input}: {e}"
+                );
+            } else {
+                let q = quota_of(Err(e));
+                assert!(quotas.contains(&q), "{input}: {q:?}");
+            }
+        }
+
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let host = host.clone();
+                tokio::spawn(async move { host.invoke(&name("bad"), b"span 200").await })
+            })
+            .collect();
+        let mut spans = Vec::new();
+        for t in tasks {
+            let out = t
+                .await
+                .unwrap()
+                .expect("no slot leaked: all 4 are admitted without a queue");
+            spans.push(span(&out));
+        }
+        assert_eq!(max_overlap(&spans), 4, "{spans:?}");
+        neighbour_ok(&host).await;
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut after = connections().await;
+        while after > before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            after = connections().await;
+        }
+        assert!(
+            after <= before,
+            "Redis connections grew from {before} to {after}"
+        );
     })
     .await;
 }
@@ -530,4 +864,53 @@ async fn acl_user_per_plugin() {
         }
     })
     .await;
+}
+
+/// The README's manifest example shows every quota key, with its default
+/// (`fuel`, off by default, commented out), and parses.
+#[test]
+fn readme_example_shows_every_quota_with_its_default() {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let example = readme
+        .split("### Configuration: `redloom.toml`")
+        .nth(1)
+        .and_then(|s| s.split("```toml\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("the configuration example");
+    let quotas_of = |text: &str| {
+        let config = Config::parse(text, Path::new("/etc/redloom/redloom.toml"))
+            .unwrap_or_else(|e| panic!("the README example does not parse: {e}"));
+        config.plugins[&name("visit-counter")].quotas
+    };
+    assert_eq!(quotas_of(example), Quotas::default());
+    let fueled = example.replace("# fuel = ", "fuel = ");
+    assert_eq!(quotas_of(&fueled).fuel, Some(100_000_000));
+    let table = example
+        .split("[plugins.visit-counter.quotas]")
+        .nth(1)
+        .and_then(|s| s.split("\n[").next())
+        .unwrap();
+    let shown: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.trim_start_matches("# ").split_once(" = "))
+        .map(|(key, _)| key.trim())
+        .collect();
+    let every = [
+        "cpu",
+        "wall-time",
+        "fuel",
+        "memory",
+        "table-elements",
+        "instances",
+        "max-input",
+        "max-output",
+        "max-reply",
+        "redis-ops",
+        "redis-rate",
+        "concurrency",
+        "queue",
+        "queue-wait",
+        "outbound-timeout",
+    ];
+    assert_eq!(shown, every, "the example's quota keys");
 }

@@ -6,12 +6,20 @@
 //! | `flood` | `kv::increment("flood")` until a call fails; returns the count |
 //! | `yield-loop` | calls `kv::get` forever, ignoring every error |
 //! | `recurse` | recurses without end (stack overflow) |
+//! | `panic` | panics (the instance traps) |
 //! | `huge-output N` | returns N MiB of output |
 //! | `big-reply N` | stores an N MiB value, then reads it back |
-//! | `burn N` | runs guest code for N milliseconds (by the wall clock), then returns `done` |
+//! | `burn N [MARK]` | runs guest code for N milliseconds (by the wall clock), then returns `done` |
+//! | `span N` | like `burn N`; returns `START END`, the wall-clock microseconds (since the Unix epoch) between which it ran |
+//! | `spin [MARK]` | loops forever without a host call |
+//! | `memory-bomb N [MARK]` | allocates and touches 1 MiB blocks without end, running N ms of guest code between blocks |
+//! | `grow-table N` | grows its function table by N elements (`table.grow`); returns the old size |
 //! | `escape` | tries the filesystem, the environment and the network; reports what it got |
+//!
+//! `MARK`: when given, the guest first increments the key `MARK` by one, so
+//! a test can tell that the invocation is running (not waiting for a slot).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redloom_sdk::{Error, Invoke, Result, kv};
 
@@ -22,12 +30,14 @@ impl Invoke for Hostile {
         let input = String::from_utf8(input)?;
         let mut words = input.split_whitespace();
         let command = words.next().unwrap_or("");
-        let n: u64 = words
-            .next()
-            .map(str::parse)
-            .transpose()
-            .map_err(|_| Error::invalid("bad number"))?
-            .unwrap_or(1);
+        let mut number = || -> Result<u64> {
+            words
+                .next()
+                .map(str::parse)
+                .transpose()
+                .map_err(|_| Error::invalid("bad number"))
+                .map(|n| n.unwrap_or(1))
+        };
         match command {
             "flood" => {
                 let mut count = 0u64;
@@ -40,26 +50,99 @@ impl Invoke for Hostile {
                 let _ = std::hint::black_box(kv::get("anything"));
             },
             "recurse" => Ok(recurse(std::hint::black_box(1)).to_string().into_bytes()),
-            "huge-output" => Ok(vec![b'x'; (n as usize) << 20]),
+            "panic" => panic!("deliberate panic"),
+            "huge-output" => Ok(vec![b'x'; (number()? as usize) << 20]),
             "big-reply" => {
+                let n = number()?;
                 kv::set("big", vec![b'y'; (n as usize) << 20])?;
                 let got = kv::get("big")?.map_or(0, |v| v.len());
                 Ok(got.to_string().into_bytes())
             }
             "burn" => {
-                let until = Instant::now() + Duration::from_millis(n);
-                let mut x = 0u64;
-                while Instant::now() < until {
-                    for _ in 0..10_000 {
-                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-                    }
-                }
+                let n = number()?;
+                mark(words.next())?;
+                burn(Duration::from_millis(n));
                 Ok(b"done".to_vec())
+            }
+            "span" => {
+                let n = number()?;
+                let start = micros_since_epoch();
+                burn(Duration::from_millis(n));
+                Ok(format!("{start} {}", micros_since_epoch()).into_bytes())
+            }
+            "spin" => {
+                mark(words.next())?;
+                let mut x = 0u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            }
+            "memory-bomb" => {
+                let pause = Duration::from_millis(number()?);
+                mark(words.next())?;
+                let mut blocks: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    // `vec![1; n]` writes every byte: the pages are really used.
+                    blocks.push(std::hint::black_box(vec![1u8; 1 << 20]));
+                    burn(pause);
+                }
+            }
+            "grow-table" => {
+                let delta = i32::try_from(number()?).map_err(|_| Error::invalid("too many"))?;
+                let old = grow_table(delta);
+                if old < 0 {
+                    return Err(Error::other(format!("table.grow by {delta} was refused")));
+                }
+                Ok(old.to_string().into_bytes())
             }
             "escape" => Ok(escape().into_bytes()),
             other => Err(Error::invalid(format!("unknown command `{other}`"))),
         }
     }
+}
+
+/// Grows the function table by `delta` null entries; the old size, or -1
+/// if the growth was refused.
+#[cfg(target_arch = "wasm32")]
+fn grow_table(delta: i32) -> i32 {
+    unsafe extern "C" {
+        /// src/table.ll, linked by build.rs.
+        fn hostile_table_grow(delta: i32) -> i32;
+    }
+    // SAFETY: it only appends null entries to the function table; no
+    // existing entry changes.
+    unsafe { hostile_table_grow(delta) }
+}
+
+/// A native build (`cargo clippy --workspace`) has no table to grow.
+#[cfg(not(target_arch = "wasm32"))]
+fn grow_table(_delta: i32) -> i32 {
+    -1
+}
+
+/// Increments the key `mark`, if given.
+fn mark(mark: Option<&str>) -> Result<()> {
+    if let Some(key) = mark {
+        kv::increment(key, 1)?;
+    }
+    Ok(())
+}
+
+/// Runs guest code for `d` by the wall clock.
+fn burn(d: Duration) {
+    let until = Instant::now() + d;
+    let mut x = 0u64;
+    while Instant::now() < until {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+    }
+}
+
+fn micros_since_epoch() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
 }
 
 /// Recursion the compiler cannot turn into a loop; the stop condition is
