@@ -204,6 +204,12 @@ const JS: &[File] = &[
         "package.json",
         include_str!("../templates/js/package.json.in"),
     ),
+    // The example's lock file, so `npm ci` installs exactly the versions
+    // the examples are tested with (see `js_lock_matches_the_example`).
+    file(
+        "package-lock.json",
+        include_str!("../templates/js/package-lock.json.in"),
+    ),
     file("plugin.js", include_str!("../templates/js/plugin.js")),
     script("build", include_str!("../templates/js/build")),
     file("README.md", include_str!("../templates/js/README.md")),
@@ -385,6 +391,33 @@ mod tests {
         assert_eq!(
             embedded, on_disk,
             "update scaffold::WIT to list every file in wit/"
+        );
+    }
+
+    /// The JavaScript template's lock file is the example's (which CI
+    /// builds and tests), only renamed: the same versions of componentize-js
+    /// and of everything it pulls in.
+    #[test]
+    fn js_lock_matches_the_example() {
+        let example: serde_json::Value = serde_json::from_str(include_str!(
+            "../../plugins/rate-limited-api/package-lock.json"
+        ))
+        .unwrap();
+        let mut template: serde_json::Value =
+            serde_json::from_str(include_str!("../templates/js/package-lock.json.in")).unwrap();
+        template["name"] = example["name"].clone();
+        template["packages"][""]["name"] = example["name"].clone();
+        assert!(
+            template == example,
+            "regenerate host/templates/js/package-lock.json.in from \
+             plugins/rate-limited-api/package-lock.json (names → {{{{name}}}})"
+        );
+        let deps = |text: &str| {
+            serde_json::from_str::<serde_json::Value>(text).unwrap()["devDependencies"].clone()
+        };
+        assert_eq!(
+            deps(include_str!("../templates/js/package.json.in")),
+            deps(include_str!("../../plugins/rate-limited-api/package.json"))
         );
     }
 
