@@ -66,7 +66,8 @@ pub async fn measure(
             );
             source.push(d);
         }
-        // Fill the cache (this load compiles), then measure hits.
+        // Fill the cache (this load compiles, unless the benchmark's host
+        // already compiled the plugin into the same cache), then measure hits.
         let (_, _, _) = load(&cached, &spec)?;
         let mut hits = Vec::new();
         let mut instances = Vec::new();

@@ -1,6 +1,7 @@
 //! `redloom-bench`: redloom's patterns as plugins vs the same logic in
 //! native Rust, side by side in one run against one private Redis, plus
-//! invocation overhead, cold start, memory and scaling. Prints a table and
+//! invocation overhead, instance reuse for heavy runtimes, cold start,
+//! memory and scaling. Prints a table and
 //! writes `report.json`, `report.md` and `throughput.svg` to `--out`.
 //!
 //! # Layout
@@ -8,6 +9,8 @@
 //! - [`measure`]: the closed-loop load generator and its statistics.
 //! - [`patterns`]: each pattern as a plugin invocation and natively.
 //! - [`e2e`]: queue end to end (enqueue → consumer → handler).
+//! - [`reuse`]: a fresh instance per call vs `reuse-instances = 16` for
+//!   the Rust no-op and the JavaScript and Python examples.
 //! - [`coldstart`]: loading from source wasm vs the compiled cache.
 //! - [`memory`]: resident set with plugins loaded and instances in flight,
 //!   measured in a child process.
@@ -22,6 +25,7 @@ mod measure;
 mod memory;
 mod patterns;
 mod report;
+mod reuse;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,10 +63,12 @@ struct Cli {
     /// The built plugins (default: `<target>/wasm32-wasip2/wasm` next to this binary).
     #[arg(long)]
     wasm_dir: Option<PathBuf>,
-    /// A JavaScript plugin (plugins/rate-limited-api) for the cold-start table.
+    /// The JavaScript example (plugins/rate-limited-api, built) for the
+    /// cold-start and instance-reuse tables.
     #[arg(long)]
     js_wasm: Option<PathBuf>,
-    /// A Python plugin (plugins/product-cache) for the cold-start table.
+    /// The Python example (plugins/product-cache, built) for the cold-start
+    /// and instance-reuse tables.
     #[arg(long)]
     python_wasm: Option<PathBuf>,
     /// Measured time per run, overriding the mode's (milliseconds).
@@ -134,9 +140,10 @@ impl Plan {
 
 /// The benchmark's manifest: the pattern plugin, two no-op plugins (fresh
 /// instances and reuse) and the queue consumer, all `bench-probe`, with
-/// quotas that never get in the way of the measurement.
-fn manifest(wasm: &Path, data_dir: &Path, redis_url: &str) -> String {
-    format!(
+/// quotas that never get in the way of the measurement; then each example
+/// of the instance-reuse table twice ([`reuse::manifest`]).
+fn manifest(wasm: &Path, data_dir: &Path, redis_url: &str, examples: &[reuse::Built]) -> String {
+    let mut s = format!(
         r#"
 data-dir = {data_dir:?}
 
@@ -182,7 +189,9 @@ visibility-timeout = "60s"
         queue = e2e::QUEUE,
         consumers = e2e::CONCURRENCY,
         batch = e2e::BATCH,
-    )
+    );
+    s.push_str(&reuse::manifest(examples));
+    s
 }
 
 fn default_wasm_dir() -> anyhow::Result<PathBuf> {
@@ -220,9 +229,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let url = server.url();
     eprintln!("redloom-bench: private redis-server at {url}");
 
+    // The JavaScript and Python examples compile for seconds when the host
+    // loads them; the cold start later finds them in the same cache.
+    let (heavy, heavy_skipped) = heavy_examples(&cli);
+    let mut examples = vec![reuse::Built {
+        example: &reuse::RUST,
+        wasm: probe.clone(),
+    }];
+    examples.extend(heavy.iter().cloned());
     let data_dir = temp.path().join("data");
     let config = Config::parse(
-        &manifest(&probe, &data_dir, &url),
+        &manifest(&probe, &data_dir, &url, &examples),
         &temp.path().join("redloom.toml"),
     )
     .map_err(|e| anyhow::anyhow!("the benchmark's manifest: {e}"))?;
@@ -261,6 +278,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     eprintln!("redloom-bench: invocation overhead");
     let overhead = overhead(&host, &plan).await?;
+
+    let instance_reuse = reuse::measure(&host, &plan, &examples).await?;
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut admin).await?;
 
     let mut patterns = Vec::new();
     for pattern in Pattern::ALL {
@@ -319,10 +339,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let _: () = redis::cmd("FLUSHDB").query_async(&mut admin).await?;
 
     eprintln!("redloom-bench: cold start");
-    let (subjects, cold_start_skipped) = cold_start_subjects(&cli, &wasm_dir, &probe);
+    let (subjects, mut cold_start_skipped) = cold_start_subjects(&cli, &wasm_dir, &probe, &heavy);
+    cold_start_skipped.extend(heavy_skipped.iter().cloned());
     let cold_start = coldstart::measure(
         &subjects,
-        &temp.path().join("cold-cache"),
+        &data_dir.join("cache"),
         plan.source_runs,
         plan.cached_runs,
     )
@@ -357,6 +378,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         patterns,
         overhead,
+        instance_reuse,
+        instance_reuse_skipped: heavy_skipped,
         cold_start,
         cold_start_skipped,
         memory,
@@ -439,8 +462,41 @@ async fn overhead(host: &Arc<Host>, plan: &Plan) -> anyhow::Result<Overhead> {
     })
 }
 
-/// The plugins whose cold start is measured, and those skipped (with why).
-fn cold_start_subjects(cli: &Cli, wasm_dir: &Path, probe: &Path) -> (Vec<Subject>, Vec<String>) {
+/// The JavaScript and Python examples that were built, and those skipped
+/// (with why): quick mode skips both (compiling them takes seconds in
+/// release and minutes in a debug build).
+fn heavy_examples(cli: &Cli) -> (Vec<reuse::Built>, Vec<String>) {
+    let mut built = Vec::new();
+    let mut skipped = Vec::new();
+    for (example, path) in [
+        (&reuse::JAVASCRIPT, &cli.js_wasm),
+        (&reuse::PYTHON, &cli.python_wasm),
+    ] {
+        let (name, language) = (example.name, example.language);
+        match path {
+            _ if cli.quick => skipped.push(format!("{name} ({language}): quick mode")),
+            Some(p) if p.exists() => match std::fs::canonicalize(p) {
+                Ok(wasm) => built.push(reuse::Built { example, wasm }),
+                Err(e) => skipped.push(format!("{name} ({language}): {}: {e}", p.display())),
+            },
+            Some(p) => skipped.push(format!("{name} ({language}): {} does not exist", p.display())),
+            None => skipped.push(format!(
+                "{name} ({language}): not built (scripts/bench builds it when plugins/{name}'s toolchain is installed by scripts/setup)"
+            )),
+        }
+    }
+    (built, skipped)
+}
+
+/// The plugins whose cold start is measured — `bench-probe`, in full mode
+/// the Rust examples, and the built `heavy` examples — and the Rust
+/// examples skipped (with why).
+fn cold_start_subjects(
+    cli: &Cli,
+    wasm_dir: &Path,
+    probe: &Path,
+    heavy: &[reuse::Built],
+) -> (Vec<Subject>, Vec<String>) {
     let mut subjects = vec![Subject {
         name: "bench-probe".into(),
         language: "rust",
@@ -466,23 +522,11 @@ fn cold_start_subjects(cli: &Cli, wasm_dir: &Path, probe: &Path) -> (Vec<Subject
             }
         }
     }
-    for (name, language, path) in [
-        ("rate-limited-api", "javascript", &cli.js_wasm),
-        ("product-cache", "python", &cli.python_wasm),
-    ] {
-        match path {
-            _ if cli.quick => skipped.push(format!("{name} ({language}): quick mode")),
-            Some(p) if p.exists() => subjects.push(Subject {
-                name: name.into(),
-                language,
-                wasm: p.clone(),
-            }),
-            Some(p) => skipped.push(format!("{name} ({language}): {} does not exist", p.display())),
-            None => skipped.push(format!(
-                "{name} ({language}): not built (scripts/bench builds it when plugins/{name}'s toolchain is installed by scripts/setup)"
-            )),
-        }
-    }
+    subjects.extend(heavy.iter().map(|b| Subject {
+        name: b.example.name.into(),
+        language: b.example.language,
+        wasm: b.wasm.clone(),
+    }));
     (subjects, skipped)
 }
 

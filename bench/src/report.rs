@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::coldstart::ColdStart;
 use crate::measure::Stats;
 use crate::memory::Memory;
+use crate::reuse::ReuseRow;
 
 /// Bump when a field changes meaning.
 pub const SCHEMA: u32 = 1;
@@ -22,6 +23,10 @@ pub struct Report {
     pub settings: Settings,
     pub patterns: Vec<PatternRow>,
     pub overhead: Overhead,
+    /// Fresh instance per call vs `reuse-instances = 16`, per language.
+    pub instance_reuse: Vec<ReuseRow>,
+    /// Instance-reuse examples that were not measured, with the reason.
+    pub instance_reuse_skipped: Vec<String>,
     pub cold_start: Vec<ColdStart>,
     /// Cold-start subjects that were not measured, with the reason.
     pub cold_start_skipped: Vec<String>,
@@ -217,6 +222,38 @@ pub fn markdown(r: &Report) -> String {
             us(st.mean_us),
             ops(st.throughput)
         );
+    }
+    let _ = writeln!(
+        s,
+        "\nInstance reuse (concurrency 1; fresh instance per call vs `reuse-instances = {}`, alternating runs; the JavaScript and Python calls include their Redis round trips)\n",
+        r.instance_reuse
+            .first()
+            .map_or(crate::reuse::REUSE, |x| x.reuse_instances)
+    );
+    let _ = writeln!(
+        s,
+        "| plugin | language | fresh p50 | reuse p50 | fresh/reuse | fresh calls/s | reuse calls/s | instantiate p50 |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+    for x in &r.instance_reuse {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} |",
+            x.plugin,
+            x.language,
+            us(x.fresh.p50_us),
+            us(x.reuse.p50_us),
+            x.ratio,
+            ops(x.fresh.throughput),
+            ops(x.reuse.throughput),
+            us(x.instantiate.p50_us)
+        );
+    }
+    for x in &r.instance_reuse {
+        let _ = writeln!(s, "\n{} per call: {}", x.plugin, x.operation);
+    }
+    for skipped in &r.instance_reuse_skipped {
+        let _ = writeln!(s, "\nskipped: {skipped}");
     }
     let _ = writeln!(s, "\nCold start (Plugin::load; median)\n");
     let _ = writeln!(

@@ -22,6 +22,9 @@ const PATTERNS: [&str; 7] = [
 const PATTERN_CONCURRENCY: [u64; 2] = [1, 32];
 const SCALING_CONCURRENCY: [u64; 4] = [1, 8, 32, 128];
 const LOADED: [u64; 3] = [1, 10, 100];
+/// The heavy-runtime examples: measured or reported skipped, in the
+/// cold-start and instance-reuse sections.
+const HEAVY: [&str; 2] = ["javascript", "python"];
 
 /// `redloom-bench --quick` finishes in time, and its `report.json` has every
 /// section and row: throughput above zero, p50 ≤ p99, finite ratios.
@@ -74,15 +77,30 @@ fn quick_run_reports_every_section() {
     }
 }
 
+/// The committed run (`docs/bench/report.json`, quoted in the README) has
+/// the shape and sanity the current benchmark writes, instance reuse
+/// included.
+#[test]
+fn committed_report_is_complete() {
+    let report = read_report(&workspace_root().join("docs/bench"));
+    if let Err(problems) = check_report(&report) {
+        panic!(
+            "docs/bench/report.json is incomplete or stale (rerun `scripts/bench --out docs/bench`):\n{}",
+            problems.join("\n")
+        );
+    }
+    assert_eq!(report["mode"], "full", "the committed run is a full one");
+}
+
 /// The checker itself rejects a report with a missing row, a zero
-/// throughput, p50 above p99 or a ratio that is not a number — so the test
-/// above can fail.
+/// throughput, p50 above p99, a ratio that is not a number or reuse that is
+/// not faster — so the test above can fail.
 #[test]
 fn checker_rejects_broken_reports() {
     let good = sample_report();
     assert_eq!(check_report(&good), Ok(()), "the sample report is sane");
     type Breakage = (&'static str, fn(&mut Value));
-    let breakages: [Breakage; 5] = [
+    let breakages: [Breakage; 8] = [
         ("a missing pattern row", |r| {
             r["patterns"].as_array_mut().unwrap().pop();
         }),
@@ -97,6 +115,15 @@ fn checker_rejects_broken_reports() {
         }),
         ("no memory rows", |r| {
             r["memory"]["loaded"] = Value::Array(vec![])
+        }),
+        ("no Rust instance-reuse row", |r| {
+            r["instance_reuse"] = Value::Array(vec![])
+        }),
+        ("reuse not faster than a fresh instance", |r| {
+            r["instance_reuse"][0]["ratio"] = 0.9.into()
+        }),
+        ("python neither measured nor skipped for reuse", |r| {
+            r["instance_reuse_skipped"].as_array_mut().unwrap().pop();
         }),
     ];
     for (what, breakage) in breakages {
@@ -124,6 +151,7 @@ fn check_report(r: &Value) -> Result<(), Vec<String>> {
         "settings",
         "patterns",
         "overhead",
+        "instance_reuse",
         "cold_start",
         "memory",
         "scaling",
@@ -168,6 +196,29 @@ fn check_report(r: &Value) -> Result<(), Vec<String>> {
         bad("a fresh instance per call is not slower than a reused one".into());
     }
 
+    let reuse = r["instance_reuse"].as_array().cloned().unwrap_or_default();
+    if !reuse.iter().any(|x| x["language"] == "rust") {
+        bad("no Rust instance-reuse row".into());
+    }
+    for x in &reuse {
+        let what = format!("instance reuse {}", x["language"]);
+        for side in ["fresh", "reuse", "instantiate"] {
+            check_stats(&format!("{what} {side}"), &x[side], &mut bad);
+        }
+        if x["reuse_instances"].as_u64().unwrap_or(0) < 2 {
+            bad(format!(
+                "{what}: reuse_instances is {}",
+                x["reuse_instances"]
+            ));
+        }
+        // A reused instance skips instantiation: it must be faster.
+        let ratio = x["ratio"].as_f64().filter(|v| v.is_finite());
+        if !ratio.is_some_and(|v| v > 1.0) {
+            bad(format!("{what}: fresh/reuse p50 ratio is {}", x["ratio"]));
+        }
+    }
+    check_heavy(r, "instance_reuse", &mut bad);
+
     let cold = r["cold_start"].as_array().cloned().unwrap_or_default();
     match cold.iter().find(|c| c["language"] == "rust") {
         None => bad("no Rust cold-start row".into()),
@@ -186,18 +237,7 @@ fn check_report(r: &Value) -> Result<(), Vec<String>> {
             );
         }
     }
-    for language in ["javascript", "python"] {
-        let measured = cold.iter().any(|c| c["language"] == language);
-        let skipped = r["cold_start_skipped"].as_array().is_some_and(|s| {
-            s.iter()
-                .any(|s| s.as_str().unwrap_or("").contains(language))
-        });
-        if !measured && !skipped {
-            bad(format!(
-                "{language} cold start neither measured nor reported skipped"
-            ));
-        }
-    }
+    check_heavy(r, "cold_start", &mut bad);
 
     let m = &r["memory"];
     let baseline = m["baseline_mib"].as_f64().unwrap_or(0.0);
@@ -254,6 +294,25 @@ fn check_report(r: &Value) -> Result<(), Vec<String>> {
     }
 }
 
+/// Each of [`HEAVY`] has a row in `section` or is listed in
+/// `<section>_skipped`.
+fn check_heavy(r: &Value, section: &str, bad: &mut impl FnMut(String)) {
+    for language in HEAVY {
+        let measured = r[section]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|x| x["language"] == language));
+        let skipped = r[format!("{section}_skipped")].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s.as_str().unwrap_or("").contains(language))
+        });
+        if !measured && !skipped {
+            bad(format!(
+                "{section}: {language} neither measured nor reported skipped"
+            ));
+        }
+    }
+}
+
 /// Throughput and operations above zero, 0 < p50 ≤ p99.
 fn check_stats(what: &str, s: &Value, bad: &mut impl FnMut(String)) {
     let get = |k: &str| s[k].as_f64().filter(|v| v.is_finite());
@@ -297,6 +356,11 @@ fn sample_report() -> Value {
         "settings": {},
         "patterns": patterns,
         "overhead": {"fresh": fresh, "reuse": reuse, "instantiate": stats, "call_us": 2.0},
+        "instance_reuse": [{"plugin": "bench-probe", "language": "rust", "operation": "no-op",
+                            "reuse_instances": 16, "fresh": fresh, "reuse": reuse,
+                            "instantiate": stats, "ratio": 10.0}],
+        "instance_reuse_skipped": ["rate-limited-api (javascript): quick mode",
+                                   "product-cache (python): quick mode"],
         "cold_start": [{"plugin": "bench-probe", "language": "rust", "size_bytes": 1,
                         "source_ms": 100.0, "cached_ms": 2.0, "first_instance_ms": 0.1}],
         "cold_start_skipped": ["rate-limited-api (javascript): quick mode",
