@@ -666,6 +666,11 @@ impl ServeProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The counter `name` of `plugin` on this process's `/metrics`.
     pub async fn counter(&self, plugin: &str, name: &str) -> f64 {
         let text = reqwest::get(format!("http://{}/metrics", self.admin))
@@ -703,6 +708,8 @@ impl ServeProcess {
     }
 }
 
+/// Dropping it without [`ServeProcess::stop`] kills it (SIGKILL), as a crash
+/// would.
 impl Drop for ServeProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use redloom_tests::{RedisServer, plugin, redloom_bin, run_with_timeout, unique};
+use redloom_tests::{RedisServer, ServeProcess, plugin, redloom_bin, run_with_timeout, unique};
 use serde_json::Value;
 
 const CMD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -103,39 +103,15 @@ fn zero_config_without_redis_server_explains() {
 /// One project folder, one private Redis: a second redloom is told how to
 /// share the running server instead of opening the same AOF, and a server
 /// left behind by a killed redloom is shut down (its data kept) by the next.
-#[test]
-fn zero_config_redis_is_claimed_by_one_process() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_config_redis_is_claimed_by_one_process() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("redloom.toml"),
-        format!(
-            "[plugins.visit-counter]\nwasm = {:?}\n",
-            plugin("visit-counter").display().to_string()
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("serve.log");
-    let mut serve = redloom(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("serving")
-    {
-        if start.elapsed() > CMD_TIMEOUT || serve.try_wait().unwrap().is_some() {
-            let _ = serve.kill();
-            panic!(
-                "serve did not come up:\n{}",
-                text(&std::fs::read(&log).unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let config = format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [plugins.visit-counter]\nwasm = {:?}\n",
+        plugin("visit-counter").display().to_string()
+    );
+    let serve = ServeProcess::start(dir.path(), &config).await;
     let claim = std::fs::read_to_string(dir.path().join(".redloom/redis/redloom.lock")).unwrap();
     let fields: Vec<u32> = claim
         .split_whitespace()
@@ -144,7 +120,7 @@ fn zero_config_redis_is_claimed_by_one_process() {
     let [owner, port, server] = fields[..] else {
         panic!("claim file: {claim:?}");
     };
-    assert_eq!(owner, serve.id());
+    assert_eq!(owner, serve.pid());
     assert!(server > 0);
 
     let invoke = |extra: &[&str]| {
@@ -167,9 +143,8 @@ fn zero_config_redis_is_claimed_by_one_process() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["visits"], 1);
 
-    // SIGKILL leaves the server running with nobody to stop it.
-    serve.kill().unwrap();
-    serve.wait().unwrap();
+    // SIGKILL (dropping it) leaves the server running with nobody to stop it.
+    drop(serve);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok());
 
@@ -436,7 +411,7 @@ async fn plugin_commands_manage_a_running_server() {
         redis = redis.config_table(),
         probe = plugin("http-probe").display().to_string(),
     );
-    let serve = redloom_tests::ServeProcess::start(&dir.path().join("serve"), &config).await;
+    let serve = ServeProcess::start(&dir.path().join("serve"), &config).await;
     let log = serve.log_text();
     let http = log
         .split_whitespace()
