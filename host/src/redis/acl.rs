@@ -34,6 +34,8 @@ fn rules(prefix: &str, shared: &[String]) -> Vec<String> {
             "+@scripting",
             "+@connection",
             "+@transaction",
+            // Limiter, cache and queue scripts read Redis's clock.
+            "+time",
             // The pubsub capability publishes; subscribing is the host's.
             "+publish",
             "-@dangerous",
