@@ -969,6 +969,32 @@ mod tests {
         assert!(canonical_tags(&many).is_err());
     }
 
+    /// Pauses grow from the upper half of [`FIRST_BACKOFF`] to the upper
+    /// half of the cap in force: [`MAX_BACKOFF`] without wake-ups, then
+    /// [`MAX_BACKOFF_NOTIFIED`] once they arrive; back to the lower cap at
+    /// once if the subscription drops.
+    #[test]
+    fn backoff_caps() {
+        let mut b = Backoff { cap: FIRST_BACKOFF };
+        let first = b.next_pause(MAX_BACKOFF);
+        assert!(
+            first >= FIRST_BACKOFF / 2 && first <= FIRST_BACKOFF,
+            "{first:?}"
+        );
+        for _ in 0..10 {
+            assert!(b.next_pause(MAX_BACKOFF) <= MAX_BACKOFF);
+        }
+        assert!(b.next_pause(MAX_BACKOFF) >= MAX_BACKOFF / 2);
+        let mut most = Duration::ZERO;
+        for _ in 0..20 {
+            let p = b.next_pause(MAX_BACKOFF_NOTIFIED);
+            assert!(p <= MAX_BACKOFF_NOTIFIED, "{p:?}");
+            most = most.max(p);
+        }
+        assert!(most >= MAX_BACKOFF_NOTIFIED / 2, "{most:?}");
+        assert!(b.next_pause(MAX_BACKOFF) <= MAX_BACKOFF);
+    }
+
     /// Random units are in (0, 1].
     #[test]
     fn random_units() {
