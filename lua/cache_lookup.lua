@@ -5,6 +5,9 @@
 --          at the end of its stale time (same hash tag as KEYS[2])
 -- KEYS[2]  the entry's lease: a string holding the lease id, with the
 --          lease's time to live; absent when nobody fills or refreshes
+-- KEYS[3]  the entry's waiter flag: set (for the lease's remaining time to
+--          live) when this caller waits for someone else's fill, so the
+--          fill (or the lease's end) publishes a wake-up; absent otherwise
 -- ARGV[1]  the lookup's tag snapshot: its tags with their current versions,
 --          encoded by the host; an entry stored with another snapshot is
 --          treated as absent (its tags were invalidated)
@@ -12,6 +15,8 @@
 -- ARGV[3]  lease time to live in milliseconds (> 0)
 -- ARGV[4]  XFetch beta; 0 turns early refresh off
 -- ARGV[5]  a uniform random number in (0, 1], drawn by the host, for XFetch
+-- ARGV[6]  1 if the caller will wait for someone else's fill (then a kind 4
+--          reply sets KEYS[3]), else 0
 --
 -- Times are Redis's (TIME, in milliseconds), so hosts with skewed clocks agree.
 --
@@ -23,7 +28,8 @@
 --      refresh lease, n = now
 --   3  miss: this caller holds the fill lease; n = now
 --   4  miss, someone else holds the lease; n = its remaining time to live
---      in milliseconds (-1 if none)
+--      in milliseconds (-1 if none); with ARGV[6] = 1 the waiter flag
+--      KEYS[3] is set for that long
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -59,4 +65,8 @@ end
 if take_lease() == 1 then
   return {3, '', 0, 1, now}
 end
-return {4, '', 0, 0, redis.call('PTTL', KEYS[2])}
+local left = redis.call('PTTL', KEYS[2])
+if ARGV[6] == '1' and left > 0 then
+  redis.call('SET', KEYS[3], '1', 'PX', left)
+end
+return {4, '', 0, 0, left}

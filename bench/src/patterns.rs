@@ -245,7 +245,7 @@ async fn get_or_fill(redis: &Redis, ns: &Namespace, key: &str) -> anyhow::Result
     let lease = format!("{:016x}", random_u64());
     let unit = ((random_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
     match redis
-        .cache_lookup(&keys, "", &lease, LEASE_MS, 0.0, unit)
+        .cache_lookup(&keys, "", &lease, LEASE_MS, 0.0, unit, false)
         .await?
     {
         CacheLookup::Fresh { value, .. } | CacheLookup::Stale { value, .. } => {

@@ -35,10 +35,11 @@
 //! (exactly one caller across all hosts gets it), or [`Lookup::Filling`]
 //! when someone else is filling and the policy's [`wait`](Policy::wait) ran
 //! out. A caller that finds a key being filled waits without polling Redis
-//! hard: the host wakes it when the fill lands through the same host; for a
-//! fill through another host, one lookup per host (not per caller) reads
-//! Redis again with a jittered backoff of 2 ms doubling to 50 ms, so such a
-//! value arrives up to ~50 ms after it landed. If the
+//! hard: the host wakes it when the fill lands through the same host; a
+//! fill through another host publishes a wake-up to the hosts waiting for
+//! the key, and one lookup per host (not per caller) reads it at once.
+//! Lookups also re-read Redis with a jittered backoff (2 ms doubling to
+//! 50 ms, to 500 ms while wake-ups arrive) in case a wake-up is lost. If the
 //! filler dies, its lease expires after [`Policy::lease`] (at once if its
 //! invocation ended) and one waiter takes over. [`fill`] stores only with a
 //! lease that is still valid, so a slow origin never overwrites a newer value.

@@ -179,6 +179,12 @@ pub struct CacheKeys {
     /// The entry's fill/refresh lease: a string (the lease id) with the
     /// lease's time to live.
     pub lease: String,
+    /// The entry's waiter flag: set while some host waits for another's
+    /// fill, so the fill publishes a wake-up on [`CacheKeys::filled`].
+    pub waiting: String,
+    /// The plugin's cache wake-up channel (see
+    /// [`Namespace::cache_filled_channel`]); not a key.
+    pub filled: String,
 }
 
 /// Maps a plugin's keys into its namespace.
@@ -291,12 +297,14 @@ impl Namespace {
     }
 
     /// The Redis keys of cache key `key`: `rl:NAME:cache:{NAME/KEY}` (the
-    /// entry) and the same followed by `:lease`.
+    /// entry), the same followed by `:lease` and by `:waiting` (the waiter
+    /// flag), plus the plugin's wake-up channel.
     ///
-    /// Both share one hash tag, so every cache script touches one Cluster
-    /// slot. Entry keys end with `}` and lease keys with `:lease`, so no key
-    /// (whatever its braces) makes one entry's key equal another's lease.
-    /// Keys over 1024 bytes are refused.
+    /// All three keys share one hash tag, so every cache script touches one
+    /// Cluster slot. Entry keys end with `}`, lease keys with `:lease` and
+    /// flags with `:waiting`, so no key (whatever its braces) makes one
+    /// entry's key equal another's lease or flag. Keys over 1024 bytes are
+    /// refused.
     pub fn cache(&self, key: &str) -> Result<CacheKeys, KeyTooLong> {
         if key.len() > MAX_KEY_BYTES {
             return Err(KeyTooLong { len: key.len() });
@@ -305,8 +313,18 @@ impl Namespace {
         let entry = format!("{}cache:{{{plugin}/{key}}}", self.prefix);
         Ok(CacheKeys {
             lease: format!("{entry}:lease"),
+            waiting: format!("{entry}:waiting"),
+            filled: self.cache_filled_channel(),
             entry,
         })
+    }
+
+    /// The channel cache fills publish on when a host waits for them:
+    /// `rl:NAME:cache-filled`, the payload being the entry's key. Plugin
+    /// channels are `rl:NAME:ch:*`, so no plugin can publish on it; it is
+    /// under the plugin's prefix, so its ACL user may subscribe to it.
+    pub fn cache_filled_channel(&self) -> String {
+        format!("{}cache-filled", self.prefix)
     }
 
     /// The version counter of cache tag `tag`:
@@ -500,10 +518,13 @@ mod tests {
             let tag = hash_tag(&k.entry).expect("a hash tag");
             assert!(tag.starts_with("a/"), "{k:?}");
             assert_eq!(hash_tag(&k.lease), Some(tag), "{k:?}");
+            assert_eq!(hash_tag(&k.waiting), Some(tag), "{k:?}");
+            assert_ne!(a.channel(key, false).unwrap(), k.filled);
             assert_ne!(a.kv(key).unwrap(), k.entry);
             assert_ne!(a.lock(key).unwrap().lock, k.entry);
             all.push(k.entry);
             all.push(k.lease);
+            all.push(k.waiting);
             all.push(a.cache_tag(key).unwrap());
         }
         let n = all.len();

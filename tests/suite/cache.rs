@@ -213,17 +213,152 @@ async fn stampede_across_two_hosts_calls_the_origin_once() {
         assert_eq!(sources.get("hit"), Some(&199), "{sources:?}");
         // Redis traffic while waiting. The filling host sends one lookup and
         // one fill; its other callers wait in-process. On the other host one
-        // lookup re-reads Redis per backoff pause while its other callers
-        // wait in-process; pauses are at least 1, 2, 4, 8, 16 ms, then at
-        // least 25 ms, so in `took_ms` that is at most 6 + took_ms / 25
-        // lookups. Invocations that started only after the fill add one
+        // lookup re-reads Redis per backoff pause (and once when the fill's
+        // wake-up arrives) while its other callers wait in-process; pauses
+        // are at least 1, 2, 4, 8, 16 ms, then at least 25 ms, so in
+        // `took_ms` that is at most 6 + took_ms / 25 lookups (plus 2). Invocations that started only after the fill add one
         // lookup each (a fresh hit): 40 allowed. A lookup per round trip
         // (~0.1 ms), even a 2 ms polling loop, or one poller per waiting
         // caller (100 per host) would be far above the bound.
-        let bound = 2 + 6 + took_ms / 25 + 40;
+        let bound = 2 + 6 + 2 + took_ms / 25 + 40;
         assert!(
             scripts <= bound,
             "{scripts} cache scripts reached Redis in {took_ms} ms (bound {bound})"
+        );
+    })
+    .await;
+}
+
+/// `PUBLISH` calls so far (summed over a Cluster's primaries; PUBLISH
+/// inside a script counts too).
+async fn publish_calls(redis: &RedisServer) -> u64 {
+    redis
+        .command_calls()
+        .await
+        .get("publish")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Host A holds a key's fill lease and reads a slow origin; waiters on host
+/// B are woken by A's fill (a `PUBLISH` on the plugin's `cache-filled`
+/// channel, received by B's subscription) rather than by their next poll.
+/// With the subscription up, B polls with pauses of up to 500 ms, so after
+/// a second of waiting a poll would see the fill 0–500 ms late; over six
+/// rounds every waiter gets the value under 250 ms after the fill lands
+/// (1–3 ms on loopback; the bound leaves room for a loaded CI machine,
+/// and 30 polled waits would not all land that early). The plugin runs as its own ACL user
+/// (`acl = true`): the scripts publish, and the host subscribes, as that
+/// user. A fill nobody waits for, and a lookup that does not wait, publish
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_another_host_are_woken_by_the_fill() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (addr, _origin) = origin().await;
+        let hosts = [
+            start_host(&redis, d1.path()).await,
+            start_host(&redis, d2.path()).await,
+        ];
+        for h in &hosts {
+            let mut s = spec("notify", addr);
+            s.acl = true;
+            h.load(s).await.unwrap();
+        }
+        let ns = Namespace::new(&PluginName::parse("notify").unwrap());
+        let mut conn = redis.client().await;
+
+        // Nobody waits: no PUBLISH.
+        let before = publish_calls(&redis).await;
+        let key = unique("alone");
+        let out = probe(
+            &hosts[0],
+            "notify",
+            json!([
+                {"op": "lookup", "key": key, "as": "l"},
+                {"op": "fill", "key": key, "lease": "l", "value": "v"},
+            ]),
+        )
+        .await;
+        assert_eq!(ok(&out[0])["kind"], "miss", "{out:?}");
+        assert_eq!(ok(&out[1]), true, "{out:?}");
+        assert_eq!(
+            publish_calls(&redis).await,
+            before,
+            "a fill nobody waited for published"
+        );
+
+        const ROUNDS: usize = 6;
+        const WAITERS: usize = 5;
+        let mut latencies = Vec::new();
+        for round in 0..ROUNDS {
+            let key = unique("notify");
+            let keys = ns.cache(&key).unwrap();
+            let filler = {
+                let host = hosts[0].clone();
+                let program = json!([
+                    {"op": "lookup", "key": key, "lease_ms": 30_000, "as": "l"},
+                    {"op": "sleep", "ms": 1200},
+                    {"op": "fill", "key": key, "lease": "l", "value": "filled"},
+                ]);
+                tokio::spawn(async move {
+                    let out = probe(&host, "notify", program).await;
+                    (out, Instant::now())
+                })
+            };
+            let seen = Instant::now();
+            while !conn.exists::<_, bool>(&keys.lease).await.unwrap() {
+                assert!(
+                    seen.elapsed() < Duration::from_secs(10),
+                    "the filler took no lease"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if round == 0 {
+                // A lookup that does not wait sets no waiter flag.
+                let out = probe(
+                    &hosts[1],
+                    "notify",
+                    json!([
+                        {"op": "lookup", "key": key, "wait_ms": 0},
+                    ]),
+                )
+                .await;
+                assert_eq!(ok(&out[0])["kind"], "filling", "{out:?}");
+                assert!(!conn.exists::<_, bool>(&keys.waiting).await.unwrap());
+            }
+            let waiters: Vec<_> = (0..WAITERS)
+                .map(|_| {
+                    let host = hosts[1].clone();
+                    let program = json!([{"op": "lookup", "key": key, "wait_ms": 10_000}]);
+                    tokio::spawn(async move {
+                        let out = probe(&host, "notify", program).await;
+                        (out, Instant::now())
+                    })
+                })
+                .collect();
+            let (out, filled_at) = filler.await.unwrap();
+            assert_eq!(ok(&out[0])["kind"], "miss", "{out:?}");
+            assert_eq!(ok(&out[2]), true, "{out:?}");
+            for w in waiters {
+                let (out, done) = w.await.unwrap();
+                assert_eq!(
+                    ok(&out[0]),
+                    &json!({"kind": "fresh", "value": "filled", "lease": false}),
+                    "round {round}"
+                );
+                latencies.push(done.saturating_duration_since(filled_at));
+            }
+            assert!(!conn.exists::<_, bool>(&keys.waiting).await.unwrap());
+        }
+        let publishes = publish_calls(&redis).await - before;
+        assert_eq!(publishes, ROUNDS as u64, "one PUBLISH per awaited fill");
+        let slowest = latencies.iter().max().unwrap();
+        assert!(
+            *slowest < Duration::from_millis(250),
+            "a waiter got the value {slowest:?} after the fill (all: {latencies:?}): \
+             polled, not woken"
         );
     })
     .await;

@@ -831,6 +831,9 @@ async fn acl_user_per_plugin() {
             vec!["PUBLISH", "rl:locked:ch:news", "x"],
             vec!["PUBLISH", "rl::ch:lobby", "x"],
             vec!["PUBLISH", "rl::ch:room:7", "x"],
+            // Cache fill wake-ups: published by scripts, subscribed by the host.
+            vec!["PUBLISH", "rl:locked:cache-filled", "x"],
+            vec!["SUBSCRIBE", "rl:locked:cache-filled"],
             vec!["XLEN", "rl::q:{/jobs}:stream"],
             vec!["XLEN", "rl::q:{/a*b}:stream"],
         ] {
@@ -853,6 +856,8 @@ async fn acl_user_per_plugin() {
             vec!["SCRIPT", "FLUSH"],
             vec!["PUBLISH", "elsewhere", "x"],
             vec!["PUBLISH", "rl::ch:lobby2", "x"],
+            vec!["SUBSCRIBE", "rl:other:cache-filled"],
+            vec!["PSUBSCRIBE", "*"],
             vec!["XLEN", "rl::q:{/other}:stream"],
             vec!["XLEN", "rl::q:{/jobs2}:stream"],
             // `*` in a shared queue's name is the name, not a wildcard.

@@ -32,23 +32,49 @@
 //! followers, so a trapped filler is replaced at once), or until its lease's
 //! time to live passes (then a follower takes over through Redis).
 //!
-//! A leader that finds the lease held by another host waits with jittered
-//! exponential backoff ([`FIRST_BACKOFF`] doubling to [`MAX_BACKOFF`], never
-//! past the lease's remaining time to live + 1 ms or the caller's deadline)
-//! and looks again: it then finds the value, or takes the expired lease over.
-//! Hosts never notify each other: a fill through another host is seen at
-//! this leader's next look, and its followers learn it from the leader, so
-//! one key costs one Redis lookup per pause per host however many wait.
-//! No caller waits past its `wait-ms`.
+//! A leader that finds the lease held by another host waits until that
+//! host's fill wakes it, or until a jittered exponential backoff pause ends
+//! (never past the lease's remaining time to live + 1 ms or the caller's
+//! deadline), and looks again: it then finds the value, or takes the freed
+//! or expired lease over. Its followers learn the outcome from the leader,
+//! so one key costs one Redis lookup per wake-up or pause per host however
+//! many wait. No caller waits past its `wait-ms`.
+//!
+//! # Wake-ups across hosts
+//!
+//! A lookup that will wait and finds someone else's lease also sets the
+//! entry's waiter flag (`…:waiting`, for the lease's remaining time to
+//! live). The scripts that end a lease — `cache_fill` (a store),
+//! `cache_abandon`, `cache_set`, `cache_invalidate` — delete the flag and,
+//! only if it was there, `PUBLISH` the entry's key on the plugin's channel
+//! `rl:<plugin>:cache-filled`: nothing is published when nobody waits.
+//! Each host subscribes to that channel once per plugin, lazily (when one of
+//! the plugin's lookups first waits for another host), on the plugin's own
+//! connection target (so an `acl = true` plugin subscribes as its ACL user),
+//! reconnecting with backoff; the task ends with the plugin's [`Flights`].
+//! A message wakes the leader waiting for that entry through a per-entry
+//! `tokio::sync::Notify`, whose `notified` future is enabled *before* the
+//! lookup script runs, so a fill landing between the reply and the wait is
+//! not missed.
+//!
+//! Polling stays as the safety net (a message lost while the subscription
+//! reconnects, or sent before it was first up): pauses start at
+//! [`FIRST_BACKOFF`] and double up to [`MAX_BACKOFF`] (50 ms) while the
+//! subscription is down, and up to [`MAX_BACKOFF_NOTIFIED`] (500 ms) while it
+//! is up. 500 ms bounds how late a lost wake-up is noticed while keeping a
+//! long wait at 2–4 lookups per second per host and key; a (re)connect wakes
+//! every waiter once, since messages may have been missed while it was
+//! down.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use tokio_stream::StreamExt;
 
 use crate::bindings::redloom::plugin::cache::{
     Hit, Host, Lease, LookupOptions, LookupResult, Ttls,
@@ -74,9 +100,18 @@ pub const MAX_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// First pause of a leader waiting for another host's fill.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(2);
 
-/// Longest pause of a leader waiting for another host's fill: how late it
-/// may notice a value filled through another host.
+/// Longest pause of a leader waiting for another host's fill while the
+/// plugin's wake-up subscription is not up: how late it may notice a value
+/// filled through another host.
 pub const MAX_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Longest pause of a leader waiting for another host's fill while the
+/// wake-up subscription is up (the fill wakes it; polling only catches a
+/// lost message).
+pub const MAX_BACKOFF_NOTIFIED: Duration = Duration::from_millis(500);
+
+/// How long one connection attempt of the wake-up subscription may take.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type R<T> = wasmtime::Result<Result<T, Error>>;
 
@@ -116,16 +151,166 @@ struct FlightLease {
     cleanup_id: u64,
 }
 
-/// One plugin's flights in this host, by entry key.
+/// One plugin's flights in this host, by entry key, and its wake-ups from
+/// other hosts' fills.
 #[derive(Default)]
 pub struct Flights {
     map: Mutex<HashMap<String, Arc<Flight>>>,
+    wakeups: Wakeups,
 }
 
 impl std::fmt::Debug for Flights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.map.lock().map(|m| m.len()).unwrap_or(0);
-        f.debug_struct("Flights").field("open", &n).finish()
+        f.debug_struct("Flights")
+            .field("open", &n)
+            .field("subscribed", &self.wakeups.up.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Entries leaders wait for: each entry's `Notify` and how many wait on it.
+type Waiting = Arc<Mutex<HashMap<String, (Arc<Notify>, usize)>>>;
+
+/// One plugin's subscription to its `cache-filled` channel in this host.
+#[derive(Default)]
+struct Wakeups {
+    waiting: Waiting,
+    /// Whether the subscription is up now.
+    up: Arc<AtomicBool>,
+    /// The subscription task, started by the first wait for another host.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Wakeups {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+    }
+}
+
+/// A leader's registration for wake-ups of one entry; unregisters on drop.
+struct Waiter {
+    waiting: Waiting,
+    entry: String,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut map = self.waiting.lock().expect("waiters poisoned");
+        if let Some((_, n)) = map.get_mut(&self.entry) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.entry);
+            }
+        }
+    }
+}
+
+/// Wakes whoever waits for `entry` (every waiter with `None`).
+fn wake(waiting: &Waiting, entry: Option<&str>) {
+    let map = waiting.lock().expect("waiters poisoned");
+    match entry {
+        Some(e) => {
+            if let Some((notify, _)) = map.get(e) {
+                notify.notify_waiters();
+            }
+        }
+        None => map.values().for_each(|(notify, _)| notify.notify_waiters()),
+    }
+}
+
+/// Keeps the plugin's wake-up subscription up and wakes the leaders that
+/// wait for the entries named in its messages. With several `clients`
+/// (Cluster nodes: a `PUBLISH` reaches every node), each reconnect tries
+/// the next.
+async fn subscription(
+    clients: Vec<redis::Client>,
+    channel: String,
+    waiting: Waiting,
+    up: Arc<AtomicBool>,
+    plugin: String,
+) {
+    let mut backoff = Duration::from_millis(100);
+    for client in clients.iter().cycle() {
+        match crate::redis::subscribe(client, &[&channel], &[], SUBSCRIBE_TIMEOUT).await {
+            Ok(mut pubsub) => {
+                tracing::debug!(%plugin, %channel, "subscribed to cache wake-ups");
+                up.store(true, Ordering::Relaxed);
+                backoff = Duration::from_millis(100);
+                // A fill may have landed while nothing was subscribed.
+                wake(&waiting, None);
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    if let Ok(entry) = msg.get_payload::<String>() {
+                        wake(&waiting, Some(&entry));
+                    }
+                }
+                up.store(false, Ordering::Relaxed);
+                tracing::warn!(%plugin, "cache wake-up subscription lost; reconnecting");
+            }
+            Err(e) => tracing::warn!(
+                %plugin,
+                "cannot subscribe to cache wake-ups: {e:#}; waiting leaders poll; \
+                 retrying in {backoff:?}"
+            ),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+impl Flights {
+    /// Registers a leader waiting for `entry`'s fill.
+    fn waiter(&self, entry: &str) -> Waiter {
+        let waiting = self.wakeups.waiting.clone();
+        let notify = {
+            let mut map = waiting.lock().expect("waiters poisoned");
+            let (notify, n) = map
+                .entry(entry.to_owned())
+                .or_insert_with(|| (Arc::new(Notify::new()), 0));
+            *n += 1;
+            notify.clone()
+        };
+        Waiter {
+            waiting,
+            entry: entry.to_owned(),
+            notify,
+        }
+    }
+
+    /// Whether wake-ups from other hosts arrive now.
+    fn subscribed(&self) -> bool {
+        self.wakeups.up.load(Ordering::Relaxed)
+    }
+
+    /// Starts the wake-up subscription on `channel` (once per plugin and
+    /// host), connecting like `redis` (the plugin's connection: its ACL user
+    /// if it has one).
+    fn subscribe(&self, redis: Option<&Redis>, channel: &str, plugin: &str) {
+        let mut task = self.wakeups.task.lock().expect("wake-ups poisoned");
+        if task.is_some() {
+            return;
+        }
+        let Some(redis) = redis else { return };
+        let clients = match redis.subscriber_clients() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%plugin, "no cache wake-ups (leaders poll): {e}");
+                // Do not try again for every wait.
+                *task = Some(tokio::spawn(async {}));
+                return;
+            }
+        };
+        *task = Some(tokio::spawn(subscription(
+            clients,
+            channel.to_owned(),
+            self.wakeups.waiting.clone(),
+            self.wakeups.up.clone(),
+            plugin.to_owned(),
+        )));
     }
 }
 
@@ -311,17 +496,19 @@ fn hit(value: Option<Vec<u8>>, refresh: Option<Lease>) -> Hit {
 }
 
 /// Jittered exponential backoff: each pause from the upper half of a cap
-/// doubling from [`FIRST_BACKOFF`] to [`MAX_BACKOFF`].
+/// doubling from [`FIRST_BACKOFF`] to `max` ([`MAX_BACKOFF`], or
+/// [`MAX_BACKOFF_NOTIFIED`] while wake-ups arrive).
 struct Backoff {
     cap: Duration,
 }
 
 impl Backoff {
-    fn next_pause(&mut self) -> Duration {
-        let half = self.cap / 2;
+    fn next_pause(&mut self, max: Duration) -> Duration {
+        let cap = self.cap.min(max);
+        let half = cap / 2;
         let span = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
         let pause = half + Duration::from_nanos(random_u64() % (span + 1));
-        self.cap = (self.cap * 2).min(MAX_BACKOFF);
+        self.cap = (cap * 2).min(max);
         pause
     }
 }
@@ -427,8 +614,9 @@ impl Caps {
         }
     }
 
-    /// Looks up in Redis, waiting with backoff while another host fills,
-    /// and tells the flight's followers (if leading one) what it found.
+    /// Looks up in Redis, waiting for a wake-up (or a backoff pause) while
+    /// another host fills, and tells the flight's followers (if leading
+    /// one) what it found.
     async fn lead(
         &mut self,
         keys: &CacheKeys,
@@ -438,9 +626,20 @@ impl Caps {
         guard: Option<LeaderGuard>,
     ) -> Result<LookupResult, Error> {
         let mut backoff = Backoff { cap: FIRST_BACKOFF };
+        let flights = self.plugin.cache_flights.clone();
+        // Registered for the whole lookup, so a wake-up is never lost
+        // between two looks; only by callers that will wait.
+        let waiter = (options.wait_ms > 0).then(|| flights.waiter(&keys.entry));
         loop {
             let tag_snapshot = self.tag_snapshot(tags).await?;
             let id = lease_id();
+            let will_wait = waiter.is_some() && Instant::now() < deadline;
+            // Enabled before the lookup: a fill published after the script
+            // set the waiter flag wakes this future even before it is polled.
+            let mut notified = std::pin::pin!(waiter.as_ref().map(|w| w.notify.notified()));
+            if let Some(n) = notified.as_mut().as_pin_mut() {
+                n.enable();
+            }
             let redis = self.admit().await?;
             let found = redis
                 .cache_lookup(
@@ -450,6 +649,7 @@ impl Caps {
                     options.lease_ttl_ms,
                     options.early_refresh_beta,
                     random_unit(),
+                    will_wait,
                 )
                 .await?;
             let (value, stale, granted, now_ms) = match found {
@@ -485,11 +685,30 @@ impl Caps {
                     if now >= deadline {
                         return Ok(LookupResult::Filling);
                     }
-                    let mut pause = backoff.next_pause().min(deadline - now);
+                    let max = if flights.subscribed() {
+                        MAX_BACKOFF_NOTIFIED
+                    } else {
+                        flights.subscribe(
+                            self.redis.as_ref(),
+                            &keys.filled,
+                            self.plugin.name.as_str(),
+                        );
+                        MAX_BACKOFF
+                    };
+                    let mut pause = backoff.next_pause(max).min(deadline - now);
                     if let Some(left) = lease_ttl_ms {
                         pause = pause.min(Duration::from_millis(left + 1));
                     }
-                    tokio::time::sleep(pause).await;
+                    let woken = async {
+                        match notified.as_mut().as_pin_mut() {
+                            Some(n) => n.await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = woken => {}
+                    }
                     continue;
                 }
             };
@@ -748,6 +967,32 @@ mod tests {
         assert_eq!(snapshot(&t, &[1, 2]), "1:a=1;1:b=2;");
         let many: Vec<String> = (0..=MAX_TAGS).map(|i| i.to_string()).collect();
         assert!(canonical_tags(&many).is_err());
+    }
+
+    /// Pauses grow from the upper half of [`FIRST_BACKOFF`] to the upper
+    /// half of the cap in force: [`MAX_BACKOFF`] without wake-ups, then
+    /// [`MAX_BACKOFF_NOTIFIED`] once they arrive; back to the lower cap at
+    /// once if the subscription drops.
+    #[test]
+    fn backoff_caps() {
+        let mut b = Backoff { cap: FIRST_BACKOFF };
+        let first = b.next_pause(MAX_BACKOFF);
+        assert!(
+            first >= FIRST_BACKOFF / 2 && first <= FIRST_BACKOFF,
+            "{first:?}"
+        );
+        for _ in 0..10 {
+            assert!(b.next_pause(MAX_BACKOFF) <= MAX_BACKOFF);
+        }
+        assert!(b.next_pause(MAX_BACKOFF) >= MAX_BACKOFF / 2);
+        let mut most = Duration::ZERO;
+        for _ in 0..20 {
+            let p = b.next_pause(MAX_BACKOFF_NOTIFIED);
+            assert!(p <= MAX_BACKOFF_NOTIFIED, "{p:?}");
+            most = most.max(p);
+        }
+        assert!(most >= MAX_BACKOFF_NOTIFIED / 2, "{most:?}");
+        assert!(b.next_pause(MAX_BACKOFF) <= MAX_BACKOFF);
     }
 
     /// Random units are in (0, 1].

@@ -36,8 +36,12 @@ fn rules(prefix: &str, shared: &[String]) -> Vec<String> {
             "+@transaction",
             // Limiter, cache and queue scripts read Redis's clock.
             "+time",
-            // The pubsub capability publishes; subscribing is the host's.
+            // The pubsub capability publishes (and cache scripts publish
+            // fill wake-ups); the host subscribes as the plugin to its cache
+            // wake-up channel. Channels stay confined by the `&` patterns.
             "+publish",
+            "+subscribe",
+            "+unsubscribe",
             "-@dangerous",
             "-@admin",
             "-scan",

@@ -1,8 +1,11 @@
 //! Typed commands behind the `cache` capability: the `lua/cache_*.lua`
 //! scripts, tag versions and invalidation.
 //!
-//! Keys come from [`crate::namespace::Namespace::cache`]: an entry and its
-//! lease share one hash tag, so each script touches one Cluster slot. Tag
+//! Keys come from [`crate::namespace::Namespace::cache`]: an entry, its
+//! lease and its waiter flag share one hash tag, so each script touches one
+//! Cluster slot. Scripts that end a lease (fill, abandon, set, invalidate)
+//! `PUBLISH` the entry's key on the plugin's `cache-filled` channel when the
+//! waiter flag was set (see `caps::cache`). Tag
 //! version counters have their own hash tags and are only read (`GET`) and
 //! bumped (`INCR`) by single-key commands; their values reach the scripts as
 //! an opaque snapshot in ARGV, never as keys. Entry times are Redis's
@@ -32,7 +35,8 @@ pub enum CacheLookup {
     /// No value; this caller holds the fill lease since `now_ms`.
     Miss { now_ms: u64 },
     /// No value; someone else holds the lease for `lease_ttl_ms` more
-    /// milliseconds (`None`: unknown).
+    /// milliseconds (`None`: unknown). With `will_wait` the entry's waiter
+    /// flag is set, so the fill publishes a wake-up.
     Filling { lease_ttl_ms: Option<u64> },
 }
 
@@ -70,7 +74,9 @@ impl Redis {
         Ok(())
     }
 
-    /// Runs `lua/cache_lookup.lua`.
+    /// Runs `lua/cache_lookup.lua`. With `will_wait`, finding someone
+    /// else's lease sets the entry's waiter flag.
+    #[allow(clippy::too_many_arguments)]
     pub async fn cache_lookup(
         &self,
         keys: &CacheKeys,
@@ -79,17 +85,20 @@ impl Redis {
         lease_ttl_ms: u64,
         beta: f64,
         random: f64,
+        will_wait: bool,
     ) -> CommandResult<CacheLookup> {
         let (kind, value, negative, granted, n): (i64, Vec<u8>, i64, i64, i64) = self
             .scripts
             .cache_lookup
             .key(&keys.entry)
             .key(&keys.lease)
+            .key(&keys.waiting)
             .arg(tags)
             .arg(lease_id)
             .arg(lease_ttl_ms)
             .arg(beta.to_string())
             .arg(random.to_string())
+            .arg(if will_wait { "1" } else { "0" })
             .invoke_async(&mut self.conn.clone())
             .await?;
         let value = (negative == 0).then_some(value);
@@ -126,6 +135,7 @@ impl Redis {
             .cache_fill
             .key(&keys.entry)
             .key(&keys.lease)
+            .key(&keys.waiting)
             .arg(lease_id)
             .arg(value.value.unwrap_or_default())
             .arg(if value.value.is_some() { 0 } else { 1 })
@@ -133,6 +143,7 @@ impl Redis {
             .arg(value.stale_ms)
             .arg(value.tags)
             .arg(granted_ms)
+            .arg(&keys.filled)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(stored == 1)
@@ -145,11 +156,13 @@ impl Redis {
             .cache_set
             .key(&keys.entry)
             .key(&keys.lease)
+            .key(&keys.waiting)
             .arg(value.value.unwrap_or_default())
             .arg(if value.value.is_some() { 0 } else { 1 })
             .arg(value.fresh_ms)
             .arg(value.stale_ms)
             .arg(value.tags)
+            .arg(&keys.filled)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(())
@@ -160,8 +173,11 @@ impl Redis {
         let freed: i64 = self
             .scripts
             .cache_abandon
+            .key(&keys.entry)
             .key(&keys.lease)
+            .key(&keys.waiting)
             .arg(lease_id)
+            .arg(&keys.filled)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(freed == 1)
@@ -175,6 +191,8 @@ impl Redis {
             .cache_invalidate
             .key(&keys.entry)
             .key(&keys.lease)
+            .key(&keys.waiting)
+            .arg(&keys.filled)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(existed == 1)

@@ -205,10 +205,11 @@ mod tests {
             "limiter_sliding_window.lua" => limiter("sw"),
             "limiter_fixed_window.lua" => limiter("fw"),
             "limiter_concurrency.lua" => limiter("cc"),
-            "cache_lookup.lua" | "cache_fill.lua" | "cache_set.lua" | "cache_invalidate.lua" => {
-                vec![cache.entry, cache.lease]
-            }
-            "cache_abandon.lua" => vec![cache.lease],
+            "cache_lookup.lua"
+            | "cache_fill.lua"
+            | "cache_set.lua"
+            | "cache_invalidate.lua"
+            | "cache_abandon.lua" => vec![cache.entry, cache.lease, cache.waiting],
             "queue_enqueue.lua" => {
                 let q = queue(false);
                 vec![
