@@ -99,6 +99,23 @@ async fn start_host(redis: &RedisServer, data: &Path) -> Arc<Host> {
     Arc::new(Host::start(options).await.expect("host starts"))
 }
 
+/// Two hosts on `redis`, each with its own data folder (kept alive by the
+/// returned guards) and `spec` loaded.
+async fn two_hosts(
+    redis: &RedisServer,
+    spec: PluginSpec,
+) -> ([tempfile::TempDir; 2], [Arc<Host>; 2]) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let hosts = [
+        start_host(redis, dirs[0].path()).await,
+        start_host(redis, dirs[1].path()).await,
+    ];
+    for h in &hosts {
+        h.load(spec.clone()).await.unwrap();
+    }
+    (dirs, hosts)
+}
+
 /// The cache probe as plugin `name`, allowed to reach `origin`, with room
 /// for 100 concurrent invocations.
 fn spec(name: &str, origin: SocketAddr) -> PluginSpec {
@@ -172,15 +189,8 @@ async fn script_calls(redis: &RedisServer) -> u64 {
 async fn stampede_across_two_hosts_calls_the_origin_once() {
     with_timeout(async {
         let redis = RedisServer::start().await;
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (addr, origin) = origin().await;
-        let hosts = [
-            start_host(&redis, d1.path()).await,
-            start_host(&redis, d2.path()).await,
-        ];
-        for h in &hosts {
-            h.load(spec("stampede", addr)).await.unwrap();
-        }
+        let (_dirs, hosts) = two_hosts(&redis, spec("stampede", addr)).await;
         let key = unique("cold");
         origin.set(&key, "the value");
         let program = json!([{
@@ -255,17 +265,10 @@ async fn publish_calls(redis: &RedisServer) -> u64 {
 async fn waiters_on_another_host_are_woken_by_the_fill() {
     with_timeout(async {
         let redis = RedisServer::start().await;
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (addr, _origin) = origin().await;
-        let hosts = [
-            start_host(&redis, d1.path()).await,
-            start_host(&redis, d2.path()).await,
-        ];
-        for h in &hosts {
-            let mut s = spec("notify", addr);
-            s.acl = true;
-            h.load(s).await.unwrap();
-        }
+        let mut s = spec("notify", addr);
+        s.acl = true;
+        let (_dirs, hosts) = two_hosts(&redis, s).await;
         let ns = Namespace::new(&PluginName::parse("notify").unwrap());
         let mut conn = redis.client().await;
 
@@ -554,17 +557,10 @@ async fn expired_lease_of_a_dead_host_is_taken_over() {
 async fn filler_that_traps_or_times_out_is_replaced() {
     with_timeout(async {
         let redis = RedisServer::start().await;
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (addr, origin) = origin().await;
-        let hosts = [
-            start_host(&redis, d1.path()).await,
-            start_host(&redis, d2.path()).await,
-        ];
-        for h in &hosts {
-            let mut s = spec("filler", addr);
-            s.quotas.wall_time = Duration::from_secs(1);
-            h.load(s).await.unwrap();
-        }
+        let mut s = spec("filler", addr);
+        s.quotas.wall_time = Duration::from_secs(1);
+        let (_dirs, hosts) = two_hosts(&redis, s).await;
         for (case, waiter) in [("trap", 0), ("trap", 1), ("timeout", 0), ("timeout", 1)] {
             let key = unique(case);
             origin.set(&key, "origin value");
@@ -603,17 +599,10 @@ async fn filler_that_traps_or_times_out_is_replaced() {
 async fn many_waiters_take_over_from_a_dead_filler_once() {
     with_timeout(async {
         let redis = RedisServer::start().await;
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (addr, origin) = origin().await;
-        let hosts = [
-            start_host(&redis, d1.path()).await,
-            start_host(&redis, d2.path()).await,
-        ];
-        for h in &hosts {
-            let mut s = spec("takeover", addr);
-            s.quotas.wall_time = Duration::from_secs(2);
-            h.load(s).await.unwrap();
-        }
+        let mut s = spec("takeover", addr);
+        s.quotas.wall_time = Duration::from_secs(2);
+        let (_dirs, hosts) = two_hosts(&redis, s).await;
         let ns = Namespace::new(&PluginName::parse("takeover").unwrap());
         let mut conn = redis.client().await;
         const WAIT_MS: u64 = 1800;

@@ -725,19 +725,15 @@ plugin = "ip-rate-limit"
     .await;
 }
 
-/// The cache-capability getUser example over HTTP: concurrent requests for a
-/// cold user reach the origin once; later ones are hits; unknown users are
-/// cached as 404s.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn get_user_cached_example() {
-    with_timeout(async {
-        let (origin_addr, hits) = origin().await;
-        let extra = format!(
-            r#"
+/// The get-user-cached example routed at `/cached/users/:id`, reading
+/// `origin_addr`, with a fresh TTL of `ttl_secs` and 60 s of staleness.
+fn get_user_cached_config(origin_addr: std::net::SocketAddr, ttl_secs: u64) -> String {
+    format!(
+        r#"
 [plugins.get-user-cached]
 wasm = {wasm:?}
 allowed-outbound-hosts = ["http://{origin_addr}"]
-settings = {{ origin = "http://{origin_addr}", ttl-secs = 300, stale-secs = 60 }}
+settings = {{ origin = "http://{origin_addr}", ttl-secs = {ttl_secs}, stale-secs = 60 }}
 [plugins.get-user-cached.quotas]
 concurrency = 32
 queue = 64
@@ -746,8 +742,18 @@ method = "GET"
 path = "/cached/users/:id"
 plugin = "get-user-cached"
 "#,
-            wasm = plugin("get-user-cached").display().to_string()
-        );
+        wasm = plugin("get-user-cached").display().to_string()
+    )
+}
+
+/// The cache-capability getUser example over HTTP: concurrent requests for a
+/// cold user reach the origin once; later ones are hits; unknown users are
+/// cached as 404s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_user_cached_example() {
+    with_timeout(async {
+        let (origin_addr, hits) = origin().await;
+        let extra = get_user_cached_config(origin_addr, 300);
         let s = serve(&probe_config(&extra)).await;
         let c = client();
         let requests: Vec<_> = (0..20)
@@ -1064,22 +1070,7 @@ async fn versioned_origin() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicU64>) {
 async fn get_user_cached_stale_while_revalidate() {
     with_timeout(async {
         let (origin_addr, hits, delay) = versioned_origin().await;
-        let extra = format!(
-            r#"
-[plugins.get-user-cached]
-wasm = {wasm:?}
-allowed-outbound-hosts = ["http://{origin_addr}"]
-settings = {{ origin = "http://{origin_addr}", ttl-secs = 1, stale-secs = 60 }}
-[plugins.get-user-cached.quotas]
-concurrency = 32
-queue = 64
-[[routes]]
-method = "GET"
-path = "/cached/users/:id"
-plugin = "get-user-cached"
-"#,
-            wasm = plugin("get-user-cached").display().to_string()
-        );
+        let extra = get_user_cached_config(origin_addr, 1);
         let s = serve(&probe_config(&extra)).await;
         let c = client();
         let get = |c: reqwest::Client, url: String| async move {

@@ -11,6 +11,8 @@
 //! an opaque snapshot in ARGV, never as keys. Entry times are Redis's
 //! (`TIME` inside the scripts).
 
+use redis::{Script, ScriptInvocation};
+
 use crate::namespace::CacheKeys;
 
 use super::{CommandResult, Redis};
@@ -87,20 +89,16 @@ impl Redis {
         random: f64,
         will_wait: bool,
     ) -> CommandResult<CacheLookup> {
-        let (kind, value, negative, granted, n): (i64, Vec<u8>, i64, i64, i64) = self
-            .scripts
-            .cache_lookup
-            .key(&keys.entry)
-            .key(&keys.lease)
-            .key(&keys.waiting)
-            .arg(tags)
-            .arg(lease_id)
-            .arg(lease_ttl_ms)
-            .arg(beta.to_string())
-            .arg(random.to_string())
-            .arg(if will_wait { "1" } else { "0" })
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+        let (kind, value, negative, granted, n): (i64, Vec<u8>, i64, i64, i64) =
+            entry_script(&self.scripts.cache_lookup, keys)
+                .arg(tags)
+                .arg(lease_id)
+                .arg(lease_ttl_ms)
+                .arg(beta.to_string())
+                .arg(random.to_string())
+                .arg(if will_wait { "1" } else { "0" })
+                .invoke_async(&mut self.conn.clone())
+                .await?;
         let value = (negative == 0).then_some(value);
         let now_ms = u64::try_from(n).unwrap_or(0);
         Ok(match kind {
@@ -130,12 +128,7 @@ impl Redis {
         granted_ms: u64,
         value: &CacheValue<'_>,
     ) -> CommandResult<bool> {
-        let stored: i64 = self
-            .scripts
-            .cache_fill
-            .key(&keys.entry)
-            .key(&keys.lease)
-            .key(&keys.waiting)
+        let stored: i64 = entry_script(&self.scripts.cache_fill, keys)
             .arg(lease_id)
             .arg(value.value.unwrap_or_default())
             .arg(if value.value.is_some() { 0 } else { 1 })
@@ -151,12 +144,7 @@ impl Redis {
 
     /// Runs `lua/cache_set.lua`: stores `value` and supersedes any lease.
     pub async fn cache_set(&self, keys: &CacheKeys, value: &CacheValue<'_>) -> CommandResult<()> {
-        let _: i64 = self
-            .scripts
-            .cache_set
-            .key(&keys.entry)
-            .key(&keys.lease)
-            .key(&keys.waiting)
+        let _: i64 = entry_script(&self.scripts.cache_set, keys)
             .arg(value.value.unwrap_or_default())
             .arg(if value.value.is_some() { 0 } else { 1 })
             .arg(value.fresh_ms)
@@ -170,12 +158,7 @@ impl Redis {
 
     /// Runs `lua/cache_abandon.lua`: frees the lease if `lease_id` holds it.
     pub async fn cache_abandon(&self, keys: &CacheKeys, lease_id: &str) -> CommandResult<bool> {
-        let freed: i64 = self
-            .scripts
-            .cache_abandon
-            .key(&keys.entry)
-            .key(&keys.lease)
-            .key(&keys.waiting)
+        let freed: i64 = entry_script(&self.scripts.cache_abandon, keys)
             .arg(lease_id)
             .arg(&keys.filled)
             .invoke_async(&mut self.conn.clone())
@@ -186,15 +169,18 @@ impl Redis {
     /// Runs `lua/cache_invalidate.lua`: deletes the entry and its lease
     /// (superseding any fill in flight). Returns whether the entry existed.
     pub async fn cache_invalidate(&self, keys: &CacheKeys) -> CommandResult<bool> {
-        let existed: i64 = self
-            .scripts
-            .cache_invalidate
-            .key(&keys.entry)
-            .key(&keys.lease)
-            .key(&keys.waiting)
+        let existed: i64 = entry_script(&self.scripts.cache_invalidate, keys)
             .arg(&keys.filled)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(existed == 1)
     }
+}
+
+/// `script` called with an entry's keys, in the order every `lua/cache_*`
+/// script takes them: the entry, its lease, its waiter flag.
+fn entry_script<'a>(script: &'a Script, keys: &CacheKeys) -> ScriptInvocation<'a> {
+    let mut invocation = script.key(&keys.entry);
+    invocation.key(&keys.lease).key(&keys.waiting);
+    invocation
 }
