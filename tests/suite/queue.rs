@@ -327,7 +327,13 @@ async fn delays_dedupe_and_bounded_length() {
         let second = enqueue(&s.host, json!({"queue": "jobs", "payloads": ["ok"], "dedupe": "upload-1"})).await;
         assert_eq!(first, second, "the second enqueue returns the first id");
         assert_eq!(wait_for(&mut conn, &format!("rl:worker:kv:done:{}", first[0]), 1, Duration::from_secs(5)).await, 1);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The handler counts before its ack and delete land: wait (bounded)
+        // until the queue is empty, so the six below meet an empty queue.
+        let (k, start) = (keys(), Instant::now());
+        while s.host.redis().queue_stats(&k, "workers").await.unwrap().length > 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "the queue did not drain");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(get_i64(&mut conn, "rl:worker:kv:done-total").await, 2, "one message per dedupe id");
 
         // Six delayed messages into a queue of five: the sixth is refused.
