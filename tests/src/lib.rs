@@ -40,20 +40,31 @@ pub struct RedisServer {
     /// The first node's URL.
     url: String,
     cluster: bool,
+    /// The Cluster nodes' `--cluster-node-timeout` (0 when standalone).
+    node_timeout_ms: u32,
     dir: tempfile::TempDir,
 }
 
-/// `redis-server` arguments of a Cluster node: a 1 s node timeout makes a
-/// failover take ≈ 2–3 s instead of ≈ 20 s, and diskless sync without delay
+/// `--cluster-node-timeout` of [`RedisServer::start_cluster`]: long enough
+/// that a node slowed down by a loaded test machine is not failed over.
+/// With 1 s, a busy CI run saw a primary marked failed mid-test (CLUSTERDOWN
+/// in a test that kills nothing).
+const STEADY_NODE_TIMEOUT_MS: u32 = 5_000;
+
+/// `--cluster-node-timeout` of [`RedisServer::start_cluster_for_failover`]:
+/// a failover takes ≈ 2–3 s instead of ≈ 6–7 s.
+const FAILOVER_NODE_TIMEOUT_MS: u32 = 1_000;
+
+/// `redis-server` arguments of a Cluster node; diskless sync without delay
 /// lets replicas catch up at once.
-fn cluster_args() -> Vec<String> {
+fn cluster_args(node_timeout_ms: u32) -> Vec<String> {
     [
         "--cluster-enabled",
         "yes",
         "--cluster-config-file",
         "nodes.conf",
         "--cluster-node-timeout",
-        "1000",
+        &node_timeout_ms.to_string(),
         "--repl-diskless-sync",
         "yes",
         "--repl-diskless-sync-delay",
@@ -83,6 +94,7 @@ impl RedisServer {
             url: server.url(),
             nodes: vec![Some(server)],
             cluster: false,
+            node_timeout_ms: 0,
             dir,
         }
     }
@@ -92,11 +104,22 @@ impl RedisServer {
     /// to its primary is up (a replica whose link is down refuses to take
     /// over).
     pub async fn start_cluster() -> RedisServer {
+        RedisServer::start_cluster_with(STEADY_NODE_TIMEOUT_MS).await
+    }
+
+    /// Like [`RedisServer::start_cluster`], with a 1 s node timeout so that
+    /// a test that kills a node sees the failover quickly.
+    pub async fn start_cluster_for_failover() -> RedisServer {
+        RedisServer::start_cluster_with(FAILOVER_NODE_TIMEOUT_MS).await
+    }
+
+    async fn start_cluster_with(node_timeout_ms: u32) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let starting: Vec<_> = (0..6)
             .map(|i| {
                 let folder = dir.path().join(format!("node-{i}"));
-                tokio::spawn(async move { start_node(&folder, None, cluster_args()).await })
+                let args = cluster_args(node_timeout_ms);
+                tokio::spawn(async move { start_node(&folder, None, args).await })
             })
             .collect();
         let mut nodes = Vec::new();
@@ -124,6 +147,7 @@ impl RedisServer {
             nodes: nodes.into_iter().map(Some).collect(),
             ports,
             cluster: true,
+            node_timeout_ms,
             dir,
         };
         server.wait_cluster_ready(Duration::from_secs(60)).await;
@@ -321,7 +345,7 @@ impl RedisServer {
 
     async fn start_again(&mut self, i: usize) {
         let (folder, args) = if self.cluster {
-            (self.dir.path().join(format!("node-{i}")), cluster_args())
+            (self.dir.path().join(format!("node-{i}")), cluster_args(self.node_timeout_ms))
         } else {
             (self.dir.path().join("redis"), Vec::new())
         };

@@ -185,7 +185,7 @@ async fn wait_healthy(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn primary_failover_loses_no_acknowledged_message() {
     with_timeout(async {
-        let mut redis = RedisServer::start_cluster().await;
+        let mut redis = RedisServer::start_cluster_for_failover().await;
         let dir = tempfile::tempdir().unwrap();
         let served = serve(dir.path(), &manifest(&redis)).await;
         let host = served.host.clone();
@@ -585,7 +585,7 @@ async fn keyspace_events_are_refused_on_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pubsub_fan_out_and_acl_users_on_a_cluster() {
     with_timeout(async {
-        let mut redis = RedisServer::start_cluster().await;
+        let mut redis = RedisServer::start_cluster_for_failover().await;
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
             "{}[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
