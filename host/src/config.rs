@@ -61,6 +61,18 @@ pub struct RedisSection {
     /// reach enough replicas in time fails with "backend unavailable".
     #[serde(default = "default_wait_timeout", with = "duration")]
     pub wait_timeout: Duration,
+    /// PEM file with the CA certificate(s) that signed a `rediss://`
+    /// server's certificate, when that is not a public CA (relative to the
+    /// configuration file's folder).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for servers that require mutual TLS
+    /// (`tls-auth-clients yes`); needs `tls-key-file`.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls-cert-file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for RedisSection {
@@ -72,6 +84,9 @@ impl Default for RedisSection {
             response_timeout: default_response_timeout(),
             wait_replicas: 0,
             wait_timeout: default_wait_timeout(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -596,9 +611,26 @@ impl Config {
                 "set either `url` (one Redis) or `cluster` (seed nodes of a Redis Cluster), not both".into(),
             ));
         }
+        if raw.redis.tls_cert_file.is_some() != raw.redis.tls_key_file.is_some() {
+            return Err(at(
+                "redis.tls-cert-file",
+                "a client certificate needs both `tls-cert-file` and `tls-key-file`".into(),
+            ));
+        }
+        let mut redis = raw.redis;
+        for file in [
+            &mut redis.tls_ca_file,
+            &mut redis.tls_cert_file,
+            &mut redis.tls_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *file = base.join(&*file);
+        }
         Ok(Config {
             source: Some(path.to_path_buf()),
-            redis: raw.redis,
+            redis,
             host,
             http: raw.http,
             admin: raw.admin,
@@ -1142,6 +1174,32 @@ wall-time = "2s"
 
     /// A consumer's `rate-limit` names a rate policy of the plugin, and
     /// `rate-limit-key` is `header:NAME` (with a `rate-limit`).
+    #[test]
+    fn tls_files_are_relative_to_the_file() {
+        let c = parse(
+            "[redis]\nurl = \"rediss://r:6380\"\ntls-ca-file = \"certs/ca.pem\"\n\
+             tls-cert-file = \"/abs/client.pem\"\ntls-key-file = \"client.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.redis.tls_ca_file.as_deref(),
+            Some(Path::new("/etc/redloom/certs/ca.pem"))
+        );
+        assert_eq!(
+            c.redis.tls_cert_file.as_deref(),
+            Some(Path::new("/abs/client.pem"))
+        );
+        assert_eq!(
+            c.redis.tls_key_file.as_deref(),
+            Some(Path::new("/etc/redloom/client.key"))
+        );
+        let e = parse("[redis]\ntls-key-file = \"k.pem\"\n").unwrap_err().0;
+        assert!(
+            e.contains("redis.tls-cert-file") && e.contains("both"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn consumer_rate_limits() {
         let file = |consumer: &str| {

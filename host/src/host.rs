@@ -12,7 +12,7 @@ use crate::engine::{Runtime, RuntimeOptions};
 use crate::namespace::PluginName;
 use crate::plugin::{Call, InvokeError, LoadError, Plugin, PluginSpec, Reply};
 use crate::redis::server::{PrivateRedis, ServerOptions, StartError};
-use crate::redis::{Redis, RedisOptions, RedisTarget};
+use crate::redis::{Redis, RedisOptions, RedisTarget, TlsFiles};
 
 /// How to start a host.
 #[derive(Debug, Clone)]
@@ -53,6 +53,9 @@ pub enum StartupError {
     Redis(anyhow::Error),
     #[error("cannot set up the WebAssembly runtime: {0:#}")]
     Runtime(anyhow::Error),
+    /// `[redis] tls-*` files that cannot be used.
+    #[error("[redis] {0:#}")]
+    Tls(anyhow::Error),
 }
 
 /// A loaded plugin and the connection its commands use: the host's, or
@@ -91,6 +94,25 @@ impl Host {
             runtime_options.cache_dir = Some(options.data_dir.join("cache"));
         }
         let runtime = Runtime::new(runtime_options).map_err(StartupError::Runtime)?;
+        let r = &options.redis;
+        let tls =
+            if r.tls_ca_file.is_some() || r.tls_cert_file.is_some() || r.tls_key_file.is_some() {
+                Some(
+                    TlsFiles::read(
+                        r.tls_ca_file.as_deref(),
+                        r.tls_cert_file.as_deref(),
+                        r.tls_key_file.as_deref(),
+                    )
+                    .map_err(StartupError::Tls)?,
+                )
+            } else {
+                None
+            };
+        if tls.is_some() && options.redis_target.is_none() {
+            return Err(StartupError::Tls(anyhow::anyhow!(
+                "tls-ca-file, tls-cert-file and tls-key-file are for a rediss:// server: set `url` or `cluster` (or --redis-url), or remove them to use the private redis-server"
+            )));
+        }
         let (target, private_redis) = match &options.redis_target {
             Some(target) => (target.clone(), None),
             None => {
@@ -108,6 +130,7 @@ impl Host {
             RedisOptions {
                 wait_replicas: options.redis.wait_replicas,
                 wait_timeout: options.redis.wait_timeout,
+                tls,
                 ..RedisOptions::new(
                     options.redis.connect_timeout,
                     options.redis.response_timeout,

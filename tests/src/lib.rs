@@ -99,6 +99,38 @@ impl RedisServer {
         }
     }
 
+    /// Starts a standalone server that also listens with TLS on the
+    /// returned port, with `certs`' server certificate, and requires a
+    /// client certificate signed by `certs`' CA there (mutual TLS). Its
+    /// plain port stays open for the test's own checks ([`Self::client`]).
+    pub async fn start_standalone_tls(certs: &TestCerts) -> (RedisServer, u16) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tls_port = redloom::redis::server::free_port().expect("a free port");
+        let path = |p: &Path| p.display().to_string();
+        let args = vec![
+            "--tls-port".to_string(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            path(&certs.server_cert),
+            "--tls-key-file".into(),
+            path(&certs.server_key),
+            "--tls-ca-cert-file".into(),
+            path(&certs.ca),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+        ];
+        let server = start_node(&dir.path().join("redis"), None, args).await;
+        let redis = RedisServer {
+            ports: vec![server.port()],
+            url: server.url(),
+            nodes: vec![Some(server)],
+            cluster: false,
+            node_timeout_ms: 0,
+            dir,
+        };
+        (redis, tls_port)
+    }
+
     /// Starts a 6-node Cluster (3 primaries, 3 replicas) and waits until
     /// every slot is served, every node agrees, and every replica's link
     /// to its primary is up (a replica whose link is down refuses to take
@@ -345,7 +377,10 @@ impl RedisServer {
 
     async fn start_again(&mut self, i: usize) {
         let (folder, args) = if self.cluster {
-            (self.dir.path().join(format!("node-{i}")), cluster_args(self.node_timeout_ms))
+            (
+                self.dir.path().join(format!("node-{i}")),
+                cluster_args(self.node_timeout_ms),
+            )
         } else {
             (self.dir.path().join("redis"), Vec::new())
         };
@@ -463,6 +498,53 @@ async fn start_node(folder: &Path, port: Option<u16>, extra_args: Vec<String>) -
     PrivateRedis::start(options)
         .await
         .expect("start redis-server (is it installed? see README)")
+}
+
+/// A private CA, a server certificate for `127.0.0.1` and `localhost`, and
+/// a client certificate, all signed by the CA: PEM files in one folder.
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestCerts {
+    /// Generates fresh keys and certificates into `dir`.
+    pub fn generate(dir: &Path) -> TestCerts {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        std::fs::create_dir_all(dir).unwrap();
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "redloom test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &ca, &ca_key)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+        let (client_cert, client_key) = leaf(vec!["redloom-test-client".into()]);
+        TestCerts {
+            ca: write("ca.pem", ca.pem()),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server.key", server_key),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client.key", client_key),
+        }
+    }
 }
 
 /// A connection for checks in tests: to one server or to a Cluster.

@@ -528,3 +528,143 @@ async fn runaway_guests_hit_their_quotas() {
     })
     .await;
 }
+
+/// A `rediss://` server with a private CA that requires client certificates
+/// (mutual TLS): `redloom serve` reaches it with the `[redis] tls-*` files
+/// (paths relative to its configuration file), for the plugin's commands, its
+/// ACL user's connection and the subscription connection alike; an in-process
+/// host runs kv commands through it. Each missing or wrong piece is refused
+/// with an error that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_client_certificates() {
+    with_timeout(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = redloom_tests::TestCerts::generate(&dir.path().join("certs"));
+        let (redis, tls_port) = RedisServer::start_standalone_tls(&certs).await;
+        let url = format!("rediss://127.0.0.1:{tls_port}");
+        let tls = |ca: bool, client: bool| -> redloom::config::RedisSection {
+            redloom::config::RedisSection {
+                tls_ca_file: ca.then(|| certs.ca.clone()),
+                tls_cert_file: client.then(|| certs.client_cert.clone()),
+                tls_key_file: client.then(|| certs.client_key.clone()),
+                ..Default::default()
+            }
+        };
+        let start = async |target: &str, section: redloom::config::RedisSection| {
+            let data = tempfile::tempdir().unwrap();
+            let mut options = redloom_tests::host_options(&redis, data.path());
+            options.redis_target = Some(redloom::redis::RedisTarget::Single(target.into()));
+            options.redis = section;
+            Host::start(options).await.map(|h| (h, data))
+        };
+
+        // In process: the plugin's kv commands go over TLS, to this server.
+        let (host, _data) = start(&url, tls(true, true)).await.expect("TLS host starts");
+        host.load(spec("probe", "kv-probe")).await.unwrap();
+        let r = probe(
+            &host,
+            "probe",
+            json!([{"op": "incr", "key": "n", "delta": 7}]),
+        )
+        .await;
+        assert_eq!(ok(&r[0]), &json!(7));
+        let key = redloom::namespace::Namespace::new(&PluginName::parse("probe").unwrap())
+            .kv("n")
+            .unwrap();
+        let mut conn = redis.client().await;
+        assert_eq!(redloom_tests::get_i64(&mut conn, &key).await, 7);
+        let tls_clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            tls_clients
+                .lines()
+                .any(|l| l.contains(&format!("laddr=127.0.0.1:{tls_port}"))),
+            "no client on the TLS port:\n{tls_clients}"
+        );
+        drop(host);
+
+        // What is missing or wrong is named.
+        let refused = async |target: &str, section| match start(target, section).await {
+            Ok(_) => panic!("a host on {target} started"),
+            Err(e) => e.to_string(),
+        };
+        let e = refused(&url, tls(false, true)).await;
+        assert!(e.contains("certificate") && e.contains(&url), "{e}");
+        let e = refused(&url, tls(true, false)).await;
+        assert!(e.contains(&url), "{e}");
+        let plain = redis.url().to_string();
+        let e = refused(&plain, tls(true, true)).await;
+        assert!(e.contains("rediss://") && e.contains(&plain), "{e}");
+        let mut missing = tls(true, true);
+        missing.tls_ca_file = Some(dir.path().join("no-such-ca.pem"));
+        let e = refused(&url, missing).await;
+        assert!(
+            e.contains("no-such-ca.pem") && e.contains("CA certificate"),
+            "{e}"
+        );
+        let mut swapped = tls(true, true);
+        swapped.tls_key_file = Some(certs.client_cert.clone());
+        let e = refused(&url, swapped).await;
+        assert!(e.contains("client key") && e.contains("client.pem"), "{e}");
+        let e = redloom::config::Config::parse(
+            "[redis]\ntls-cert-file = \"c.pem\"\n",
+            &dir.path().join("redloom.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("redis.tls-cert-file") && e.contains("tls-key-file"),
+            "{e}"
+        );
+
+        // `redloom serve` with the files named in its configuration: a message
+        // published on the plugin's channel reaches its handler through the
+        // subscription connection, and the handler's commands go through the
+        // plugin's own ACL user, both over TLS.
+        let serve_dir = dir.path().join("serve");
+        let text = format!(
+            "[redis]\nurl = \"{url}\"\ntls-ca-file = \"../certs/ca.pem\"\n\
+             tls-cert-file = \"../certs/client.pem\"\ntls-key-file = \"../certs/client.key\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [plugins.listener]\nwasm = {:?}\nacl = true\nsubscriptions = [\"news\"]\n",
+            plugin("event-probe").display().to_string(),
+        );
+        let serve = redloom_tests::ServeProcess::start(&serve_dir, &text).await;
+        let ns = redloom::namespace::Namespace::new(&PluginName::parse("listener").unwrap());
+        let channel = ns.channel("news", false).unwrap();
+        let got = ns.kv("got:news").unwrap();
+        let started = std::time::Instant::now();
+        // Publishes until the handler counted one: the subscription may
+        // still be starting when the first message goes out.
+        while redloom_tests::get_i64(&mut conn, &got).await < 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the message never reached the plugin:\n{}",
+                serve.log_text()
+            );
+            let _: i64 = conn.publish(&channel, "hi").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let over_tls: Vec<&str> = clients
+            .lines()
+            .filter(|l| l.contains(&format!("laddr=127.0.0.1:{tls_port}")))
+            .collect();
+        assert!(
+            over_tls.iter().any(|l| l.contains("user=redloom-listener"))
+                && over_tls
+                    .iter()
+                    .any(|l| l.contains("sub=1") || l.contains("psub=1")),
+            "the ACL user's and the subscriber's connections are not on the TLS port:\n{clients}"
+        );
+        serve.stop().await;
+    })
+    .await;
+}

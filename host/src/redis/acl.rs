@@ -123,7 +123,7 @@ impl Redis {
             }
         }
         let shown = format!("{} as ACL user {user}", redact(&self.url));
-        Redis::connect_with(self.as_user(user, &password), shown, self.options).await
+        Redis::connect_with(self.as_user(user, &password), shown, self.options.clone()).await
     }
 }
 

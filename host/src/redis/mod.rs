@@ -27,6 +27,7 @@ pub mod server;
 pub use limiter::LimiterReply;
 pub use lock::{AcquireReply, LockHolder};
 
+use std::path::Path;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -39,7 +40,7 @@ use redis::{
 use scripts::Scripts;
 
 /// Connection settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RedisOptions {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
@@ -48,17 +49,94 @@ pub struct RedisOptions {
     pub wait_replicas: u32,
     /// How long `WAIT` may take.
     pub wait_timeout: Duration,
+    /// Certificates for `rediss://` servers beyond the public CAs: a private
+    /// CA, and a client certificate for mutual TLS. `None`: the public
+    /// (webpki) roots only.
+    pub tls: Option<TlsFiles>,
 }
 
 impl RedisOptions {
-    /// Timeouts as given, no waiting for replicas.
+    /// Timeouts as given, no waiting for replicas, public CAs.
     pub fn new(connect_timeout: Duration, response_timeout: Duration) -> RedisOptions {
         RedisOptions {
             connect_timeout,
             response_timeout,
             wait_replicas: 0,
             wait_timeout: Duration::from_millis(500),
+            tls: None,
         }
+    }
+}
+
+/// TLS certificates read from PEM files (`[redis] tls-ca-file`,
+/// `tls-cert-file`, `tls-key-file`).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    certs: redis::TlsCertificates,
+}
+
+impl TlsFiles {
+    /// Reads the files; `cert` and `key` come together or not at all. An
+    /// error names the file and what is wrong with it.
+    pub fn read(
+        ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> anyhow::Result<TlsFiles> {
+        fn pem(path: &Path, what: &str, marker: &str) -> anyhow::Result<Vec<u8>> {
+            let bytes = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("cannot read the {what} {}: {e}", path.display()))?;
+            if !String::from_utf8_lossy(&bytes).contains(marker) {
+                anyhow::bail!(
+                    "the {what} {} is not PEM: it has no `{marker}` block",
+                    path.display()
+                );
+            }
+            Ok(bytes)
+        }
+        let client_tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: pem(cert, "client certificate", "-----BEGIN CERTIFICATE-----")?,
+                client_key: pem(key, "client key", "PRIVATE KEY-----")?,
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("a client certificate needs both tls-cert-file and tls-key-file"),
+        };
+        let root_cert = ca
+            .map(|ca| pem(ca, "CA certificate", "-----BEGIN CERTIFICATE-----"))
+            .transpose()?;
+        let certs = redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        };
+        // The same check redis-rs makes when it connects, here with the file names.
+        redis::Client::build_with_tls("rediss://localhost", certs.clone()).map_err(|e| {
+            anyhow::anyhow!(
+                "unusable TLS files ({}): {e}",
+                [ca, cert, key]
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        Ok(TlsFiles { certs })
+    }
+
+    /// `info` with these certificates; refused unless it is a `rediss://` URL.
+    fn apply(
+        &self,
+        info: redis::ConnectionInfo,
+        shown: &str,
+    ) -> anyhow::Result<redis::ConnectionInfo> {
+        redis::Client::build_with_tls(info, self.certs.clone())
+            .map(|c| c.get_connection_info().clone())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "`{shown}`: TLS certificates are configured (tls-ca-file, tls-cert-file), so the URL must be rediss://: {e}"
+                )
+            })
     }
 }
 
@@ -182,8 +260,12 @@ impl Redis {
     /// in `lua/` (into every node of a Cluster).
     pub async fn connect_to(target: &RedisTarget, options: RedisOptions) -> anyhow::Result<Redis> {
         let parse = |url: &str| {
-            redis::IntoConnectionInfo::into_connection_info(url)
-                .map_err(|e| anyhow::anyhow!("invalid Redis URL `{}`: {e}", redact(url)))
+            let info = redis::IntoConnectionInfo::into_connection_info(url)
+                .map_err(|e| anyhow::anyhow!("invalid Redis URL `{}`: {e}", redact(url)))?;
+            match &options.tls {
+                Some(tls) => tls.apply(info, &redact(url)),
+                None => Ok(info),
+            }
         };
         match target {
             RedisTarget::Single(url) => {
@@ -536,7 +618,12 @@ async fn open(
             // A few quick retries ride out a failover (≈ node timeout +
             // election) without holding an invocation past its deadline:
             // the response timeout bounds each attempt.
-            let client = ClusterClientBuilder::new(seeds.clone())
+            let mut builder = ClusterClientBuilder::new(seeds.clone());
+            if let Some(tls) = &options.tls {
+                // Nodes found through the seeds get the certificates from here.
+                builder = builder.certs(tls.certs.clone());
+            }
+            let client = builder
                 .connection_timeout(options.connect_timeout)
                 .response_timeout(response_timeout)
                 .retries(CLUSTER_RETRIES)

@@ -379,7 +379,7 @@ impl Redis {
         // A reader never enqueues: no connection for waiting writes.
         let options = RedisOptions {
             wait_replicas: 0,
-            ..self.options
+            ..self.options.clone()
         };
         Redis::connect_with(self.info.clone(), self.url.clone(), options).await
     }
