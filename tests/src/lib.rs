@@ -105,21 +105,8 @@ impl RedisServer {
     /// plain port stays open for the test's own checks ([`Self::client`]).
     pub async fn start_standalone_tls(certs: &TestCerts) -> (RedisServer, u16) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let tls_port = redloom::redis::server::free_port().expect("a free port");
-        let path = |p: &Path| p.display().to_string();
-        let args = vec![
-            "--tls-port".to_string(),
-            tls_port.to_string(),
-            "--tls-cert-file".into(),
-            path(&certs.server_cert),
-            "--tls-key-file".into(),
-            path(&certs.server_key),
-            "--tls-ca-cert-file".into(),
-            path(&certs.ca),
-            "--tls-auth-clients".into(),
-            "yes".into(),
-        ];
-        let server = start_node(&dir.path().join("redis"), None, args).await;
+        let tls_port = free_port();
+        let server = start_node(&dir.path().join("redis"), None, tls_args(certs, tls_port)).await;
         let redis = RedisServer {
             ports: vec![server.port()],
             url: server.url(),
@@ -136,21 +123,52 @@ impl RedisServer {
     /// to its primary is up (a replica whose link is down refuses to take
     /// over).
     pub async fn start_cluster() -> RedisServer {
-        RedisServer::start_cluster_with(STEADY_NODE_TIMEOUT_MS).await
+        RedisServer::start_cluster_with(STEADY_NODE_TIMEOUT_MS, None)
+            .await
+            .0
     }
 
     /// Like [`RedisServer::start_cluster`], with a 1 s node timeout so that
     /// a test that kills a node sees the failover quickly.
     pub async fn start_cluster_for_failover() -> RedisServer {
-        RedisServer::start_cluster_with(FAILOVER_NODE_TIMEOUT_MS).await
+        RedisServer::start_cluster_with(FAILOVER_NODE_TIMEOUT_MS, None)
+            .await
+            .0
     }
 
-    async fn start_cluster_with(node_timeout_ms: u32) -> RedisServer {
+    /// Like [`RedisServer::start_cluster`], with every node also listening
+    /// with TLS (mutual TLS, as in [`Self::start_standalone_tls`]) on the
+    /// returned ports, and the cluster bus and replication over TLS. A
+    /// client on a TLS port is told the nodes' TLS ports; one on a plain
+    /// port (the test's own checks) the plain ones.
+    pub async fn start_cluster_tls(certs: &TestCerts) -> (RedisServer, Vec<u16>) {
+        RedisServer::start_cluster_with(STEADY_NODE_TIMEOUT_MS, Some(certs)).await
+    }
+
+    async fn start_cluster_with(
+        node_timeout_ms: u32,
+        certs: Option<&TestCerts>,
+    ) -> (RedisServer, Vec<u16>) {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut tls_ports = Vec::new();
         let starting: Vec<_> = (0..6)
             .map(|i| {
                 let folder = dir.path().join(format!("node-{i}"));
-                let args = cluster_args(node_timeout_ms);
+                let mut args = cluster_args(node_timeout_ms);
+                if let Some(certs) = certs {
+                    let port = free_port();
+                    tls_ports.push(port);
+                    args.extend(tls_args(certs, port));
+                    // The bus port is then the TLS port + 10000 unless named.
+                    args.extend([
+                        "--tls-cluster".into(),
+                        "yes".into(),
+                        "--tls-replication".into(),
+                        "yes".into(),
+                        "--cluster-port".into(),
+                        free_port().to_string(),
+                    ]);
+                }
                 tokio::spawn(async move { start_node(&folder, None, args).await })
             })
             .collect();
@@ -160,8 +178,22 @@ impl RedisServer {
         }
         let ports: Vec<u16> = nodes.iter().map(PrivateRedis::port).collect();
         let mut cmd = Command::new("redis-cli");
+        let create_ports = match certs {
+            // The nodes meet on their TLS ports, whose bus is TLS.
+            Some(certs) => {
+                cmd.arg("--tls")
+                    .arg("--cacert")
+                    .arg(&certs.ca)
+                    .arg("--cert")
+                    .arg(&certs.client_cert)
+                    .arg("--key")
+                    .arg(&certs.client_key);
+                &tls_ports
+            }
+            None => &ports,
+        };
         cmd.arg("--cluster").arg("create");
-        cmd.args(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        cmd.args(create_ports.iter().map(|p| format!("127.0.0.1:{p}")));
         cmd.args(["--cluster-replicas", "1", "--cluster-yes"]);
         let out = tokio::task::spawn_blocking(move || {
             run_with_timeout(&mut cmd, Duration::from_secs(60))
@@ -183,7 +215,7 @@ impl RedisServer {
             dir,
         };
         server.wait_cluster_ready(Duration::from_secs(60)).await;
-        server
+        (server, tls_ports)
     }
 
     /// Where a host should connect.
@@ -498,6 +530,37 @@ async fn start_node(folder: &Path, port: Option<u16>, extra_args: Vec<String>) -
     PrivateRedis::start(options)
         .await
         .expect("start redis-server (is it installed? see README)")
+}
+
+/// A free loopback port at or below 55535: a Cluster node's bus listens
+/// 10000 above its port unless told otherwise, and redis-server refuses a
+/// higher one.
+fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let port = redloom::redis::server::free_port().expect("a free port");
+        if port <= 55_535 {
+            return port;
+        }
+    }
+    panic!("no free port at or below 55535");
+}
+
+/// `redis-server` arguments for a TLS port with `certs`' server
+/// certificate, requiring client certificates signed by their CA.
+fn tls_args(certs: &TestCerts, tls_port: u16) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    vec![
+        "--tls-port".into(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        path(&certs.server_cert),
+        "--tls-key-file".into(),
+        path(&certs.server_key),
+        "--tls-ca-cert-file".into(),
+        path(&certs.ca),
+        "--tls-auth-clients".into(),
+        "yes".into(),
+    ]
 }
 
 /// A private CA, a server certificate for `127.0.0.1` and `localhost`, and

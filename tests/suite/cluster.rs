@@ -654,3 +654,63 @@ async fn pubsub_fan_out_and_acl_users_on_a_cluster() {
     })
     .await;
 }
+
+/// A Cluster whose nodes require TLS with client certificates from a
+/// private CA: from `rediss://` seeds and the `[redis] tls-*` files, a host
+/// discovers the nodes on their TLS ports, writes keys in every shard
+/// through a plugin's ACL user (created on each node over TLS), and
+/// fans a published message out to a subscriber plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_cluster_with_client_certificates() {
+    with_timeout(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = redloom_tests::TestCerts::generate(&dir.path().join("certs"));
+        let (redis, tls_ports) = RedisServer::start_cluster_tls(&certs).await;
+        let text = format!(
+            "[redis]\ncluster = [\"rediss://127.0.0.1:{}\"]\ntls-ca-file = {:?}\n\
+             tls-cert-file = {:?}\ntls-key-file = {:?}\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [plugins.counter]\nwasm = {:?}\nacl = true\n\
+             [plugins.listener]\nwasm = {:?}\nacl = true\nsubscriptions = [\"news\"]\n",
+            tls_ports[0],
+            certs.ca.display().to_string(),
+            certs.client_cert.display().to_string(),
+            certs.client_key.display().to_string(),
+            plugin("kv-probe").display().to_string(),
+            plugin("event-probe").display().to_string(),
+        );
+        let served = serve(&dir.path().join("host"), &text).await;
+        let host = served.host.clone();
+
+        let names: Vec<String> = (0..30).map(|i| format!("n{i}")).collect();
+        let ops: Vec<Value> = names
+            .iter()
+            .map(|k| json!({"op": "incr", "key": k, "delta": 3}))
+            .collect();
+        call(&host, "counter", &json!(ops)).await.unwrap();
+        let ns = Namespace::new(&PluginName::parse("counter").unwrap());
+        let mut conn = redis.client().await;
+        let mut primaries = BTreeSet::new();
+        for k in &names {
+            let key = ns.kv(k).unwrap();
+            assert_eq!(redloom_tests::get_i64(&mut conn, &key).await, 3, "{key}");
+            primaries.insert(redis.primary_for(&key).await);
+        }
+        assert_eq!(primaries.len(), 3, "the keys did not reach every shard");
+
+        let listener = PluginName::parse("listener").unwrap();
+        let got = Namespace::new(&listener).kv("got:news").unwrap();
+        let start = Instant::now();
+        while redloom_tests::get_i64(&mut conn, &got).await < 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the message never reached the subscriber"
+            );
+            host.invoke(&listener, b"publish news hi").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = served.stop.send(());
+        served.done.await.unwrap();
+    })
+    .await;
+}
