@@ -346,6 +346,24 @@ impl RedisServer {
         node_query(port, &["CLIENT", "LIST"]).await.unwrap()
     }
 
+    /// The live nodes with a client whose `CLIENT LIST` line contains
+    /// every one of `needles` (e.g. `sub=1` and a user name).
+    pub async fn nodes_with_client(&self, needles: &[&str]) -> Vec<usize> {
+        let mut found = Vec::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            if self.nodes[i].is_none() {
+                continue;
+            }
+            let Ok(list) = node_query::<String>(*port, &["CLIENT", "LIST"]).await else {
+                continue;
+            };
+            if list.lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+                found.push(i);
+            }
+        }
+        found
+    }
+
     /// The index of the node that serves `key`'s slot as primary now.
     pub async fn primary_for(&self, key: &str) -> usize {
         let live = self.ports[self

@@ -580,7 +580,8 @@ async fn keyspace_events_are_refused_on_a_cluster() {
 /// Pub/sub fan-out and per-plugin ACL users on a Cluster: a message one
 /// host publishes reaches the subscriber on another host, whose handler
 /// writes through its own ACL user (created on every node). When the node
-/// the subscriber is connected to dies, it moves to another node and
+/// the subscriber is connected to dies, it moves to another live node
+/// (found through `CLUSTER NODES`: the hosts know one seed only) and
 /// messages arrive again, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pubsub_fan_out_and_acl_users_on_a_cluster() {
@@ -588,9 +589,10 @@ async fn pubsub_fan_out_and_acl_users_on_a_cluster() {
         let mut redis = RedisServer::start_cluster_for_failover().await;
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "{}[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+            "[redis]\ncluster = [{:?}]\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
              [plugins.listener]\nwasm = {:?}\nacl = true\nsubscriptions = [\"news\"]\n",
-            redis.config_table(),
+            redis.node_urls()[0],
             plugin("event-probe").display().to_string(),
         );
         let subscriber = serve(&dir.path().join("a"), &text).await;
@@ -642,8 +644,9 @@ async fn pubsub_fan_out_and_acl_users_on_a_cluster() {
             acl_users.iter().any(|u| u.contains("listener")),
             "{acl_users:?}"
         );
-        // The subscriber starts on the first seed node.
-        redis.kill_node(0);
+        let on = redis.nodes_with_client(&[" sub=1 "]).await;
+        assert_eq!(on.len(), 1, "subscriber connections on nodes {on:?}");
+        redis.kill_node(on[0]);
         let took = deliver(2).await;
         println!(
             "subscriber moved to another node; delivery resumed after {} ms",

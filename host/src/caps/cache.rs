@@ -223,19 +223,25 @@ fn wake(waiting: &Waiting, entry: Option<&str>) {
 }
 
 /// Keeps the plugin's wake-up subscription up and wakes the leaders that
-/// wait for the entries named in its messages. With several `clients`
-/// (Cluster nodes: a `PUBLISH` reaches every node), each reconnect tries
-/// the next.
+/// wait for the entries named in its messages. On a Cluster (where a
+/// `PUBLISH` reaches every node), each reconnect tries the next live node
+/// ([`Redis::subscriber_client`]).
 async fn subscription(
-    clients: Vec<redis::Client>,
+    redis: Redis,
     channel: String,
     waiting: Waiting,
     up: Arc<AtomicBool>,
     plugin: String,
 ) {
     let mut backoff = Duration::from_millis(100);
-    for client in clients.iter().cycle() {
-        match crate::redis::subscribe(client, &[&channel], &[], SUBSCRIBE_TIMEOUT).await {
+    for attempt in 0.. {
+        let subscribed = match redis.subscriber_client(attempt).await {
+            Ok(client) => {
+                crate::redis::subscribe(&client, &[&channel], &[], SUBSCRIBE_TIMEOUT).await
+            }
+            Err(e) => Err(e.into()),
+        };
+        match subscribed {
             Ok(mut pubsub) => {
                 tracing::debug!(%plugin, %channel, "subscribed to cache wake-ups");
                 up.store(true, Ordering::Relaxed);
@@ -295,17 +301,8 @@ impl Flights {
             return;
         }
         let Some(redis) = redis else { return };
-        let clients = match redis.subscriber_clients() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(%plugin, "no cache wake-ups (leaders poll): {e}");
-                // Do not try again for every wait.
-                *task = Some(tokio::spawn(async {}));
-                return;
-            }
-        };
         *task = Some(tokio::spawn(subscription(
-            clients,
+            redis.clone(),
             channel.to_owned(),
             self.wakeups.waiting.clone(),
             self.wakeups.up.clone(),

@@ -55,10 +55,12 @@ fn rules(prefix: &str, shared: &[String]) -> Vec<String> {
             "-client",
             "+client|setname",
             "+client|id",
-            // A Cluster client reads the slot map (topology, no keys).
+            // A Cluster client reads the slot map, and a subscription looks
+            // for a live node (topology, no keys).
             "-cluster",
             "+cluster|slots",
             "+cluster|shards",
+            "+cluster|nodes",
         ]
         .map(String::from),
     );

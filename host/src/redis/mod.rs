@@ -498,16 +498,22 @@ impl Redis {
         Ok(self.conn.clone().publish(channel, payload).await?)
     }
 
-    /// Clients for connections that must not share the multiplexed one
-    /// (subscriptions), same credentials: the server, or each Cluster seed
-    /// node. A Cluster forwards every `PUBLISH` to all its nodes, so a
-    /// subscriber needs only one node and moves to the next when it fails.
-    pub fn subscriber_clients(&self) -> redis::RedisResult<Vec<redis::Client>> {
+    /// The client a subscription (which cannot share the multiplexed
+    /// connection) uses on its `attempt`-th try, with this connection's
+    /// credentials and TLS: the server; on a Cluster, the nodes that
+    /// `CLUSTER NODES` lists as live now, in turn (a Cluster forwards every
+    /// `PUBLISH` to all its nodes, so any node will do), or the seeds while
+    /// that cannot be read. So a subscription moves on when its node fails,
+    /// even when that node was the only seed.
+    pub async fn subscriber_client(&self, attempt: usize) -> redis::RedisResult<redis::Client> {
         let infos = match &self.info {
-            Info::Single(info) => std::slice::from_ref(&**info),
-            Info::Cluster(seeds) => seeds.as_slice(),
+            Info::Single(info) => vec![(**info).clone()],
+            Info::Cluster(seeds) => match self.cluster_nodes().await {
+                Ok(Some(nodes)) if !nodes.is_empty() => nodes,
+                _ => seeds.clone(),
+            },
         };
-        infos.iter().cloned().map(redis::Client::open).collect()
+        redis::Client::open(infos[attempt % infos.len()].clone())
     }
 
     /// `SET key value PX ttl NX`: whether this caller claimed `key`.

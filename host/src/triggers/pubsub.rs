@@ -172,14 +172,13 @@ pub async fn start(
             })?;
         tracing::info!(notify_keyspace_events = %set, "enabled keyspace notifications");
     }
-    let clients = host.redis().subscriber_clients()?;
     let routes = Arc::new(Routes {
         channels,
         patterns,
         keyspace_flags,
     });
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let connection = tokio::spawn(subscriber(clients, routes, host.clone(), ready_tx));
+    let connection = tokio::spawn(subscriber(routes, host.clone(), ready_tx));
     // Serve only says it is serving once messages can arrive; if Redis is
     // slow to answer, the subscriber keeps trying in the background.
     if tokio::time::timeout(SUBSCRIBE_WAIT, ready).await.is_err() {
@@ -253,18 +252,18 @@ struct Routes {
 /// How long `start` waits for the first subscription.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
-/// Keeps one subscription connection up and routes what arrives. With
-/// several `clients` (Cluster seed nodes), each reconnect tries the next.
-async fn subscriber(
-    clients: Vec<redis::Client>,
-    routes: Arc<Routes>,
-    host: Arc<Host>,
-    ready: tokio::sync::oneshot::Sender<()>,
-) {
+/// Keeps one subscription connection up and routes what arrives. On a
+/// Cluster, each reconnect tries the next live node
+/// ([`crate::redis::Redis::subscriber_client`]).
+async fn subscriber(routes: Arc<Routes>, host: Arc<Host>, ready: tokio::sync::oneshot::Sender<()>) {
     let mut backoff = Duration::from_millis(100);
     let mut ready = Some(ready);
-    for client in clients.iter().cycle() {
-        match subscribe(client, &routes, &host).await {
+    for attempt in 0.. {
+        let subscribed = match host.redis().subscriber_client(attempt).await {
+            Ok(client) => subscribe(&client, &routes, &host).await,
+            Err(e) => Err(e.into()),
+        };
+        match subscribed {
             Ok(mut pubsub) => {
                 if let Some(r) = ready.take() {
                     let _ = r.send(());
