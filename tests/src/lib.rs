@@ -7,14 +7,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use redloom::config::Config;
 use redloom::host::{Host, HostOptions};
 use redloom::namespace::PluginName;
 use redloom::plugin::PluginSpec;
 use redloom::redis::RedisTarget;
 use redloom::redis::server::{PrivateRedis, ServerOptions};
+use redloom::serve::Server;
 
 /// Environment variable choosing the Redis the capability suites run
 /// against: unset or `standalone` for one server, `cluster` for a 6-node
@@ -87,8 +89,12 @@ impl RedisServer {
 
     /// Starts a standalone server without persistence.
     pub async fn start_standalone() -> RedisServer {
+        RedisServer::start_standalone_with(Vec::new()).await
+    }
+
+    async fn start_standalone_with(args: Vec<String>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let server = start_node(&dir.path().join("redis"), None, Vec::new()).await;
+        let server = start_node(&dir.path().join("redis"), None, args).await;
         RedisServer {
             ports: vec![server.port()],
             url: server.url(),
@@ -104,17 +110,8 @@ impl RedisServer {
     /// client certificate signed by `certs`' CA there (mutual TLS). Its
     /// plain port stays open for the test's own checks ([`Self::client`]).
     pub async fn start_standalone_tls(certs: &TestCerts) -> (RedisServer, u16) {
-        let dir = tempfile::tempdir().expect("temp dir");
         let tls_port = free_port();
-        let server = start_node(&dir.path().join("redis"), None, tls_args(certs, tls_port)).await;
-        let redis = RedisServer {
-            ports: vec![server.port()],
-            url: server.url(),
-            nodes: vec![Some(server)],
-            cluster: false,
-            node_timeout_ms: 0,
-            dir,
-        };
+        let redis = RedisServer::start_standalone_with(tls_args(certs, tls_port)).await;
         (redis, tls_port)
     }
 
@@ -795,6 +792,49 @@ pub fn spec(name: &str, crate_name: &str) -> PluginSpec {
     let mut s = PluginSpec::from_path(&plugin(crate_name));
     s.name = PluginName::parse(name).unwrap();
     s
+}
+
+/// `redloom serve` in this test process: a host started with `options`,
+/// with the plugins, triggers and listeners of `config`. Send on `stop` (or
+/// drop it) to shut it down; `done` ends when the shutdown is complete.
+pub struct Served {
+    pub host: Arc<Host>,
+    /// The HTTP listener's address.
+    pub addr: std::net::SocketAddr,
+    /// The admin listener's address.
+    pub admin: std::net::SocketAddr,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    pub async fn start(options: HostOptions, config: Config) -> Served {
+        let host = Arc::new(Host::start(options).await.expect("host starts"));
+        let server = Server::bind(host.clone(), config)
+            .await
+            .expect("serve binds");
+        let (addr, admin) = (server.http_addr(), server.admin_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Served {
+            host,
+            addr,
+            admin,
+            stop,
+            done,
+        }
+    }
+
+    /// Stops it and waits (at most 30 s) until the shutdown is complete.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), self.done)
+            .await
+            .expect("serve stops within 30 s")
+            .expect("serve's task");
+    }
 }
 
 /// A `redloom serve` process on a config file of its own, its log in a

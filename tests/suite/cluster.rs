@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use redloom::config::Config;
 use redloom::host::{Host, HostOptions};
 use redloom::namespace::{Namespace, PluginName};
-use redloom::serve::Server;
-use redloom_tests::{RedisServer, ServeProcess, plugin, redloom_bin, run_with_timeout, unique};
+use redloom_tests::{
+    RedisServer, ServeProcess, Served, plugin, redloom_bin, run_with_timeout, unique,
+};
 use serde_json::{Value, json};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
@@ -61,12 +62,6 @@ max-backoff = "500ms"
     )
 }
 
-struct Served {
-    host: Arc<Host>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<()>,
-}
-
 /// `redloom serve` in this process: the plugins of `text` loaded, its
 /// triggers (the queue consumer) running.
 async fn serve(dir: &std::path::Path, text: &str) -> Served {
@@ -75,13 +70,7 @@ async fn serve(dir: &std::path::Path, text: &str) -> Served {
     let mut options = HostOptions::from_config(&config);
     options.data_dir = dir.to_path_buf();
     options.runtime.max_instances = 32;
-    let host = Arc::new(Host::start(options).await.expect("host starts"));
-    let server = Server::bind(host.clone(), config).await.expect("binds");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    Served { host, stop, done }
+    Served::start(options, config).await
 }
 
 /// Invokes `plugin` with `input`; `Err` for a failed invocation or any
@@ -565,7 +554,7 @@ async fn keyspace_events_are_refused_on_a_cluster() {
         let mut options = HostOptions::from_config(&config);
         options.data_dir = dir.path().to_path_buf();
         let host = Arc::new(Host::start(options).await.expect("host starts"));
-        let err = match Server::bind(host, config).await {
+        let err = match redloom::serve::Server::bind(host, config).await {
             Ok(_) => panic!("serve accepted keyspace events on a Cluster"),
             Err(e) => format!("{e:#}"),
         };

@@ -2,15 +2,13 @@
 //! letters and replay, delays, dedupe, crash recovery, graceful shutdown.
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redloom::config::Config;
 use redloom::host::Host;
 use redloom::namespace::{Namespace, PluginName};
-use redloom::serve::Server;
-use redloom_tests::{RedisServer, get_i64, host_options, plugin, redloom_bin, wait_for};
+use redloom_tests::{RedisServer, Served, get_i64, host_options, plugin, redloom_bin, wait_for};
 use serde_json::{Value, json};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
@@ -45,32 +43,10 @@ concurrency = 64
     )
 }
 
-struct Served {
-    host: Arc<Host>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<()>,
-}
-
 async fn serve(redis: &RedisServer, dir: &std::path::Path, text: &str) -> Served {
     std::fs::create_dir_all(dir).unwrap();
     let config = Config::parse(text, &dir.join("redloom.toml")).expect("valid config");
-    let host = Arc::new(Host::start(host_options(redis, dir)).await.unwrap());
-    let server = Server::bind(host.clone(), config).await.expect("binds");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    Served { host, stop, done }
-}
-
-impl Served {
-    async fn shutdown(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(30), self.done)
-            .await
-            .expect("stops")
-            .unwrap();
-    }
+    Served::start(host_options(redis, dir), config).await
 }
 
 async fn enqueue(host: &Host, body: Value) -> Vec<String> {
@@ -500,14 +476,9 @@ backoff = "50ms"
             producer = plugin("video-producer").display().to_string(),
             worker = plugin("video-worker").display().to_string(),
         );
-        let config = Config::parse(&text, &dir.path().join("redloom.toml")).unwrap();
-        let host = Arc::new(Host::start(host_options(&redis, dir.path())).await.unwrap());
-        let server = Server::bind(host.clone(), config).await.unwrap();
-        let url = format!("http://{}/videos", server.http_addr());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(server.run(async move {
-            let _ = stopped.await;
-        }));
+        let served = serve(&redis, dir.path(), &text).await;
+        let host = served.host.clone();
+        let url = format!("http://{}/videos", served.addr);
         let c = reqwest::Client::new();
         let post = |body: &'static str, key: &'static str| {
             c.post(&url)
@@ -561,8 +532,7 @@ backoff = "50ms"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = stop.send(());
-        done.await.unwrap();
+        served.shutdown().await;
 
         let cli = |args: &[&str]| {
             let mut cmd = Command::new(redloom_bin());

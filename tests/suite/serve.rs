@@ -22,33 +22,27 @@ async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
 }
 
 /// A running `serve` on free ports; dropping `stop` shuts it down.
+/// A `serve` on a Redis and a folder of its own.
 struct Served {
-    http: SocketAddr,
-    admin: SocketAddr,
-    host: Arc<Host>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
+    served: redloom_tests::Served,
     _redis: RedisServer,
     _dir: tempfile::TempDir,
 }
 
 impl Served {
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
+        format!("http://{}{path}", self.served.addr)
     }
 
     fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin)
+        format!("http://{}{path}", self.served.admin)
     }
 
-    /// Stops accepting and waits for the drain to finish.
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(30), &mut self.done)
-            .await
-            .expect("serve stops")
-            .unwrap();
-        self.host.shutdown().await;
+    /// Stops accepting, waits for the drain to finish, and shuts the host down.
+    async fn shutdown(self) {
+        let host = self.served.host.clone();
+        self.served.shutdown().await;
+        host.shutdown().await;
     }
 }
 
@@ -108,19 +102,8 @@ async fn serve(config_text: &str) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let config =
         Config::parse(config_text, &dir.path().join("redloom.toml")).expect("valid config");
-    let host = Arc::new(Host::start(host_options(&redis, dir.path())).await.unwrap());
-    let server = Server::bind(host.clone(), config).await.expect("binds");
-    let (http, admin) = (server.http_addr(), server.admin_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
     Served {
-        http,
-        admin,
-        host,
-        stop: Some(stop),
-        done,
+        served: redloom_tests::Served::start(host_options(&redis, dir.path()), config).await,
         _redis: redis,
         _dir: dir,
     }
@@ -607,7 +590,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
             async move { c.get(url).send().await.map(|r| r.status()) }
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let http = s.http;
+        let http = s.served.addr;
         let started = Instant::now();
         s.shutdown().await;
         assert_eq!(slow.await.unwrap().unwrap(), StatusCode::OK);
@@ -964,7 +947,13 @@ async fn outbound_timeout_and_reply_limit() {
             client_addr: "127.0.0.1:1".into(),
         };
         let probe = redloom::namespace::PluginName::parse("probe").unwrap();
-        let e = s.host.handle_http(&probe, &request).await.err().unwrap();
+        let e = s
+            .served
+            .host
+            .handle_http(&probe, &request)
+            .await
+            .err()
+            .unwrap();
         assert_eq!(
             e.to_string(),
             format!(

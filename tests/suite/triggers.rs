@@ -7,8 +7,7 @@ use redis::AsyncCommands;
 use redloom::config::Config;
 use redloom::host::Host;
 use redloom::namespace::PluginName;
-use redloom::serve::Server;
-use redloom_tests::{RedisServer, TestConnection, get_i64, host_options, plugin, wait_for};
+use redloom_tests::{RedisServer, Served, TestConnection, get_i64, host_options, plugin, wait_for};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -42,39 +41,18 @@ async fn serve_http(
     (s.host, s.stop, s.addr)
 }
 
-/// A running `serve`: send on (or drop) `stop` to shut it down; `run` ends
-/// when the shutdown is complete.
-struct Serving {
-    host: Arc<Host>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    addr: std::net::SocketAddr,
-    run: tokio::task::JoinHandle<()>,
-}
-
 /// A `serve` with `http` added to its `[http]` table.
 async fn serve_with(
     redis: &RedisServer,
     dir: &std::path::Path,
     http: &str,
     plugins: &str,
-) -> Serving {
+) -> Served {
     let text = format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n{http}\n[admin]\nlisten = \"127.0.0.1:0\"\n{plugins}"
     );
     let config = Config::parse(&text, &dir.join("redloom.toml")).expect("valid config");
-    let host = Arc::new(Host::start(host_options(redis, dir)).await.unwrap());
-    let server = Server::bind(host.clone(), config).await.expect("binds");
-    let addr = server.http_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
-    Serving {
-        host,
-        stop,
-        addr,
-        run,
-    }
+    Served::start(host_options(redis, dir), config).await
 }
 
 fn probe(name: &str, extra: &str) -> String {
@@ -557,7 +535,7 @@ async fn shutdown_lets_running_ticks_and_messages_finish() {
         assert_eq!(get_i64(&mut conn, "rl:p:kv:got:news").await, 0);
         let stopping = Instant::now();
         s.stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(9), s.run)
+        tokio::time::timeout(Duration::from_secs(9), s.done)
             .await
             .expect("shutdown within the deadline")
             .unwrap();
@@ -609,7 +587,7 @@ async fn shutdown_aborts_ticks_past_the_deadline() {
         catch_a_slow_tick(&mut conn).await;
         let stopping = Instant::now();
         s.stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), s.run)
+        tokio::time::timeout(Duration::from_secs(5), s.done)
             .await
             .expect("shutdown ends soon after its deadline")
             .unwrap();
