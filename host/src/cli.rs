@@ -63,6 +63,32 @@ pub struct Cli {
     )]
     redis_cluster: Vec<String>,
 
+    /// PEM file of the CA that signed a rediss:// server's certificate, when
+    /// it is not a public CA ([redis] tls-ca-file).
+    #[arg(long, global = true, env = "REDIS_TLS_CA_FILE", value_name = "FILE")]
+    redis_tls_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for a server that requires mutual TLS, with
+    /// --redis-tls-key-file ([redis] tls-cert-file).
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_TLS_CERT_FILE",
+        value_name = "FILE",
+        requires = "redis_tls_key_file"
+    )]
+    redis_tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --redis-tls-cert-file ([redis] tls-key-file).
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_TLS_KEY_FILE",
+        value_name = "FILE",
+        requires = "redis_tls_cert_file"
+    )]
+    redis_tls_key_file: Option<PathBuf>,
+
     /// Folder for the private Redis's data and the compiled-plugin cache
     /// [default: .redloom next to the configuration file].
     #[arg(long, global = true, value_name = "DIR")]
@@ -245,6 +271,7 @@ impl From<StartupError> for Failure {
     fn from(e: StartupError) -> Failure {
         match e {
             StartupError::Runtime(_) => Failure::new(exit::OTHER, e),
+            StartupError::Tls(_) => Failure::new(exit::USAGE, e),
             _ => Failure::new(exit::REDIS, e),
         }
     }
@@ -316,6 +343,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         config::check_cluster_seeds(&cli.redis_cluster)
             .map_err(|m| Failure::new(exit::USAGE, format!("--redis-cluster: {m}")))?;
         options.redis_target = Some(RedisTarget::Cluster(cli.redis_cluster.clone()));
+    }
+    if let Some(ca) = &cli.redis_tls_ca_file {
+        options.redis.tls_ca_file = Some(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&cli.redis_tls_cert_file, &cli.redis_tls_key_file) {
+        options.redis.tls_cert_file = Some(cert.clone());
+        options.redis.tls_key_file = Some(key.clone());
     }
     if let Some(dir) = &cli.data_dir {
         options.data_dir = dir.clone();

@@ -108,10 +108,22 @@ impl Host {
             } else {
                 None
             };
-        if tls.is_some() && options.redis_target.is_none() {
-            return Err(StartupError::Tls(anyhow::anyhow!(
-                "tls-ca-file, tls-cert-file and tls-key-file are for a rediss:// server: set `url` or `cluster` (or --redis-url), or remove them to use the private redis-server"
-            )));
+        if tls.is_some() {
+            let urls = match &options.redis_target {
+                None => Vec::new(),
+                Some(RedisTarget::Single(url)) => vec![url.as_str()],
+                Some(RedisTarget::Cluster(seeds)) => seeds.iter().map(String::as_str).collect(),
+            };
+            let plain = urls.iter().find(|u| !u.starts_with("rediss://"));
+            if urls.is_empty() || plain.is_some() {
+                let which = plain.map_or("the private redis-server".to_string(), |u| {
+                    format!("`{}`", crate::redis::redact(u))
+                });
+                return Err(StartupError::Tls(anyhow::anyhow!(
+                    "tls-ca-file, tls-cert-file and tls-key-file are for rediss:// servers, not {which}: \
+                     use rediss:// URLs, or remove them"
+                )));
+            }
         }
         let (target, private_redis) = match &options.redis_target {
             Some(target) => (target.clone(), None),

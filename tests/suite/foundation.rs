@@ -620,6 +620,44 @@ async fn tls_with_a_private_ca_and_client_certificates() {
             "{e}"
         );
 
+        // The command line: the same files as --redis-tls-* flags.
+        let bin = redloom_tests::redloom_bin();
+        let cli = |tls: &[&Path]| {
+            let mut cmd = std::process::Command::new(&bin);
+            cmd.current_dir(dir.path())
+                .env_remove("REDIS_URL")
+                .args(["invoke", "--redis-url", &url, "--input"])
+                .arg(json!([{"op": "incr", "key": "cli", "delta": 2}]).to_string())
+                .arg(plugin("kv-probe"));
+            for (flag, file) in [
+                "--redis-tls-ca-file",
+                "--redis-tls-cert-file",
+                "--redis-tls-key-file",
+            ]
+            .into_iter()
+            .zip(tls)
+            {
+                cmd.arg(flag).arg(file);
+            }
+            redloom_tests::run_with_timeout(&mut cmd, Duration::from_secs(60))
+        };
+        let out = cli(&[&certs.ca, &certs.client_cert, &certs.client_key]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(r#""ok":2"#),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let missing = dir.path().join("missing.pem");
+        let out = cli(&[&missing, &certs.client_cert, &certs.client_key]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("missing.pem"), "{stderr}");
+        let out = cli(&[&certs.ca, &certs.client_cert]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--redis-tls-key-file"), "{stderr}");
+
         // `redloom serve` with the files named in its configuration: a message
         // published on the plugin's channel reaches its handler through the
         // subscription connection, and the handler's commands go through the
