@@ -1172,8 +1172,8 @@ wall-time = "2s"
         assert!(!e.contains('\n'), "{e}");
     }
 
-    /// A consumer's `rate-limit` names a rate policy of the plugin, and
-    /// `rate-limit-key` is `header:NAME` (with a `rate-limit`).
+    /// `tls-*` paths are relative to the configuration file's folder, and a
+    /// client certificate comes with its key.
     #[test]
     fn tls_files_are_relative_to_the_file() {
         let c = parse(
@@ -1200,6 +1200,8 @@ wall-time = "2s"
         );
     }
 
+    /// A consumer's `rate-limit` names a rate policy of the plugin, and
+    /// `rate-limit-key` is `header:NAME` (with a `rate-limit`).
     #[test]
     fn consumer_rate_limits() {
         let file = |consumer: &str| {

@@ -509,7 +509,12 @@ impl Redis {
         let infos = match &self.info {
             Info::Single(info) => vec![(**info).clone()],
             Info::Cluster(seeds) => match self.cluster_nodes().await {
-                Ok(Some(nodes)) if !nodes.is_empty() => nodes,
+                Ok(Some(mut nodes)) if !nodes.is_empty() => {
+                    // Each node lists the others in its own order; sorted,
+                    // successive attempts go round the nodes.
+                    nodes.sort_by_key(|n| n.addr().to_string());
+                    nodes
+                }
                 _ => seeds.clone(),
             },
         };
