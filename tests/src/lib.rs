@@ -718,7 +718,11 @@ pub fn redloom_bin() -> PathBuf {
         let out = run_with_timeout(
             Command::new(env!("CARGO"))
                 .current_dir(workspace_root())
-                .args(["build", "--quiet", "-p", "redloom", "--bin", "redloom"]),
+                // `--workspace`: the same feature resolution as `cargo test
+                // --workspace`, so this does not rebuild redis, rustls and
+                // the host library in another configuration (and the next
+                // test build does not rebuild them back).
+                .args(["build", "--quiet", "--workspace", "--bin", "redloom"]),
             Duration::from_secs(900),
         );
         assert!(

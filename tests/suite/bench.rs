@@ -34,7 +34,8 @@ fn quick_run_reports_every_section() {
     let built = run_with_timeout(
         Command::new(env!("CARGO"))
             .current_dir(workspace_root())
-            .args(["build", "--quiet", "-p", "redloom-bench"]),
+            // `--workspace`, as for the `redloom` binary (`redloom_bin`).
+            .args(["build", "--quiet", "--workspace", "--bin", "redloom-bench"]),
         Duration::from_secs(900),
     );
     assert!(
