@@ -74,15 +74,14 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tokio_stream::StreamExt;
 
 use crate::bindings::redloom::plugin::cache::{
     Hit, Host, Lease, LookupOptions, LookupResult, Ttls,
 };
 use crate::bindings::types::Error;
 use crate::namespace::CacheKeys;
-use crate::redis::Redis;
 use crate::redis::cache::{CacheLookup, CacheValue};
+use crate::redis::{Redis, Subscription};
 use crate::store::{Caps, Cleanup, PluginContext};
 
 /// Longest lease: a lease only matters while its holder computes a value.
@@ -222,10 +221,9 @@ fn wake(waiting: &Waiting, entry: Option<&str>) {
     }
 }
 
-/// Keeps the plugin's wake-up subscription up and wakes the leaders that
-/// wait for the entries named in its messages. On a Cluster (where a
-/// `PUBLISH` reaches every node), each reconnect tries the next live node
-/// ([`Redis::subscriber_client`]).
+/// Keeps the plugin's wake-up subscription up
+/// ([`crate::redis::keep_subscribed`]) and wakes the leaders that wait for
+/// the entries named in its messages.
 async fn subscription(
     redis: Redis,
     channel: String,
@@ -233,39 +231,30 @@ async fn subscription(
     up: Arc<AtomicBool>,
     plugin: String,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    for attempt in 0.. {
-        let subscribed = match redis.subscriber_client(attempt).await {
-            Ok(client) => {
+    crate::redis::keep_subscribed(
+        &redis,
+        &format!("cache wake-ups of plugin {plugin}"),
+        |client| {
+            let channel = channel.clone();
+            async move {
                 crate::redis::subscribe(&client, &[&channel], &[], SUBSCRIBE_TIMEOUT).await
             }
-            Err(e) => Err(e.into()),
-        };
-        match subscribed {
-            Ok(mut pubsub) => {
-                tracing::debug!(%plugin, %channel, "subscribed to cache wake-ups");
+        },
+        |event| match event {
+            Subscription::Up => {
                 up.store(true, Ordering::Relaxed);
-                backoff = Duration::from_millis(100);
                 // A fill may have landed while nothing was subscribed.
                 wake(&waiting, None);
-                let mut messages = pubsub.on_message();
-                while let Some(msg) = messages.next().await {
-                    if let Ok(entry) = msg.get_payload::<String>() {
-                        wake(&waiting, Some(&entry));
-                    }
-                }
-                up.store(false, Ordering::Relaxed);
-                tracing::warn!(%plugin, "cache wake-up subscription lost; reconnecting");
             }
-            Err(e) => tracing::warn!(
-                %plugin,
-                "cannot subscribe to cache wake-ups: {e:#}; waiting leaders poll; \
-                 retrying in {backoff:?}"
-            ),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+            Subscription::Message(msg) => {
+                if let Ok(entry) = msg.get_payload::<String>() {
+                    wake(&waiting, Some(&entry));
+                }
+            }
+            Subscription::Down => up.store(false, Ordering::Relaxed),
+        },
+    )
+    .await;
 }
 
 impl Flights {

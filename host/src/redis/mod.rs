@@ -665,8 +665,8 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// A subscription connection on `client` (one of
-/// [`Redis::subscriber_clients`]), subscribed to `channels` and `patterns`;
+/// A subscription connection on `client` (from
+/// [`Redis::subscriber_client`]), subscribed to `channels` and `patterns`;
 /// connecting may take up to `connect_timeout`.
 pub async fn subscribe(
     client: &redis::Client,
@@ -684,6 +684,55 @@ pub async fn subscribe(
         pubsub.psubscribe(patterns).await?;
     }
     Ok(pubsub)
+}
+
+/// What a kept-up subscription ([`keep_subscribed`]) reports.
+pub enum Subscription {
+    /// (Re)subscribed: messages sent while it was down are lost.
+    Up,
+    /// A message arrived.
+    Message(redis::Msg),
+    /// The connection was lost; it is being made again.
+    Down,
+}
+
+/// Keeps a subscription up until the task is dropped: `connect` subscribes
+/// on the client [`Redis::subscriber_client`] gives for each attempt (so on
+/// a Cluster it moves to the next live node after a failure), and `event`
+/// hears it come up, each message, and its loss. A failed attempt or a lost
+/// connection is followed by a pause (100 ms, doubling to 5 s; back to
+/// 100 ms once subscribed). `what` names the subscription in the log.
+pub async fn keep_subscribed<F>(
+    redis: &Redis,
+    what: &str,
+    mut connect: impl FnMut(redis::Client) -> F,
+    mut event: impl FnMut(Subscription),
+) where
+    F: std::future::Future<Output = anyhow::Result<redis::aio::PubSub>>,
+{
+    use tokio_stream::StreamExt;
+    let mut backoff = Duration::from_millis(100);
+    for attempt in 0.. {
+        let subscribed = match redis.subscriber_client(attempt).await {
+            Ok(client) => connect(client).await,
+            Err(e) => Err(e.into()),
+        };
+        match subscribed {
+            Ok(mut pubsub) => {
+                backoff = Duration::from_millis(100);
+                event(Subscription::Up);
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    event(Subscription::Message(msg));
+                }
+                event(Subscription::Down);
+                tracing::warn!("{what}: subscription connection lost; reconnecting");
+            }
+            Err(e) => tracing::warn!("{what}: cannot subscribe: {e:#}; retrying in {backoff:?}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 #[cfg(test)]

@@ -32,13 +32,12 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
 
 use crate::config::Config;
 use crate::host::Host;
 use crate::namespace::{Namespace, PluginName, SHARED_CHANNEL_PREFIX};
 use crate::plugin::{Call, Message};
-use crate::redis::CommandError;
+use crate::redis::{CommandError, Subscription};
 
 /// Where one Redis channel or pattern's messages go.
 #[derive(Clone)]
@@ -252,19 +251,19 @@ struct Routes {
 /// How long `start` waits for the first subscription.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
-/// Keeps one subscription connection up and routes what arrives. On a
-/// Cluster, each reconnect tries the next live node
-/// ([`crate::redis::Redis::subscriber_client`]).
+/// Keeps one subscription connection up and routes what arrives
+/// ([`crate::redis::keep_subscribed`]).
 async fn subscriber(routes: Arc<Routes>, host: Arc<Host>, ready: tokio::sync::oneshot::Sender<()>) {
-    let mut backoff = Duration::from_millis(100);
     let mut ready = Some(ready);
-    for attempt in 0.. {
-        let subscribed = match host.redis().subscriber_client(attempt).await {
-            Ok(client) => subscribe(&client, &routes, &host).await,
-            Err(e) => Err(e.into()),
-        };
-        match subscribed {
-            Ok(mut pubsub) => {
+    crate::redis::keep_subscribed(
+        host.redis(),
+        "pub/sub trigger",
+        |client| {
+            let (routes, host) = (routes.clone(), host.clone());
+            async move { subscribe(&client, &routes, &host).await }
+        },
+        |event| match event {
+            Subscription::Up => {
                 if let Some(r) = ready.take() {
                     let _ = r.send(());
                 }
@@ -273,18 +272,12 @@ async fn subscriber(routes: Arc<Routes>, host: Arc<Host>, ready: tokio::sync::on
                     patterns = routes.patterns.len(),
                     "subscribed"
                 );
-                backoff = Duration::from_millis(100);
-                let mut stream = pubsub.on_message();
-                while let Some(msg) = stream.next().await {
-                    route(&routes, &host, &msg);
-                }
-                tracing::warn!("subscription connection lost; reconnecting");
             }
-            Err(e) => tracing::warn!("cannot subscribe: {e:#}; retrying in {backoff:?}"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+            Subscription::Message(msg) => route(&routes, &host, &msg),
+            Subscription::Down => {}
+        },
+    )
+    .await;
 }
 
 /// Connects, turns keyspace notifications on again if some plugin needs
