@@ -637,7 +637,11 @@ singleton = true
         );
         let (_host, _stop, addr) = serve_http(&redis, dir.path(), &plugins).await;
         let c = reqwest::Client::new();
-        for text in ["one", "two", "three"] {
+        let mut conn = redis.client().await;
+        // One message at a time: a plugin's messages may be handled
+        // concurrently, so "last" is only "three" if it was sent last after
+        // the others were handled.
+        for (n, text) in (1..).zip(["one", "two", "three"]) {
             let r = c
                 .post(format!("http://{addr}/rooms/lobby"))
                 .body(text)
@@ -650,8 +654,14 @@ singleton = true
                 v["receivers"], 1,
                 "one subscription per host carries both plugins"
             );
+            wait_for(
+                &mut conn,
+                "rl:chat:kv:count:lobby",
+                n,
+                Duration::from_secs(10),
+            )
+            .await;
         }
-        let mut conn = redis.client().await;
         assert_eq!(
             wait_for(
                 &mut conn,
