@@ -85,12 +85,16 @@ impl Error {
     }
 
     /// Whether retrying the same call later may succeed: the backend was
-    /// unavailable, the call timed out, or a rate or concurrency quota (not a
-    /// per-invocation one) was exhausted.
+    /// unavailable, the call timed out, or a quota that frees up over time
+    /// (rate, concurrency, storage or a full queue — not a per-invocation
+    /// one) was exhausted.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::BackendUnavailable(_) | Error::Timeout(_) => true,
-            Error::QuotaExceeded(quota) => matches!(quota, Quota::RedisRate | Quota::Concurrency),
+            Error::QuotaExceeded(quota) => matches!(
+                quota,
+                Quota::RedisRate | Quota::Concurrency | Quota::Storage
+            ),
             Error::InvalidArgument(_) | Error::Denied(_) | Error::Other(_) => false,
         }
     }
@@ -188,6 +192,9 @@ pub enum Quota {
     Concurrency,
     /// Size of an input, output, value or Redis reply.
     Payload,
+    /// Redis memory the plugin's keys use, or a full queue: retry once
+    /// some is freed.
+    Storage,
 }
 
 impl Quota {
@@ -201,6 +208,7 @@ impl Quota {
             Quota::RedisRate => "redis-rate",
             Quota::Concurrency => "concurrency",
             Quota::Payload => "payload",
+            Quota::Storage => "storage",
         }
     }
 
@@ -213,6 +221,7 @@ impl Quota {
             wit::Quota::RedisRate => Quota::RedisRate,
             wit::Quota::Concurrency => Quota::Concurrency,
             wit::Quota::Payload => Quota::Payload,
+            wit::Quota::Storage => Quota::Storage,
         }
     }
 
@@ -225,6 +234,7 @@ impl Quota {
             Quota::RedisRate => wit::Quota::RedisRate,
             Quota::Concurrency => wit::Quota::Concurrency,
             Quota::Payload => wit::Quota::Payload,
+            Quota::Storage => wit::Quota::Storage,
         }
     }
 }

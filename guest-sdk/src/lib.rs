@@ -102,7 +102,7 @@ pub use handlers::{Http, Invoke, OnJob, OnMessage, OnTick};
 ///
 /// | handler | trait | WIT export |
 /// |---|---|---|
-/// | `invoke` | [`Invoke`] | `redloom:plugin/invoke@0.1.0` |
+/// | `invoke` | [`Invoke`] | `redloom:plugin/invoke@0.2.0` |
 ///
 /// ```no_run
 /// use redloom_sdk::{Invoke, Result};

@@ -22,19 +22,19 @@ pub use self::redloom::plugin::{
 };
 
 /// The export name of the `invoke` handler interface.
-pub const INVOKE_EXPORT: &str = "redloom:plugin/invoke@0.1.0";
+pub const INVOKE_EXPORT: &str = "redloom:plugin/invoke@0.2.0";
 
 /// The export name of the `http-handler` interface.
-pub const HTTP_EXPORT: &str = "redloom:plugin/http-handler@0.1.0";
+pub const HTTP_EXPORT: &str = "redloom:plugin/http-handler@0.2.0";
 
 /// The export name of the `message-handler` interface.
-pub const MESSAGE_EXPORT: &str = "redloom:plugin/message-handler@0.1.0";
+pub const MESSAGE_EXPORT: &str = "redloom:plugin/message-handler@0.2.0";
 
 /// The export name of the `timer-handler` interface.
-pub const TIMER_EXPORT: &str = "redloom:plugin/timer-handler@0.1.0";
+pub const TIMER_EXPORT: &str = "redloom:plugin/timer-handler@0.2.0";
 
 /// The export name of the `queue-handler` interface.
-pub const QUEUE_EXPORT: &str = "redloom:plugin/queue-handler@0.1.0";
+pub const QUEUE_EXPORT: &str = "redloom:plugin/queue-handler@0.2.0";
 
 /// The WIT package the host speaks, as it appears in import and export names.
-pub const WIT_PACKAGE: &str = "redloom:plugin@0.1.0";
+pub const WIT_PACKAGE: &str = "redloom:plugin@0.2.0";

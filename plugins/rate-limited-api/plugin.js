@@ -20,10 +20,10 @@
 //
 // Setting `policy` names another one.
 
-import { get as setting } from 'redloom:plugin/config@0.1.0';
-import { increment } from 'redloom:plugin/kv@0.1.0';
-import { check } from 'redloom:plugin/limiter@0.1.0';
-import { log } from 'redloom:plugin/log@0.1.0';
+import { get as setting } from 'redloom:plugin/config@0.2.0';
+import { increment } from 'redloom:plugin/kv@0.2.0';
+import { check } from 'redloom:plugin/limiter@0.2.0';
+import { log } from 'redloom:plugin/log@0.2.0';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

@@ -173,7 +173,7 @@ fn check_reports_and_rejects() {
         stdout.contains("world:        redloom:plugin/invoke-plugin\n"),
         "{stdout}"
     );
-    assert!(stdout.contains("redloom:plugin/invoke@0.1.0"), "{stdout}");
+    assert!(stdout.contains("redloom:plugin/invoke@0.2.0"), "{stdout}");
 
     // The handlers and world come from what the component exports.
     let out = run(redloom(dir.path()).arg("check").arg(plugin("http-probe")));

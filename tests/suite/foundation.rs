@@ -293,7 +293,7 @@ async fn bad_plugins_are_rejected_clearly() {
         assert!(matches!(e, LoadError::NoHandler { .. }), "{e}");
         assert!(
             e.to_string()
-                .contains("does not export redloom:plugin/invoke@0.1.0"),
+                .contains("does not export redloom:plugin/invoke@0.2.0"),
             "{e}"
         );
 

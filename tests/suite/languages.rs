@@ -320,7 +320,7 @@ async fn javascript_rate_limited_api() {
                 .iter()
                 .any(|i| i.starts_with("redloom:plugin/limiter@"))
         );
-        assert_eq!(p.report().exports, ["redloom:plugin/invoke@0.1.0"]);
+        assert_eq!(p.report().exports, ["redloom:plugin/invoke@0.2.0"]);
 
         let alice = json!({"client": "alice", "path": "/items"});
         let mut replies = Vec::new();

@@ -11,11 +11,11 @@
 //!             path: "<repo>/wit",
 //!             inline: "package redloom:plugin-instance;
 //!                      world plugin {
-//!                          include redloom:plugin/imports@0.1.0;
-//!                          export redloom:plugin/invoke@0.1.0;
+//!                          include redloom:plugin/imports@0.2.0;
+//!                          export redloom:plugin/invoke@0.2.0;
 //!                      }",
 //!             world: "redloom:plugin-instance/plugin",
-//!             with: { "redloom:plugin/kv@0.1.0": ::redloom_sdk::__private::bindings::redloom::plugin::kv, ... },
+//!             with: { "redloom:plugin/kv@0.2.0": ::redloom_sdk::__private::bindings::redloom::plugin::kv, ... },
 //!             runtime_path: "::redloom_sdk::__private::wit_bindgen::rt",
 //!         });
 //!     }
@@ -51,7 +51,7 @@ use syn::{Ident, Token, bracketed};
 /// The WIT package every interface below belongs to.
 const PACKAGE: &str = "redloom:plugin";
 /// Its version; the `@` suffix of every interface name.
-const VERSION: &str = "0.1.0";
+const VERSION: &str = "0.2.0";
 
 /// The interfaces of the `imports` world (and the `types` they use). Each is
 /// mapped onto the SDK's bindings; `wit-bindgen` rejects a world that imports
@@ -391,7 +391,7 @@ mod tests {
     fn expansion_exports_only_named_handlers() {
         let input: Input = syn::parse_str("my::Plugin => [invoke]").unwrap();
         let out = expand(&input).unwrap().to_string();
-        assert!(out.contains("export redloom:plugin/invoke@0.1.0;"));
+        assert!(out.contains("export redloom:plugin/invoke@0.2.0;"));
         assert_eq!(out.matches("export redloom:plugin/").count(), 1);
         assert!(out.contains(":: redloom_sdk :: __private :: invoke :: < my :: Plugin >"));
     }

@@ -10,9 +10,9 @@
 // `payload` is the WIT `error` ({tag: 'timeout', val: '...'}, ...); throwing
 // such a variant from `handle` returns it to the host as the handler's error.
 
-import { get as setting } from 'redloom:plugin/config@0.1.0';
-import { increment } from 'redloom:plugin/kv@0.1.0';
-import { log } from 'redloom:plugin/log@0.1.0';
+import { get as setting } from 'redloom:plugin/config@0.2.0';
+import { increment } from 'redloom:plugin/kv@0.2.0';
+import { log } from 'redloom:plugin/log@0.2.0';
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();

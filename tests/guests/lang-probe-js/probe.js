@@ -9,7 +9,7 @@
 // | bad-key | calls kv.get with a key over the host's limit and replies with what was thrown |
 // | other   | replies with the input |
 
-import { get } from 'redloom:plugin/kv@0.1.0';
+import { get } from 'redloom:plugin/kv@0.2.0';
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();

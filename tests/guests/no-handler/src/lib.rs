@@ -11,7 +11,7 @@ wit_bindgen::generate!({
         package redloom-test:no-handler;
 
         world no-handler {
-            include redloom:plugin/imports@0.1.0;
+            include redloom:plugin/imports@0.2.0;
 
             /// Not a redloom handler.
             export ping: func() -> string;
