@@ -366,7 +366,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             stats,
         } => {
             let spec = plugin_spec(&config, &plugin, &settings)?;
-            let input = read_input(input, input_file)?;
+            let input = read_input(input, input_file, spec.quotas.max_input)?;
             invoke(options, spec, &input, stats).await
         }
         Command::Serve {
@@ -389,7 +389,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             action,
         } => {
             let admin = admin.unwrap_or_else(|| format!("http://{}", config.admin.listen));
-            plugin_admin(&admin, token.or(config.admin.token.clone()), action).await
+            // The token: --token / REDLOOM_ADMIN_TOKEN, the configuration's,
+            // or the one a local `serve` generated in the data folder.
+            let token = token
+                .or_else(|| crate::serve::admin_token_from(&config))
+                .or_else(|| {
+                    crate::files::read_secret(&options.data_dir.join(config::ADMIN_TOKEN_FILE))
+                });
+            plugin_admin(&admin, token, action).await
         }
         Command::New {
             name,
@@ -463,19 +470,40 @@ fn plugin_spec(config: &Config, plugin: &str, settings: &[String]) -> Result<Plu
     Ok(spec)
 }
 
-fn read_input(input: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>, Failure> {
+/// The invocation's input: `--input`, or `--input-file` (`-` for stdin),
+/// read only up to the plugin's `max-input` (a larger input would be
+/// refused anyway; `/dev/zero` must not fill memory first).
+fn read_input(input: Option<String>, file: Option<PathBuf>, max: u64) -> Result<Vec<u8>, Failure> {
+    let too_large = |what: &str| {
+        Failure::new(
+            exit::USAGE,
+            format!("{what} is larger than the plugin's max-input ({max} bytes)"),
+        )
+        .hint("raise max-input under [plugins.NAME.quotas] in redloom.toml")
+    };
     match (input, file) {
         (Some(text), _) => Ok(text.into_bytes()),
         (None, Some(path)) if path.as_os_str() == "-" => {
             let mut buf = Vec::new();
             std::io::stdin()
+                .take(max.saturating_add(1))
                 .read_to_end(&mut buf)
                 .map_err(|e| Failure::new(exit::OTHER, format!("reading standard input: {e}")))?;
+            if buf.len() as u64 > max {
+                return Err(too_large("standard input"));
+            }
             Ok(buf)
         }
-        (None, Some(path)) => std::fs::read(&path).map_err(|e| {
-            Failure::new(exit::USAGE, format!("--input-file {}: {e}", path.display()))
-        }),
+        (None, Some(path)) => match crate::files::read_bounded(&path, max) {
+            Ok(bytes) => Ok(bytes),
+            Err(crate::files::ReadError::TooLarge { .. }) => {
+                Err(too_large(&format!("--input-file {}", path.display())))
+            }
+            Err(e) => Err(Failure::new(
+                exit::USAGE,
+                format!("--input-file {}: {e}", path.display()),
+            )),
+        },
         (None, None) => Ok(Vec::new()),
     }
 }
@@ -528,6 +556,7 @@ fn print_stats(s: &crate::stats::Snapshot) {
     eprintln!("guest_cpu_seconds {:.6}", s.guest_cpu.as_secs_f64());
     eprintln!("wall_time_seconds {:.6}", s.wall_time_sum.as_secs_f64());
     eprintln!("redis_commands {}", s.redis_commands);
+    eprintln!("log_dropped {}", s.dropped_log);
 }
 
 /// `writeln!` into a `String` report, which cannot fail.
@@ -642,7 +671,9 @@ async fn serve(options: HostOptions, config: Config) -> Result<(), Failure> {
             let code = match e {
                 ServeError::Load(_) => exit::LOAD,
                 ServeError::Routes(_) => exit::USAGE,
-                ServeError::Bind { .. } | ServeError::Triggers(_) => exit::OTHER,
+                ServeError::Bind { .. } | ServeError::Triggers(_) | ServeError::AdminToken(_) => {
+                    exit::OTHER
+                }
             };
             return Err(Failure::new(code, e));
         }

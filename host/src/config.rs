@@ -73,6 +73,55 @@ pub struct RedisSection {
     /// PEM private key of `tls-cert-file`.
     #[serde(default)]
     pub tls_key_file: Option<PathBuf>,
+    /// `maxmemory` of the private `redis-server` (zero-config only).
+    #[serde(
+        default = "default_private_maxmemory",
+        deserialize_with = "bytes::required"
+    )]
+    pub private_maxmemory: u64,
+    /// `maxmemory-policy` of the private `redis-server`: `noeviction` (the
+    /// default: locks, queues and limits must never be evicted), or any
+    /// policy Redis knows.
+    #[serde(default)]
+    pub private_maxmemory_policy: EvictionPolicy,
+}
+
+/// Redis's `maxmemory-policy` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvictionPolicy {
+    #[default]
+    Noeviction,
+    AllkeysLru,
+    AllkeysLfu,
+    AllkeysRandom,
+    VolatileLru,
+    VolatileLfu,
+    VolatileRandom,
+    VolatileTtl,
+}
+
+impl EvictionPolicy {
+    /// The name Redis uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictionPolicy::Noeviction => "noeviction",
+            EvictionPolicy::AllkeysLru => "allkeys-lru",
+            EvictionPolicy::AllkeysLfu => "allkeys-lfu",
+            EvictionPolicy::AllkeysRandom => "allkeys-random",
+            EvictionPolicy::VolatileLru => "volatile-lru",
+            EvictionPolicy::VolatileLfu => "volatile-lfu",
+            EvictionPolicy::VolatileRandom => "volatile-random",
+            EvictionPolicy::VolatileTtl => "volatile-ttl",
+        }
+    }
+}
+
+/// The zero-config server's `maxmemory`: 1 GiB.
+pub const DEFAULT_PRIVATE_MAXMEMORY: u64 = 1 << 30;
+
+fn default_private_maxmemory() -> u64 {
+    DEFAULT_PRIVATE_MAXMEMORY
 }
 
 impl Default for RedisSection {
@@ -87,6 +136,8 @@ impl Default for RedisSection {
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            private_maxmemory: DEFAULT_PRIVATE_MAXMEMORY,
+            private_maxmemory_policy: EvictionPolicy::Noeviction,
         }
     }
 }
@@ -280,8 +331,9 @@ pub enum Missed {
 /// default and a host-wide ceiling ([`ceilings`]); the README has the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quotas {
-    /// Guest CPU time per invocation: time spent running guest code only,
-    /// not time awaiting Redis or waiting for a worker thread.
+    /// CPU time per invocation: time the invocation occupies a worker thread
+    /// (guest code and the host's work inside its host calls), not time
+    /// awaiting Redis or waiting for a worker thread.
     pub cpu: Duration,
     /// Wall-clock deadline per invocation, including time spent awaiting Redis.
     pub wall_time: Duration,
@@ -299,6 +351,18 @@ pub struct Quotas {
     pub max_output: u64,
     /// Most bytes one Redis reply may bring into the guest.
     pub max_reply: u64,
+    /// Largest value one write may store or send: a kv value, a cache
+    /// entry, a queue payload, a published message.
+    pub max_write: u64,
+    /// Bytes of Redis memory the plugin's keys may use in all (sampled by
+    /// `serve`; see `storage`).
+    pub storage: u64,
+    /// Bytes the plugin may log (the `log` capability plus stdout and
+    /// stderr) per invocation; the rest is dropped and counted.
+    pub max_log: u64,
+    /// Bytes per second the plugin as a whole may log (one second of burst);
+    /// the rest is dropped and counted.
+    pub log_rate: u64,
     /// Redis commands per invocation.
     pub redis_ops: u64,
     /// Redis commands per second for the plugin as a whole (token bucket; 0: unlimited).
@@ -325,6 +389,10 @@ impl Default for Quotas {
             max_input: 1 << 20,
             max_output: 1 << 20,
             max_reply: 1 << 20,
+            max_write: 1 << 20,
+            storage: 256 << 20,
+            max_log: 64 << 10,
+            log_rate: 256 << 10,
             redis_ops: 1_000,
             redis_rate: 10_000,
             concurrency: 16,
@@ -349,6 +417,10 @@ pub mod ceilings {
     pub const TABLE_ELEMENTS: u64 = 20_000;
     pub const INSTANCES: u64 = 1_000;
     pub const PAYLOAD: u64 = 64 << 20;
+    /// Redis memory one plugin's keys may use (`storage`).
+    pub const STORAGE: u64 = 1 << 40;
+    /// Log bytes per invocation (`max-log`) and per second (`log-rate`).
+    pub const LOG: u64 = 64 << 20;
     pub const REDIS_OPS: u64 = 1_000_000;
     pub const REDIS_RATE: u64 = 1_000_000;
     pub const QUEUE: u32 = 100_000;
@@ -395,8 +467,28 @@ pub struct AdminSection {
     #[serde(default = "default_admin_listen")]
     pub listen: std::net::SocketAddr,
     /// Bearer token required for `/plugins`; also from `REDLOOM_ADMIN_TOKEN`.
+    /// Without one, `serve` generates a token and keeps it in
+    /// `<data-dir>/admin-token` (mode 0600), where `redloom plugin` finds it.
     #[serde(default)]
     pub token: Option<String>,
+    /// `"token"` (the default): `/plugins` needs the bearer token. `"none"`:
+    /// no token at all (anyone who can reach the listener manages plugins).
+    #[serde(default)]
+    pub auth: AdminAuth,
+    /// Host names (besides IP addresses and `localhost`) that requests may
+    /// carry in their `Host` header; any other name is refused, so a web page
+    /// whose name resolves to this host (DNS rebinding) cannot use the API.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+}
+
+/// How the admin API authenticates `/plugins` requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdminAuth {
+    #[default]
+    Token,
+    None,
 }
 
 impl Default for AdminSection {
@@ -404,9 +496,14 @@ impl Default for AdminSection {
         AdminSection {
             listen: default_admin_listen(),
             token: None,
+            auth: AdminAuth::Token,
+            allowed_hosts: Vec::new(),
         }
     }
 }
+
+/// File in the data folder holding the admin token `serve` generated.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
 fn default_admin_listen() -> std::net::SocketAddr {
     ([127, 0, 0, 1], 9090).into()
@@ -433,11 +530,17 @@ pub struct HostSection {
     /// plugins, freed slots to the plugin holding fewest; see
     /// `quota::HostSlots`).
     pub max_instances: u32,
+    /// How often `serve` measures each plugin's Redis memory for the
+    /// `storage` quota (longer when a pass takes long; see `sampler`).
+    pub storage_sample_interval: Duration,
 }
 
 impl Default for HostSection {
     fn default() -> Self {
-        HostSection { max_instances: 256 }
+        HostSection {
+            max_instances: 256,
+            storage_sample_interval: Duration::from_secs(30),
+        }
     }
 }
 
@@ -456,8 +559,10 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
+        let bytes = crate::files::read_bounded(path, crate::files::MAX_CONFIG_BYTES)
             .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| ConfigError(format!("{}: not UTF-8 text", path.display())))?;
         Config::parse(&text, path)
     }
 
@@ -869,6 +974,14 @@ struct RawQuotas {
     max_output: Option<u64>,
     #[serde(default, deserialize_with = "bytes::option")]
     max_reply: Option<u64>,
+    #[serde(default, deserialize_with = "bytes::option")]
+    max_write: Option<u64>,
+    #[serde(default, deserialize_with = "bytes::option")]
+    storage: Option<u64>,
+    #[serde(default, deserialize_with = "bytes::option")]
+    max_log: Option<u64>,
+    #[serde(default, deserialize_with = "bytes::option")]
+    log_rate: Option<u64>,
     #[serde(default)]
     redis_ops: Option<u64>,
     #[serde(default)]
@@ -897,6 +1010,10 @@ impl RawQuotas {
             max_input: self.max_input.unwrap_or(d.max_input),
             max_output: self.max_output.unwrap_or(d.max_output),
             max_reply: self.max_reply.unwrap_or(d.max_reply),
+            max_write: self.max_write.unwrap_or(d.max_write),
+            storage: self.storage.unwrap_or(d.storage),
+            max_log: self.max_log.unwrap_or(d.max_log),
+            log_rate: self.log_rate.unwrap_or(d.log_rate),
             redis_ops: self.redis_ops.unwrap_or(d.redis_ops),
             redis_rate: self.redis_rate.unwrap_or(d.redis_rate),
             concurrency: self.concurrency.unwrap_or(d.concurrency),
@@ -956,6 +1073,10 @@ impl Quotas {
         range("max-input", self.max_input, 0, ceilings::PAYLOAD, size)?;
         range("max-output", self.max_output, 0, ceilings::PAYLOAD, size)?;
         range("max-reply", self.max_reply, 0, ceilings::PAYLOAD, size)?;
+        range("max-write", self.max_write, 0, ceilings::PAYLOAD, size)?;
+        range("storage", self.storage, 0, ceilings::STORAGE, size)?;
+        range("max-log", self.max_log, 0, ceilings::LOG, size)?;
+        range("log-rate", self.log_rate, 0, ceilings::LOG, size)?;
         range("redis-ops", self.redis_ops, 0, ceilings::REDIS_OPS, num)?;
         range("redis-rate", self.redis_rate, 0, ceilings::REDIS_RATE, num)?;
         range(
@@ -995,15 +1116,25 @@ impl Quotas {
 struct RawHost {
     #[serde(default)]
     max_instances: Option<u32>,
+    #[serde(default, with = "duration::option")]
+    storage_sample_interval: Option<Duration>,
 }
 
 impl RawHost {
     fn resolve(self) -> Result<HostSection, (String, String)> {
+        let d = HostSection::default();
         let h = HostSection {
-            max_instances: self
-                .max_instances
-                .unwrap_or(HostSection::default().max_instances),
+            max_instances: self.max_instances.unwrap_or(d.max_instances),
+            storage_sample_interval: self
+                .storage_sample_interval
+                .unwrap_or(d.storage_sample_interval),
         };
+        if h.storage_sample_interval < Duration::from_millis(100) {
+            return Err((
+                "host.storage-sample-interval".into(),
+                "must be at least 100ms".into(),
+            ));
+        }
         if h.max_instances == 0 || h.max_instances > ceilings::HOST_INSTANCES {
             return Err((
                 "host.max-instances".into(),
@@ -1046,6 +1177,10 @@ pub(crate) mod bytes {
     enum IntOrString {
         Int(u64),
         String(String),
+    }
+
+    pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        option(d).map(|v| v.unwrap_or_default())
     }
 
     pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {

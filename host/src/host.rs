@@ -3,7 +3,7 @@
 //! triggers, all go through it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::bindings::http_types::{Request as HttpRequest, Response as HttpResponse};
@@ -79,6 +79,8 @@ pub struct PluginInfo {
 
 /// A running host.
 pub struct Host {
+    /// The data folder (compile cache, private Redis, admin token).
+    data_dir: PathBuf,
     runtime: Runtime,
     redis: Redis,
     plugins: RwLock<BTreeMap<PluginName, Arc<Loaded>>>,
@@ -128,12 +130,23 @@ impl Host {
         let (target, private_redis) = match &options.redis_target {
             Some(target) => (target.clone(), None),
             None => {
+                let dir = options.data_dir.join("redis");
+                let password = crate::redis::server::private_password(&dir)
+                    .map_err(|e| StartError::Password(dir.clone(), e))?;
                 let server = PrivateRedis::start(ServerOptions {
                     claim: true,
-                    ..ServerOptions::new(options.data_dir.join("redis"))
+                    password: Some(password),
+                    private_files: true,
+                    extra_args: vec![
+                        "--maxmemory".into(),
+                        r.private_maxmemory.to_string(),
+                        "--maxmemory-policy".into(),
+                        r.private_maxmemory_policy.as_str().into(),
+                    ],
+                    ..ServerOptions::new(dir)
                 })
                 .await?;
-                tracing::info!(url = %server.url(), dir = %server.dir().display(), "started a private redis-server");
+                tracing::info!(url = %crate::redis::redact(&server.url()), dir = %server.dir().display(), "started a private redis-server");
                 (RedisTarget::Single(server.url()), Some(server))
             }
         };
@@ -152,11 +165,17 @@ impl Host {
         .await
         .map_err(StartupError::Redis)?;
         Ok(Host {
+            data_dir: options.data_dir.clone(),
             runtime,
             redis,
             plugins: RwLock::new(BTreeMap::new()),
             private_redis: std::sync::Mutex::new(private_redis),
         })
+    }
+
+    /// The data folder: compile cache, private Redis, admin token.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     pub fn redis(&self) -> &Redis {
@@ -219,6 +238,11 @@ impl Host {
                 reason: e.to_string(),
             })?;
         check(&plugin).map_err(|reason| LoadError::Config { path, reason })?;
+        // Start from the last measurement of its Redis memory (`serve`
+        // takes them; see `sampler`).
+        if let Ok(Some(bytes)) = self.redis.stored_usage(plugin.name().as_str()).await {
+            plugin.storage().sampled(bytes, 0);
+        }
         let plugin = Arc::new(plugin);
         let report = plugin.report();
         tracing::info!(

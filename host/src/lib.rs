@@ -8,6 +8,8 @@
 //! - [`host`]: [`host::Host`] ties the runtime, Redis and loaded plugins together.
 //! - [`engine`]: the wasmtime engine (pooling allocator, epoch ticker), the
 //!   linker with every capability, and the compiled-plugin cache.
+//! - [`files`]: bounded reads of regular files named by configuration,
+//!   command line or admin API.
 //! - [`plugin`]: loading and checking a component; running one invocation.
 //! - [`store`]: what a wasmtime `Store` holds for one instance.
 //! - [`quota`]: where each per-plugin quota is enforced, and what it covers.
@@ -22,6 +24,8 @@
 //! - [`namespace`]: plugin names and the key namespace each plugin lives in.
 //! - [`redis`]: the only module that talks to Redis; Lua scripts from `lua/`;
 //!   the private `redis-server`.
+//! - [`sampler`]: `serve`'s measurement of each plugin's Redis memory (the
+//!   `storage` quota).
 //! - [`scaffold`]: `redloom new`, plugin projects in Rust, JavaScript, Python
 //!   and C from the templates in `host/templates/`.
 
@@ -30,12 +34,14 @@ mod caps;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod files;
 pub mod host;
 pub mod limiter;
 pub mod namespace;
 pub mod plugin;
 pub mod quota;
 pub mod redis;
+pub mod sampler;
 pub mod scaffold;
 pub mod serve;
 pub mod stats;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use wasmtime::component::{Component, InstancePre};
-use wasmtime::{CallHook, Store, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::bindings::http_types::{Request as HttpRequest, Response as HttpResponse};
 use crate::bindings::types::{Error as GuestError, Quota};
@@ -29,7 +29,7 @@ use crate::caps::outbound_http::Origin;
 use crate::config::{PluginConfig, Quotas, TriggerConfig};
 use crate::engine::{CacheOutcome, Runtime};
 use crate::namespace::{Namespace, PluginName};
-use crate::quota::{CpuMeter, HostShare, QuotaTrap};
+use crate::quota::{CpuMeter, HostShare, Metered, QuotaTrap};
 use crate::redis::Redis;
 use crate::stats::{Outcome, Snapshot};
 use crate::store::{Cleanup, PluginContext, State};
@@ -93,7 +93,7 @@ pub enum LoadError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: crate::files::ReadError,
     },
     #[error("{path} is not a WebAssembly file: it does not start with the `\\0asm` magic bytes")]
     NotWasm { path: PathBuf },
@@ -189,6 +189,7 @@ pub fn quota_name(q: Quota) -> &'static str {
         Quota::RedisRate => "redis-rate",
         Quota::Concurrency => "concurrency",
         Quota::Payload => "payload",
+        Quota::Storage => "storage",
     }
 }
 
@@ -284,7 +285,14 @@ impl Reply {
     fn output_len(&self) -> usize {
         match self {
             Reply::Invoke(o) => o.len(),
-            Reply::Http(r) => r.body.len(),
+            // Headers go out too: they count like the body.
+            Reply::Http(r) => {
+                r.body.len()
+                    + r.headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+            }
             Reply::Done => 0,
         }
     }
@@ -332,16 +340,28 @@ impl Plugin {
                     .into(),
             });
         }
-        let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = crate::files::read_bounded(&path, crate::files::MAX_COMPONENT_BYTES).map_err(
+            |source| LoadError::Read {
+                path: path.clone(),
+                source,
+            },
+        )?;
         let (component, cache, compile_time) = compile(runtime, &path, &bytes)?;
         let engine = runtime.engine();
         let ty = component.component_type();
         let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
         let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
 
+        if let Some(other) = other_wit_version(imports.iter().chain(&exports)) {
+            return Err(LoadError::Link {
+                path,
+                reason: format!(
+                    "it was built against redloom:plugin@{other}, and this host provides \
+                     {WIT_PACKAGE}: rebuild it with the current redloom-sdk (or the wit/ \
+                     folder of this redloom)"
+                ),
+            });
+        }
         let pre = runtime
             .linker()
             .instantiate_pre(&component)
@@ -437,6 +457,11 @@ impl Plugin {
         &self.context.quotas
     }
 
+    /// The plugin's `storage` quota meter.
+    pub fn storage(&self) -> &crate::quota::StorageMeter {
+        &self.context.storage
+    }
+
     /// Counts a pub/sub message dropped because the plugin's buffer was full.
     pub fn count_dropped_message(&self) {
         self.context.stats.dropped_message();
@@ -457,10 +482,8 @@ impl Plugin {
     /// instance never reaches a capability during instantiation.
     pub async fn probe(&self, redis: Option<Redis>) -> Result<(), InvokeError> {
         let mut store = self.new_store(redis);
-        store.data().cpu.start();
-        let instance = self
-            .pre
-            .instantiate_async(&mut store)
+        let cpu = store.data().cpu.clone();
+        let instance = Metered::new(std::pin::pin!(self.pre.instantiate_async(&mut store)), &cpu)
             .await
             .map_err(|e| self.instantiate_error(e))?;
         self.load_guests(&mut store, &instance)
@@ -529,17 +552,22 @@ impl Plugin {
 
     /// Runs one handler call within the plugin's quotas and records the
     /// outcome in its counters.
+    ///
+    /// A call whose future is dropped before it finishes (its HTTP client
+    /// hung up, `serve` stopped) is recorded as `cancelled`, with the CPU it
+    /// used, and what it held is released in the background.
     pub async fn call(&self, redis: &Redis, call: Call<'_>) -> Result<Reply, InvokeError> {
-        let started = Instant::now();
-        let cpu = Arc::new(CpuMeter::default());
-        let result = self.call_metered(redis, call, &cpu).await;
-        let outcome = match &result {
+        let mut record = Record {
+            context: &self.context,
+            started: Instant::now(),
+            cpu: Arc::new(CpuMeter::default()),
+            outcome: None,
+        };
+        let result = self.call_metered(redis, call, &record.cpu).await;
+        record.outcome = Some(match &result {
             Ok(_) => Outcome::Ok,
             Err(e) => e.outcome(),
-        };
-        self.context
-            .stats
-            .record(outcome, started.elapsed(), cpu.used());
+        });
         result
     }
 
@@ -585,14 +613,18 @@ impl Plugin {
             None
         };
 
-        let cleanup = Arc::new(Cleanup::default());
+        let cleanup = CleanupGuard {
+            cleanup: Arc::new(Cleanup::default()),
+            redis: redis.clone(),
+            armed: true,
+        };
+        let cleanup_actions = &cleanup.cleanup;
         let run = async {
             let mut warm = match warm {
                 Some(w) => w,
                 None => {
                     let mut store = self.new_store(Some(redis.clone()));
                     store.data_mut().cpu = cpu.clone();
-                    cpu.start();
                     let instance = self
                         .pre
                         .instantiate_async(&mut store)
@@ -601,7 +633,6 @@ impl Plugin {
                     let guests = self
                         .load_guests(&mut store, &instance)
                         .map_err(|e| self.instantiate_error(e))?;
-                    cpu.stop();
                     Warm {
                         store,
                         guests,
@@ -609,7 +640,7 @@ impl Plugin {
                     }
                 }
             };
-            self.reset(&mut warm.store, cpu, &cleanup)
+            self.reset(&mut warm.store, cpu, cleanup_actions)
                 .map_err(|e| self.trap_error(e))?;
             let store = &mut warm.store;
             let outcome = match call {
@@ -651,9 +682,13 @@ impl Plugin {
             };
             Ok::<_, InvokeError>((warm, outcome))
         };
-        let finished = tokio::time::timeout(quotas.wall_time, run).await;
+        // Every poll of the call is charged to the `cpu` quota: guest code
+        // and the host's own work in its host calls, but not time spent
+        // waiting (for Redis, at a yield, for a worker thread to poll it).
+        let finished =
+            tokio::time::timeout(quotas.wall_time, Metered::new(std::pin::pin!(run), cpu)).await;
         // Whatever happened, release what the invocation still holds.
-        cleanup.run_all(Some(redis)).await;
+        cleanup.run().await;
         let (mut warm, outcome) = match finished {
             Err(_) => {
                 return Err(self.quota(
@@ -712,6 +747,9 @@ impl Plugin {
         let data = store.data_mut();
         data.cpu = cpu.clone();
         data.caps.redis_ops = 0;
+        data.caps
+            .log_used
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         data.caps.breach = None;
         data.caps.cleanup = cleanup.clone();
         if self.fuel {
@@ -728,33 +766,16 @@ impl Plugin {
             // Instantiation runs guest code, so fuel must be there first.
             let _ = store.set_fuel(self.context.quotas.fuel.unwrap_or(u64::MAX));
         }
-        // Guest CPU time is the time between these hooks: running wasm, not
-        // waiting in a host call.
-        store.call_hook(|ctx, hook| {
-            let data = ctx.data();
-            match hook {
-                CallHook::CallingWasm | CallHook::ReturningFromHost => data.cpu.start(),
-                CallHook::CallingHost | CallHook::ReturningFromWasm => {
-                    data.cpu.stop();
-                    check_cpu(data)?;
-                }
-            }
-            Ok(())
-        });
-        // At every epoch tick a running guest is charged and yields to tokio,
-        // so a busy plugin shares the worker thread instead of holding it.
+        // At every epoch tick a running guest is checked against its `cpu`
+        // quota and yields to tokio, so a busy plugin shares the worker
+        // thread instead of holding it. (Yielding ends the poll, so the
+        // meter stops until tokio polls the call again.)
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
-            let data = ctx.data();
-            data.cpu.stop();
-            check_cpu(data)?;
-            let cpu = data.cpu.clone();
+            check_cpu(ctx.data())?;
             Ok(UpdateDeadline::YieldCustom(
                 1,
-                Box::pin(async move {
-                    tokio::task::yield_now().await;
-                    cpu.start();
-                }),
+                Box::pin(tokio::task::yield_now()),
             ))
         });
         store
@@ -798,6 +819,65 @@ impl Plugin {
             message,
         }
     }
+}
+
+/// Records one call in the plugin's counters when dropped: with its outcome
+/// once known, as `cancelled` if the call's future was dropped first.
+struct Record<'a> {
+    context: &'a PluginContext,
+    started: Instant,
+    cpu: Arc<CpuMeter>,
+    outcome: Option<Outcome>,
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
+        self.cpu.stop();
+        self.context
+            .stats
+            .record(outcome, self.started.elapsed(), self.cpu.used());
+    }
+}
+
+/// The invocation's [`Cleanup`], run when the invocation ends: awaited in
+/// the normal path ([`CleanupGuard::run`]), and spawned if the call's future
+/// is dropped first, so a cancelled call still releases its locks and slots
+/// at once rather than when their leases run out.
+struct CleanupGuard {
+    cleanup: Arc<Cleanup>,
+    redis: Redis,
+    armed: bool,
+}
+
+impl CleanupGuard {
+    async fn run(mut self) {
+        self.armed = false;
+        self.cleanup.run_all(Some(&self.redis)).await;
+    }
+}
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (cleanup, redis) = (self.cleanup.clone(), self.redis.clone());
+            rt.spawn(async move { cleanup.run_all(Some(&redis)).await });
+        }
+    }
+}
+
+/// The version of `redloom:plugin` named by one of `names` (a component's
+/// imports and exports), if it is not this host's.
+fn other_wit_version<'a>(names: impl Iterator<Item = &'a String>) -> Option<String> {
+    let ours = WIT_PACKAGE.rsplit_once('@').map(|(_, v)| v)?;
+    names
+        .filter_map(|n| n.strip_prefix("redloom:plugin/"))
+        .filter_map(|n| n.rsplit_once('@').map(|(_, v)| v))
+        .find(|v| *v != ours)
+        .map(str::to_string)
 }
 
 /// Traps with the `cpu` quota when the invocation's guest time is over it.

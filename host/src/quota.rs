@@ -2,7 +2,7 @@
 //!
 //! | quota | enforced by | covers | on breach |
 //! |---|---|---|---|
-//! | `cpu` | [`CpuMeter`] + the epoch callback | time running guest code, measured between wasmtime call hooks; time in host calls (awaiting Redis) and time parked at a yield are excluded | trap at the next epoch tick (10 ms granularity) |
+//! | `cpu` | [`CpuMeter`] + the epoch callback | the time the invocation occupies a worker thread ([`Metered`]: every poll of its future): guest code, instantiation and the host's own work inside host calls; time awaiting Redis, parked at a yield or waiting for a worker is excluded | trap at the next epoch tick |
 //! | `fuel` | wasmtime fuel | instructions executed | trap |
 //! | `wall-time` | `tokio::time::timeout` around the call | everything from admission to the reply, including instantiation and Redis | the call's future is dropped |
 //! | `memory`, `table-elements`, `instances` | [`Limits`] (a `ResourceLimiter`) | every `memory.grow` / `table.grow` and instantiation; instances, tables and memories are only created at instantiation | trap; too many instances fail instantiation, so the load-time probe refuses the plugin |
@@ -123,13 +123,11 @@ impl wasmtime::ResourceLimiter for Limits {
     }
 }
 
-/// Guest CPU time of one invocation: the sum of the intervals between "guest
-/// starts running" (wasm is called, a host call returns, a yield resumes)
-/// and "guest stops running" (a host call starts, wasm returns, the epoch
-/// callback fires).
-///
-/// Shared (`Arc`) with the future that parks a guest at an epoch yield, which
-/// restarts the clock when the guest is scheduled again.
+/// CPU time of one invocation: the sum of the intervals during which its
+/// future was being polled ([`Metered`]): guest code and the host's work in
+/// host calls, not time waiting for Redis, at a yield, or for a worker.
+/// The epoch callback reads it mid-poll ([`CpuMeter::used`] includes the
+/// interval running now).
 #[derive(Debug)]
 pub struct CpuMeter {
     base: Instant,
@@ -185,6 +183,87 @@ impl CpuMeter {
     }
 }
 
+/// A future whose every `poll` is charged to a [`CpuMeter`]: the time the
+/// call occupies a worker thread, whether running guest code or the host's
+/// own work inside a host call (a guest looping over a cheap host call is
+/// charged for all of it), but not the time it waits between polls (for
+/// Redis, at an epoch yield, or for a free worker).
+pub struct Metered<'a, F> {
+    inner: std::pin::Pin<&'a mut F>,
+    meter: &'a CpuMeter,
+}
+
+impl<'a, F: std::future::Future> Metered<'a, F> {
+    pub fn new(inner: std::pin::Pin<&'a mut F>, meter: &'a CpuMeter) -> Self {
+        Metered { inner, meter }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Metered<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.meter.start();
+        let r = self.inner.as_mut().poll(cx);
+        self.meter.stop();
+        r
+    }
+}
+
+/// The `storage` quota of one plugin, as this host sees it: the Redis
+/// memory its keys used at the last sample (`crate::triggers::storage`),
+/// plus every byte this host has written for it since that sample began.
+///
+/// Deletes and expiries are only seen by the next sample, and other hosts'
+/// writes too: with H hosts the plugin can pass its quota by up to what the
+/// other H − 1 wrote since the last sample. Writes are then refused until a
+/// sample shows usage under the quota again.
+#[derive(Debug, Default)]
+pub struct StorageMeter {
+    sampled: AtomicU64,
+    written: AtomicU64,
+}
+
+impl StorageMeter {
+    /// Charges `bytes` about to be written, unless that would take usage
+    /// over `limit`; then `Err(usage now)` and nothing is charged.
+    pub fn charge(&self, bytes: u64, limit: u64) -> Result<(), u64> {
+        let before = self.written.fetch_add(bytes, Ordering::Relaxed);
+        let used = self.sampled.load(Ordering::Relaxed).saturating_add(before);
+        if used.saturating_add(bytes) > limit {
+            self.written.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(used);
+        }
+        Ok(())
+    }
+
+    /// Bytes in use as far as this host knows.
+    pub fn used(&self) -> u64 {
+        self.sampled
+            .load(Ordering::Relaxed)
+            .saturating_add(self.written.load(Ordering::Relaxed))
+    }
+
+    /// Marks the start of a sample: returns what was written before it.
+    pub fn sample_started(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// A sample that started when [`Self::sample_started`] returned
+    /// `written_before` measured `bytes`: those writes are in it now.
+    pub fn sampled(&self, bytes: u64, written_before: u64) {
+        self.sampled.store(bytes, Ordering::Relaxed);
+        let _ = self
+            .written
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                Some(w.saturating_sub(written_before))
+            });
+    }
+}
+
 /// A token bucket: `rate` tokens per second, holding at most `rate` (one
 /// second of burst). Callers that find it empty learn how long to wait.
 #[derive(Debug)]
@@ -223,6 +302,25 @@ impl TokenBucket {
         }
         self.tokens -= 1.0;
         Ok(wait)
+    }
+}
+
+impl TokenBucket {
+    /// Takes `n` tokens if the bucket holds them now (never waits, never
+    /// goes negative); a rate of 0 always allows.
+    pub fn try_take(&mut self, n: u64) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate);
+        self.last = now;
+        if self.tokens < n as f64 {
+            return false;
+        }
+        self.tokens -= n as f64;
+        true
     }
 }
 
@@ -655,18 +753,21 @@ mod tests {
         assert_eq!(slots.in_use(), 0);
     }
 
-    /// CPU time counts only running intervals.
+    /// CPU time counts only running intervals: at least the time between
+    /// start and stop, and nothing of the time after.
     #[test]
     fn cpu_meter_counts_running_time_only() {
         let m = CpuMeter::default();
+        let before = Instant::now();
         m.start();
         std::thread::sleep(Duration::from_millis(20));
         m.stop();
+        let running = before.elapsed();
         std::thread::sleep(Duration::from_millis(50));
         let used = m.used();
         assert!(
-            used >= Duration::from_millis(20) && used < Duration::from_millis(60),
-            "{used:?}"
+            used >= Duration::from_millis(20) && used <= running,
+            "{used:?} charged for {running:?} running"
         );
         m.reset();
         assert_eq!(m.used(), Duration::ZERO);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::bindings::types::Quota;
 
 /// Every quota, in the order counters and outputs list them.
-pub const QUOTAS: [Quota; 7] = [
+pub const QUOTAS: [Quota; 8] = [
     Quota::Cpu,
     Quota::WallTime,
     Quota::Memory,
@@ -16,6 +16,7 @@ pub const QUOTAS: [Quota; 7] = [
     Quota::RedisRate,
     Quota::Concurrency,
     Quota::Payload,
+    Quota::Storage,
 ];
 
 /// Upper bounds (seconds) of the wall-time histogram buckets; the last
@@ -36,26 +37,31 @@ pub enum Outcome {
     Quota(Quota),
     /// The instance could not be created.
     Instantiate,
+    /// The caller went away first (an HTTP client hung up, `serve` shut
+    /// down): the invocation was stopped where it was.
+    Cancelled,
 }
 
 /// The error kinds counted, with their metric label.
-pub const ERROR_KINDS: [(&str, Outcome); 3] = [
+pub const ERROR_KINDS: [(&str, Outcome); 4] = [
     ("guest", Outcome::GuestError),
     ("trap", Outcome::Trap),
     ("instantiate", Outcome::Instantiate),
+    ("cancelled", Outcome::Cancelled),
 ];
 
 /// Counters of one plugin.
 #[derive(Debug, Default)]
 pub struct PluginStats {
     invocations: AtomicU64,
-    errors: [AtomicU64; 3],
-    quota: [AtomicU64; 7],
+    errors: [AtomicU64; ERROR_KINDS.len()],
+    quota: [AtomicU64; QUOTAS.len()],
     guest_cpu_ns: AtomicU64,
     redis_commands: AtomicU64,
     outbound_requests: AtomicU64,
     dropped_messages: AtomicU64,
     deferred_messages: AtomicU64,
+    dropped_log: AtomicU64,
     wall_buckets: [AtomicU64; 13],
     wall_sum_ns: AtomicU64,
 }
@@ -64,7 +70,7 @@ pub struct PluginStats {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     pub invocations: u64,
-    /// `(kind, count)` for `guest`, `trap`, `instantiate`.
+    /// `(kind, count)` for `guest`, `trap`, `instantiate`, `cancelled`.
     pub errors: Vec<(&'static str, u64)>,
     /// `(quota name, count)` for every quota, including those never hit.
     pub quota_rejections: Vec<(&'static str, u64)>,
@@ -76,6 +82,9 @@ pub struct Snapshot {
     /// Queue messages deferred because they were over their consumer's
     /// `rate-limit` (each deferral counts; the message is not lost).
     pub deferred_messages: u64,
+    /// Log records (and stdout/stderr lines) dropped over `max-log` or
+    /// `log-rate`.
+    pub dropped_log: u64,
     /// Cumulative counts per bucket of [`WALL_TIME_BUCKETS`], then `+Inf`.
     pub wall_time_buckets: Vec<u64>,
     pub wall_time_sum: Duration,
@@ -131,6 +140,11 @@ impl PluginStats {
         self.deferred_messages.fetch_add(1, Relaxed);
     }
 
+    /// Counts a log record dropped over the plugin's log quotas.
+    pub fn dropped_log(&self) {
+        self.dropped_log.fetch_add(1, Relaxed);
+    }
+
     /// Counts one outbound HTTP request.
     pub fn outbound_request(&self) {
         self.outbound_requests.fetch_add(1, Relaxed);
@@ -155,6 +169,7 @@ impl PluginStats {
             outbound_requests: self.outbound_requests.load(Relaxed),
             dropped_messages: self.dropped_messages.load(Relaxed),
             deferred_messages: self.deferred_messages.load(Relaxed),
+            dropped_log: self.dropped_log.load(Relaxed),
             wall_time_buckets: self
                 .wall_buckets
                 .iter()
@@ -169,7 +184,7 @@ impl PluginStats {
 }
 
 impl Snapshot {
-    /// Errors of `kind` (`guest`, `trap`, `instantiate`).
+    /// Errors of `kind` (`guest`, `trap`, `instantiate`, `cancelled`).
     pub fn errors_of(&self, kind: &str) -> u64 {
         self.errors
             .iter()

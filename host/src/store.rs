@@ -29,6 +29,13 @@ pub struct PluginContext {
     pub stats: PluginStats,
     /// The plugin's `redis-rate` bucket, shared by all its invocations.
     pub redis_rate: Mutex<TokenBucket>,
+    /// Redis memory the plugin's keys use (the `storage` quota).
+    pub storage: crate::quota::StorageMeter,
+    /// The plugin's `log-rate` bucket (bytes), shared by all its invocations.
+    pub log_rate: Mutex<TokenBucket>,
+    /// When the host last warned that this plugin's log output is dropped
+    /// (milliseconds since the Unix epoch; see `caps::log`).
+    log_drop_warned_ms: std::sync::atomic::AtomicU64,
     pub admission: Admission,
     pub outbound: OutboundPolicy,
     /// Named rate-limit policies from the manifest (see `caps::limiter`).
@@ -81,6 +88,9 @@ impl PluginContext {
             settings,
             stats: PluginStats::default(),
             redis_rate: Mutex::new(TokenBucket::new(quotas.redis_rate)),
+            log_rate: Mutex::new(TokenBucket::new(quotas.log_rate)),
+            storage: Default::default(),
+            log_drop_warned_ms: Default::default(),
             admission: Admission::new(&quotas),
             shared_channels: Default::default(),
             cache_flights: Default::default(),
@@ -91,6 +101,30 @@ impl PluginContext {
             },
             quotas,
             limiters: Default::default(),
+        }
+    }
+
+    /// Warns that the plugin's log output is being dropped, at most once per
+    /// [`DROP_WARNING_EVERY`](crate::caps::log::DROP_WARNING_EVERY).
+    pub fn warn_log_dropped(&self) {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.log_drop_warned_ms.load(Ordering::Relaxed);
+        let every = crate::caps::log::DROP_WARNING_EVERY.as_millis() as u64;
+        if now.saturating_sub(last) >= every
+            && self
+                .log_drop_warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                plugin = %self.name,
+                max_log = self.quotas.max_log,
+                log_rate = self.quotas.log_rate,
+                "dropping log output over the plugin's max-log or log-rate quota (counted in redloom_log_dropped_total)"
+            );
         }
     }
 
@@ -139,6 +173,9 @@ pub struct Caps {
     pub(crate) locks: crate::caps::lock::Locks,
     /// The instance's concurrency `lease` handles (see `caps::limiter`).
     pub(crate) leases: crate::caps::limiter::Leases,
+    /// Log bytes of the current invocation (the `log` capability, stdout and
+    /// stderr together; see `caps::log`).
+    pub(crate) log_used: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A deferred action: given the Redis handle, a future that undoes something.
@@ -184,16 +221,12 @@ impl Cleanup {
     }
 }
 
-/// Guest output logged per stream and instance; the rest is dropped so a
-/// chatty plugin cannot flood the host's log.
-pub const MAX_LOGGED_OUTPUT: usize = 64 << 10;
-
 impl State {
     pub fn new(plugin: Arc<PluginContext>, redis: Option<Redis>) -> State {
-        let name: Arc<str> = plugin.name.as_str().into();
+        let log_used: Arc<std::sync::atomic::AtomicU64> = Arc::default();
         let wasi = WasiCtxBuilder::new()
-            .stdout(GuestOutput::new(name.clone(), "stdout"))
-            .stderr(GuestOutput::new(name, "stderr"))
+            .stdout(GuestOutput::new(plugin.clone(), log_used.clone(), "stdout"))
+            .stderr(GuestOutput::new(plugin.clone(), log_used.clone(), "stderr"))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -212,6 +245,7 @@ impl State {
                 breach: None,
                 locks: Default::default(),
                 leases: Default::default(),
+                log_used,
             },
         }
     }
@@ -227,15 +261,28 @@ impl WasiView for State {
 }
 
 /// A guest's stdout or stderr: each line goes to the host log, tagged with
-/// the plugin's name.
+/// the plugin's name, within the same budgets as the `log` capability
+/// (`caps::log`); lines over [`MAX_LINE_BYTES`] are split.
 struct GuestOutput {
-    plugin: Arc<str>,
+    plugin: Arc<PluginContext>,
+    log_used: Arc<std::sync::atomic::AtomicU64>,
     stream: &'static str,
 }
 
+/// Longest stdout/stderr line logged as one record.
+pub const MAX_LINE_BYTES: usize = 4096;
+
 impl GuestOutput {
-    fn new(plugin: Arc<str>, stream: &'static str) -> GuestOutput {
-        GuestOutput { plugin, stream }
+    fn new(
+        plugin: Arc<PluginContext>,
+        log_used: Arc<std::sync::atomic::AtomicU64>,
+        stream: &'static str,
+    ) -> GuestOutput {
+        GuestOutput {
+            plugin,
+            log_used,
+            stream,
+        }
     }
 }
 
@@ -249,18 +296,18 @@ impl StdoutStream for GuestOutput {
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
         Box::new(LineLogger {
             plugin: self.plugin.clone(),
+            log_used: self.log_used.clone(),
             stream: self.stream,
             line: Vec::new(),
-            logged: 0,
         })
     }
 }
 
 struct LineLogger {
-    plugin: Arc<str>,
+    plugin: Arc<PluginContext>,
+    log_used: Arc<std::sync::atomic::AtomicU64>,
     stream: &'static str,
     line: Vec<u8>,
-    logged: usize,
 }
 
 impl LineLogger {
@@ -270,11 +317,12 @@ impl LineLogger {
         }
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches(['\n', '\r']);
-        if self.stream == "stderr" {
-            tracing::warn!(target: "redloom::plugin", plugin = %self.plugin, stream = self.stream, "{text}");
+        let level = if self.stream == "stderr" {
+            crate::bindings::log::Level::Warn
         } else {
-            tracing::info!(target: "redloom::plugin", plugin = %self.plugin, stream = self.stream, "{text}");
-        }
+            crate::bindings::log::Level::Info
+        };
+        crate::caps::log::emit(&self.plugin, &self.log_used, level, text, self.stream);
         self.line.clear();
     }
 }
@@ -286,12 +334,9 @@ impl tokio::io::AsyncWrite for LineLogger {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        let room = MAX_LOGGED_OUTPUT.saturating_sub(this.logged);
-        let take = buf.len().min(room);
-        this.logged += take;
-        for &b in &buf[..take] {
+        for &b in buf {
             this.line.push(b);
-            if b == b'\n' || this.line.len() >= 4096 {
+            if b == b'\n' || this.line.len() >= MAX_LINE_BYTES {
                 this.emit();
             }
         }

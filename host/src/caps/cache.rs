@@ -725,7 +725,10 @@ impl Caps {
         let keys = self.cache_keys(key)?;
         let (id, granted_ms, tags) = parse_token(&lease.token)?;
         let ttls = check_ttls(ttls)?;
-        if let Err(e) = self.check_value(value) {
+        let checked = self.check_value(value).and_then(|()| {
+            self.check_write(keys.entry.len() + tags.len(), value.map_or(0, <[u8]>::len))
+        });
+        if let Err(e) = checked {
             // The value will never be stored: let the next caller try.
             self.cache_give_up(&keys, id).await;
             return Err(e);
@@ -794,6 +797,10 @@ impl Caps {
         self.check_value(value)?;
         let tags = canonical_tags(tags)?;
         let tag_snapshot = self.tag_snapshot(&tags).await?;
+        self.check_write(
+            keys.entry.len() + tag_snapshot.len(),
+            value.map_or(0, <[u8]>::len),
+        )?;
         let redis = self.admit().await?;
         redis
             .cache_set(

@@ -2,8 +2,10 @@
 //!
 //! Each WIT function is a thin wrapper around a method returning
 //! `Result<T, Error>`; a failed command is never a trap, only the typed
-//! error. Every command goes through [`Caps::admit`] (quotas, counters) and
-//! every value read through [`Caps::check_reply`] (`max-reply`).
+//! error. Every command goes through [`Caps::admit`] (quotas, counters),
+//! every value written through [`Caps::check_write`] (`max-write`,
+//! `storage`) and every value read through [`Caps::check_reply`]
+//! (`max-reply`).
 
 use crate::bindings::kv::{Host, SetCondition, SetOptions};
 use crate::bindings::types::Error;
@@ -44,6 +46,7 @@ impl Caps {
     ) -> Result<bool, Error> {
         let key = self.kv_key(key)?;
         let ttl = options.ttl_ms.map(positive_ttl).transpose()?;
+        self.check_write(key.len(), value.len())?;
         let condition = match options.condition {
             SetCondition::Always => redis::SetCondition::Always,
             SetCondition::IfAbsent => redis::SetCondition::IfAbsent,
@@ -95,6 +98,7 @@ impl Caps {
     ) -> Result<bool, Error> {
         let key = self.kv_key(key)?;
         let ttl = ttl_ms.map(positive_ttl).transpose()?;
+        self.check_write(key.len(), new.len())?;
         Ok(self
             .admit()
             .await?

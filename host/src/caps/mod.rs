@@ -8,7 +8,7 @@ mod config;
 mod kv;
 pub(crate) mod limiter;
 pub(crate) mod lock;
-mod log;
+pub(crate) mod log;
 pub(crate) mod outbound_http;
 mod pubsub;
 mod queue;
@@ -80,6 +80,42 @@ impl Caps {
             return Err(self.breach(QuotaTrap::new(
                 Quota::Payload,
                 format!("a Redis reply of {bytes} bytes is over max-reply ({max})"),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a write of `value_len` bytes stored under `key_len` bytes of
+    /// key names, before it is sent: the value against `max-write`
+    /// (`quota-exceeded(payload)`), and key plus value against what is left
+    /// of the plugin's `storage` (`quota-exceeded(storage)`); the bytes are
+    /// charged to the storage meter if it passes. `key_len` 0 (a publish)
+    /// stores nothing.
+    pub(crate) fn check_write(&mut self, key_len: usize, value_len: usize) -> Result<(), Error> {
+        let quotas = &self.plugin.quotas;
+        let max = quotas.max_write;
+        if value_len as u64 > max {
+            return Err(self.breach(QuotaTrap::new(
+                Quota::Payload,
+                format!("a value of {value_len} bytes is over max-write ({max})"),
+            )));
+        }
+        if key_len == 0 {
+            return Ok(());
+        }
+        let limit = quotas.storage;
+        if let Err(used) = self
+            .plugin
+            .storage
+            .charge((key_len + value_len) as u64, limit)
+        {
+            return Err(self.breach(QuotaTrap::new(
+                Quota::Storage,
+                format!(
+                    "its keys use about {used} bytes of Redis; writing {} more would pass \
+                     its storage quota ({limit})",
+                    key_len + value_len
+                ),
             )));
         }
         Ok(())

@@ -13,6 +13,9 @@ impl Caps {
             .namespace
             .channel(channel, shared)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        // Stored nowhere, but a message travels to every subscriber's
+        // connection: bounded like a stored value.
+        self.check_write(0, payload.len())?;
         let n = self.admit().await?.publish(&channel, payload).await?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }

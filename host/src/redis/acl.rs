@@ -83,10 +83,8 @@ impl Redis {
         prefix: &str,
         shared: &[String],
     ) -> anyhow::Result<Redis> {
-        let mut bytes = [0u8; 24];
-        getrandom::getrandom(&mut bytes)
-            .map_err(|e| anyhow::anyhow!("no randomness for an ACL password: {e}"))?;
-        let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let password = crate::files::new_secret()
+            .map_err(|e| anyhow::anyhow!("cannot make an ACL password: {e}"))?;
         let mut cmd = redis::cmd("ACL");
         cmd.arg("SETUSER").arg(user);
         cmd.arg(rules(prefix, shared)).arg(format!(">{password}"));

@@ -23,6 +23,7 @@ mod lock;
 pub mod queue;
 pub mod scripts;
 pub mod server;
+pub mod storage;
 
 pub use limiter::LimiterReply;
 pub use lock::{AcquireReply, LockHolder};
@@ -84,7 +85,7 @@ impl TlsFiles {
         key: Option<&Path>,
     ) -> anyhow::Result<TlsFiles> {
         fn pem(path: &Path, what: &str, marker: &str) -> anyhow::Result<Vec<u8>> {
-            let bytes = std::fs::read(path)
+            let bytes = crate::files::read_bounded(path, crate::files::MAX_PEM_BYTES)
                 .map_err(|e| anyhow::anyhow!("cannot read the {what} {}: {e}", path.display()))?;
             if !String::from_utf8_lossy(&bytes).contains(marker) {
                 anyhow::bail!(
@@ -370,6 +371,21 @@ impl Redis {
     pub(crate) async fn cluster_nodes(
         &self,
     ) -> redis::RedisResult<Option<Vec<redis::ConnectionInfo>>> {
+        self.cluster_nodes_where(|_| true).await
+    }
+
+    /// [`Self::cluster_nodes`], only the primaries.
+    pub(crate) async fn cluster_primaries(
+        &self,
+    ) -> redis::RedisResult<Option<Vec<redis::ConnectionInfo>>> {
+        self.cluster_nodes_where(|flags| flags.split(',').any(|f| f == "master"))
+            .await
+    }
+
+    async fn cluster_nodes_where(
+        &self,
+        keep: impl Fn(&str) -> bool,
+    ) -> redis::RedisResult<Option<Vec<redis::ConnectionInfo>>> {
         let Info::Cluster(seeds) = &self.info else {
             return Ok(None);
         };
@@ -384,7 +400,11 @@ impl Redis {
             let (Some(addr), Some(flags)) = (fields.nth(1), fields.next()) else {
                 continue;
             };
-            if flags.contains("fail") || flags.contains("noaddr") || flags.contains("handshake") {
+            if flags.contains("fail")
+                || flags.contains("noaddr")
+                || flags.contains("handshake")
+                || !keep(flags)
+            {
                 continue;
             }
             // `ip:port@cport[,hostname]`

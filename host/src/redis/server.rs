@@ -36,6 +36,13 @@ pub struct ServerOptions {
     /// killed is shut down before a new one starts. On for the zero-config
     /// server; the test harness restarts servers in place and leaves it off.
     pub claim: bool,
+    /// Require this password (`requirepass`, written to a mode-0600
+    /// `redis.conf` in the folder, so it never appears on a command line).
+    pub password: Option<String>,
+    /// Keep every file the server writes private to this user: the folder
+    /// gets mode 0700 and the server runs with umask 077 (its AOF and log are
+    /// 0600).
+    pub private_files: bool,
 }
 
 /// The file in the server's folder that a running redloom holds locked
@@ -53,8 +60,30 @@ impl ServerOptions {
             startup_timeout: Duration::from_secs(10),
             port: None,
             claim: false,
+            password: None,
+            private_files: false,
         }
     }
+}
+
+/// The file in the zero-config server's folder holding its password.
+pub const PASSWORD_FILE: &str = "password";
+
+/// The password in `dir/password`, or a new random one written there with
+/// mode 0600 (the folder is created, mode 0700).
+pub fn private_password(dir: &Path) -> io::Result<String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let path = dir.join(PASSWORD_FILE);
+    if let Some(password) = crate::files::read_secret(&path) {
+        return Ok(password);
+    }
+    let password = crate::files::new_secret()?;
+    crate::files::write_private(&path, &format!("{password}\n"))?;
+    Ok(password)
 }
 
 /// Why the private server could not be started.
@@ -73,9 +102,17 @@ pub enum StartError {
     Failed(String),
     #[error(
         "the private Redis in {dir} is in use by another redloom (pid {owner}); \
-         share it with --redis-url redis://127.0.0.1:{port}, or stop that process first"
+         share it with --redis-url {share}, or stop that process first"
     )]
-    InUse { dir: PathBuf, owner: u32, port: u16 },
+    InUse {
+        dir: PathBuf,
+        owner: u32,
+        /// The `--redis-url` argument that reaches it (the password read from
+        /// its file by the shell, so it is never printed).
+        share: String,
+    },
+    #[error("cannot keep the password of the private Redis in {0}: {1}")]
+    Password(PathBuf, io::Error),
     #[error("cannot claim the Redis data folder {0}: {1}")]
     Claim(PathBuf, io::Error),
 }
@@ -85,6 +122,7 @@ pub enum StartError {
 pub struct PrivateRedis {
     child: Option<Child>,
     port: u16,
+    password: Option<String>,
     dir: PathBuf,
     /// The locked [`CLAIM_FILE`], held for as long as the server runs.
     claim: Option<File>,
@@ -100,8 +138,17 @@ impl PrivateRedis {
             .dir
             .canonicalize()
             .map_err(|e| StartError::Dir(options.dir.clone(), e))?;
+        if options.private_files {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| StartError::Dir(dir.clone(), e))?;
+        }
+        let conf = match &options.password {
+            Some(p) => Some(write_conf(&dir, p).map_err(|e| StartError::Password(dir.clone(), e))?),
+            None => None,
+        };
         let mut claim = if options.claim {
-            Some(claim_folder(&dir).await?)
+            Some(claim_folder(&dir, options.password.as_deref()).await?)
         } else {
             None
         };
@@ -116,6 +163,21 @@ impl PrivateRedis {
                 }
             };
             let mut cmd = Command::new(&bin);
+            // The config file (with the password) must come first.
+            if let Some(conf) = &conf {
+                cmd.arg(conf);
+            }
+            if options.private_files {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: umask is async-signal-safe and touches nothing but
+                // the child's file-creation mask.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::umask(0o077);
+                        Ok(())
+                    });
+                }
+            }
             cmd.arg("--port")
                 .arg(port.to_string())
                 .args([
@@ -147,6 +209,7 @@ impl PrivateRedis {
             let mut server = PrivateRedis {
                 child: Some(child),
                 port,
+                password: options.password.clone(),
                 dir: dir.clone(),
                 claim: None,
             };
@@ -214,8 +277,12 @@ impl PrivateRedis {
         self.port
     }
 
+    /// The URL to connect with, password included.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -312,7 +379,7 @@ impl Claim {
 /// file still runs although nobody holds the lock, its redloom died without
 /// stopping it: it is shut down (gracefully, so its AOF is complete) before
 /// a new server opens the same files.
-async fn claim_folder(dir: &Path) -> Result<File, StartError> {
+async fn claim_folder(dir: &Path, password: Option<&str>) -> Result<File, StartError> {
     let path = dir.join(CLAIM_FILE);
     let failed = |e| StartError::Claim(dir.to_path_buf(), e);
     let mut file = File::options()
@@ -326,10 +393,18 @@ async fn claim_folder(dir: &Path) -> Result<File, StartError> {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let claim = Claim::read(&mut file);
+            let port = claim.map_or(0, |c| c.port);
+            let share = match password {
+                Some(_) => format!(
+                    "\"redis://:$(cat {})@127.0.0.1:{port}\"",
+                    dir.join(PASSWORD_FILE).display()
+                ),
+                None => format!("redis://127.0.0.1:{port}"),
+            };
             return Err(StartError::InUse {
                 dir: dir.to_path_buf(),
                 owner: claim.map_or(0, |c| c.owner),
-                port: claim.map_or(0, |c| c.port),
+                share,
             });
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
@@ -342,7 +417,7 @@ async fn claim_folder(dir: &Path) -> Result<File, StartError> {
             port = orphan.port,
             "stopping the private redis-server left running by a redloom that did not exit cleanly"
         );
-        stop_orphan(orphan, dir).await;
+        stop_orphan(orphan, dir, password).await;
     }
     Ok(file)
 }
@@ -373,8 +448,11 @@ fn orphan_alive(claim: Claim, dir: &Path) -> bool {
 
 /// `SHUTDOWN` (which writes the AOF) through the orphan's port, then SIGKILL
 /// if it is still there after five seconds.
-async fn stop_orphan(orphan: Claim, dir: &Path) {
-    let url = format!("redis://127.0.0.1:{}", orphan.port);
+async fn stop_orphan(orphan: Claim, dir: &Path, password: Option<&str>) {
+    let url = match password {
+        Some(p) => format!("redis://:{p}@127.0.0.1:{}", orphan.port),
+        None => format!("redis://127.0.0.1:{}", orphan.port),
+    };
     if let Ok(client) = redis::Client::open(url)
         && let Ok(Ok(mut conn)) = tokio::time::timeout(
             Duration::from_secs(1),
@@ -397,6 +475,18 @@ async fn stop_orphan(orphan: Claim, dir: &Path) {
             .args(["-9", &orphan.server.to_string()])
             .status();
     }
+}
+
+/// Writes `dir/redis.conf` (mode 0600) with the password; returns its path.
+fn write_conf(dir: &Path, password: &str) -> io::Result<PathBuf> {
+    let path = dir.join("redis.conf");
+    crate::files::write_private(
+        &path,
+        &format!(
+            "# Written by redloom at each start of its private redis-server.\nrequirepass {password}\n"
+        ),
+    )?;
+    Ok(path)
 }
 
 /// A port that was free a moment ago on 127.0.0.1.

@@ -41,10 +41,54 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .merge(plugins)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_known_host,
+        ))
         .with_state(app)
 }
 
-/// Rejects `/plugins` requests without the configured bearer token.
+/// Refuses a request whose `Host` is a name this listener does not go by:
+/// a page on `attacker.example` whose DNS answer is 127.0.0.1 (DNS
+/// rebinding) reaches the listener with `Host: attacker.example`. IP
+/// addresses, `localhost` and `[admin] allowed-hosts` pass.
+async fn require_known_host(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().host());
+    match host {
+        Some(h) if known_host(h, &app.config.admin.allowed_hosts) => next.run(request).await,
+        _ => error(
+            StatusCode::FORBIDDEN,
+            "unknown Host: the admin API answers to IP addresses, localhost and \
+             [admin] allowed-hosts only"
+                .into(),
+        ),
+    }
+}
+
+/// Whether `host` (a `Host` header: name or address, optional port) is an
+/// IP address, `localhost`, or one of `allowed`.
+fn known_host(host: &str, allowed: &[String]) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        match rest.split_once(']') {
+            Some((v6, _)) => return v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(n, _)| n)
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+/// `/plugins` requests need the bearer token (unless `[admin] auth = "none"`),
+/// and a `POST` must say it carries JSON, so a cross-site form post (which
+/// cannot set that type without the browser asking first) changes nothing.
 async fn require_token(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     if let Some(token) = &app.admin_token {
         let given = request
@@ -52,14 +96,51 @@ async fn require_token(State(app): State<Arc<App>>, request: Request, next: Next
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             return error(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token".into(),
             );
         }
     }
+    if request.method() == axum::http::Method::POST {
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send a JSON body with content-type: application/json".into(),
+            );
+        }
+    }
     next.run(request).await
+}
+
+/// Compares without an early exit, so the time taken does not tell how much
+/// of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token in `<data_dir>/admin-token`, generated (32 random bytes, hex)
+/// and written with mode 0600 if the file does not exist yet.
+pub fn generated_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let path = data_dir.join(crate::config::ADMIN_TOKEN_FILE);
+    if let Some(token) = crate::files::read_secret(&path) {
+        return Ok(token);
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let token = crate::files::new_secret().context("making the admin token")?;
+    crate::files::write_private(&path, &format!("{token}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(file = %path.display(), "generated the admin API token");
+    Ok(token)
 }
 
 /// The JSON error body of every admin failure.

@@ -4,13 +4,14 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `redloom_invocations_total` | counter | `plugin` |
-//! | `redloom_errors_total` | counter | `plugin`, `kind` (`guest`, `trap`, `instantiate`) |
+//! | `redloom_errors_total` | counter | `plugin`, `kind` (`guest`, `trap`, `instantiate`, `cancelled`) |
 //! | `redloom_quota_rejections_total` | counter | `plugin`, `quota` |
 //! | `redloom_guest_cpu_seconds_total` | counter | `plugin` |
 //! | `redloom_redis_commands_total` | counter | `plugin` |
 //! | `redloom_outbound_requests_total` | counter | `plugin` |
 //! | `redloom_pubsub_dropped_total` | counter | `plugin` |
 //! | `redloom_queue_deferred_total` | counter | `plugin` |
+//! | `redloom_log_dropped_total` | counter | `plugin` |
 //! | `redloom_invocation_duration_seconds` | histogram | `plugin` |
 //! | `redloom_plugins_loaded` | gauge | |
 //! | `redloom_redis_up` | gauge | (1 when the last `PING` answered) |
@@ -83,7 +84,7 @@ impl Collector for HostCollector {
         counter(
             &mut encoder,
             "redloom_errors",
-            "Failed calls by kind: the plugin's own error, a trap, or a failed instantiation.",
+            "Failed calls by kind: the plugin's own error, a trap, a failed instantiation, or a call its caller gave up on.",
             plugins
                 .iter()
                 .flat_map(|p| {
@@ -141,6 +142,12 @@ impl Collector for HostCollector {
             "redloom_queue_deferred",
             "Queue messages deferred because they were over their consumer's rate limit.",
             per_plugin(&|s| s.deferred_messages as f64),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_log_dropped",
+            "Log records and stdout/stderr lines dropped over the plugin's max-log or log-rate.",
+            per_plugin(&|s| s.dropped_log as f64),
         )?;
 
         let mut family = encoder.encode_descriptor(

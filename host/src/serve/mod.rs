@@ -27,7 +27,7 @@ use prometheus_client::registry::Registry;
 pub use admin::{LoadedJson, PluginJson, PluginState};
 pub use routes::{Match, RouteTable};
 
-use crate::config::Config;
+use crate::config::{AdminAuth, Config};
 use crate::host::{Host, ReloadError};
 use crate::namespace::PluginName;
 use crate::plugin::{LoadError, PluginSpec};
@@ -76,7 +76,7 @@ impl App {
             .load_checked(spec, |p| self.check_routes(&name, &p.handlers().names()))
             .await
             .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| admin_message(&e))
     }
 
     async fn reload_checked(
@@ -92,8 +92,25 @@ impl App {
                 StatusCode::NOT_FOUND,
                 format!("no plugin named {name} is loaded"),
             )),
-            Err(ReloadError::Load(e)) => Err((StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
+            Err(ReloadError::Load(e)) => Err((StatusCode::UNPROCESSABLE_ENTITY, admin_message(&e))),
         }
+    }
+}
+
+/// What the admin API says about a failed load. A file that is missing,
+/// unreadable, not a regular file or not WebAssembly gets the same words, so
+/// the API cannot be used to learn what exists on the host's file system;
+/// the log has the detail.
+fn admin_message(e: &LoadError) -> String {
+    match e {
+        LoadError::Read { path, .. } | LoadError::NotWasm { path } => {
+            tracing::warn!("admin load: {e}");
+            format!(
+                "cannot load {}: not a readable WebAssembly file",
+                path.display()
+            )
+        }
+        other => other.to_string(),
     }
 }
 
@@ -121,6 +138,22 @@ pub enum ServeError {
     Triggers(anyhow::Error),
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error("cannot set up the admin token: {0}")]
+    AdminToken(String),
+}
+
+/// The admin token given by configuration or `REDLOOM_ADMIN_TOKEN`.
+pub fn admin_token_from(config: &Config) -> Option<String> {
+    config
+        .admin
+        .token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .or_else(|| {
+            std::env::var("REDLOOM_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+        })
 }
 
 impl Server {
@@ -129,11 +162,20 @@ impl Server {
     pub async fn bind(host: Arc<Host>, config: Config) -> Result<Server, ServeError> {
         let routes = RouteTable::new(&config.routes).map_err(ServeError::Routes)?;
         host.load_all(&config).await?;
-        let admin_token = config.admin.token.clone().or_else(|| {
-            std::env::var("REDLOOM_ADMIN_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty())
-        });
+        let admin_token = match config.admin.auth {
+            AdminAuth::None => {
+                tracing::warn!(
+                    "[admin] auth = \"none\": anyone who can reach {} manages plugins",
+                    config.admin.listen
+                );
+                None
+            }
+            AdminAuth::Token => Some(match admin_token_from(&config) {
+                Some(t) => t,
+                None => admin::generated_token(host.data_dir())
+                    .map_err(|e| ServeError::AdminToken(format!("{e:#}")))?,
+            }),
+        };
         let redis_up = Arc::new(AtomicBool::new(true));
         let app = Arc::new(App {
             metrics: metrics::HostCollector::registry(host.clone(), redis_up.clone()),

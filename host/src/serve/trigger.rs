@@ -10,6 +10,13 @@
 //! | `concurrency` or `redis-rate` quota | 429 with `Retry-After` |
 //! | any other quota (`cpu`, `wall-time`, `memory`, ...) | 503 with `Retry-After` |
 //! | the plugin's error or a trap | 500; the body says nothing about why (the log does) |
+//! | a status below 200 or over 599 from the plugin | 500 |
+//!
+//! The response's framing is the host's alone: a plugin's `content-length`,
+//! `transfer-encoding` and hop-by-hop headers (`connection`, `keep-alive`,
+//! `upgrade`, `te`, `trailer`, ...) are dropped, so no plugin can make a
+//! kept-alive connection read part of its body as the next response.
+//! Headers count towards the plugin's `max-output`.
 
 use std::sync::Arc;
 
@@ -80,9 +87,14 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request<Body>) -> Resp
     };
     match app.host.handle_http(&plugin, &request).await {
         Ok(r) => {
-            let Ok(status) = StatusCode::from_u16(r.status) else {
-                tracing::warn!(%plugin, status = r.status, "plugin answered with an invalid status");
-                return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            // 1xx would leave the connection waiting for a final answer
+            // (101 switches protocols): only final statuses come from plugins.
+            let status = match StatusCode::from_u16(r.status) {
+                Ok(s) if s.as_u16() >= 200 => s,
+                _ => {
+                    tracing::warn!(%plugin, status = r.status, "plugin answered with an invalid status");
+                    return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+                }
             };
             let mut response = Response::new(Body::from(r.body));
             *response.status_mut() = status;
@@ -91,11 +103,14 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request<Body>) -> Resp
                     HeaderName::try_from(name.as_str()),
                     HeaderValue::try_from(value.as_str()),
                 ) {
+                    (Ok(n), _) if is_connection_level(&n) => {
+                        tracing::debug!(%plugin, header = %n, "dropping a framing or hop-by-hop header");
+                    }
                     (Ok(n), Ok(v)) => {
                         response.headers_mut().append(n, v);
                     }
                     _ => {
-                        tracing::warn!(%plugin, header = %name, "dropping an invalid response header")
+                        tracing::debug!(%plugin, header = %name, "dropping an invalid response header")
                     }
                 }
             }
@@ -117,6 +132,28 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request<Body>) -> Resp
             }
         }
     }
+}
+
+/// Headers that describe the connection or the message's framing rather
+/// than the response, which only the host may set: hyper frames the body it
+/// is given, and a plugin's `content-length` or `transfer-encoding` that
+/// disagreed with it would let the rest of the body be read as the response
+/// to the next request on a kept-alive connection (response splitting).
+/// The list is RFC 9110 §7.6.1's hop-by-hop headers plus the framing ones.
+const CONNECTION_LEVEL: [HeaderName; 9] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
+
+fn is_connection_level(name: &HeaderName) -> bool {
+    CONNECTION_LEVEL.contains(name)
 }
 
 /// `a=1&b=%20x` → pairs, percent- and plus-decoded.

@@ -71,6 +71,9 @@ pub struct Triggers {
     subscriber: Option<pubsub::Subscriber>,
     timers: Vec<JoinHandle<()>>,
     consumers: Vec<queue::Consumer>,
+    /// The `storage` sampler (not a trigger, but `serve`'s background work
+    /// too).
+    sampler: JoinHandle<()>,
 }
 
 impl Triggers {
@@ -80,12 +83,15 @@ impl Triggers {
         let (stop, stopped) = watch::channel(false);
         let subscriber = pubsub::start(host.clone(), config, stopped.clone()).await?;
         let timers = timer::start(host.clone(), config, &stopped);
-        let consumers = queue::start(host, config).await?;
+        let consumers = queue::start(host.clone(), config).await?;
+        let sampler =
+            crate::sampler::start(host, config.host.storage_sample_interval, stopped.clone());
         Ok(Triggers {
             stop,
             subscriber,
             timers,
             consumers,
+            sampler,
         })
     }
 
@@ -128,6 +134,7 @@ impl Drop for Triggers {
         for t in &self.timers {
             t.abort();
         }
+        self.sampler.abort();
     }
 }
 

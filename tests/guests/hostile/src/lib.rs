@@ -12,16 +12,23 @@
 //! | `burn N [MARK]` | runs guest code for N milliseconds (by the wall clock), then returns `done` |
 //! | `span N` | like `burn N`; returns `START END`, the wall-clock microseconds (since the Unix epoch) between which it ran |
 //! | `spin [MARK]` | loops forever without a host call |
+//! | `hold KEY [MARK]` | waits (sleeping, 20 ms between looks) until the key `KEY` exists, then returns `done`; a test holds a slot this way for exactly as long as it needs |
 //! | `memory-bomb N [MARK]` | allocates and touches 1 MiB blocks without end, running N ms of guest code between blocks |
 //! | `grow-table N` | grows its function table by N elements (`table.grow`); returns the old size |
 //! | `escape` | tries the filesystem, the environment and the network; reports what it got |
+//! | `host-loop` | calls `config::get` forever: host calls that never wait for anything |
+//! | `log-flood N` | logs N messages of 1 KiB; returns N |
+//! | `log-forge` | logs one message carrying a newline and a forged log line, and writes the same to stdout |
+//! | `fill N` | stores N values of 512 KiB (keys `fill-0`, ...); returns how many were stored, or fails with the first error |
+//! | `write N` | stores one value of N KiB under `write` |
+//! | `publish N CHANNEL` | publishes one message of N KiB on `CHANNEL` |
 //!
 //! `MARK`: when given, the guest first increments the key `MARK` by one, so
 //! a test can tell that the invocation is running (not waiting for a slot).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redloom_sdk::{Error, Invoke, Result, kv};
+use redloom_sdk::{Error, Invoke, Result, config, kv, log, pubsub};
 
 struct Hostile;
 
@@ -70,6 +77,16 @@ impl Invoke for Hostile {
                 burn(Duration::from_millis(n));
                 Ok(format!("{start} {}", micros_since_epoch()).into_bytes())
             }
+            "hold" => {
+                let key = words
+                    .next()
+                    .ok_or_else(|| Error::invalid("hold KEY [MARK]"))?;
+                mark(words.next())?;
+                while !kv::exists(key)? {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(b"done".to_vec())
+            }
             "spin" => {
                 mark(words.next())?;
                 let mut x = 0u64;
@@ -96,6 +113,44 @@ impl Invoke for Hostile {
                 Ok(old.to_string().into_bytes())
             }
             "escape" => Ok(escape().into_bytes()),
+            "host-loop" => loop {
+                std::hint::black_box(config::get("anything"));
+            },
+            "log-flood" => {
+                let n = number()?;
+                let line = "x".repeat(1024);
+                for _ in 0..n {
+                    log::info(&line);
+                }
+                Ok(n.to_string().into_bytes())
+            }
+            "log-forge" => {
+                let forged = "innocent\n2026-12-05T00:00:00Z ERROR redloom::plugin: plugin=\"victim\" forged";
+                log::warn(forged);
+                println!("{forged}\u{1b}[2J");
+                Ok(b"done".to_vec())
+            }
+            "fill" => {
+                let n = number()?;
+                let value = vec![b'f'; 512 << 10];
+                for i in 0..n {
+                    kv::set(&format!("fill-{i}"), &value)?;
+                }
+                Ok(n.to_string().into_bytes())
+            }
+            "write" => {
+                let kib = number()? as usize;
+                kv::set("write", vec![b'w'; kib << 10])?;
+                Ok(b"done".to_vec())
+            }
+            "publish" => {
+                let kib = number()? as usize;
+                let channel = words
+                    .next()
+                    .ok_or_else(|| Error::invalid("publish N CHANNEL"))?;
+                let n = pubsub::publish(channel, vec![b'p'; kib << 10])?;
+                Ok(n.to_string().into_bytes())
+            }
             other => Err(Error::invalid(format!("unknown command `{other}`"))),
         }
     }

@@ -10,6 +10,10 @@
 //! | `/panic` | a trap (500) |
 //! | `/fetch?url=U` | outbound GET of `U`: 200 with the origin's status and body, or 502 with the error as `kind: message` (`denied: ...`, `timeout: ...`) |
 //! | `/incr/:n?key=K` | `n` Redis increments of `K` (to spend the `redis-rate` quota), then 200 with the last value |
+//! | `/forge` | 200 with a body that starts with `hello` and goes on with a whole forged HTTP response, and the framing and hop-by-hop headers that would make a client read only `hello` (`content-length: 5`, `transfer-encoding`, `connection`, `keep-alive`, `upgrade`, `te`, `trailer`, `proxy-connection`), plus `x-kept: yes` |
+//! | `/big-header/:kib` | 200 `ok` with an `x-big` header of `kib` KiB |
+//! | `/status/:code` | an empty answer with that status |
+//! | `/hold?mark=M&release=R` | increments `M`, then waits (20 ms between looks) until the key `R` exists; 200 `done` |
 
 use std::time::{Duration, Instant};
 
@@ -56,6 +60,44 @@ impl Http for Probe {
                 last = kv::increment(key, 1)?;
             }
             return Ok(Response::text(200, last.to_string()));
+        }
+        if let Some(kib) = path.strip_prefix("/big-header/") {
+            let kib: usize = kib.parse().map_err(|_| Error::invalid("bad kib"))?;
+            return Ok(Response::text(200, "ok").with_header("x-big", "b".repeat(kib << 10)));
+        }
+        if let Some(code) = path.strip_prefix("/status/") {
+            let code: u16 = code.parse().map_err(|_| Error::invalid("bad code"))?;
+            return Ok(Response::text(code, ""));
+        }
+        if path == "/hold" {
+            let (mark, release) = match (request.query("mark"), request.query("release")) {
+                (Some(m), Some(r)) => (m.to_string(), r.to_string()),
+                _ => return Err(Error::invalid("/hold?mark=M&release=R")),
+            };
+            kv::increment(&mark, 1)?;
+            while !kv::exists(&release)? {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return Ok(Response::text(200, "done"));
+        }
+        if path == "/forge" {
+            let forged = "HTTP/1.1 200 OK\r\ncontent-length: 6\r\nx-forged: 1\r\n\r\nforged";
+            let body = format!("hello{forged}");
+            let mut r = Response::text(200, body);
+            for (k, v) in [
+                ("content-length", "5"),
+                ("transfer-encoding", "identity"),
+                ("connection", "keep-alive"),
+                ("keep-alive", "timeout=999"),
+                ("upgrade", "h2c"),
+                ("te", "trailers"),
+                ("trailer", "x-after"),
+                ("proxy-connection", "keep-alive"),
+                ("x-kept", "yes"),
+            ] {
+                r = r.with_header(k, v);
+            }
+            return Ok(r);
         }
         match path.as_str() {
             "/version" => Ok(Response::text(200, config::get_or("version", "1"))),

@@ -1,7 +1,8 @@
 //! Test guest for queues.
 //!
 //! invoke: a JSON object `{"queue": Q, "payloads": [..], "delay_ms"?: n,
-//! "dedupe"?: id, "max_attempts"?: n, "headers"?: {name: value}}` enqueues
+//! "dedupe"?: id, "dedupe_window_ms"?: n, "max_attempts"?: n,
+//! "headers"?: {name: value}}` enqueues
 //! each payload and returns the ids as a JSON array (`"full"` for a refused
 //! one).
 //!
@@ -37,6 +38,9 @@ impl Invoke for Probe {
             }
             if let Some(d) = v["dedupe"].as_str() {
                 o = o.dedupe_id(d);
+            }
+            if let Some(w) = v["dedupe_window_ms"].as_u64() {
+                o = o.dedupe_window(Duration::from_millis(w));
             }
             if let Some(m) = v["max_attempts"].as_u64() {
                 o = o.max_attempts(m as u32);
