@@ -9,6 +9,8 @@
 //! - [`measure`]: the closed-loop load generator and its statistics.
 //! - [`patterns`]: each pattern as a plugin invocation and natively.
 //! - [`e2e`]: queue end to end (enqueue → consumer → handler).
+//! - [`fairness`]: a light plugin's HTTP latency while another plugin is
+//!   flooded with CPU-bound requests (the noisy neighbour).
 //! - [`reuse`]: a fresh instance per call vs `reuse-instances = 16` for
 //!   the Rust no-op and the JavaScript and Python examples.
 //! - [`coldstart`]: loading from source wasm vs the compiled cache.
@@ -21,6 +23,7 @@
 
 mod coldstart;
 mod e2e;
+mod fairness;
 mod measure;
 mod memory;
 mod patterns;
@@ -84,6 +87,12 @@ enum Command {
     /// Internal: the memory measurement, in a process of its own.
     #[command(hide = true)]
     MemoryChild(memory::ChildArgs),
+    /// Only the noisy-neighbour measurement, printed as JSON.
+    Fairness {
+        /// Seconds of each phase (victim alone, then with the hog).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,6 +106,25 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&m)?);
             Ok(())
         }
+        Some(Command::Fairness { seconds }) => runtime.block_on(async {
+            let wasm_dir = match &cli.wasm_dir {
+                Some(d) => d.clone(),
+                None => default_wasm_dir()?,
+            };
+            let temp = tempfile::tempdir()?;
+            let mut server_options = ServerOptions::new(temp.path().join("redis"));
+            server_options.persistence = false;
+            let server = PrivateRedis::start(server_options).await?;
+            let row = fairness::measure(
+                &std::fs::canonicalize(&wasm_dir)?,
+                &server.url(),
+                &temp.path().join("data"),
+                Duration::from_secs(seconds),
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&row)?);
+            Ok(())
+        }),
         None => runtime.block_on(run(cli)),
     }
 }
