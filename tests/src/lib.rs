@@ -763,6 +763,23 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     }
 }
 
+/// Longest one async test may run before it fails as timed out. Generous,
+/// so a test slowed down by a loaded 2-core machine is not cut off, yet
+/// every test stops by itself.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs a test body, failing the test if it takes over [`TEST_TIMEOUT`].
+pub async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
+    with_timeout_of(TEST_TIMEOUT, f).await
+}
+
+/// Runs a test body, failing the test if it takes over `limit`.
+pub async fn with_timeout_of<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
+    if tokio::time::timeout(limit, f).await.is_err() {
+        panic!("test timed out after {limit:?}");
+    }
+}
+
 /// A key name unique to this call, so tests never share keys.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

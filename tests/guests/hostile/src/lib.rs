@@ -12,6 +12,7 @@
 //! | `burn N [MARK]` | runs guest code for N milliseconds (by the wall clock), then returns `done` |
 //! | `span N` | like `burn N`; returns `START END`, the wall-clock microseconds (since the Unix epoch) between which it ran |
 //! | `spin [MARK]` | loops forever without a host call |
+//! | `hold KEY [MARK]` | waits (sleeping, 20 ms between looks) until the key `KEY` exists, then returns `done`; a test holds a slot this way for exactly as long as it needs |
 //! | `memory-bomb N [MARK]` | allocates and touches 1 MiB blocks without end, running N ms of guest code between blocks |
 //! | `grow-table N` | grows its function table by N elements (`table.grow`); returns the old size |
 //! | `escape` | tries the filesystem, the environment and the network; reports what it got |
@@ -69,6 +70,16 @@ impl Invoke for Hostile {
                 let start = micros_since_epoch();
                 burn(Duration::from_millis(n));
                 Ok(format!("{start} {}", micros_since_epoch()).into_bytes())
+            }
+            "hold" => {
+                let key = words
+                    .next()
+                    .ok_or_else(|| Error::invalid("hold KEY [MARK]"))?;
+                mark(words.next())?;
+                while !kv::exists(key)? {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(b"done".to_vec())
             }
             "spin" => {
                 mark(words.next())?;

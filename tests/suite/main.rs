@@ -1,0 +1,20 @@
+//! The integration tests, one module per area, in one binary. Each test
+//! starts what it needs (private `redis-server` processes, hosts, `serve`)
+//! through the harness in `tests/src/lib.rs`.
+//!
+//! `cargo test -p redloom-tests --test suite AREA::` runs one area;
+//! `REDLOOM_TEST_REDIS=cluster` runs the capability areas (`cache`,
+//! `limiter`, `lock`, `queue`) against a loopback Redis Cluster.
+
+mod bench;
+mod cache;
+mod cli;
+mod cluster;
+mod foundation;
+mod languages;
+mod limiter;
+mod lock;
+mod queue;
+mod quotas;
+mod serve;
+mod triggers;
