@@ -11,11 +11,9 @@ use redloom::engine::CacheOutcome;
 use redloom::host::{Host, HostInvokeError};
 use redloom::namespace::PluginName;
 use redloom::plugin::{InvokeError, LoadError, PluginSpec};
+use redloom_tests::with_timeout;
 use redloom_tests::{RedisServer, host, plugin, spec, unique};
 use serde_json::{Value, json};
-
-/// Every test body runs under this deadline.
-const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs a kv-probe program and returns its per-operation results.
 async fn probe(host: &Host, name: &str, ops: Value) -> Vec<Value> {
@@ -38,12 +36,6 @@ fn err_kind(v: &Value) -> &str {
     v["err"]["kind"]
         .as_str()
         .unwrap_or_else(|| panic!("expected err, got {v}"))
-}
-
-async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_TIMEOUT, f)
-        .await
-        .expect("test timed out");
 }
 
 /// The example plugin's round trip through `invoke`, with its effect in Redis.

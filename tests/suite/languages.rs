@@ -32,14 +32,12 @@ use redloom_tests::{
 };
 use serde_json::{Value, json};
 
-/// Every test body runs under this deadline (a cold run compiles
-/// SpiderMonkey and CPython components, ≈ 30–60 s each in a debug build).
+/// Every test body here runs under this deadline: a cold run compiles
+/// SpiderMonkey and CPython components, ≈ 30–60 s each in a debug build.
 const TEST_TIMEOUT: Duration = Duration::from_secs(900);
 
 async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_TIMEOUT, f)
-        .await
-        .expect("test timed out");
+    redloom_tests::with_timeout_of(TEST_TIMEOUT, f).await
 }
 
 /// Where built components, the shared compile cache and scaffolded

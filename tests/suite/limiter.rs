@@ -17,17 +17,9 @@ use redloom::host::{Host, HostInvokeError, HostOptions};
 use redloom::limiter::{Limits, Policies, Rate};
 use redloom::namespace::PluginName;
 use redloom::plugin::{InvokeError, PluginSpec};
+use redloom_tests::with_timeout;
 use redloom_tests::{RedisServer, plugin, redloom_bin, unique};
 use serde_json::{Value, json};
-
-/// Every test body runs under this deadline.
-const TEST_TIMEOUT: Duration = Duration::from_secs(240);
-
-async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_TIMEOUT, f)
-        .await
-        .expect("test timed out");
-}
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -40,7 +32,9 @@ async fn start_host(redis: &RedisServer, data: &Path, max_instances: u32) -> Arc
 }
 
 /// `crate_name` loaded as `name` with `policies`, room for `concurrency`
-/// invocations at once and a queue for 2000 more.
+/// invocations at once and a queue for 2000 more. The time quotas are far
+/// above what any test needs even on a loaded machine (tests that hold
+/// something until told bound their own waits below them).
 fn spec_of(
     name: &str,
     crate_name: &str,
@@ -49,7 +43,8 @@ fn spec_of(
 ) -> PluginSpec {
     let mut s = PluginSpec::from_path(&plugin(crate_name));
     s.name = PluginName::parse(name).unwrap();
-    s.quotas.wall_time = Duration::from_secs(60);
+    s.quotas.wall_time = Duration::from_secs(240);
+    s.quotas.cpu = Duration::from_secs(60);
     s.quotas.redis_ops = 1_000_000;
     s.quotas.redis_rate = 0;
     s.quotas.concurrency = concurrency;
@@ -195,9 +190,13 @@ async fn exactly_the_limit_across_two_hosts(limits: Limits) {
             limits,
             remaining_when_allowed.len()
         );
-        assert_eq!(denied, 900);
+        assert_eq!(denied, 900, "{limits}: denied of 1000");
         remaining_when_allowed.sort();
-        assert_eq!(remaining_when_allowed, (0..100).collect::<Vec<u64>>());
+        assert_eq!(
+            remaining_when_allowed,
+            (0..100).collect::<Vec<u64>>(),
+            "{limits}: remaining as seen by the allowed checks"
+        );
         return;
     }
     panic!("two runs in a row crossed a fixed-window boundary");
@@ -240,7 +239,10 @@ async fn concurrency_slots_are_exact_across_two_hosts() {
             start_host(&redis, d1.path(), 32).await,
             start_host(&redis, d2.path(), 32).await,
         ];
-        let policies = [("c", slots(100, 60 * SEC))];
+        // Each invocation waits (at most 120 s) for all 40 to have made
+        // their checks; the leases (600 s) outlast that wait, so no slot
+        // frees itself while another invocation is still checking.
+        let policies = [("c", slots(100, 600 * SEC))];
         for h in &hosts {
             h.load(spec("slots", &policies)).await.unwrap();
         }
@@ -248,7 +250,7 @@ async fn concurrency_slots_are_exact_across_two_hosts() {
         let program = json!([
             {"op": "burst", "policy": "c", "key": key, "n": 25},
             {"op": "incr", "key": barrier},
-            {"op": "wait_for", "key": barrier, "value": 40, "timeout_ms": 50_000},
+            {"op": "wait_for", "key": barrier, "value": 40, "timeout_ms": 120_000},
         ]);
         let mut tasks = Vec::new();
         for i in 0..40 {
@@ -264,21 +266,26 @@ async fn concurrency_slots_are_exact_across_two_hosts() {
             allowed += u(&ok(&r[0])["allowed"]);
             assert_eq!(u(ok(&r[2])), 40, "the barrier was not reached: {r:?}");
         }
-        assert_eq!(allowed, 100, "slots handed out");
+        assert_eq!(allowed, 100, "slots handed out of 1,000 checks against 100");
         let r = probe(
             &hosts[0],
             "slots",
             json!([{"op": "check", "policy": "c", "key": key, "cost": 0}]),
         )
         .await;
-        assert_eq!(u(&ok(&r[0])["remaining"]), 100, "{r:?}");
+        assert_eq!(
+            u(&ok(&r[0])["remaining"]),
+            100,
+            "slots free after the invocations ended: {r:?}"
+        );
     })
     .await;
 }
 
 /// 24 invocations on two hosts each try 8 times to hold one of 3 slots for
-/// a few milliseconds, counting holders in a kv counter: the count never
-/// exceeds 3, and some attempts are turned away.
+/// 10 ms, counting holders in a kv counter: the count never exceeds 3, and
+/// some attempts are turned away. The invocations first wait (bounded) for
+/// each other, so they contend however slowly the machine starts them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_never_exceeds_its_slots_under_contention() {
     with_timeout(async {
@@ -288,13 +295,19 @@ async fn concurrency_never_exceeds_its_slots_under_contention() {
             start_host(&redis, d1.path(), 32).await,
             start_host(&redis, d2.path(), 32).await,
         ];
-        let policies = [("c", slots(3, 30 * SEC))];
+        let policies = [("c", slots(3, 600 * SEC))];
         for h in &hosts {
             h.load(spec("contend", &policies)).await.unwrap();
         }
-        let (key, active) = (unique("job"), unique("active"));
-        let hold = json!({"op": "hold", "policy": "c", "key": key, "hold_ms": 3, "active": active});
-        let program = Value::Array(vec![hold; 8]);
+        let (key, active, barrier) = (unique("job"), unique("active"), unique("barrier"));
+        let hold =
+            json!({"op": "hold", "policy": "c", "key": key, "hold_ms": 10, "active": active});
+        let mut program = vec![
+            json!({"op": "incr", "key": barrier}),
+            json!({"op": "wait_for", "key": barrier, "value": 24, "timeout_ms": 120_000}),
+        ];
+        program.extend(vec![hold; 8]);
+        let program = Value::Array(program);
         let mut tasks = Vec::new();
         for i in 0..24 {
             let host = hosts[i % 2].clone();
@@ -305,8 +318,10 @@ async fn concurrency_never_exceeds_its_slots_under_contention() {
         }
         let (mut held, mut turned_away, mut most) = (0, 0, 0);
         for t in tasks {
-            for r in t.await.unwrap() {
-                let r = ok(&r);
+            let r = t.await.unwrap();
+            assert_eq!(u(ok(&r[1])), 24, "the barrier was not reached: {r:?}");
+            for r in &r[2..] {
+                let r = ok(r);
                 if r["held"] == json!(true) {
                     held += 1;
                     most = most.max(u(&r["active"]));
@@ -322,72 +337,140 @@ async fn concurrency_never_exceeds_its_slots_under_contention() {
         );
         let mut conn = redis.client().await;
         let now: i64 = conn.get(format!("rl:contend:kv:{active}")).await.unwrap();
-        assert_eq!(now, 0);
+        assert_eq!(now, 0, "holders counted after every invocation ended");
     })
     .await;
 }
 
-/// The rows of a `pace` run: `(t_ms, allowed, retry_after_ms)`.
-fn rows(r: &Value) -> Vec<(f64, bool, u64)> {
+/// One check of a `pace` run: when it was made, in µs after the run began
+/// (read just before and just after the check: Redis decided somewhere in
+/// between), and what it said.
+#[derive(Debug, Clone, Copy)]
+struct Paced {
+    before: f64,
+    after: f64,
+    allowed: bool,
+    remaining: u64,
+    retry_ms: u64,
+}
+
+/// The checks of a `pace` run.
+fn rows(r: &Value) -> Vec<Paced> {
     ok(r)
         .as_array()
         .unwrap()
         .iter()
-        .map(|row| {
-            (
-                u(&row[0]) as f64 / 1000.0,
-                row[1].as_bool().unwrap(),
-                u(&row[3]),
-            )
+        .map(|row| Paced {
+            before: u(&row[0]) as f64,
+            after: u(&row[4]) as f64,
+            allowed: row[1].as_bool().unwrap(),
+            remaining: u(&row[2]),
+            retry_ms: u(&row[3]),
         })
         .collect()
 }
 
-/// Checks a `pace` run of a policy that admits `burst` at once and one
-/// unit every `interval_ms` after that: the first `burst` checks are
-/// allowed, the allowed count is `burst + elapsed / interval` give or take
-/// one, and every retry-after is within one interval of when the next check
-/// was actually allowed.
-fn conforms(rows: &[(f64, bool, u64)], burst: usize, interval_ms: f64) {
-    assert!(rows.len() > 100, "too few checks: {}", rows.len());
+/// Checks a `pace` run (unit costs, one client) of a policy that admits
+/// `burst` at once and one unit every `interval_ms` after that: GCRA, or a
+/// token bucket of capacity `burst` (the same decisions). Every decision is
+/// compared with the reference algorithm run on the measured clock: GCRA's
+/// state is its theoretical arrival time (TAT), and an allowed check at
+/// time t moves it to max(TAT, t) + interval; a check at t is allowed iff
+/// TAT - t <= (burst - 1) × interval, and a denied one's retry-after is
+/// TAT - t - (burst - 1) × interval.
+///
+/// Redis's clock is only known to lie within each check's bracket, so the
+/// model keeps the earliest and latest TAT those brackets allow, and each
+/// decision must be one the algorithm could have made somewhere in them: an
+/// allowed check must not be early even for the earliest TAT and the latest
+/// time, a denied one must be justified by the latest TAT and earliest time,
+/// and retry-after and remaining must lie between what the two give. A
+/// slow machine widens the brackets (and may lose burst capacity to a long
+/// pause, which the model follows too); it can never make a correct limiter
+/// fail, while on a prompt machine the brackets are a fraction of a
+/// millisecond, far tighter than one interval.
+fn conforms(rows: &[Paced], burst: u64, interval_ms: f64) {
+    let interval = interval_ms * 1000.0;
+    let tolerance = (burst - 1) as f64 * interval;
+    let show = |i: usize| {
+        let from = i.saturating_sub(3);
+        format!("checks {from}..={i}: {:?}", &rows[from..=i])
+    };
+    assert!(rows.len() >= 100, "too few checks: {}", rows.len());
     assert!(
-        rows[..burst].iter().all(|r| r.1),
+        rows[..burst as usize].iter().all(|r| r.allowed),
         "the burst was not admitted: {:?}",
-        &rows[..burst + 1]
+        &rows[..=burst as usize]
     );
-    let elapsed = rows.last().unwrap().0 - rows[0].0;
-    let expected = burst as f64 + (elapsed / interval_ms).floor();
-    let allowed = rows.iter().filter(|r| r.1).count() as f64;
-    assert!(
-        (allowed - expected).abs() <= 1.0,
-        "{allowed} allowed in {elapsed:.0} ms; expected {expected} ± 1"
-    );
-    let mut checked = 0;
-    for (i, &(t, allowed, retry)) in rows.iter().enumerate() {
-        if allowed {
-            continue;
-        }
-        assert!(
-            retry > 0 && retry as f64 <= interval_ms + 1.0,
-            "denied at {t:.1} ms with retry-after {retry} ms"
-        );
-        if let Some(next) = rows[i..].iter().find(|r| r.1) {
-            let waited = next.0 - t;
+    // The earliest and latest TAT so far; None before the first unit.
+    let mut tat: Option<(f64, f64)> = None;
+    let (mut denied_then_allowed, mut last_denied) = (0, false);
+    for (i, r) in rows.iter().enumerate() {
+        // Clock skew between the guest's and Redis's clocks: 1 ms plus
+        // 0.01 % of the time since the run began.
+        let slack = 1000.0 + r.after * 1e-4;
+        let (lo, hi) = tat.unwrap_or((f64::NEG_INFINITY, f64::NEG_INFINITY));
+        if r.allowed {
             assert!(
-                (waited - retry as f64).abs() <= interval_ms,
-                "denied at {t:.1} ms with retry-after {retry} ms, next allowed after {waited:.1} ms"
+                lo - r.after <= tolerance + slack,
+                "allowed {:.1} ms early (earliest TAT {:.1} ms, checked by {:.1} ms): {}",
+                (lo - r.after - tolerance) / 1000.0,
+                lo / 1000.0,
+                r.after / 1000.0,
+                show(i)
             );
-            checked += 1;
+            let (new_lo, new_hi) = (lo.max(r.before) + interval, hi.max(r.after) + interval);
+            // remaining = ⌊(burst × interval - (new TAT - t)) / interval⌋.
+            let most = ((burst as f64 * interval - (new_lo - r.after) + slack) / interval).floor();
+            let least =
+                ((burst as f64 * interval - (new_hi - r.before) - slack) / interval).floor();
+            assert!(
+                (least.max(0.0)..=most.min(burst as f64)).contains(&(r.remaining as f64)),
+                "remaining {} after an allowed check, expected {least}..={most}: {}",
+                r.remaining,
+                show(i)
+            );
+            tat = Some((new_lo, new_hi));
+            denied_then_allowed += usize::from(last_denied);
+            last_denied = false;
+        } else {
+            assert!(
+                hi - r.before > tolerance - slack,
+                "denied although a unit was free (latest TAT {:.1} ms, checked from {:.1} ms): {}",
+                hi / 1000.0,
+                r.before / 1000.0,
+                show(i)
+            );
+            let retry = r.retry_ms as f64 * 1000.0;
+            let (earliest, latest) = (lo - r.after - tolerance, hi - r.before - tolerance);
+            assert!(
+                r.retry_ms > 0 && r.retry_ms as f64 <= interval_ms + 1.0,
+                "denied with retry-after {} ms (the interval is {interval_ms} ms): {}",
+                r.retry_ms,
+                show(i)
+            );
+            // retry-after is rounded up to whole milliseconds.
+            assert!(
+                retry + slack >= earliest && retry - 1000.0 <= latest + slack,
+                "retry-after {} ms, but the next unit is free in {:.1}..={:.1} ms: {}",
+                r.retry_ms,
+                earliest / 1000.0,
+                latest / 1000.0,
+                show(i)
+            );
+            assert_eq!(r.remaining, 0, "remaining when denied: {}", show(i));
+            last_denied = true;
         }
     }
     assert!(
-        checked > 10,
-        "too few denials to check retry-after: {checked}"
+        denied_then_allowed > 10,
+        "too few denials followed by an allowed check to test retry-after: {denied_then_allowed}"
     );
 }
 
-/// GCRA at 20/s with a burst of 5, checked every ~2 ms for 2 s: 5 + 40 ± 1
-/// allowed, and retry-after says when the next check gets through.
+/// GCRA at 20/s with a burst of 5, checked every ~2 ms for 2 s (longer on a
+/// slow machine, until there are enough checks): every decision, remaining
+/// count and retry-after is the reference algorithm's on the measured clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcra_conforms_over_real_time() {
     with_timeout(async {
@@ -398,126 +481,173 @@ async fn gcra_conforms_over_real_time() {
             .await
             .unwrap();
         let key = unique("k");
-        let r = probe(
-            &host,
-            "pace",
-            json!([{"op": "pace", "policy": "g", "key": key, "duration_ms": 2000, "interval_ms": 2}]),
-        )
-        .await;
-        conforms(&rows(&r[0]), 5, 50.0);
+        let r = probe(&host, "pace", pace("g", &key)).await;
+        conforms(&rows(&r[1]), 5, 50.0);
     })
     .await;
 }
 
-/// A token bucket of 5 refilled at 20/s behaves the same; one refilled at
-/// 10 per 3 s refills fractionally (a third of a token every 100 ms).
+/// A peek (which loads the script, so the first paced check is not slowed
+/// by that), then checks every 2 ms for at least 2 s and until there were
+/// 200 checks and 40 denials (at most 40 s).
+fn pace(policy: &str, key: &str) -> Value {
+    json!([
+        {"op": "check", "policy": policy, "key": key, "cost": 0},
+        {"op": "pace", "policy": policy, "key": key, "duration_ms": 2000, "interval_ms": 2,
+         "min_checks": 200, "min_denied": 40, "max_ms": 40_000},
+    ])
+}
+
+/// A token bucket of 5 refilled at 20/s behaves the same; one of 1 refilled
+/// at 10 per 30 s refills fractionally (a third of a token a second): peeks
+/// after taking its token are denied with a retry-after that shrinks with
+/// the time actually elapsed, until the token is back 3 s after it was
+/// taken — not before, and no later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_bucket_conforms_over_real_time() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
         let host = start_host(&redis, data.path(), 8).await;
-        let policies = [("t", bucket(5, 20, SEC)), ("slow", bucket(1, 10, 3 * SEC))];
+        let policies = [("t", bucket(5, 20, SEC)), ("slow", bucket(1, 10, 30 * SEC))];
         host.load(spec("pace", &policies)).await.unwrap();
         let key = unique("k");
-        let r = probe(
-            &host,
-            "pace",
-            json!([{"op": "pace", "policy": "t", "key": key, "duration_ms": 2000, "interval_ms": 2}]),
-        )
-        .await;
-        conforms(&rows(&r[0]), 5, 50.0);
+        let r = probe(&host, "pace", pace("t", &key)).await;
+        conforms(&rows(&r[1]), 5, 50.0);
 
-        // One token every 300 ms: half-way through, half a token is there
-        // (still denied, retry-after about 150 ms); a little later, one.
+        // Times are Redis TIME in µs, read before and after each
+        // invocation: Redis made the check somewhere in between.
+        let mut conn = redis.client().await;
+        let refill: i64 = 3_000_000; // one token every 3 s
         let key = unique("k");
-        let r = probe(
-            &host,
-            "pace",
-            json!([
-                {"op": "check", "policy": "slow", "key": key},
-                {"op": "check", "policy": "slow", "key": key, "cost": 0},
-                {"op": "sleep", "ms": 150},
-                {"op": "check", "policy": "slow", "key": key, "cost": 0},
-                {"op": "sleep", "ms": 200},
-                {"op": "check", "policy": "slow", "key": key, "cost": 0},
-            ]),
-        )
-        .await;
-        assert_eq!(ok(&r[0])["allowed"], json!(true));
-        let first = ok(&r[1]);
-        assert_eq!(first["allowed"], json!(false), "{first}");
-        assert!((280..=300).contains(&u(&first["retry_after_ms"])), "{first}");
-        let half = ok(&r[3]);
-        assert_eq!(half["allowed"], json!(false), "{half}");
-        assert!((100..=150).contains(&u(&half["retry_after_ms"])), "{half}");
-        let full = ok(&r[5]);
-        assert_eq!(full["allowed"], json!(true), "{full}");
-        assert_eq!(u(&full["remaining"]), 1, "{full}");
+        let peek = json!([{"op": "check", "policy": "slow", "key": key, "cost": 0}]);
+        let taken_from = redis_now_us(&mut conn).await as i64;
+        let r = probe(&host, "pace", json!([{"op": "check", "policy": "slow", "key": key}])).await;
+        let taken_by = redis_now_us(&mut conn).await as i64;
+        assert_eq!(ok(&r[0])["allowed"], json!(true), "{r:?}");
+        let mut seen = Vec::new();
+        let mut midway = None;
+        loop {
+            let from = redis_now_us(&mut conn).await as i64;
+            let r = probe(&host, "pace", peek.clone()).await;
+            let by = redis_now_us(&mut conn).await as i64;
+            let d = ok(&r[0]).clone();
+            // How long after the take this peek was made, at least and at most.
+            let (least, most) = (from - taken_by, by - taken_from);
+            seen.push((least / 1000, most / 1000, d["allowed"].clone(), d["retry_after_ms"].clone()));
+            if d["allowed"] == json!(true) {
+                assert!(
+                    most + 1000 >= refill,
+                    "the token was back at most {most} µs after it was taken: {d}; peeks (ms after the take, allowed, retry-after): {seen:?}"
+                );
+                assert_eq!(u(&d["remaining"]), 1, "{d}");
+                break;
+            }
+            assert!(
+                least < refill + 1000,
+                "still no token {least} µs after it was taken: {d}; peeks: {seen:?}"
+            );
+            // The missing fraction of a token, in time: refill - elapsed,
+            // rounded up to whole ms.
+            let retry = u(&d["retry_after_ms"]) as i64 * 1000;
+            assert!(
+                retry + 1000 >= refill - most && retry - 1000 <= refill - least + 1000,
+                "retry-after {retry} µs, {least}..={most} µs after the take: {d}; peeks: {seen:?}"
+            );
+            if least >= refill / 4 && most <= refill * 3 / 4 {
+                midway = Some(d);
+            }
+            assert!(from - taken_from < 60_000_000, "the token never came back: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let midway = midway.unwrap_or_else(|| {
+            panic!("no peek was made between 0.75 s and 2.25 s after the take: {seen:?}")
+        });
+        assert_eq!(u(&midway["remaining"]), 0, "{midway}");
     })
     .await;
 }
 
-/// Ten requests just before a window boundary and ten just after: a fixed
-/// window (10 per 2 s) admits all twenty — a double burst within half a
-/// second — while a sliding window of the same limit admits none of the
-/// second ten.
+/// Ten requests in the last second before a window boundary and ten just
+/// after it: a fixed window (10 per 3 s) admits all twenty — a double burst
+/// within less than one window — while a sliding window of the same limit
+/// admits none of the second ten. Redis TIME, read around each burst, shows
+/// where the bursts fell; an attempt whose bursts did not fall as needed (a
+/// stalled machine) proves nothing and is made again with a fresh key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sliding_window_refuses_the_double_burst_fixed_window_admits() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
         let host = start_host(&redis, data.path(), 8).await;
-        let window = 2 * SEC;
+        let window = 3 * SEC;
         let policies = [("s", sliding(10, window)), ("f", fixed(10, window))];
         host.load(spec("edges", &policies)).await.unwrap();
         let mut conn = redis.client().await;
         let w = window.as_micros() as u64;
+        let mut attempts = Vec::new();
         for _attempt in 0..3 {
             let key = unique("k");
             let burst = json!([
                 {"op": "burst", "policy": "s", "key": key, "n": 10},
                 {"op": "burst", "policy": "f", "key": key, "n": 10},
             ]);
-            // 400 ms before the next boundary that is at least 700 ms away.
+            // 1 s before the next boundary that is at least 1.5 s away.
             let now = redis_now_us(&mut conn).await;
-            let boundary = (now + 700_000).div_ceil(w) * w;
-            tokio::time::sleep(Duration::from_micros(boundary - 400_000 - now)).await;
+            let boundary = (now + 1_500_000).div_ceil(w) * w;
+            tokio::time::sleep(Duration::from_micros(boundary - 1_000_000 - now)).await;
+            let first_from = redis_now_us(&mut conn).await;
             let r1 = probe(&host, "edges", burst.clone()).await;
-            let done = redis_now_us(&mut conn).await;
-            if done >= boundary {
-                continue; // too slow to finish before the boundary; try again
+            let first_by = redis_now_us(&mut conn).await;
+            if first_by >= boundary {
+                attempts.push(format!("first burst ended {} µs after the boundary", first_by - boundary));
+                continue;
             }
-            let now = redis_now_us(&mut conn).await;
-            tokio::time::sleep(Duration::from_micros(boundary + 100_000 - now)).await;
+            // Right after the boundary (by Redis's clock).
+            let second_from = loop {
+                let now = redis_now_us(&mut conn).await;
+                if now >= boundary {
+                    break now;
+                }
+                tokio::time::sleep(Duration::from_micros(boundary - now)).await;
+            };
             let r2 = probe(&host, "edges", burst).await;
-            let second_done = redis_now_us(&mut conn).await;
-            assert!(
-                second_done - (boundary - 400_000) < w,
-                "the bursts were a window apart"
+            let second_by = redis_now_us(&mut conn).await;
+            if second_by - first_from >= w {
+                attempts.push(format!(
+                    "the bursts spanned {} µs, not less than a window",
+                    second_by - first_from
+                ));
+                continue;
+            }
+            let times = format!(
+                "boundary {boundary}, first burst {first_from}..{first_by}, second {second_from}..{second_by} (µs)"
             );
-
-            assert_eq!(u(&ok(&r1[0])["allowed"]), 10, "sliding, first burst");
-            assert_eq!(u(&ok(&r1[1])["allowed"]), 10, "fixed, first burst");
+            assert_eq!(u(&ok(&r1[0])["allowed"]), 10, "sliding, first burst: {r1:?}; {times}");
+            assert_eq!(u(&ok(&r1[1])["allowed"]), 10, "fixed, first burst: {r1:?}; {times}");
             assert_eq!(
                 u(&ok(&r2[1])["allowed"]),
                 10,
-                "fixed window admits the double burst"
+                "fixed window admits the double burst: {r2:?}; {times}"
             );
             assert_eq!(
                 u(&ok(&r2[0])["allowed"]),
                 0,
-                "sliding window refuses the double burst"
+                "sliding window refuses the double burst: {r2:?}; {times}"
             );
+            // The last check waits for the first unit of the first burst to
+            // leave the window: first unit + window - now, in whole ms.
             let last = &ok(&r2[0])["last"];
-            let retry = u(&last["retry_after_ms"]);
+            let retry = u(&last["retry_after_ms"]) as i64 * 1000;
+            let earliest = (first_from + w) as i64 - second_by as i64;
+            let latest = (first_by + w) as i64 - second_from as i64;
             assert!(
-                (1200..=1700).contains(&retry),
-                "sliding retry-after {retry}: {last}"
+                retry + 1000 >= earliest && retry - 1000 <= latest + 1000,
+                "sliding retry-after {retry} µs, expected {earliest}..={latest} µs: {last}; {times}"
             );
             return;
         }
-        panic!("could not finish a burst before a window boundary in three tries");
+        panic!("no attempt put its bursts either side of a boundary within one window: {attempts:?}");
     })
     .await;
 }
@@ -539,15 +669,35 @@ async fn costs_peeks_and_the_last_unit() {
             ("cc", slots(3, 60 * SEC)),
         ];
         host.load(spec("costs", &policies)).await.unwrap();
-        for (policy, _) in policies {
-            let key = unique("k");
-            let c = |cost: u64| json!({"op": "check", "policy": policy, "key": key, "cost": cost});
-            let r = probe(
-                &host,
-                "costs",
-                json!([c(0), c(2), c(2), c(1), c(1), c(0), c(0)]),
-            )
-            .await;
+        let mut conn = redis.client().await;
+        for (policy, limits) in policies {
+            // A fixed window's boundary (midnight UTC here) may fall inside
+            // the run: Redis TIME around it shows that, and the run is made
+            // again with a fresh key.
+            let mut crossed = 0;
+            let r = loop {
+                let key = unique("k");
+                let c =
+                    |cost: u64| json!({"op": "check", "policy": policy, "key": key, "cost": cost});
+                let before = redis_now_us(&mut conn).await;
+                let r = probe(
+                    &host,
+                    "costs",
+                    json!([c(0), c(2), c(2), c(1), c(1), c(0), c(0)]),
+                )
+                .await;
+                let after = redis_now_us(&mut conn).await;
+                match limits {
+                    Limits::FixedWindow { window, .. }
+                        if before / window.as_micros() as u64
+                            != after / window.as_micros() as u64
+                            && crossed < 2 =>
+                    {
+                        crossed += 1;
+                    }
+                    _ => break r,
+                }
+            };
             let d: Vec<(bool, u64)> = r
                 .iter()
                 .map(|r| (ok(r)["allowed"] == json!(true), u(&ok(r)["remaining"])))
@@ -582,8 +732,11 @@ async fn slots_come_back_when_the_invocation_ends() {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
         let host = start_host(&redis, data.path(), 8).await;
-        let mut s = spec("holder", &[("c", slots(1, 60 * SEC))]);
-        s.quotas.wall_time = Duration::from_millis(500);
+        // A lease far longer than the test, so only the invocation's end
+        // can free a slot; a wall-time quota that ends the spinning
+        // invocation, yet is ample (1000×) for the others.
+        let mut s = spec("holder", &[("c", slots(1, 600 * SEC))]);
+        s.quotas.wall_time = Duration::from_secs(3);
         host.load(s).await.unwrap();
         let peek = |key: &str| json!([{"op": "check", "policy": "c", "key": key, "cost": 0}]);
 
@@ -640,17 +793,17 @@ async fn slots_come_back_when_the_invocation_ends() {
             ]),
         )
         .await;
-        assert_eq!(ok(&r[0])["held"], json!(true));
+        assert_eq!(ok(&r[0])["held"], json!(true), "{r:?}");
         assert_eq!(
             ok(&r[2])["allowed"],
             json!(false),
-            "a forgotten lease holds until the end"
+            "a forgotten lease holds until the end: {r:?}"
         );
         let r = probe(&host, "holder", peek(&key)).await;
         assert_eq!(
             ok(&r[0])["allowed"],
             json!(true),
-            "a leaked lease outlived its invocation"
+            "a leaked lease outlived its invocation: {r:?}"
         );
 
         let key = unique("drop");
@@ -677,7 +830,7 @@ async fn slots_come_back_when_the_invocation_ends() {
             json!(true),
             "dropping a lease frees its slot: {r:?}"
         );
-        assert_eq!(ok(&r[4]), &json!(true));
+        assert_eq!(ok(&r[4]), &json!(true), "{r:?}");
         assert_eq!(err(&r[5]).0, "bad-op", "{r:?}");
 
         let mut conn = redis.client().await;
@@ -688,78 +841,120 @@ async fn slots_come_back_when_the_invocation_ends() {
 }
 
 /// A host killed (SIGKILL) while holding a slot cannot release it: the slot
-/// stays taken until its lease (1.5 s) runs out, then comes back by itself.
+/// stays taken until its lease (5 s) runs out, then comes back by itself.
+/// The lease's end is read from Redis (the slot's expiry, in Redis time),
+/// and every check is placed against it with Redis TIME read around it:
+/// denied before the end, with a retry-after that points at it, allowed
+/// after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_hosts_slot_comes_back_after_the_lease() {
     with_timeout(async {
         let redis = RedisServer::start().await;
+        // The host here compiles the plugin into `data`, the child's
+        // data-dir too, so the child starts from the compiled cache instead
+        // of compiling it again (tens of seconds on a loaded machine).
+        let data = tempfile::tempdir().unwrap();
+        let host = start_host(&redis, data.path(), 8).await;
+        let lease = Duration::from_secs(5);
+        host.load(spec("holder", &[("c", slots(1, lease))]))
+            .await
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("redloom.toml"),
             format!(
-                "{}\n[plugins.holder]\nwasm = {:?}\n\n\
-                 [plugins.holder.limiters.c]\nalgorithm = \"concurrency\"\nslots = 1\nlease = \"1500ms\"\n",
+                "data-dir = {:?}\n{}\n[plugins.holder]\nwasm = {:?}\n\n\
+                 [plugins.holder.quotas]\nwall-time = \"240s\"\n\n\
+                 [plugins.holder.limiters.c]\nalgorithm = \"concurrency\"\nslots = 1\nlease = \"5s\"\n",
+                data.path().display().to_string(),
                 redis.config_table(),
                 plugin("limiter-probe").display().to_string()
             ),
         )
         .unwrap();
         let key = unique("crash");
+        // It holds the slot until it is killed.
         let program = json!([
             {"op": "acquire", "policy": "c", "key": key, "slots": 1, "id": "a"},
-            {"op": "sleep", "ms": 60_000},
+            {"op": "sleep", "ms": 230_000},
         ]);
+        let log = dir.path().join("invoke.log");
         let mut child = std::process::Command::new(redloom_bin())
             .current_dir(dir.path())
             .env_remove("REDIS_URL")
             .env_remove("REDLOOM_CONFIG")
             .args(["invoke", "holder", "--input", &program.to_string()])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-
-        let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path(), 8).await;
-        host.load(spec("holder", &[("c", slots(1, Duration::from_millis(1500)))]))
-            .await
-            .unwrap();
-        let peek = json!([{"op": "check", "policy": "c", "key": key, "cost": 0}]);
+        let mut conn = redis.client().await;
+        // The held slot: its member's score is when the lease ends.
+        let held = format!("rl:holder:limiter:{{holder/c/{key}}}:cc");
         let started = Instant::now();
-        loop {
-            let r = probe(&host, "holder", peek.clone()).await;
-            if ok(&r[0])["allowed"] == json!(false) {
-                break;
+        let ends = loop {
+            let slots: Vec<(String, f64)> = conn.zrange_withscores(&held, 0, -1).await.unwrap();
+            if let Some((_, score)) = slots.first() {
+                break *score as i64;
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "the child never took the slot");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the child exited without taking the slot:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the child never took the slot:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        };
         child.kill().unwrap();
         child.wait().unwrap();
-        let killed = Instant::now();
 
-        let r = probe(&host, "holder", peek.clone()).await;
-        let d = ok(&r[0]);
-        assert_eq!(d["allowed"], json!(false), "the slot came back at once: {d}");
-        let retry = u(&d["retry_after_ms"]);
-        assert!(retry > 0 && retry <= 1500, "{d}");
-        loop {
+        // A check in Redis time [from, by] µs.
+        let peek = json!([{"op": "check", "policy": "c", "key": key, "cost": 0}]);
+        let mut check = async || {
+            let from = redis_now_us(&mut conn).await as i64;
             let r = probe(&host, "holder", peek.clone()).await;
-            if ok(&r[0])["allowed"] == json!(true) {
+            let by = redis_now_us(&mut conn).await as i64;
+            (from, ok(&r[0]).clone(), by)
+        };
+        let (from, d, by) = check().await;
+        assert!(
+            by < ends,
+            "the machine took over the whole {lease:?} lease from taking the slot to checking it after the kill (checked by {by}, lease ends {ends}): nothing shown"
+        );
+        assert_eq!(d["allowed"], json!(false), "the slot came back at once: {d}");
+        // retry-after = the lease's end - now, rounded up to whole ms.
+        let retry = u(&d["retry_after_ms"]) as i64 * 1000;
+        assert!(
+            retry + 1000 >= ends - by && retry - 1000 <= ends - from + 1000,
+            "retry-after {retry} µs, checked in {from}..={by}, the lease ends at {ends}: {d}"
+        );
+        let mut seen = vec![(from - ends, by - ends, d)];
+        loop {
+            let (from, d, by) = check().await;
+            if d["allowed"] == json!(true) {
+                assert!(
+                    by + 1000 >= ends,
+                    "back {} µs before its lease ran out: {d}; earlier checks (µs from the lease's end): {seen:?}",
+                    ends - by
+                );
                 break;
             }
             assert!(
-                killed.elapsed() < Duration::from_millis(1500 + 1000),
-                "the slot did not come back after its lease"
+                from < ends + 1000,
+                "still held {} µs after its lease ran out: {d}; earlier checks: {seen:?}",
+                from - ends
+            );
+            seen.push((from - ends, by - ends, d));
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "the slot never came back: {seen:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // It came back when the lease ran out, not earlier.
-        assert!(
-            killed.elapsed() + Duration::from_millis(50) >= Duration::from_millis(retry),
-            "back after {:?}, retry-after said {retry} ms",
-            killed.elapsed()
-        );
     })
     .await;
 }
@@ -793,7 +988,7 @@ async fn per_key_overrides_apply_at_once_on_every_host() {
             json!([check(&vip), check(&vip), check(&vip), check(&vip)]),
         )
         .await;
-        assert_eq!(ok(&r[3])["allowed"], json!(false));
+        assert_eq!(ok(&r[3])["allowed"], json!(false), "{r:?}");
 
         let bigger = json!({"algorithm": "gcra", "count": 6, "period_ms": 86_400_000, "burst": 6});
         let r = probe(
@@ -802,7 +997,7 @@ async fn per_key_overrides_apply_at_once_on_every_host() {
             json!([{"op": "set_override", "policy": "api", "key": vip, "limits": bigger}]),
         )
         .await;
-        assert_eq!(ok(&r[0]), &Value::Null);
+        assert_eq!(ok(&r[0]), &Value::Null, "{r:?}");
         let r = probe(
             &hosts[0],
             "tenants",
@@ -823,19 +1018,19 @@ async fn per_key_overrides_apply_at_once_on_every_host() {
             [true, true, true, false, true, true, true, false],
             "{r:?}"
         );
-        assert_eq!(u(&ok(&r[0])["limit"]), 6);
-        assert_eq!(u(&ok(&r[4])["limit"]), 3);
-        assert_eq!(ok(&r[8]), &bigger);
-        assert_eq!(ok(&r[9]), &Value::Null);
+        assert_eq!(u(&ok(&r[0])["limit"]), 6, "{r:?}");
+        assert_eq!(u(&ok(&r[4])["limit"]), 3, "{r:?}");
+        assert_eq!(ok(&r[8]), &bigger, "{r:?}");
+        assert_eq!(ok(&r[9]), &Value::Null, "{r:?}");
 
         // Where overrides live, and that operators may write them by hand.
         let mut conn = redis.client().await;
         let at = format!("rl:tenants:limiter:{{tenants/api/{vip}}}:override");
         let stored: std::collections::HashMap<String, String> = conn.hgetall(&at).await.unwrap();
-        assert_eq!(stored["algorithm"], "gcra");
-        assert_eq!(stored["limit"], "6");
-        assert_eq!(stored["period-us"], "86400000000");
-        assert_eq!(stored["burst"], "6");
+        assert_eq!(stored["algorithm"], "gcra", "{stored:?}");
+        assert_eq!(stored["limit"], "6", "{stored:?}");
+        assert_eq!(stored["period-us"], "86400000000", "{stored:?}");
+        assert_eq!(stored["burst"], "6", "{stored:?}");
         let _: () = conn.hset(&at, "burst", 8).await.unwrap();
         let r = probe(
             &hosts[1],
@@ -859,10 +1054,10 @@ async fn per_key_overrides_apply_at_once_on_every_host() {
             ]),
         )
         .await;
-        assert_eq!(ok(&r[0]), &json!(true));
-        assert_eq!(ok(&r[1]), &json!(false));
-        assert_eq!(ok(&r[2])["allowed"], json!(false));
-        assert_eq!(u(&ok(&r[2])["limit"]), 3);
+        assert_eq!(ok(&r[0]), &json!(true), "{r:?}");
+        assert_eq!(ok(&r[1]), &json!(false), "{r:?}");
+        assert_eq!(ok(&r[2])["allowed"], json!(false), "{r:?}");
+        assert_eq!(u(&ok(&r[2])["limit"]), 3, "{r:?}");
 
         // A token bucket keeps the tokens a key has used: 3 of 3 used, then a
         // capacity of 5 leaves 2.
@@ -884,7 +1079,7 @@ async fn per_key_overrides_apply_at_once_on_every_host() {
             .map(|&i| ok(&r[i])["allowed"] == json!(true))
             .collect();
         assert_eq!(allowed, [true, true, true, false, true, true, false], "{r:?}");
-        assert_eq!(u(&ok(&r[6])["limit"]), 5);
+        assert_eq!(u(&ok(&r[6])["limit"]), 5, "{r:?}");
 
         // Concurrency overrides: two slots for one key.
         let job = unique("job");
@@ -907,7 +1102,7 @@ async fn per_key_overrides_apply_at_once_on_every_host() {
             .map(|&i| ok(&r[i])["held"] == json!(true))
             .collect();
         assert_eq!(held, [true, true, false, true], "{r:?}");
-        assert_eq!(ok(&r[4]), &json!(true));
+        assert_eq!(ok(&r[4]), &json!(true), "{r:?}");
     })
     .await;
 }
@@ -1005,18 +1200,23 @@ async fn each_limited_key_lives_in_one_slot() {
         for key in [unique("plain"), format!("{}}}{{x}}", unique("brace"))] {
             let mut ops = Vec::new();
             for (policy, limits) in &policies {
+                // Periods of a day or more, so no key's state expires while
+                // the test looks (the fixed window's 365-day windows end at
+                // one fixed instant a year).
                 let l = match limits {
-                    Limits::Gcra { .. } => json!({"algorithm": "gcra", "count": 4, "period_ms": 1000, "burst": 4}),
-                    Limits::TokenBucket { .. } => json!({"algorithm": "token-bucket", "count": 4, "period_ms": 1000, "capacity": 4}),
-                    Limits::SlidingWindow { .. } => json!({"algorithm": "sliding-window", "limit": 4, "window_ms": 1000}),
-                    Limits::FixedWindow { .. } => json!({"algorithm": "fixed-window", "limit": 4, "window_ms": 1000}),
-                    Limits::Concurrency { .. } => json!({"algorithm": "concurrency", "slots": 4, "lease_ms": 60_000}),
+                    Limits::Gcra { .. } => json!({"algorithm": "gcra", "count": 4, "period_ms": 86_400_000, "burst": 4}),
+                    Limits::TokenBucket { .. } => json!({"algorithm": "token-bucket", "count": 4, "period_ms": 86_400_000, "capacity": 4}),
+                    Limits::SlidingWindow { .. } => json!({"algorithm": "sliding-window", "limit": 4, "window_ms": 86_400_000}),
+                    Limits::FixedWindow { .. } => json!({"algorithm": "fixed-window", "limit": 4, "window_ms": 365 * 86_400_000u64}),
+                    Limits::Concurrency { .. } => json!({"algorithm": "concurrency", "slots": 4, "lease_ms": 600_000}),
                 };
                 ops.push(json!({"op": "set_override", "policy": policy, "key": key, "limits": l}));
                 ops.push(json!({"op": "check", "policy": policy, "key": key}));
             }
-            // Hold the concurrency slot while the test looks at Redis.
-            ops.push(json!({"op": "sleep", "ms": 2000}));
+            // Hold the concurrency slot until the test has looked at Redis
+            // (it then sets `go`).
+            let go = unique("go");
+            ops.push(json!({"op": "wait_for", "key": go, "value": 1, "timeout_ms": 120_000}));
             let task = {
                 let host = host.clone();
                 tokio::spawn(async move { probe(&host, "tags", Value::Array(ops)).await })
@@ -1024,7 +1224,10 @@ async fn each_limited_key_lives_in_one_slot() {
             let held = format!("rl:tags:limiter:{{tags/cc/{key}}}:cc");
             let started = Instant::now();
             while !conn.exists::<_, bool>(&held).await.unwrap() {
-                assert!(started.elapsed() < Duration::from_secs(30), "{held} never appeared");
+                if task.is_finished() {
+                    panic!("the probe ended before holding its slot: {:?}", task.await);
+                }
+                assert!(started.elapsed() < Duration::from_secs(60), "{held} never appeared");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let all: Vec<String> = conn.keys("rl:tags:limiter:*").await.unwrap();
@@ -1042,8 +1245,12 @@ async fn each_limited_key_lives_in_one_slot() {
                     format!("rl:tags:limiter:{{tags/{policy}/{key}}}:override"),
                 ];
                 want.sort();
-                assert_eq!(mine, want, "{policy}: the keys of one limited key, in one slot");
+                assert_eq!(
+                    mine, want,
+                    "{policy}: the keys of one limited key, in one slot; all keys: {all:?}"
+                );
             }
+            let _: i64 = conn.incr(format!("rl:tags:kv:{go}"), 1).await.unwrap();
             let r = task.await.unwrap();
             assert!(r.iter().all(|r| r.get("ok").is_some()), "{r:?}");
         }
@@ -1080,6 +1287,7 @@ async fn ip_rate_limit_example_answers_429_with_headers() {
             }
         };
         let ip = unique("203.0.113.7");
+        let started = Instant::now();
         for n in (0..3).rev() {
             let r = call(ip.clone()).await;
             assert_eq!(r["status"], 200, "{r}");
@@ -1089,15 +1297,28 @@ async fn ip_rate_limit_example_answers_429_with_headers() {
             assert!(r["body"].as_str().unwrap().contains("/search"), "{r}");
         }
         let r = call(ip.clone()).await;
+        let elapsed = started.elapsed();
         assert_eq!(r["status"], 429, "{r}");
         assert_eq!(r["headers"]["RateLimit-Remaining"], "0", "{r}");
+        // One unit an hour: the next is free an hour after the first
+        // request, less the time the four took (measured).
+        let retry_ms = u(&r["decision"]["retry_after_ms"]);
+        let least = 3_600_000 - elapsed.as_millis() as u64 - 1;
+        assert!(
+            (least..=3_600_000).contains(&retry_ms),
+            "retry-after {retry_ms} ms after {elapsed:?}: {r}"
+        );
         let retry: u64 = r["headers"]["Retry-After"]
             .as_str()
             .unwrap()
             .parse()
             .unwrap();
-        assert!((3590..=3600).contains(&retry), "{r}");
-        assert_eq!(r["decision"]["allowed"], false);
+        assert_eq!(
+            retry,
+            retry_ms.div_ceil(1000),
+            "Retry-After: whole seconds, rounded up: {r}"
+        );
+        assert_eq!(r["decision"]["allowed"], false, "{r}");
         let r = call(unique("198.51.100.1")).await;
         assert_eq!(r["status"], 200, "{r}");
     })

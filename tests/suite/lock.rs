@@ -5,6 +5,12 @@
 //!
 //! "Two hosts" are two [`Host`] values (each with its own runtime and Redis
 //! connection) on one Redis.
+//!
+//! No test depends on the machine being prompt: where an order of events
+//! matters, the test makes it happen (a guest holds a lock until the test
+//! sets a key, the test polls Redis for the state it needs) instead of
+//! sleeping and hoping; a lock that must stay held across other work has a
+//! time to live of a minute or more.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,17 +21,8 @@ use redloom::bindings::types::Error as GuestError;
 use redloom::host::{Host, HostInvokeError, HostOptions};
 use redloom::namespace::{Namespace, PluginName};
 use redloom::plugin::{InvokeError, PluginSpec};
-use redloom_tests::{RedisServer, plugin, unique};
+use redloom_tests::{RedisServer, TestConnection, get_i64, plugin, unique, with_timeout};
 use serde_json::{Value, json};
-
-/// Every test body runs under this deadline.
-const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_TIMEOUT, f)
-        .await
-        .expect("test timed out");
-}
 
 async fn start_host(redis: &RedisServer, data: &Path) -> Arc<Host> {
     let mut options = HostOptions::from_config(&Default::default());
@@ -41,6 +38,10 @@ fn spec(name: &str, crate_name: &str) -> PluginSpec {
     let mut s = PluginSpec::from_path(&plugin(crate_name));
     s.name = PluginName::parse(name).unwrap();
     s.quotas.wall_time = Duration::from_secs(60);
+    // Only the wall-time quota (set lower by the tests that want it to
+    // strike) may end a spinning guest: a cpu quota of the same length
+    // would race it on a loaded machine.
+    s.quotas.cpu = Duration::from_secs(60);
     s.quotas.redis_ops = 1_000_000;
     s.quotas.redis_rate = 0;
     s.quotas.concurrency = 32;
@@ -78,22 +79,96 @@ fn lock_key(plugin: &str, name: &str) -> String {
         .lock
 }
 
-/// Polls (every 5 ms, for at most 10 s) until the lock key exists.
-async fn until_locked(conn: &mut redloom_tests::TestConnection, key: &str) {
+/// How long a test waits for a state it brought about (a guest reaching a
+/// step, a lock being taken): far longer than it takes even on a loaded
+/// machine, so only a real failure runs into it.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `check` every 5 ms until it returns `Ok`, for at most
+/// [`PATIENCE`]; then fails naming `what` and the last state `check`
+/// reported as `Err`.
+async fn until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let started = Instant::now();
-    while !conn.exists::<_, bool>(key).await.unwrap() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{key} never got locked"
-        );
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(state) => assert!(
+                started.elapsed() < PATIENCE,
+                "{what}: still not after {PATIENCE:?} (last seen: {state})"
+            ),
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Polls until the lock key exists.
+async fn until_locked(conn: &mut TestConnection, key: &str) {
+    until(&format!("{key} gets locked"), || {
+        let mut conn = conn.clone();
+        async move {
+            match conn.exists::<_, bool>(key).await.unwrap() {
+                true => Ok(()),
+                false => Err("not locked".to_string()),
+            }
+        }
+    })
+    .await
+}
+
+/// Polls until the integer at `plugin`'s `kv` key `key` is `want` (guests
+/// count themselves in with the probe's `incr`).
+async fn until_count(conn: &TestConnection, plugin: &str, key: &str, want: i64) {
+    let key = kv_key(plugin, key);
+    until(&format!("{key} reaches {want}"), || {
+        let mut conn = conn.clone();
+        let key = key.clone();
+        async move {
+            match get_i64(&mut conn, &key).await {
+                n if n == want => Ok(()),
+                n => Err(format!("{n}")),
+            }
+        }
+    })
+    .await
+}
+
+/// Polls until Redis has run at least `want` scripts (`EVALSHA`): a
+/// waiting acquire sends one per attempt.
+async fn until_evalsha(redis: &RedisServer, what: &str, want: u64) {
+    until(what, || async move {
+        match evalsha_calls(redis).await {
+            n if n >= want => Ok(()),
+            n => Err(format!("{n} of {want} EVALSHA calls")),
+        }
+    })
+    .await
+}
+
+/// The Redis key of `plugin`'s `kv` key `key` (what the probe's `incr` and
+/// `await_key` use).
+fn kv_key(plugin: &str, key: &str) -> String {
+    Namespace::new(&PluginName::parse(plugin).unwrap())
+        .kv(key)
+        .unwrap()
+}
+
+/// Sets `plugin`'s `kv` key `key`: releases a probe waiting in `await_key`.
+async fn release(conn: &TestConnection, plugin: &str, key: &str) {
+    let _: () = conn.clone().set(kv_key(plugin, key), 1).await.unwrap();
 }
 
 /// 32 concurrent invocations, 16 on each of two hosts, each run 50 critical
 /// sections of GET-then-SET under one lock: no increment is lost, and the
 /// 1600 fencing tokens are exactly 1..=1600, increasing within each
 /// invocation.
+///
+/// No section may outlive its lock, and no waiter may give up: the time to
+/// live, the waits and the wall time are minutes, though the whole run
+/// takes seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_exclusion_across_two_hosts() {
     with_timeout(async {
@@ -103,13 +178,15 @@ async fn mutual_exclusion_across_two_hosts() {
             start_host(&redis, d1.path()).await,
             start_host(&redis, d2.path()).await,
         ];
+        let mut s = spec("counter", "lock-probe");
+        s.quotas.wall_time = Duration::from_secs(240);
         for h in &hosts {
-            h.load(spec("counter", "lock-probe")).await.unwrap();
+            h.load(s.clone()).await.unwrap();
         }
         let (name, key) = (unique("mutex"), unique("counter"));
         let program = json!([{
             "op": "critical", "name": name, "key": key, "n": 50,
-            "ttl_ms": 10_000, "wait_ms": 50_000,
+            "ttl_ms": 120_000, "wait_ms": 230_000,
         }]);
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -129,7 +206,7 @@ async fn mutual_exclusion_across_two_hosts() {
                 .iter()
                 .map(|t| t.as_u64().unwrap())
                 .collect();
-            assert_eq!(mine.len(), 50);
+            assert_eq!(mine.len(), 50, "{mine:?}");
             assert!(mine.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
             tokens.extend(mine);
         }
@@ -139,7 +216,11 @@ async fn mutual_exclusion_across_two_hosts() {
         let value: String = conn.get(format!("rl:counter:kv:{key}")).await.unwrap();
         assert_eq!(value, "1600", "lost increments");
         tokens.sort_unstable();
-        assert_eq!(tokens, (1..=1600).collect::<Vec<u64>>());
+        assert_eq!(
+            tokens,
+            (1..=1600).collect::<Vec<u64>>(),
+            "the fencing tokens of 1600 acquisitions"
+        );
         assert!(
             !conn
                 .exists::<_, bool>(lock_key("counter", &name))
@@ -180,7 +261,7 @@ async fn fencing_tokens_increase_across_hosts() {
                     json!([
                         {"op": "acquire", "name": name, "ttl_ms": 100, "wait_ms": 0, "id": "a"},
                         {"op": "sleep", "ms": 250},
-                        {"op": "try_acquire", "name": name, "ttl_ms": 5000, "id": "b"},
+                        {"op": "try_acquire", "name": name, "ttl_ms": 60_000, "id": "b"},
                         {"op": "release", "id": "a"},
                         {"op": "release", "id": "b"},
                     ]),
@@ -188,14 +269,14 @@ async fn fencing_tokens_increase_across_hosts() {
                 .await;
                 tokens.push(ok(&r[0])["token"].as_u64().unwrap());
                 tokens.push(ok(&r[2]).as_u64().unwrap_or_else(|| panic!("{r:?}")));
-                assert_eq!(ok(&r[3]), &json!("not-owner"));
-                assert_eq!(ok(&r[4]), &json!("owner"));
+                assert_eq!(ok(&r[3]), &json!("not-owner"), "{r:?}");
+                assert_eq!(ok(&r[4]), &json!("owner"), "{r:?}");
             } else {
                 let r = probe(
                     host,
                     "fenced",
                     json!([
-                        {"op": "acquire", "name": name, "ttl_ms": 5000, "wait_ms": 5000},
+                        {"op": "acquire", "name": name, "ttl_ms": 60_000, "wait_ms": 30_000},
                         {"op": "holder", "name": name},
                         {"op": "release", "id": name},
                     ]),
@@ -203,12 +284,12 @@ async fn fencing_tokens_increase_across_hosts() {
                 .await;
                 let token = ok(&r[0])["token"].as_u64().unwrap();
                 assert_eq!(ok(&r[1])["fencing_token"], json!(token), "{r:?}");
-                assert_eq!(ok(&r[2]), &json!("owner"));
+                assert_eq!(ok(&r[2]), &json!("owner"), "{r:?}");
                 tokens.push(token);
             }
         }
         assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
-        assert_eq!(tokens[0], 1);
+        assert_eq!(tokens[0], 1, "{tokens:?}");
 
         // The counter survives releases; the lock key does not.
         let keys = Namespace::new(&PluginName::parse("fenced").unwrap())
@@ -216,13 +297,17 @@ async fn fencing_tokens_increase_across_hosts() {
             .unwrap();
         let mut conn = redis.client().await;
         let fence: u64 = conn.get(&keys.fence).await.unwrap();
-        assert_eq!(fence, *tokens.last().unwrap());
+        assert_eq!(fence, *tokens.last().unwrap(), "the counter: {tokens:?}");
     })
     .await;
 }
 
 /// A holder whose lock expired cannot release or extend it: both report
 /// `not-owner`, and the new holder's lock (on the other host) is untouched.
+///
+/// The order is made, not hoped for: A holds its 300 ms lock until the test
+/// has seen B take it over, and B holds it (for 10 minutes) until A's late
+/// extend and release are done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_holder_cannot_release_or_extend() {
     with_timeout(async {
@@ -236,18 +321,21 @@ async fn expired_holder_cannot_release_or_extend() {
         b.load(spec("expiry", "lock-probe")).await.unwrap();
         let name = unique("expire");
         let key = lock_key("expiry", &name);
+        let (a_has, a_go) = (unique("a-has"), unique("a-go"));
+        let (b_has, b_go) = (unique("b-has"), unique("b-go"));
         let mut conn = redis.client().await;
 
-        // A takes the lock for 300 ms and stalls for 900 ms.
+        // A takes the lock for 300 ms and stalls until told to go on.
         let first = tokio::spawn({
-            let (a, name) = (a.clone(), name.clone());
+            let (a, name, a_has, a_go) = (a.clone(), name.clone(), a_has.clone(), a_go.clone());
             async move {
                 probe(
                     &a,
                     "expiry",
                     json!([
                         {"op": "acquire", "name": name, "ttl_ms": 300, "wait_ms": 0},
-                        {"op": "sleep", "ms": 900},
+                        {"op": "incr", "key": a_has},
+                        {"op": "await_key", "key": a_go},
                         {"op": "extend", "id": name, "ttl_ms": 5000},
                         {"op": "release", "id": name},
                     ]),
@@ -255,40 +343,60 @@ async fn expired_holder_cannot_release_or_extend() {
                 .await
             }
         });
-        until_locked(&mut conn, &key).await;
+        // (The lock itself may be gone again before this test looks.)
+        until_count(&conn, "expiry", &a_has, 1).await;
         // B waits for it, gets it when it expires, and holds it past A's
         // late extend and release.
-        let second = probe(
-            &b,
-            "expiry",
-            json!([
-                {"op": "acquire", "name": name, "ttl_ms": 60_000, "wait_ms": 5000},
-                {"op": "sleep", "ms": 1200},
-                {"op": "holder", "name": name},
-                {"op": "release", "id": name},
-            ]),
-        )
-        .await;
+        let second = tokio::spawn({
+            let (b, name, b_has, b_go) = (b.clone(), name.clone(), b_has.clone(), b_go.clone());
+            async move {
+                probe(
+                    &b,
+                    "expiry",
+                    json!([
+                        {"op": "acquire", "name": name, "ttl_ms": 600_000, "wait_ms": 60_000},
+                        {"op": "incr", "key": b_has},
+                        {"op": "await_key", "key": b_go},
+                        {"op": "holder", "name": name},
+                        {"op": "release", "id": name},
+                    ]),
+                )
+                .await
+            }
+        });
+        until_count(&conn, "expiry", &b_has, 1).await;
+        release(&conn, "expiry", &a_go).await;
         let first = first.await.unwrap();
+        release(&conn, "expiry", &b_go).await;
+        let second = second.await.unwrap();
 
         let token_a = ok(&first[0])["token"].as_u64().unwrap();
         let token_b = ok(&second[0])["token"].as_u64().unwrap();
-        assert!(token_b > token_a);
-        assert_eq!(ok(&first[2]), &json!("not-owner"), "late extend: {first:?}");
+        assert!(token_b > token_a, "A: {first:?}, B: {second:?}");
+        assert_eq!(ok(&first[3]), &json!("not-owner"), "late extend: {first:?}");
         assert_eq!(
-            ok(&first[3]),
+            ok(&first[4]),
             &json!("not-owner"),
             "late release: {first:?}"
         );
-        let holder = ok(&second[2]);
+        let holder = ok(&second[3]);
         assert_eq!(holder["fencing_token"], json!(token_b), "{second:?}");
+        // B's 10 minutes, minus at most the test's own run: far above the
+        // 5 s A's extend would have set.
         let ttl = holder["ttl_ms"].as_u64().unwrap();
         assert!(
-            ttl > 50_000,
-            "A's extend did not touch B's lock's TTL: {ttl}"
+            ttl > 60_000,
+            "A's extend did not touch B's lock's TTL: {ttl} ({second:?})"
         );
-        assert_eq!(ok(&second[3]), &json!("owner"), "B still owned its lock");
-        assert!(!conn.exists::<_, bool>(&key).await.unwrap());
+        assert_eq!(
+            ok(&second[4]),
+            &json!("owner"),
+            "B still owned its lock: {second:?}"
+        );
+        assert!(
+            !conn.exists::<_, bool>(&key).await.unwrap(),
+            "B's release left the lock"
+        );
     })
     .await;
 }
@@ -296,15 +404,20 @@ async fn expired_holder_cannot_release_or_extend() {
 /// A lock is free as soon as the invocation holding it ends: by a trap, by
 /// the wall-time quota, by returning with a leaked guard, or by dropping
 /// the guard — never only after its (one minute) TTL.
+///
+/// The cases that end by the wall-time quota run as plugin `ender-quota`
+/// (2 s of wall time); the others as `ender`, with a minute, so that no
+/// step of theirs can run into a quota on a slow machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_are_released_when_the_invocation_ends() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
         let host = start_host(&redis, data.path()).await;
-        let mut s = spec("ender", "lock-probe");
-        s.quotas.wall_time = Duration::from_millis(500);
-        let p = host.load(s).await.unwrap();
+        let p = host.load(spec("ender", "lock-probe")).await.unwrap();
+        let mut s = spec("ender-quota", "lock-probe");
+        s.quotas.wall_time = Duration::from_secs(2);
+        let q = host.load(s).await.unwrap();
         let mut conn = redis.client().await;
 
         // A trap while holding two locks, one renewed every 100 ms.
@@ -330,31 +443,47 @@ async fn locks_are_released_when_the_invocation_ends() {
                 "{l} is still locked after the trap"
             );
         }
-        // ...and its renewal stopped with it: no more scripts run.
+        // ...and its renewal stopped with it: no more scripts run. A
+        // renewal every 100 ms would show up about ten times in this second
+        // (and a renewal task slowed down by a loaded machine at least
+        // once); nothing else sends scripts meanwhile.
         let calls = evalsha_calls(&redis).await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(
             evalsha_calls(&redis).await,
             calls,
             "auto-renew kept running after the trap"
         );
 
-        // The wall-time quota while holding a lock.
-        let l3 = unique("spin");
+        // The wall-time quota while holding a lock (the guest counts itself
+        // in once it holds it).
+        let (l3, holding) = (unique("spin"), unique("holding"));
         let program = json!([
             {"op": "acquire", "name": l3, "ttl_ms": 60_000, "wait_ms": 0},
+            {"op": "incr", "key": holding},
             {"op": "spin"},
         ]);
         let started = Instant::now();
         let e = host
-            .invoke(p.name(), program.to_string().as_bytes())
+            .invoke(q.name(), program.to_string().as_bytes())
             .await
             .unwrap_err();
+        let took = started.elapsed();
         assert!(e.to_string().contains("wall-time quota"), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(10));
+        // Ended by its 2 s quota, not hanging (60 s leaves room for a
+        // loaded machine).
+        assert!(
+            took < Duration::from_secs(60),
+            "the spin ended after {took:?}"
+        );
+        assert_eq!(
+            get_i64(&mut conn, &kv_key("ender-quota", &holding)).await,
+            1,
+            "the quota struck before the lock was held"
+        );
         assert!(
             !conn
-                .exists::<_, bool>(lock_key("ender", &l3))
+                .exists::<_, bool>(lock_key("ender-quota", &l3))
                 .await
                 .unwrap(),
             "still locked after the wall-time quota"
@@ -363,7 +492,7 @@ async fn locks_are_released_when_the_invocation_ends() {
         // The wall-time quota while waiting for a lock someone else holds:
         // the waiter's registration is cleaned up and the holder keeps it.
         let l4 = unique("held");
-        let k4 = lock_key("ender", &l4);
+        let k4 = lock_key("ender-quota", &l4);
         let _: () = redis::cmd("HSET")
             .arg(&k4)
             .arg("owner")
@@ -376,7 +505,7 @@ async fn locks_are_released_when_the_invocation_ends() {
         let _: bool = conn.pexpire(&k4, 60_000).await.unwrap();
         let program = json!([{"op": "acquire", "name": l4, "ttl_ms": 1000, "wait_ms": 30_000}]);
         let e = host
-            .invoke(p.name(), program.to_string().as_bytes())
+            .invoke(q.name(), program.to_string().as_bytes())
             .await
             .unwrap_err();
         assert!(e.to_string().contains("wall-time quota"), "{e}");
@@ -403,12 +532,16 @@ async fn locks_are_released_when_the_invocation_ends() {
             ]),
         )
         .await;
-        assert_eq!(ok(&r[3]), &json!(true));
-        assert_eq!(ok(&r[5]), &json!(false), "dropping the guard releases");
+        assert_eq!(ok(&r[3]), &json!(true), "{r:?}");
+        assert_eq!(
+            ok(&r[5]),
+            &json!(false),
+            "dropping the guard releases: {r:?}"
+        );
         assert_eq!(
             ok(&r[6]),
             &json!(true),
-            "a forgotten guard holds until the end"
+            "a forgotten guard holds until the end: {r:?}"
         );
         assert!(
             !conn
@@ -418,7 +551,12 @@ async fn locks_are_released_when_the_invocation_ends() {
             "a leaked guard is released when the invocation ends"
         );
 
-        let keys: Vec<String> = conn.keys("rl:ender:lock:*").await.unwrap();
+        let mut keys: Vec<String> = conn.keys("rl:ender:lock:*").await.unwrap();
+        keys.extend(
+            conn.keys::<_, Vec<String>>("rl:ender-quota:lock:*")
+                .await
+                .unwrap(),
+        );
         let keys: Vec<&String> = keys.iter().filter(|k| !k.ends_with(":fence")).collect();
         assert_eq!(keys, vec![&k4], "only the other owner's lock remains");
     })
@@ -428,6 +566,10 @@ async fn locks_are_released_when_the_invocation_ends() {
 /// A waiting acquire gets the lock soon after a release — through this
 /// host's wake-up, and through backoff when another process releases — and
 /// gives up with `timeout` at its deadline otherwise.
+///
+/// The lock is released only once the waiter has been seen trying (its
+/// first attempt is an `EVALSHA` in Redis's statistics) and 300 ms more
+/// have passed, so "it did wait" never depends on how fast it started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_acquire_wakes_on_release_and_gives_up_at_deadline() {
     with_timeout(async {
@@ -437,18 +579,19 @@ async fn waiting_acquire_wakes_on_release_and_gives_up_at_deadline() {
         host.load(spec("waiter", "lock-probe")).await.unwrap();
         let mut conn = redis.client().await;
 
-        // Released through this host after 500 ms.
+        // Released through this host when the test says so.
         let name = unique("wake");
         let key = lock_key("waiter", &name);
+        let go = unique("go");
         let holder = tokio::spawn({
-            let (host, name) = (host.clone(), name.clone());
+            let (host, name, go) = (host.clone(), name.clone(), go.clone());
             async move {
                 let r = probe(
                     &host,
                     "waiter",
                     json!([
                         {"op": "acquire", "name": name, "ttl_ms": 60_000, "wait_ms": 0},
-                        {"op": "sleep", "ms": 500},
+                        {"op": "await_key", "key": go},
                         {"op": "release", "id": name},
                     ]),
                 )
@@ -457,17 +600,29 @@ async fn waiting_acquire_wakes_on_release_and_gives_up_at_deadline() {
             }
         });
         until_locked(&mut conn, &key).await;
-        let r = probe(
-            &host,
-            "waiter",
-            json!([{"op": "acquire", "name": name, "ttl_ms": 60_000, "wait_ms": 10_000}]),
-        )
-        .await;
-        let got_it = Instant::now();
+        let tries = evalsha_calls(&redis).await;
+        let waiter = tokio::spawn({
+            let (host, name) = (host.clone(), name.clone());
+            async move {
+                let r = probe(
+                    &host,
+                    "waiter",
+                    json!([{"op": "acquire", "name": name, "ttl_ms": 60_000, "wait_ms": 30_000}]),
+                )
+                .await;
+                (r, Instant::now())
+            }
+        });
+        until_evalsha(&redis, "the waiter tries the held lock", tries + 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        release(&conn, "waiter", &go).await;
+        let (r, got_it) = waiter.await.unwrap();
         let (held, released) = holder.await.unwrap();
-        assert_eq!(ok(&held[2]), &json!("owner"));
+        assert_eq!(ok(&held[2]), &json!("owner"), "{held:?}");
         let waited = ok(&r[0])["waited_ms"].as_u64().unwrap();
         assert!(waited >= 300, "it did wait: {waited} ms");
+        // Soon: 1 s is ten times the longest backoff pause, and the wake-up
+        // takes a millisecond.
         let late = got_it.saturating_duration_since(released);
         assert!(
             late < Duration::from_secs(1),
@@ -478,19 +633,21 @@ async fn waiting_acquire_wakes_on_release_and_gives_up_at_deadline() {
         let name = unique("foreign");
         let key = lock_key("waiter", &name);
         hold_elsewhere(&mut conn, &key, 60_000).await;
+        let tries = evalsha_calls(&redis).await;
         let waiter = tokio::spawn({
             let (host, name) = (host.clone(), name.clone());
             async move {
                 let r = probe(
                     &host,
                     "waiter",
-                    json!([{"op": "acquire", "name": name, "ttl_ms": 60_000, "wait_ms": 10_000}]),
+                    json!([{"op": "acquire", "name": name, "ttl_ms": 60_000, "wait_ms": 30_000}]),
                 )
                 .await;
                 (r, Instant::now())
             }
         });
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        until_evalsha(&redis, "the waiter tries the foreign lock", tries + 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let _: i64 = conn.del(&key).await.unwrap();
         let deleted = Instant::now();
         let (r, got_it) = waiter.await.unwrap();
@@ -523,27 +680,57 @@ async fn waiting_acquire_wakes_on_release_and_gives_up_at_deadline() {
             "{r:?}"
         );
         assert_eq!(err_kind(&r[1]), "timeout", "{r:?}");
-        assert_eq!(ok(&r[2]), &Value::Null);
+        assert_eq!(ok(&r[2]), &Value::Null, "{r:?}");
+        // At its 300 ms deadline, not at the holder's minute (3 s leaves
+        // room for a loaded machine).
         assert!(
-            elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(2),
+            elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(3),
             "gave up after {elapsed:?}"
         );
         let owner: String = conn.hget(&key, "owner").await.unwrap();
-        assert_eq!(owner, "elsewhere");
+        assert_eq!(owner, "elsewhere", "the holder's lock is untouched");
 
-        // Expiry of a lock whose holder vanished is noticed too.
+        // Expiry of a lock whose holder vanished is noticed too: not before
+        // it expires, and soon after (by the wall clock, which the guest's
+        // `now` reads too).
         let name = unique("expiring");
+        let before_hold = unix_micros();
         hold_elsewhere(&mut conn, &lock_key("waiter", &name), 400).await;
+        let after_hold = unix_micros();
         let r = probe(
             &host,
             "waiter",
-            json!([{"op": "acquire", "name": name, "ttl_ms": 1000, "wait_ms": 5000}]),
+            json!([
+                {"op": "acquire", "name": name, "ttl_ms": 1000, "wait_ms": 30_000},
+                {"op": "now"},
+            ]),
         )
         .await;
-        let waited = ok(&r[0])["waited_ms"].as_u64().unwrap();
-        assert!((200..1500).contains(&waited), "waited {waited} ms");
+        let acquired = ok(&r[1]).as_i64().unwrap_or_else(|| panic!("{r:?}"));
+        // The lock was written after `before_hold` and expired 400 ms after
+        // its PEXPIRE (Redis counts whole milliseconds).
+        let since_hold_ms = (acquired - before_hold) / 1000;
+        assert!(
+            since_hold_ms >= 399,
+            "acquired {since_hold_ms} ms after the 400 ms lock was written: {r:?}"
+        );
+        // Soon after: the longest backoff pause is 100 ms (3 s leaves room
+        // for a loaded machine; the wait would last 30 s).
+        let after_expiry_ms = (acquired - after_hold) / 1000 - 400;
+        assert!(
+            after_expiry_ms < 3000,
+            "acquired {after_expiry_ms} ms after the lock expired: {r:?}"
+        );
     })
     .await;
+}
+
+/// Microseconds since the Unix epoch (what the probe's `now` answers).
+fn unix_micros() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_micros()).unwrap()
 }
 
 /// How many scripts Redis has run (`EVALSHA` calls).
@@ -572,6 +759,11 @@ async fn hold_elsewhere(conn: &mut redloom_tests::TestConnection, key: &str, ttl
 
 /// Extend and auto-renew keep a lock alive past its TTL only for its owner;
 /// without them it expires.
+///
+/// The renewed and the extended lock live 3 s: auto-renew refreshes every
+/// second, so a renewal may run 2 s late on a loaded machine, and the
+/// extend may come up to 3 s after the acquire; the 4 s sleep still
+/// outlasts both TTLs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extend_and_auto_renew() {
     with_timeout(async {
@@ -584,12 +776,12 @@ async fn extend_and_auto_renew() {
             &host,
             "renew",
             json!([
-                {"op": "acquire", "name": a, "ttl_ms": 200, "wait_ms": 0},
+                {"op": "acquire", "name": a, "ttl_ms": 3000, "wait_ms": 0},
                 {"op": "auto_renew", "id": a, "enabled": true},
-                {"op": "acquire", "name": b, "ttl_ms": 200, "wait_ms": 0},
-                {"op": "extend", "id": b, "ttl_ms": 5000},
+                {"op": "acquire", "name": b, "ttl_ms": 3000, "wait_ms": 0},
+                {"op": "extend", "id": b, "ttl_ms": 600_000},
                 {"op": "acquire", "name": c, "ttl_ms": 200, "wait_ms": 0},
-                {"op": "sleep", "ms": 700},
+                {"op": "sleep", "ms": 4000},
                 {"op": "is_locked", "name": a},
                 {"op": "is_locked", "name": b},
                 {"op": "is_locked", "name": c},
@@ -603,15 +795,19 @@ async fn extend_and_auto_renew() {
             ]),
         )
         .await;
-        assert_eq!(ok(&r[3]), &json!("owner"));
+        assert_eq!(ok(&r[3]), &json!("owner"), "{r:?}");
         assert_eq!(ok(&r[6]), &json!(true), "auto-renew kept it: {r:?}");
-        assert_eq!(ok(&r[7]), &json!(true), "extend kept it");
-        assert_eq!(ok(&r[8]), &json!(false), "without either it lapsed");
-        assert_eq!(ok(&r[10]), &json!("owner"));
-        assert_eq!(ok(&r[11]), &json!("owner"));
-        assert_eq!(ok(&r[12]), &json!("not-owner"));
-        assert_eq!(err_kind(&r[14]), "invalid-argument", "auto-renew on 50 ms");
-        assert_eq!(err_kind(&r[15]), "invalid-argument", "ttl 0");
+        assert_eq!(ok(&r[7]), &json!(true), "extend kept it: {r:?}");
+        assert_eq!(ok(&r[8]), &json!(false), "without either it lapsed: {r:?}");
+        assert_eq!(ok(&r[10]), &json!("owner"), "{r:?}");
+        assert_eq!(ok(&r[11]), &json!("owner"), "{r:?}");
+        assert_eq!(ok(&r[12]), &json!("not-owner"), "{r:?}");
+        assert_eq!(
+            err_kind(&r[14]),
+            "invalid-argument",
+            "auto-renew on 50 ms: {r:?}"
+        );
+        assert_eq!(err_kind(&r[15]), "invalid-argument", "ttl 0: {r:?}");
     })
     .await;
 }
@@ -635,10 +831,10 @@ async fn diagnostics_and_errors() {
             json!([
                 {"op": "holder", "name": name},
                 {"op": "is_locked", "name": name},
-                {"op": "acquire", "name": name, "ttl_ms": 5000, "wait_ms": 0},
+                {"op": "acquire", "name": name, "ttl_ms": 600_000, "wait_ms": 0},
                 {"op": "holder", "name": name},
                 {"op": "is_locked", "name": name},
-                {"op": "acquire", "name": name, "ttl_ms": 5000, "wait_ms": 10_000, "id": "again"},
+                {"op": "acquire", "name": name, "ttl_ms": 5000, "wait_ms": 60_000, "id": "again"},
                 {"op": "try_acquire", "name": name, "ttl_ms": 5000, "id": "again"},
                 {"op": "release", "id": name},
                 {"op": "holder", "name": name},
@@ -651,35 +847,44 @@ async fn diagnostics_and_errors() {
             ]),
         )
         .await;
+        // Not after its 60 s wait (30 s leaves room for a loaded machine).
+        let took = started.elapsed();
         assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "re-entrant acquire failed fast"
+            took < Duration::from_secs(30),
+            "re-entrant acquire failed fast: the program took {took:?}: {r:?}"
         );
-        assert_eq!(ok(&r[0]), &Value::Null);
-        assert_eq!(ok(&r[1]), &json!(false));
+        assert_eq!(ok(&r[0]), &Value::Null, "{r:?}");
+        assert_eq!(ok(&r[1]), &json!(false), "{r:?}");
         let token = ok(&r[2])["token"].as_u64().unwrap();
         let holder = ok(&r[3]);
-        assert_eq!(holder["fencing_token"], json!(token));
+        assert_eq!(holder["fencing_token"], json!(token), "{r:?}");
         let ttl = holder["ttl_ms"].as_u64().unwrap();
-        assert!(ttl > 0 && ttl <= 5000, "{ttl}");
-        assert!(!holder["owner"].as_str().unwrap().is_empty());
-        assert_eq!(ok(&r[4]), &json!(true));
+        assert!(ttl > 0 && ttl <= 600_000, "{ttl}");
+        assert!(!holder["owner"].as_str().unwrap().is_empty(), "{r:?}");
+        assert_eq!(ok(&r[4]), &json!(true), "{r:?}");
         assert_eq!(err_kind(&r[5]), "invalid-argument", "re-entrant: {r:?}");
         assert!(
             r[5]["err"]["message"]
                 .as_str()
                 .unwrap()
-                .contains("re-entrant")
+                .contains("re-entrant"),
+            "{r:?}"
         );
         assert_eq!(err_kind(&r[6]), "invalid-argument", "re-entrant try: {r:?}");
-        assert_eq!(ok(&r[7]), &json!("owner"));
-        assert_eq!(ok(&r[8]), &Value::Null);
-        assert_eq!(ok(&r[9]), &json!(false));
+        assert_eq!(ok(&r[7]), &json!("owner"), "{r:?}");
+        assert_eq!(ok(&r[8]), &Value::Null, "{r:?}");
+        assert_eq!(ok(&r[9]), &json!(false), "{r:?}");
         for v in &r[10..=12] {
             assert_eq!(err_kind(v), "invalid-argument", "{v}");
         }
-        assert!(ok(&r[13])["token"].is_u64(), "the empty name is a name");
-        assert!(ok(&r[14])["token"].is_u64(), "braces are just characters");
+        assert!(
+            ok(&r[13])["token"].is_u64(),
+            "the empty name is a name: {r:?}"
+        );
+        assert!(
+            ok(&r[14])["token"].is_u64(),
+            "braces are just characters: {r:?}"
+        );
 
         // The same name in another plugin is another lock.
         let r = probe(
@@ -691,7 +896,7 @@ async fn diagnostics_and_errors() {
             ]),
         )
         .await;
-        assert!(ok(&r[0])["token"].is_u64());
+        assert!(ok(&r[0])["token"].is_u64(), "{r:?}");
         let r = probe(
             &host,
             "diag-b",
@@ -703,10 +908,10 @@ async fn diagnostics_and_errors() {
             ]),
         )
         .await;
-        assert_eq!(ok(&r[0]), &json!(false));
-        assert_eq!(ok(&r[1]), &json!(1), "diag-b's counter starts at 1");
-        assert_eq!(ok(&r[2]), &json!("owner"));
-        assert_eq!(r[3]["err"]["kind"], "bad-op", "the guard is gone");
+        assert_eq!(ok(&r[0]), &json!(false), "{r:?}");
+        assert_eq!(ok(&r[1]), &json!(1), "diag-b's counter starts at 1: {r:?}");
+        assert_eq!(ok(&r[2]), &json!("owner"), "{r:?}");
+        assert_eq!(r[3]["err"]["kind"], "bad-op", "the guard is gone: {r:?}");
 
         // Only fencing counters remain, one per name, under the plugins'
         // prefixes, each sharing its hash tag with its lock.
@@ -721,7 +926,8 @@ async fn diagnostics_and_errors() {
                 "rl:diag:lock:{diag/shared}:fence",
                 "rl:diag:lock:{diag/}:fence",
                 "rl:diag:lock:{diag/}{}:fence",
-            ]
+            ],
+            "the keys left in Redis"
         );
     })
     .await;
@@ -729,6 +935,11 @@ async fn diagnostics_and_errors() {
 
 /// The example plugin: concurrent reservations on two hosts never oversell,
 /// and a write with a stale fencing token is refused.
+///
+/// Its lock lives and is waited for a minute (the plugin's defaults, 5 s
+/// and 2 s, are for production): 20 reservations queued on a loaded
+/// machine never give up, and a lock the failed call left behind could
+/// not expire before the test looks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserve_inventory_fences_its_writes() {
     with_timeout(async {
@@ -738,10 +949,11 @@ async fn reserve_inventory_fences_its_writes() {
             start_host(&redis, d1.path()).await,
             start_host(&redis, d2.path()).await,
         ];
+        let mut s = spec("inventory", "reserve-inventory");
+        s.settings.insert("lock-ttl-ms".into(), "60000".into());
+        s.settings.insert("lock-wait-ms".into(), "60000".into());
         for h in &hosts {
-            h.load(spec("inventory", "reserve-inventory"))
-                .await
-                .unwrap();
+            h.load(s.clone()).await.unwrap();
         }
         let name = PluginName::parse("inventory").unwrap();
         let sku = unique("sku");
@@ -756,7 +968,7 @@ async fn reserve_inventory_fences_its_writes() {
         let restocked = call(hosts[0].clone(), json!({"sku": sku, "restock": 10}))
             .await
             .unwrap();
-        assert_eq!(restocked["available"], json!(10));
+        assert_eq!(restocked["available"], json!(10), "{restocked}");
 
         let tasks: Vec<_> = (0..20)
             .map(|i| {
@@ -767,7 +979,10 @@ async fn reserve_inventory_fences_its_writes() {
         let mut reserved = 0;
         let mut last_token = 0;
         for t in tasks {
-            let reply = t.await.unwrap().unwrap();
+            let reply = t
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("a reservation failed: {e}"));
             if reply["reserved"] == json!(true) {
                 reserved += 1;
                 last_token = last_token.max(reply["fencing_token"].as_u64().unwrap());
@@ -779,8 +994,8 @@ async fn reserve_inventory_fences_its_writes() {
         let record_key = format!("rl:inventory:kv:stock:{sku}");
         let record: String = conn.get(&record_key).await.unwrap();
         let record: Value = serde_json::from_str(&record).unwrap();
-        assert_eq!(record["available"], json!(0));
-        assert_eq!(record["fence"], json!(last_token));
+        assert_eq!(record["available"], json!(0), "{record}");
+        assert_eq!(record["fence"], json!(last_token), "{record}");
 
         // A newer holder (token 1,000,000) wrote the record: this holder's
         // token is lower, so its write is refused and the record kept.
@@ -800,7 +1015,7 @@ async fn reserve_inventory_fences_its_writes() {
             other => panic!("expected the stale-holder error, got {other}"),
         }
         let record: String = conn.get(&record_key).await.unwrap();
-        assert_eq!(record, forged);
+        assert_eq!(record, forged, "the refused write kept the record");
         assert!(
             !conn
                 .exists::<_, bool>(lock_key("inventory", &format!("sku:{sku}")))
@@ -813,10 +1028,13 @@ async fn reserve_inventory_fences_its_writes() {
 }
 
 /// A release through this host wakes a waiter at once, rather than at its
-/// next backoff step: over 7 hand-offs (the waiter's backoff is at its
-/// 50–100 ms cap by then) the median time from release to acquisition, by
-/// the host's wall clock as the guests read it, is far below what backoff
-/// alone gives (a median around 40–70 ms).
+/// next backoff step: over 7 hand-offs the median time from release to
+/// acquisition, by the host's wall clock as the guests read it, is far
+/// below what backoff alone gives (a median around 40–70 ms).
+///
+/// Each holder releases only once the waiter has made 8 attempts (8
+/// `EVALSHA`s in Redis's statistics): its backoff pauses have then reached
+/// their 50–100 ms cap, however slowly it started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_wakes_a_waiter_at_once() {
     with_timeout(async {
@@ -828,15 +1046,16 @@ async fn release_wakes_a_waiter_at_once() {
         let mut latencies = Vec::new();
         for _ in 0..7 {
             let name = unique("handoff");
+            let go = unique("go");
             let holder = tokio::spawn({
-                let (host, name) = (host.clone(), name.clone());
+                let (host, name, go) = (host.clone(), name.clone(), go.clone());
                 async move {
                     probe(
                         &host,
                         "handoff",
                         json!([
                             {"op": "acquire", "name": name, "ttl_ms": 60_000, "wait_ms": 0},
-                            {"op": "sleep", "ms": 400},
+                            {"op": "await_key", "key": go},
                             {"op": "release", "id": name},
                             {"op": "now"},
                         ]),
@@ -845,21 +1064,32 @@ async fn release_wakes_a_waiter_at_once() {
                 }
             });
             until_locked(&mut conn, &lock_key("handoff", &name)).await;
-            let waiter = probe(
-                &host,
-                "handoff",
-                json!([
-                    {"op": "acquire", "name": name, "ttl_ms": 60_000, "wait_ms": 10_000},
-                    {"op": "now"},
-                ]),
-            )
-            .await;
+            let tries = evalsha_calls(&redis).await;
+            let waiter = tokio::spawn({
+                let (host, name) = (host.clone(), name.clone());
+                async move {
+                    probe(
+                        &host,
+                        "handoff",
+                        json!([
+                            {"op": "acquire", "name": name, "ttl_ms": 60_000, "wait_ms": 60_000},
+                            {"op": "now"},
+                        ]),
+                    )
+                    .await
+                }
+            });
+            until_evalsha(&redis, "the waiter's backoff reaches its cap", tries + 8).await;
+            release(&conn, "handoff", &go).await;
+            let waiter = waiter.await.unwrap();
             let holder = holder.await.unwrap();
+            assert_eq!(ok(&holder[2]), &json!("owner"), "{holder:?}");
             let released = ok(&holder[3]).as_i64().unwrap();
             let acquired = ok(&waiter[1]).as_i64().unwrap();
             latencies.push(Duration::from_micros((acquired - released).max(0) as u64));
         }
         latencies.sort();
+        eprintln!("hand-offs took {latencies:?}");
         assert!(
             latencies[3] < Duration::from_millis(30),
             "median hand-off took {:?}: {latencies:?}",

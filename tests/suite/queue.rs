@@ -8,16 +8,10 @@ use redis::AsyncCommands;
 use redloom::config::Config;
 use redloom::host::Host;
 use redloom::namespace::{Namespace, PluginName};
+use redloom::redis::queue::QueueStats;
+use redloom_tests::with_timeout;
 use redloom_tests::{RedisServer, Served, get_i64, host_options, plugin, redloom_bin, wait_for};
 use serde_json::{Value, json};
-
-const TEST_TIMEOUT: Duration = Duration::from_secs(180);
-
-async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_TIMEOUT, f)
-        .await
-        .expect("test timed out");
-}
 
 fn config_text(consumer: &str, extra: &str) -> String {
     format!(
@@ -73,6 +67,35 @@ fn keys() -> redloom::namespace::QueueKeys {
         .unwrap()
 }
 
+/// Wall-clock ms since the epoch: the clock the probe's handler records
+/// (`at:<id>:<attempt>`) and Redis TIME reads, on this one machine.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Waits (at most 60 s) until `keys` has nothing in the stream, pending or
+/// scheduled — a handler counts its message done before the ack lands, so
+/// this follows any wait for a count — and returns the stats then.
+async fn settled(host: &Host, keys: &redloom::namespace::QueueKeys) -> QueueStats {
+    let start = Instant::now();
+    loop {
+        let stats = host.redis().queue_stats(keys, "workers").await.unwrap();
+        let settled = stats.length == 0 && stats.pending == 0 && stats.scheduled == 0;
+        if settled || start.elapsed() > Duration::from_secs(60) {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The probe's kv key `key` (how a test releases `hold-<key>` messages).
+fn kv(key: &str) -> String {
+    format!("rl:worker:kv:{key}")
+}
+
 /// 10,000 messages, two `redloom serve` processes × 4 concurrency: every
 /// message processed and acknowledged exactly once when nothing fails,
 /// both processes took part, and nothing is left behind.
@@ -109,7 +132,7 @@ async fn ten_thousand_messages_two_host_processes() {
                 break;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(30),
+                start.elapsed() < Duration::from_secs(60),
                 "the consumers never read:\n{clients}\n{}\n{}",
                 a.log_text(),
                 b.log_text()
@@ -128,22 +151,12 @@ async fn ten_thousand_messages_two_host_processes() {
             &mut conn,
             "rl:worker:kv:done-total",
             10_000,
-            Duration::from_secs(150),
+            Duration::from_secs(240),
         )
         .await;
         assert_eq!(total, 10_000, "{}\n{}", a.log_text(), b.log_text());
         // Acknowledged: nothing in the stream, pending, scheduled or dead.
-        // (The handler counts before its ack lands, and the stats are read
-        // in more than one round trip: wait for the whole state.)
-        let start = Instant::now();
-        let stats = loop {
-            let stats = producer.redis().queue_stats(&k, "workers").await.unwrap();
-            let settled = stats.pending == 0 && stats.length == 0;
-            if settled || start.elapsed() > Duration::from_secs(10) {
-                break stats;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let stats = settled(&producer, &k).await;
         assert_eq!(
             (
                 stats.length,
@@ -151,10 +164,21 @@ async fn ten_thousand_messages_two_host_processes() {
                 stats.scheduled,
                 stats.dead_letters
             ),
-            (0, 0, 0, 0)
+            (0, 0, 0, 0),
+            "{stats:?}"
         );
-        assert_eq!(stats.consumers, 2);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(stats.consumers, 2, "{stats:?}");
+        // Handler runs, as each process counted them (every run counts
+        // before its ack): one per message, and both processes took part.
+        let (ran_a, ran_b) = (
+            a.counter("worker", "redloom_invocations_total").await,
+            b.counter("worker", "redloom_invocations_total").await,
+        );
+        // Graceful stops wait for any handler still running (a duplicate
+        // run whose ack was not needed any more), so what the counts say
+        // below is final.
+        a.stop().await;
+        b.stop().await;
         assert_eq!(
             get_i64(&mut conn, "rl:worker:kv:done-total").await,
             10_000,
@@ -171,16 +195,8 @@ async fn ten_thousand_messages_two_host_processes() {
                 "handler runs per message: {runs:?}"
             );
         }
-        // Handler runs, as each process counted them: one per message, and
-        // both processes took part.
-        let (ran_a, ran_b) = (
-            a.counter("worker", "redloom_invocations_total").await,
-            b.counter("worker", "redloom_invocations_total").await,
-        );
         assert_eq!(ran_a + ran_b, 10_000.0, "a {ran_a}, b {ran_b}");
         assert!(ran_a > 0.0 && ran_b > 0.0, "a {ran_a}, b {ran_b}");
-        a.stop().await;
-        b.stop().await;
     })
     .await;
 }
@@ -213,26 +229,38 @@ async fn retries_dead_letters_and_replay() {
                 &mut conn,
                 &format!("rl:worker:kv:done:{flaky}"),
                 1,
-                Duration::from_secs(20)
+                Duration::from_secs(60)
             )
             .await,
-            1
+            1,
+            "the flaky message never succeeded; attempts: {}",
+            get_i64(&mut conn, &format!("rl:worker:kv:attempts:{flaky}")).await
         );
         assert_eq!(
             get_i64(&mut conn, &format!("rl:worker:kv:attempts:{flaky}")).await,
-            4
+            4,
+            "attempts of a message that fails 3 times"
         );
         let mut at = Vec::new();
         for a in 1..=4 {
             at.push(get_i64(&mut conn, &format!("rl:worker:kv:at:{flaky}:{a}")).await);
         }
         let gaps: Vec<i64> = at.windows(2).map(|w| w[1] - w[0]).collect();
-        // backoff × 2^(n-1) × [0.5, 1.5): [50,150), [100,300), [200,600) ms,
-        // plus up to one promotion period (100 ms) and a read.
+        // Retry n waits backoff × 2^(n-1) × [0.5, 1.5): [50,150), [100,300),
+        // [200,600) ms. The gap between two runs is that wait plus the run,
+        // up to one promotion period (100 ms) and the dispatch — all of
+        // which a slow machine only lengthens — so each gap is at least its
+        // shortest wait, and these minimums grow: 50, 100, 200 ms (the
+        // third above the most the first wait can be). Runs are stamped in
+        // whole ms of the wall clock, retries are due in whole ms of Redis
+        // TIME (the same clock), so the minimums are exact. The upper bound
+        // only catches waits of another order (10× the longest expected
+        // gap, 700 ms).
         assert!(
-            gaps[0] >= 45 && gaps[2] > gaps[0] && gaps[2] >= 190 && gaps[2] < 1_000,
-            "gaps {gaps:?}"
+            gaps[0] >= 50 && gaps[1] >= 100 && gaps[2] >= 200,
+            "gaps {gaps:?} between the runs at {at:?}"
         );
+        assert!(gaps.iter().all(|g| *g < 7_000), "gaps {gaps:?}");
 
         let start = Instant::now();
         let dead = loop {
@@ -242,14 +270,14 @@ async fn retries_dead_letters_and_replay() {
                 .queue_dead_letters(&keys(), 10)
                 .await
                 .unwrap();
-            if !d.is_empty() || start.elapsed() > Duration::from_secs(20) {
+            if !d.is_empty() || start.elapsed() > Duration::from_secs(60) {
                 break d;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].id, doomed);
-        assert_eq!(dead[0].attempts, 3);
+        assert_eq!(dead.len(), 1, "dead letters: {dead:?}");
+        assert_eq!(dead[0].id, doomed, "{dead:?}");
+        assert_eq!(dead[0].attempts, 3, "{dead:?}");
         assert!(
             dead[0].error.contains("this job always fails"),
             "{}",
@@ -257,7 +285,8 @@ async fn retries_dead_letters_and_replay() {
         );
         assert_eq!(
             get_i64(&mut conn, &format!("rl:worker:kv:attempts:{doomed}")).await,
-            3
+            3,
+            "handler runs of a message that died after 3 attempts"
         );
 
         assert_eq!(
@@ -266,17 +295,19 @@ async fn retries_dead_letters_and_replay() {
                 .queue_replay(&keys(), None, 100)
                 .await
                 .unwrap(),
-            1
+            1,
+            "replayed"
         );
+        let attempts = wait_for(
+            &mut conn,
+            &format!("rl:worker:kv:attempts:{doomed}"),
+            4,
+            Duration::from_secs(60),
+        )
+        .await;
         assert!(
-            wait_for(
-                &mut conn,
-                &format!("rl:worker:kv:attempts:{doomed}"),
-                4,
-                Duration::from_secs(10)
-            )
-            .await
-                >= 4
+            attempts >= 4,
+            "the replayed message never ran: {attempts} runs"
         );
         s.shutdown().await;
     })
@@ -292,24 +323,24 @@ async fn delays_dedupe_and_bounded_length() {
         let dir = tempfile::tempdir().unwrap();
         let s = serve(&redis, dir.path(), &config_text("", "queue-max-length = 5")).await;
         let mut conn = redis.client().await;
-        let started = Instant::now();
+        let (started, enqueued_from) = (Instant::now(), now_ms());
         let late = enqueue(&s.host, json!({"queue": "jobs", "payloads": ["ok"], "delay_ms": 800})).await.remove(0);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(get_i64(&mut conn, &format!("rl:worker:kv:done:{late}")).await, 0, "delivered early");
-        assert_eq!(wait_for(&mut conn, &format!("rl:worker:kv:done:{late}"), 1, Duration::from_secs(5)).await, 1);
-        assert!(started.elapsed() >= Duration::from_millis(800));
+        assert_eq!(wait_for(&mut conn, &format!("rl:worker:kv:done:{late}"), 1, Duration::from_secs(60)).await, 1, "the delayed message never ran");
+        assert!(started.elapsed() >= Duration::from_millis(800), "done after {:?}", started.elapsed());
+        // Not delivered early: its handler started (wall clock, whole ms)
+        // at least 800 ms after the enqueue began (it is due 800 ms after
+        // the enqueue's Redis TIME, the same clock).
+        let ran = get_i64(&mut conn, &format!("rl:worker:kv:at:{late}:1")).await;
+        assert!(ran - enqueued_from >= 800, "delivered early: {} ms after the enqueue began", ran - enqueued_from);
 
         let first = enqueue(&s.host, json!({"queue": "jobs", "payloads": ["ok"], "dedupe": "upload-1"})).await;
         let second = enqueue(&s.host, json!({"queue": "jobs", "payloads": ["ok"], "dedupe": "upload-1"})).await;
         assert_eq!(first, second, "the second enqueue returns the first id");
-        assert_eq!(wait_for(&mut conn, &format!("rl:worker:kv:done:{}", first[0]), 1, Duration::from_secs(5)).await, 1);
+        assert_eq!(wait_for(&mut conn, &format!("rl:worker:kv:done:{}", first[0]), 1, Duration::from_secs(60)).await, 1, "the deduplicated message never ran");
         // The handler counts before its ack and delete land: wait (bounded)
         // until the queue is empty, so the six below meet an empty queue.
-        let (k, start) = (keys(), Instant::now());
-        while s.host.redis().queue_stats(&k, "workers").await.unwrap().length > 0 {
-            assert!(start.elapsed() < Duration::from_secs(10), "the queue did not drain");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let stats = settled(&s.host, &keys()).await;
+        assert_eq!((stats.length, stats.pending, stats.scheduled), (0, 0, 0), "the queue did not drain: {stats:?}");
         assert_eq!(get_i64(&mut conn, "rl:worker:kv:done-total").await, 2, "one message per dedupe id");
 
         // Six delayed messages into a queue of five: the sixth is refused.
@@ -325,7 +356,9 @@ async fn delays_dedupe_and_bounded_length() {
 }
 
 /// `kill -9` of a host holding unacknowledged messages: another host
-/// reclaims them after the visibility timeout; none is lost.
+/// reclaims them after the visibility timeout; none is lost. The messages
+/// hold their handlers until the test releases them, so host A is certainly
+/// still running all three when it is killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_host_messages_are_reclaimed() {
     with_timeout(async {
@@ -356,9 +389,11 @@ async fn crashed_host_messages_are_reclaimed() {
             .load(redloom_tests::spec("worker", "queue-probe"))
             .await
             .unwrap();
+        let release = redloom_tests::unique("release");
+        let hold = format!("hold-{release}");
         let ids = enqueue_all(
             &producer,
-            json!({"queue": "jobs", "payloads": ["slow-3000", "slow-3000", "slow-3000"]}),
+            json!({"queue": "jobs", "payloads": [hold, hold, hold]}),
         )
         .await;
         // Wait until process A holds all three.
@@ -376,12 +411,16 @@ async fn crashed_host_messages_are_reclaimed() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let mut conn = redis.client().await;
+        let done = get_i64(&mut conn, "rl:worker:kv:done-total").await;
+        assert_eq!(done, 0, "A finished messages it was holding");
         a.kill().unwrap();
         a.wait().unwrap();
+        // B's runs of them may finish.
+        let _: () = conn.set(kv(&release), 1).await.unwrap();
 
         let text_b = config_text("concurrency = 4\nvisibility-timeout = \"1s\"", "");
         let b = serve(&redis, &dir.path().join("b"), &text_b).await;
-        let mut conn = redis.client().await;
         let total = wait_for(
             &mut conn,
             "rl:worker:kv:done-total",
@@ -393,45 +432,86 @@ async fn crashed_host_messages_are_reclaimed() {
         for id in &ids {
             assert_eq!(
                 get_i64(&mut conn, &format!("rl:worker:kv:done:{id}")).await,
-                1
+                1,
+                "{id} done"
             );
         }
-        let stats = b.host.redis().queue_stats(&k, "workers").await.unwrap();
-        assert_eq!((stats.length, stats.pending), (0, 0));
+        let stats = settled(&b.host, &k).await;
+        assert_eq!((stats.length, stats.pending), (0, 0), "{stats:?}");
         b.shutdown().await;
     })
     .await;
 }
 
 /// Graceful shutdown while messages run: they finish and are acknowledged
-/// once; nothing is lost and nothing acknowledged twice.
+/// once; nothing is lost and nothing acknowledged twice. The two running
+/// messages hold their handlers until the test releases them, which it
+/// does only once the shutdown has begun (the HTTP listener is closed), so
+/// the shutdown certainly has to wait for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_running_messages() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let s = serve(&redis, dir.path(), &config_text("concurrency = 2", "")).await;
+        // A shutdown deadline no stall of the machine reaches, so the
+        // shutdown can only end by waiting for the held messages.
+        let text = config_text("concurrency = 2", "")
+            .replace("shutdown-timeout = \"15s\"", "shutdown-timeout = \"120s\"");
+        let s = serve(&redis, dir.path(), &text).await;
+        let release = redloom_tests::unique("release");
+        let hold = format!("hold-{release}");
         let ids = enqueue(
             &s.host,
-            json!({"queue": "jobs", "payloads": ["slow-1000", "slow-1000", "ok", "ok"]}),
+            json!({"queue": "jobs", "payloads": [hold, hold, "ok", "ok"]}),
         )
         .await;
         let k = keys();
+        let mut conn = redis.client().await;
         let start = Instant::now();
         loop {
             let stats = s.host.redis().queue_stats(&k, "workers").await.unwrap();
             if stats.pending >= 2 {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(20));
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the consumer never took the two held messages: {stats:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let host = s.host.clone();
-        s.shutdown().await;
-        let mut conn = redis.client().await;
+        let Served {
+            host,
+            addr,
+            stop,
+            done: mut serving,
+            ..
+        } = s;
+        let _ = stop.send(());
+        let start = Instant::now();
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the HTTP listener never closed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // It cannot finish while the two messages run: one that did not
+        // wait for them would be done within milliseconds of the listener
+        // closing; give it half a second (a correct one never finishes here,
+        // so the wait cannot fail it).
+        let waited = tokio::time::timeout(Duration::from_millis(500), &mut serving).await;
+        assert!(
+            waited.is_err(),
+            "serve finished its shutdown while two messages were still running"
+        );
+        let _: () = conn.set(kv(&release), 1).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), serving)
+            .await
+            .expect("serve stops within 30 s once the messages are released")
+            .expect("serve's task");
         let done: i64 = get_i64(&mut conn, "rl:worker:kv:done-total").await;
         let stats = host.redis().queue_stats(&k, "workers").await.unwrap();
-        assert_eq!(stats.pending, 0, "nothing left half-done");
+        assert_eq!(stats.pending, 0, "nothing left half-done: {stats:?}");
         // Whatever was not started stays in the stream for the next consumer.
         assert_eq!(
             done as u64 + stats.lag,
@@ -439,8 +519,16 @@ async fn graceful_shutdown_finishes_running_messages() {
             "done {done}, waiting {}",
             stats.lag
         );
+        for id in &ids[..2] {
+            let runs = get_i64(&mut conn, &format!("rl:worker:kv:done:{id}")).await;
+            assert_eq!(
+                runs, 1,
+                "{id} was running when the shutdown began, then done {runs} times"
+            );
+        }
         for id in &ids {
-            assert!(get_i64(&mut conn, &format!("rl:worker:kv:done:{id}")).await <= 1);
+            let runs = get_i64(&mut conn, &format!("rl:worker:kv:done:{id}")).await;
+            assert!(runs <= 1, "{id} ran {runs} times");
         }
     })
     .await;
@@ -487,7 +575,7 @@ backoff = "50ms"
                 .send()
         };
         let a = post("s3://videos/cat.mp4", "upload-1").await.unwrap();
-        assert_eq!(a.status(), 202);
+        assert_eq!(a.status(), 202, "{a:?}");
         let a_id = a.text().await.unwrap();
         let again = post("s3://videos/cat.mp4", "upload-1")
             .await
@@ -496,23 +584,19 @@ backoff = "50ms"
             .await
             .unwrap();
         assert_eq!(a_id, again, "a retried upload is one job");
-        assert_eq!(
-            post("s3://videos/broken.mp4", "upload-2")
-                .await
-                .unwrap()
-                .status(),
-            202
-        );
+        let broken = post("s3://videos/broken.mp4", "upload-2").await.unwrap();
+        assert_eq!(broken.status(), 202, "{broken:?}");
         let mut conn = redis.client().await;
         assert_eq!(
             wait_for(
                 &mut conn,
                 "rl:video-worker:kv:processed",
                 1,
-                Duration::from_secs(10)
+                Duration::from_secs(60)
             )
             .await,
-            1
+            1,
+            "videos processed"
         );
         let k = Namespace::new(&PluginName::parse("video-worker").unwrap())
             .queue("video:ingest", true)
@@ -527,8 +611,9 @@ backoff = "50ms"
             == 0
         {
             assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "the broken video never reached the dead letters"
+                start.elapsed() < Duration::from_secs(60),
+                "the broken video never reached the dead letters: {:?}",
+                host.redis().queue_stats(&k, "workers").await
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -567,18 +652,28 @@ backoff = "50ms"
         let out = cli(&["replay", "--all"]);
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
-            "replayed 1 message(s)"
+            "replayed 1 message(s)",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
         let stats = host.redis().queue_stats(&k, "workers").await.unwrap();
         assert_eq!(
             (stats.dead_letters, stats.length),
             (0, 1),
-            "back in the queue"
+            "back in the queue: {stats:?}"
         );
         // Fail it again into the dead letters, by hand, then purge.
-        assert_eq!(host.redis().queue_replay(&k, None, 10).await.unwrap(), 0);
+        assert_eq!(
+            host.redis().queue_replay(&k, None, 10).await.unwrap(),
+            0,
+            "nothing left to replay"
+        );
         let out = cli(&["purge-dead-letters"]);
-        assert!(out.status.success());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     })
     .await;
 }
@@ -606,23 +701,35 @@ async fn first_runs(conn: &mut redloom_tests::TestConnection, ids: &[String]) ->
     at
 }
 
-/// The most of `times` (sorted, ms) inside any window of `window_ms`.
-fn most_in_window(times: &[i64], window_ms: i64) -> usize {
-    times
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            times[i..]
-                .iter()
-                .take_while(|u| **u < t + window_ms)
-                .count()
-        })
-        .max()
-        .unwrap_or(0)
+/// Checks handler start times `times` (sorted, wall-clock ms) of messages
+/// through a GCRA limit of `burst` at once and one more every
+/// `interval_ms`, enqueued at `from` or later: the k-th start is no earlier
+/// than `from + (k - burst) × interval` — never more than `burst + ⌊t /
+/// interval⌋` messages started within t of the enqueue.
+///
+/// GCRA admits the k-th unit no earlier than the first plus `(k - burst) ×
+/// interval`; nothing is admitted before the enqueue, and each handler
+/// starts after its message was admitted, so the k-th start is no earlier
+/// than the k-th admission. Scheduling delays only make starts later, so
+/// this holds however slow the machine is (the start times are whole ms of
+/// the clock Redis TIME reads, so the bound is exact to 1 ms); counting
+/// starts within any one second instead would let a delayed dispatch
+/// bunch them up.
+fn within_the_limit(times: &[i64], from: i64, burst: usize, interval_ms: i64) {
+    let after: Vec<i64> = times.iter().map(|t| t - from).collect();
+    for (i, t) in after.iter().enumerate() {
+        let earliest = (i + 1).saturating_sub(burst) as i64 * interval_ms;
+        assert!(
+            *t >= earliest - 1,
+            "message {} started {t} ms after the enqueue began, but the limit admits it at {earliest} ms at the earliest; starts (ms after the enqueue): {after:?}",
+            i + 1
+        );
+    }
 }
 
 /// `rate-limit` on a queue: 30 messages through a GCRA limit of 10/s with
-/// a burst of 2 run at that rate (never more than 2 + 10 in a second),
+/// a burst of 2 run no faster than that rate (never more than 2 + 10 × t
+/// from the enqueue within t, so the last starts at least 2.8 s after it),
 /// every one exactly once as its first attempt; the others were deferred
 /// (counted), not failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -640,32 +747,21 @@ async fn rate_limit_per_queue_caps_the_processing_rate() {
         )
         .await;
         let payloads: Vec<&str> = vec!["ok"; 30];
+        let enqueued_from = now_ms();
         let ids = enqueue_all(&s.host, json!({"queue": "jobs", "payloads": payloads})).await;
         let mut conn = redis.client().await;
         let total = wait_for(
             &mut conn,
             "rl:worker:kv:done-total",
             30,
-            Duration::from_secs(20),
+            Duration::from_secs(120),
         )
         .await;
         assert_eq!(total, 30, "every message is processed in the end");
+        // Every run counted; wait for the acks too.
+        let stats = settled(&s.host, &keys()).await;
         let at = first_runs(&mut conn, &ids).await;
-        // GCRA admits at most burst + ⌊t × rate⌋ in any interval t; the
-        // handler's own clock reading adds a little jitter (+1).
-        let busiest = most_in_window(&at, 1000);
-        assert!(busiest <= 13, "{busiest} messages in one second: {at:?}");
-        let span = at[at.len() - 1] - at[0];
-        assert!(
-            span >= 2_500,
-            "30 messages at 10/s (burst 2) took only {span} ms"
-        );
-        let stats = s
-            .host
-            .redis()
-            .queue_stats(&keys(), "workers")
-            .await
-            .unwrap();
+        within_the_limit(&at, enqueued_from, 2, 100);
         assert_eq!(
             (
                 stats.length,
@@ -673,7 +769,8 @@ async fn rate_limit_per_queue_caps_the_processing_rate() {
                 stats.scheduled,
                 stats.dead_letters
             ),
-            (0, 0, 0, 0)
+            (0, 0, 0, 0),
+            "{stats:?}"
         );
         let worker = s
             .host
@@ -681,13 +778,19 @@ async fn rate_limit_per_queue_caps_the_processing_rate() {
             .unwrap();
         let counters = worker.stats();
         // Deferred messages come back spaced at the limit's rate, so each
-        // is deferred about once, not once per retry-after.
+        // is deferred about once (28 times in all when the machine keeps
+        // up), not once per retry-after (on the order of 28²/2 = 392). A
+        // pause of the machine brings several back at once, and all but the
+        // burst's worth are deferred again: allow up to 5 deferrals each.
         assert!(
-            (1..=60).contains(&counters.deferred_messages),
+            (1..=140).contains(&counters.deferred_messages),
             "deferrals: {}",
             counters.deferred_messages
         );
-        assert_eq!(counters.invocations, 31, "30 messages and one enqueue");
+        assert_eq!(
+            counters.invocations, 31,
+            "30 messages and one enqueue: {counters:?}"
+        );
         s.shutdown().await;
     })
     .await;
@@ -695,8 +798,10 @@ async fn rate_limit_per_queue_caps_the_processing_rate() {
 
 /// `rate-limit-key = "header:tenant"`: a noisy tenant with a backlog over
 /// its limit does not hold back another tenant's messages enqueued after
-/// it, nor messages without the header (which share one key); the noisy
-/// tenant's messages all run in the end, each once.
+/// it, nor messages without the header (which share one key): they all
+/// start while the noisy tenant, limited to 5/s with a burst of 2 (so its
+/// 20 take at least 3.6 s), still has messages waiting. The noisy tenant's
+/// messages all run in the end, each once, no faster than its limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_per_tenant_isolates_tenants() {
     with_timeout(async {
@@ -711,12 +816,12 @@ async fn rate_limit_per_tenant_isolates_tenants() {
             ),
         )
         .await;
+        let noisy_from = now_ms();
         let noisy = enqueue_all(
             &s.host,
             json!({"queue": "jobs", "payloads": vec!["ok"; 20], "headers": {"tenant": "noisy"}}),
         )
         .await;
-        let started = Instant::now();
         let quiet = enqueue_all(
             &s.host,
             json!({"queue": "jobs", "payloads": vec!["ok"; 2], "headers": {"tenant": "quiet"}}),
@@ -725,55 +830,29 @@ async fn rate_limit_per_tenant_isolates_tenants() {
         let anonymous =
             enqueue_all(&s.host, json!({"queue": "jobs", "payloads": vec!["ok"; 2]})).await;
         let mut conn = redis.client().await;
-        let others: Vec<&String> = quiet.iter().chain(&anonymous).collect();
-        loop {
-            let mut done = 0;
-            for id in &others {
-                done += get_i64(&mut conn, &format!("rl:worker:kv:done:{id}")).await;
-            }
-            if done == others.len() as i64 {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(3),
-                "the other tenants waited behind the noisy one"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let noisy_done = {
-            let mut n = 0;
-            for id in &noisy {
-                n += get_i64(&mut conn, &format!("rl:worker:kv:done:{id}")).await;
-            }
-            n
-        };
-        assert!(
-            noisy_done < 20,
-            "the noisy tenant was not limited ({noisy_done} of 20 done after {:?})",
-            started.elapsed()
-        );
         let total = wait_for(
             &mut conn,
             "rl:worker:kv:done-total",
             24,
-            Duration::from_secs(20),
+            Duration::from_secs(120),
         )
         .await;
-        assert_eq!(total, 24);
-        let at = first_runs(&mut conn, &noisy).await;
-        let busiest = most_in_window(&at, 1000);
+        assert_eq!(total, 24, "every message is processed in the end");
+        let stats = settled(&s.host, &keys()).await;
+        let noisy_at = first_runs(&mut conn, &noisy).await;
+        within_the_limit(&noisy_at, noisy_from, 2, 200);
+        let others: Vec<String> = quiet.iter().chain(&anonymous).cloned().collect();
+        let others_at = first_runs(&mut conn, &others).await;
+        // Handler start times (wall-clock ms, one clock for all): the
+        // others did not wait for the noisy backlog to drain.
+        let last_other = others_at[others_at.len() - 1];
+        let behind = noisy_at.iter().filter(|t| **t > last_other).count();
         assert!(
-            busiest <= 8,
-            "{busiest} noisy messages in one second: {at:?}"
+            behind > 0,
+            "the other tenants waited behind the noisy one: they started at {:?}, the noisy tenant's at {:?} (ms after the first enqueue began)",
+            others_at.iter().map(|t| t - noisy_from).collect::<Vec<_>>(),
+            noisy_at.iter().map(|t| t - noisy_from).collect::<Vec<_>>()
         );
-        first_runs(&mut conn, &quiet).await;
-        first_runs(&mut conn, &anonymous).await;
-        let stats = s
-            .host
-            .redis()
-            .queue_stats(&keys(), "workers")
-            .await
-            .unwrap();
         assert_eq!(
             (
                 stats.length,
@@ -781,7 +860,8 @@ async fn rate_limit_per_tenant_isolates_tenants() {
                 stats.scheduled,
                 stats.dead_letters
             ),
-            (0, 0, 0, 0)
+            (0, 0, 0, 0),
+            "{stats:?}"
         );
         s.shutdown().await;
     })

@@ -10,26 +10,71 @@ use std::time::{Duration, Instant};
 use redloom::config::Config;
 use redloom::host::Host;
 use redloom::serve::{ServeError, Server};
+use redloom_tests::with_timeout;
 use redloom_tests::{RedisServer, host_options, plugin};
 use reqwest::StatusCode;
 
-const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_TIMEOUT, f)
-        .await
-        .expect("test timed out");
-}
+/// The longest a test here waits for something that should happen
+/// promptly (a request reaching the plugin, clients seeing a reload): far
+/// beyond what a loaded machine needs, so only a real failure runs into it.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A running `serve` on free ports; dropping `stop` shuts it down.
 /// A `serve` on a Redis and a folder of its own.
 struct Served {
     served: redloom_tests::Served,
-    _redis: RedisServer,
+    redis: RedisServer,
     _dir: tempfile::TempDir,
 }
 
 impl Served {
+    /// Sends `GET /hold/<name>` to the probe in the background and waits
+    /// until the plugin runs it: it then holds its concurrency slot (and
+    /// keeps the request in flight) until [`Self::release`]. Returns the
+    /// answer's status and body, or the error that ended the request.
+    async fn hold(
+        &self,
+        c: &reqwest::Client,
+        name: &str,
+    ) -> tokio::task::JoinHandle<Result<(StatusCode, String), String>> {
+        let request = tokio::spawn({
+            let (c, url) = (c.clone(), self.url(&format!("/hold/{name}")));
+            async move {
+                let r = c.get(url).send().await.map_err(|e| e.to_string())?;
+                let status = r.status();
+                Ok((status, r.text().await.map_err(|e| e.to_string())?))
+            }
+        });
+        let mut conn = self.redis.client().await;
+        let started = format!("rl:probe:kv:started:{name}");
+        let start = Instant::now();
+        while redloom_tests::get_i64(&mut conn, &started).await == 0 {
+            if request.is_finished() {
+                panic!(
+                    "the held request ended before the plugin ran it: {:?}",
+                    request.await
+                );
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "the held request did not reach the plugin within {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        request
+    }
+
+    /// Lets the request [`Self::hold`] started for `name` finish.
+    async fn release(&self, name: &str) {
+        let _: () = redis::AsyncCommands::set(
+            &mut self.redis.client().await,
+            format!("rl:probe:kv:release:{name}"),
+            "1",
+        )
+        .await
+        .unwrap();
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.served.addr)
     }
@@ -45,6 +90,10 @@ impl Served {
         host.shutdown().await;
     }
 }
+
+/// Quota lines for a probe whose requests the test holds (`/hold`): room
+/// to wait for the test, however slow it runs.
+const HOLD_QUOTAS: &str = "wall-time = \"120s\"";
 
 /// The http-probe plugin as `probe` (routes `/echo/*rest`, `/burn/:ms`, ...),
 /// plus `extra` TOML appended to the file.
@@ -91,6 +140,10 @@ plugin = "probe"
 method = "GET"
 path = "/fetch"
 plugin = "probe"
+[[routes]]
+method = "GET"
+path = "/hold/:name"
+plugin = "probe"
 {extra}
 "#,
         probe = plugin("http-probe").display().to_string(),
@@ -104,7 +157,7 @@ async fn serve(config_text: &str) -> Served {
         Config::parse(config_text, &dir.path().join("redloom.toml")).expect("valid config");
     Served {
         served: redloom_tests::Served::start(host_options(&redis, dir.path()), config).await,
-        _redis: redis,
+        redis,
         _dir: dir,
     }
 }
@@ -118,7 +171,7 @@ fn client() -> reqwest::Client {
 
 /// How long the test origin's `/slow` takes to answer: far past any
 /// `outbound-timeout` the tests set.
-const SLOW_ORIGIN: Duration = Duration::from_secs(5);
+const SLOW_ORIGIN: Duration = Duration::from_secs(60);
 
 /// A counting origin on a free port: `/users/{id}` for ids 1–3, 404 else
 /// (counted in the returned hits); `/slow` answers after [`SLOW_ORIGIN`];
@@ -211,7 +264,8 @@ async fn routing_and_params() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_limits_and_quota_statuses() {
     with_timeout(async {
-        let s = serve(&probe_config("")).await;
+        let config = probe_config("").replace("queue = 0", &format!("queue = 0\n{HOLD_QUOTAS}"));
+        let s = serve(&config).await;
         let c = client();
         for path in ["/error", "/panic"] {
             let r = c.get(s.url(path)).send().await.unwrap();
@@ -234,15 +288,21 @@ async fn errors_limits_and_quota_statuses() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "exactly max-input is fine");
 
-        let slow = tokio::spawn({
-            let (c, url) = (c.clone(), s.url("/burn/1500"));
-            async move { c.get(url).send().await.unwrap().status() }
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A request holds the plugin's one slot until released.
+        let held = s.hold(&c, "busy").await;
         let r = c.get(s.url("/burn/1")).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            r.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "a request beyond the one slot: {}",
+            r.text().await.unwrap_or_default()
+        );
         assert_eq!(r.headers()["retry-after"], "1");
-        assert_eq!(slow.await.unwrap(), StatusCode::OK);
+        s.release("busy").await;
+        assert_eq!(
+            held.await.unwrap(),
+            Ok((StatusCode::OK, "done".to_string()))
+        );
         s.shutdown().await;
     })
     .await;
@@ -356,26 +416,50 @@ async fn hot_reload_unload_and_load() {
         let s = serve(&config).await;
         let c = client();
         let stop = Arc::new(AtomicBool::new(false));
+        // What each client has seen so far: answers "1", answers "2".
+        let seen: Arc<[[AtomicUsize; 2]; 4]> = Arc::new(Default::default());
         let workers: Vec<_> = (0..4)
-            .map(|_| {
-                let (c, url, stop) = (c.clone(), s.url("/version"), stop.clone());
+            .map(|w| {
+                let (c, url, stop, seen) =
+                    (c.clone(), s.url("/version"), stop.clone(), seen.clone());
                 tokio::spawn(async move {
                     let (mut ok, mut failed, mut versions) =
-                        (0, 0, std::collections::BTreeSet::new());
+                        (0, Vec::new(), std::collections::BTreeSet::new());
                     while !stop.load(Ordering::Relaxed) {
                         match c.get(&url).send().await {
                             Ok(r) if r.status() == StatusCode::OK => {
-                                versions.insert(r.text().await.unwrap());
+                                let v = r.text().await.unwrap();
+                                if let Some(n) = ["1", "2"].iter().position(|x| *x == v) {
+                                    seen[w][n].fetch_add(1, Ordering::SeqCst);
+                                }
+                                versions.insert(v);
                                 ok += 1;
                             }
-                            _ => failed += 1,
+                            Ok(r) => failed.push(format!("{}", r.status())),
+                            Err(e) => failed.push(e.to_string()),
                         }
                     }
                     (ok, failed, versions)
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Reload once every client has had answers from version 1, and
+        // stop once every client has had answers from version 2 (however
+        // long the requests take on this machine).
+        let wait_until_each = |n: usize, min: usize, what: &'static str| {
+            let seen = seen.clone();
+            async move {
+                let start = Instant::now();
+                while !seen.iter().all(|s| s[n].load(Ordering::SeqCst) >= min) {
+                    assert!(
+                        start.elapsed() < PATIENCE,
+                        "not every client saw {what} within {PATIENCE:?}: {seen:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        wait_until_each(0, 3, "version 1").await;
         let r = c
             .post(s.admin_url("/plugins/probe/reload"))
             .json(&serde_json::json!({"settings": {"version": "2"}}))
@@ -383,12 +467,15 @@ async fn hot_reload_unload_and_load() {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_until_each(1, 3, "version 2").await;
         stop.store(true, Ordering::Relaxed);
         let mut total = 0;
         for w in workers {
             let (ok, failed, versions) = w.await.unwrap();
-            assert_eq!(failed, 0, "requests failed during the reload");
+            assert!(
+                failed.is_empty(),
+                "requests failed during the reload: {failed:?}"
+            );
             assert!(versions.contains("2"), "{versions:?}");
             total += ok;
         }
@@ -583,21 +670,42 @@ async fn metrics_health_and_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     with_timeout(async {
-        let s = serve(&probe_config("")).await;
+        let config = probe_config("")
+            .replace("queue = 0", &format!("queue = 0\n{HOLD_QUOTAS}"))
+            .replace("shutdown-timeout = \"10s\"", "shutdown-timeout = \"120s\"");
+        let s = serve(&config).await;
         let c = client();
-        let slow = tokio::spawn({
-            let (c, url) = (c.clone(), s.url("/burn/1500"));
-            async move { c.get(url).send().await.map(|r| r.status()) }
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let held = s.hold(&c, "in-flight").await;
         let http = s.served.addr;
-        let started = Instant::now();
-        s.shutdown().await;
-        assert_eq!(slow.await.unwrap().unwrap(), StatusCode::OK);
+        // `s` goes to the shutdown; release through a connection of our own.
+        let mut conn = s.redis.client().await;
+        let shutdown = tokio::spawn(s.shutdown());
+        // The listener closes as the shutdown begins ...
+        let start = Instant::now();
+        while tokio::net::TcpStream::connect(http).await.is_ok() {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "still accepting {PATIENCE:?} after the shutdown began"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // ... but the shutdown waits for the request in flight.
         assert!(
-            started.elapsed() >= Duration::from_millis(900),
-            "did not wait for the request"
+            !shutdown.is_finished() && !held.is_finished(),
+            "the shutdown did not wait for the request in flight"
         );
+        let _: () = redis::AsyncCommands::set(&mut conn, "rl:probe:kv:release:in-flight", "1")
+            .await
+            .unwrap();
+        assert_eq!(
+            held.await.unwrap(),
+            Ok((StatusCode::OK, "done".to_string())),
+            "the request in flight at shutdown"
+        );
+        tokio::time::timeout(PATIENCE, shutdown)
+            .await
+            .expect("the shutdown ends once the request is done")
+            .unwrap();
         assert!(
             client()
                 .get(format!("http://{http}/version"))
@@ -667,6 +775,7 @@ plugin = "ip-rate-limit"
             }
             r.send()
         };
+        let first = Instant::now();
         for remaining in ["2", "1", "0"] {
             let r = get(Some("203.0.113.7")).await.unwrap();
             assert_eq!(r.status(), StatusCode::OK);
@@ -681,7 +790,14 @@ plugin = "ip-rate-limit"
             .unwrap()
             .parse()
             .unwrap();
-        assert!((3590..=3600).contains(&retry), "{retry}");
+        // The first unit comes back an hour after it was spent, less the
+        // time these requests took (measured: a slow machine may take a
+        // while), rounded up to a whole second.
+        let spent = first.elapsed().as_secs();
+        assert!(
+            (3600 - spent - 1..=3600).contains(&retry),
+            "Retry-After {retry} s, {spent} s after the first request"
+        );
         assert!(r.headers().contains_key("ratelimit-reset"));
         assert_eq!(
             get(Some("198.51.100.1")).await.unwrap().status(),
@@ -801,15 +917,20 @@ async fn hot_reload_to_another_component() {
     with_timeout(async {
         let config = probe_config(GREETER_LIMITER).replace(
             "concurrency = 1\nqueue = 0",
-            "concurrency = 16\ncpu = \"20s\"",
+            &format!("concurrency = 16\n{HOLD_QUOTAS}"),
         );
         let s = serve(&config).await;
         let c = client();
         let is_new = |body: &str| body == "hello 127.0.0.1, you asked for /version\n";
         let stop = Arc::new(AtomicBool::new(false));
+        // Answers so far, all clients together: old, new.
+        let seen: Arc<[AtomicUsize; 2]> = Arc::new(Default::default());
+        // Clients that have had an answer from the new component.
+        let switched = Arc::new(AtomicUsize::new(0));
         let workers: Vec<_> = (0..4)
             .map(|_| {
                 let (c, url, stop) = (c.clone(), s.url("/version"), stop.clone());
+                let (seen, switched) = (seen.clone(), switched.clone());
                 tokio::spawn(async move {
                     let (mut old, mut new, mut failed) = (0, 0, Vec::new());
                     while !stop.load(Ordering::Relaxed) {
@@ -818,8 +939,17 @@ async fn hot_reload_to_another_component() {
                             Err(e) => (StatusCode::IM_A_TEAPOT, e.to_string()),
                         };
                         match answer {
-                            (StatusCode::OK, body) if body == "1" && new == 0 => old += 1,
-                            (StatusCode::OK, body) if is_new(&body) => new += 1,
+                            (StatusCode::OK, body) if body == "1" && new == 0 => {
+                                old += 1;
+                                seen[0].fetch_add(1, Ordering::SeqCst);
+                            }
+                            (StatusCode::OK, body) if is_new(&body) => {
+                                new += 1;
+                                seen[1].fetch_add(1, Ordering::SeqCst);
+                                if new == 1 {
+                                    switched.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
                             other => failed.push(other),
                         }
                     }
@@ -827,15 +957,29 @@ async fn hot_reload_to_another_component() {
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let slow = tokio::spawn({
-            let (c, url) = (c.clone(), s.url("/burn/6000"));
+        // Waits until `done()` holds, or fails saying what was seen.
+        let wait = |what: &'static str, done: Box<dyn Fn() -> bool + Send>| {
+            let (seen, switched) = (seen.clone(), switched.clone());
             async move {
-                let r = c.get(url).send().await.unwrap();
-                (r.status(), r.text().await.unwrap())
+                let start = Instant::now();
+                while !done() {
+                    assert!(
+                        start.elapsed() < PATIENCE,
+                        "{what} not within {PATIENCE:?}: (old, new) answers {seen:?}, \
+                         {switched:?} clients switched"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        let counts = seen.clone();
+        wait(
+            "6 answers from the old component",
+            Box::new(move || counts[0].load(Ordering::SeqCst) > 5),
+        )
+        .await;
+        // A request on the old component, held until after the swap.
+        let slow = s.hold(&c, "across-the-swap").await;
         let r = c
             .post(s.admin_url("/plugins/probe/reload"))
             .json(&serde_json::json!({"wasm": plugin("ip-rate-limit")}))
@@ -845,14 +989,19 @@ async fn hot_reload_to_another_component() {
         assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
         assert!(
             !slow.is_finished(),
-            "the slow request ended before the swap; the test proves nothing"
+            "the held request ended before the swap; the test proves nothing"
         );
         let r = c.get(s.url("/version")).send().await.unwrap();
-        assert!(
-            is_new(&r.text().await.unwrap()),
-            "the new component answers"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let body = r.text().await.unwrap();
+        assert!(is_new(&body), "the new component answers: {body:?}");
+        let (counts, clients) = (seen.clone(), switched.clone());
+        wait(
+            "every client on the new component, 6 new answers",
+            Box::new(move || {
+                clients.load(Ordering::SeqCst) == 4 && counts[1].load(Ordering::SeqCst) > 5
+            }),
+        )
+        .await;
         stop.store(true, Ordering::Relaxed);
         let (mut old_total, mut new_total) = (0, 0);
         for w in workers {
@@ -869,7 +1018,11 @@ async fn hot_reload_to_another_component() {
             "too few requests: {old_total} old, {new_total} new"
         );
         // The new component would have greeted; "done" is the old one's answer.
-        assert_eq!(slow.await.unwrap(), (StatusCode::OK, "done".to_string()));
+        s.release("across-the-swap").await;
+        assert_eq!(
+            slow.await.unwrap(),
+            Ok((StatusCode::OK, "done".to_string()))
+        );
         let list: serde_json::Value = c
             .get(s.admin_url("/plugins"))
             .send()
@@ -878,12 +1031,24 @@ async fn hot_reload_to_another_component() {
             .json()
             .await
             .unwrap();
-        assert_eq!(list[0]["wasm"], serde_json::json!(plugin("ip-rate-limit")));
-        assert_eq!(list[0]["handlers"], serde_json::json!(["invoke", "http"]));
+        assert_eq!(
+            list[0]["wasm"],
+            serde_json::json!(plugin("ip-rate-limit")),
+            "{list}"
+        );
+        assert_eq!(
+            list[0]["handlers"],
+            serde_json::json!(["invoke", "http"]),
+            "{list}"
+        );
         s.shutdown().await;
     })
     .await;
 }
+
+/// The `outbound-timeout` of `outbound_timeout_and_reply_limit`: long
+/// enough that the requests meant to succeed do on a loaded machine.
+const OUTBOUND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Outbound HTTP is bounded: an origin slower than `outbound-timeout` is a
 /// `timeout` error naming it, in about the timeout; a body over `max-reply`
@@ -898,7 +1063,8 @@ async fn outbound_timeout_and_reply_limit() {
             "[plugins.probe.quotas]",
             &format!(
                 "allowed-outbound-hosts = [\"http://{o}\"]\n[plugins.probe.quotas]\n\
-                 outbound-timeout = \"300ms\"\nmax-reply = \"16KiB\""
+                 outbound-timeout = \"{}ms\"\nmax-reply = \"16KiB\"\nwall-time = \"60s\"",
+                OUTBOUND_TIMEOUT.as_millis()
             ),
         );
         let s = serve(&config).await;
@@ -928,9 +1094,11 @@ async fn outbound_timeout_and_reply_limit() {
         let took = started.elapsed();
         assert_eq!(status, StatusCode::BAD_GATEWAY);
         assert_eq!(body, format!("timeout: http://{o} did not answer in time"));
+        // At the timeout, not before; the upper bound is 10x the timeout
+        // (a slow machine adds to it) and far below the origin's delay.
         assert!(
-            took >= Duration::from_millis(250) && took < SLOW_ORIGIN / 2,
-            "the timeout took {took:?}"
+            took >= OUTBOUND_TIMEOUT - Duration::from_millis(50) && took < OUTBOUND_TIMEOUT * 10,
+            "the timeout of {OUTBOUND_TIMEOUT:?} took {took:?}"
         );
 
         let (status, retry, body) = fetch(format!("http://{o}/big/16385")).await;
@@ -975,6 +1143,10 @@ async fn outbound_timeout_and_reply_limit() {
     .await;
 }
 
+/// The `wall-time` of `other_quota_rejections_have_retry_after`: long
+/// enough for the requests meant to succeed on a loaded machine.
+const WALL_TIME: Duration = Duration::from_secs(2);
+
 /// Quota rejections besides concurrency: a request past its `wall-time`
 /// answers 503 and one over `redis-rate` 429, both with `Retry-After`; the
 /// rejections are counted per quota and the plugin keeps serving.
@@ -984,31 +1156,39 @@ async fn other_quota_rejections_have_retry_after() {
         let extra = "[[routes]]\nmethod = \"GET\"\npath = \"/incr/:n\"\nplugin = \"probe\"\n";
         let config = probe_config(extra).replace(
             "concurrency = 1\nqueue = 0",
-            "concurrency = 1\nqueue = 0\nwall-time = \"300ms\"\nredis-rate = 1",
+            &format!(
+                "concurrency = 1\nqueue = 0\nwall-time = \"{}ms\"\ncpu = \"60s\"\nredis-rate = 1",
+                WALL_TIME.as_millis()
+            ),
         );
         let s = serve(&config).await;
         let c = client();
         let key = redloom_tests::unique("incr");
 
+        // Guest code for 30 s (the CPU quota allows it): only the wall-time
+        // stops it, after WALL_TIME; the upper bound is 10x that, and a
+        // third of the burn.
         let started = Instant::now();
-        let r = c.get(s.url("/burn/3000")).send().await.unwrap();
+        let r = c.get(s.url("/burn/30000")).send().await.unwrap();
+        let took = started.elapsed();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()["retry-after"], "1");
         assert_eq!(r.text().await.unwrap(), "service unavailable");
         assert!(
-            started.elapsed() < Duration::from_millis(2000),
-            "wall-time did not stop the request: {:?}",
-            started.elapsed()
+            took >= WALL_TIME && took < WALL_TIME * 10,
+            "wall-time {WALL_TIME:?} did not stop the request in time: {took:?}"
         );
 
-        // One command a second: the first goes through, the second would
-        // wait a whole second, longer than a command may wait for the bucket.
+        // One command a second: the first goes through, and a command that
+        // would wait for the bucket longer than a command may (250 ms)
+        // fails. Ten in a row: unless every one came over 0.75 s after the
+        // one before, one of them has to wait too long.
         let r = c
-            .get(s.url(&format!("/incr/3?key={key}")))
+            .get(s.url(&format!("/incr/10?key={key}")))
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{key}");
         assert_eq!(r.headers()["retry-after"], "1");
 
         let r = c.get(s.url("/version")).send().await.unwrap();
@@ -1059,7 +1239,14 @@ async fn versioned_origin() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicU64>) {
 async fn get_user_cached_stale_while_revalidate() {
     with_timeout(async {
         let (origin_addr, hits, delay) = versioned_origin().await;
-        let extra = get_user_cached_config(origin_addr, 1);
+        // Fresh for 3 s: room for the hit right after the miss on a slow
+        // machine. The refresh lease (10 s by default) outlasts the slow
+        // origin below; the plugin's own bounds do too.
+        let ttl = Duration::from_secs(3);
+        let extra = get_user_cached_config(origin_addr, ttl.as_secs()).replace(
+            "queue = 64",
+            "queue = 64\nwall-time = \"60s\"\noutbound-timeout = \"30s\"",
+        );
         let s = serve(&probe_config(&extra)).await;
         let c = client();
         let get = |c: reqwest::Client, url: String| async move {
@@ -1071,14 +1258,22 @@ async fn get_user_cached_stale_while_revalidate() {
         };
         let url = s.url("/cached/users/1");
         let v1 = r#"{"id":"1","v":1}"#;
+        let asked = Instant::now();
         let (cache, body, _) = get(c.clone(), url.clone()).await;
+        let filled = Instant::now();
         assert_eq!((cache.as_str(), body.as_str()), ("miss", v1));
         let (cache, body, _) = get(c.clone(), url.clone()).await;
-        assert_eq!((cache.as_str(), body.as_str()), ("hit", v1));
+        assert_eq!(
+            (cache.as_str(), body.as_str()),
+            ("hit", v1),
+            "{:?} after the miss was asked for, with a fresh time of {ttl:?}",
+            asked.elapsed()
+        );
 
-        // Past the fresh second, with an origin that takes 1.5 s.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let origin_time = Duration::from_millis(1500);
+        // Past the fresh time (counted from when the miss was answered, so
+        // surely after the fill), with an origin that takes 4 s.
+        tokio::time::sleep_until((filled + ttl + Duration::from_millis(500)).into()).await;
+        let origin_time = Duration::from_secs(4);
         delay.store(origin_time.as_millis() as u64, Ordering::SeqCst);
         let requests: Vec<_> = (0..8)
             .map(|_| tokio::spawn(get(c.clone(), url.clone())))
@@ -1092,6 +1287,8 @@ async fn get_user_cached_stale_while_revalidate() {
         assert_eq!(refreshed.len(), 1, "one request refreshes: {answers:?}");
         assert_eq!(refreshed[0].1, r#"{"id":"1","v":2}"#);
         assert!(refreshed[0].2 >= origin_time, "{answers:?}");
+        // A stale answer comes at once: well under half the origin's time
+        // (and over 10x what it takes on a loaded machine).
         for (cache, body, took) in &stale {
             assert_eq!((cache.as_str(), body.as_str()), ("stale", v1));
             assert!(

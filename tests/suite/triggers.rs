@@ -7,15 +7,8 @@ use redis::AsyncCommands;
 use redloom::config::Config;
 use redloom::host::Host;
 use redloom::namespace::PluginName;
+use redloom_tests::with_timeout;
 use redloom_tests::{RedisServer, Served, TestConnection, get_i64, host_options, plugin, wait_for};
-
-const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_TIMEOUT, f)
-        .await
-        .expect("test timed out");
-}
 
 /// A `serve` (no HTTP routes) on `redis` with `plugins` TOML; stops on drop
 /// of the returned sender.
@@ -73,6 +66,49 @@ async fn publish(host: &Host, plugin: &str, channel: &str, payload: &str) -> u32
     String::from_utf8(out).unwrap().parse().unwrap()
 }
 
+/// The longest a test here waits for something that should happen
+/// promptly (a message handled, a tick run, a subscription made, a
+/// shutdown finished): far beyond what a loaded machine needs, so only a
+/// real failure runs into it.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits (up to [`PATIENCE`]) until the counter `key` reaches `want`, then
+/// asserts it is exactly `want`.
+async fn expect_count(conn: &mut TestConnection, key: &str, want: i64) {
+    let got = wait_for(conn, key, want, PATIENCE).await;
+    assert_eq!(
+        got, want,
+        "{key} after waiting up to {PATIENCE:?} for it to reach {want}"
+    );
+}
+
+/// Redis's `CLIENT LIST`.
+async fn client_list(conn: &mut TestConnection) -> String {
+    redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// Waits (up to [`PATIENCE`]) until `CLIENT LIST` shows `want` subscribed
+/// connections (or more, when `want` is not 0), and returns it.
+async fn wait_subscriber_connections(conn: &mut TestConnection, want: usize) -> String {
+    let start = Instant::now();
+    loop {
+        let clients = client_list(conn).await;
+        let n = subscriber_connections(&clients);
+        if n == want || (want > 0 && n > want) {
+            return clients;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "not {want} subscribed connections after {PATIENCE:?}:\n{clients}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// How many `CLIENT LIST` lines are connections subscribed to a channel
 /// (`sub`) or a pattern (`psub`).
 fn subscriber_connections(client_list: &str) -> usize {
@@ -124,63 +160,62 @@ shared-channels = ["lobby"]"#,
         .concat();
         let (host, _stop) = serve(&redis, dir.path(), &plugins).await;
         let mut conn = redis.client().await;
-        // One subscriber connection for all three plugins.
-        let clients: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        // One subscriber connection for all three plugins (serve waits for
+        // the subscription, but only so long: wait for it here too).
+        let clients = wait_subscriber_connections(&mut conn, 1).await;
         assert_eq!(subscriber_connections(&clients), 1, "{clients}");
 
         // a publishes on its own "news": only a hears it, b's "news" is another channel.
-        assert_eq!(publish(&host, "a", "news", "hello").await, 1);
-        assert_eq!(
-            wait_for(&mut conn, "rl:a:kv:got:news", 1, Duration::from_secs(10)).await,
-            1
-        );
+        assert_eq!(publish(&host, "a", "news", "hello").await, 1, "receivers");
+        expect_count(&mut conn, "rl:a:kv:got:news", 1).await;
         let last: String = conn.get("rl:a:kv:last:news").await.unwrap();
         assert_eq!(last, "hello");
         // The pattern room:* matches a's room:1 (c's room:1 is c's own).
-        assert_eq!(publish(&host, "a", "room:1", "x").await, 1);
-        assert_eq!(
-            wait_for(
-                &mut conn,
-                "rl:a:kv:got-pattern:room:*",
-                1,
-                Duration::from_secs(10)
-            )
-            .await,
-            1
-        );
-        assert_eq!(
-            wait_for(&mut conn, "rl:a:kv:got:room:1", 1, Duration::from_secs(10)).await,
-            1
-        );
+        assert_eq!(publish(&host, "a", "room:1", "x").await, 1, "receivers");
+        expect_count(&mut conn, "rl:a:kv:got-pattern:room:*", 1).await;
+        expect_count(&mut conn, "rl:a:kv:got:room:1", 1).await;
         // The shared lobby reaches both a and b.
         assert_eq!(
             publish(&host, "b", "lobby", "hi all").await,
             1,
             "one host subscription"
         );
+        expect_count(&mut conn, "rl:a:kv:got:lobby", 1).await;
+        expect_count(&mut conn, "rl:b:kv:got:lobby", 1).await;
+        // b and c did not hear a's private channels. Sentinels instead of a
+        // pause: b and c now publish on their own "news" and "room:1". The
+        // one subscriber connection delivers in publish order, so a's
+        // messages were routed long before these; once the sentinels are
+        // handled, each count is one (the sentinel) and the last payload
+        // is the sentinel's.
         assert_eq!(
-            wait_for(&mut conn, "rl:a:kv:got:lobby", 1, Duration::from_secs(10)).await,
-            1
+            publish(&host, "b", "news", "b-sentinel").await,
+            1,
+            "receivers"
         );
         assert_eq!(
-            wait_for(&mut conn, "rl:b:kv:got:lobby", 1, Duration::from_secs(10)).await,
-            1
+            publish(&host, "c", "room:1", "c-sentinel").await,
+            1,
+            "receivers"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            get_i64(&mut conn, "rl:b:kv:got:news").await,
-            0,
-            "b heard a's private channel"
-        );
-        assert_eq!(
-            get_i64(&mut conn, "rl:c:kv:got:room:1").await,
-            0,
-            "c heard a's private channel"
-        );
+        for (plugin, channel) in [("b", "news"), ("c", "room:1")] {
+            let got = wait_for(
+                &mut conn,
+                &format!("rl:{plugin}:kv:got:{channel}"),
+                1,
+                PATIENCE,
+            )
+            .await;
+            let last: Option<String> = conn
+                .get(format!("rl:{plugin}:kv:last:{channel}"))
+                .await
+                .unwrap();
+            assert_eq!(
+                (got, last.as_deref()),
+                (1, Some(format!("{plugin}-sentinel").as_str())),
+                "{plugin} heard a's private {channel} (messages counted, last payload)"
+            );
+        }
     })
     .await;
 }
@@ -204,23 +239,12 @@ keyspace-events = ["expired"]"#,
         )
         .await;
         let mut conn = redis.client().await;
-        assert_eq!(publish(&host, "a", "news", "before").await, 1);
-        assert_eq!(
-            wait_for(&mut conn, "rl:a:kv:got:news", 1, Duration::from_secs(10)).await,
-            1
-        );
+        wait_subscriber_connections(&mut conn, 1).await;
+        assert_eq!(publish(&host, "a", "news", "before").await, 1, "receivers");
+        expect_count(&mut conn, "rl:a:kv:got:news", 1).await;
         expire_soon(&mut conn, "rl:a:kv:session:before").await;
-        assert_eq!(
-            wait_for(
-                &mut conn,
-                "rl:a:kv:got:session:before",
-                1,
-                Duration::from_secs(10)
-            )
-            .await,
-            1,
-            "a keyspace event before the restart"
-        );
+        // A keyspace event before the restart.
+        expect_count(&mut conn, "rl:a:kv:got:session:before", 1).await;
 
         redis.restart().await;
         let mut conn = redis.client().await;
@@ -234,8 +258,9 @@ keyspace-events = ["expired"]"#,
                 break;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the subscriber did not come back"
+                start.elapsed() < PATIENCE,
+                "the subscriber did not come back within {PATIENCE:?}:\n{}",
+                client_list(&mut conn).await
             );
         }
         let last: String = conn.get("rl:a:kv:last:news").await.unwrap();
@@ -244,17 +269,8 @@ keyspace-events = ["expired"]"#,
         let flags = keyspace_flags(&mut conn).await;
         assert!(flags.contains('K') && flags.contains('x'), "{flags:?}");
         expire_soon(&mut conn, "rl:a:kv:session:after").await;
-        assert_eq!(
-            wait_for(
-                &mut conn,
-                "rl:a:kv:got:session:after",
-                1,
-                Duration::from_secs(10)
-            )
-            .await,
-            1,
-            "no keyspace event after the restart"
-        );
+        // A keyspace event after the restart.
+        expect_count(&mut conn, "rl:a:kv:got:session:after", 1).await;
         let last: String = conn.get("rl:a:kv:last:session:after").await.unwrap();
         assert_eq!(last, "expired");
         drop(host);
@@ -285,6 +301,11 @@ async fn expire_soon(conn: &mut TestConnection, key: &str) {
         .unwrap();
 }
 
+/// Messages the overflow test publishes at once, and how long each keeps
+/// a handler busy (guest code, `slow:<ms>`).
+const BURST: i64 = 16;
+const BUSY_MS: u64 = 1_000;
+
 /// A slow subscriber does not delay a fast one; its overflow is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_overflows_without_delaying_others() {
@@ -294,8 +315,12 @@ async fn slow_subscriber_overflows_without_delaying_others() {
         let plugins = [
             probe(
                 "fast",
-                r#"subscriptions = ["feed"]
-shared-channels = ["feed"]"#,
+                &format!(
+                    r#"subscriptions = ["feed"]
+shared-channels = ["feed"]
+[plugins.fast.quotas]
+concurrency = {BURST}"#
+                ),
             ),
             probe(
                 "slow",
@@ -309,38 +334,53 @@ concurrency = 1"#,
         .concat();
         let (host, _stop) = serve(&redis, dir.path(), &plugins).await;
         let mut conn = redis.client().await;
+        wait_subscriber_connections(&mut conn, 1).await;
+        // Every message in one pipeline, so they arrive together however
+        // slowly this test runs: the slow plugin (one at a time, a buffer
+        // of 2) can take 3 of them, the fast one takes all at once.
         let started = Instant::now();
-        for i in 0..20 {
-            let _: i64 = conn
-                .publish("rl::ch:feed", format!("slow-{i}"))
-                .await
-                .unwrap();
+        let mut publishes = redis::pipe();
+        for _ in 0..BURST {
+            publishes
+                .cmd("PUBLISH")
+                .arg("rl::ch:feed")
+                .arg(format!("slow:{BUSY_MS}"))
+                .ignore();
         }
-        // The fast plugin's handler also burns 200 ms per "slow" message, but
-        // it runs 16 at a time; the slow one runs one at a time with a
-        // buffer of 2.
-        let got = wait_for(
-            &mut conn,
-            "rl:fast:kv:got:feed",
-            20,
-            Duration::from_secs(20),
-        )
-        .await;
-        assert_eq!(got, 20, "the fast plugin got every message");
+        let _: () = publishes.query_async(&mut conn).await.unwrap();
+        let got = wait_for(&mut conn, "rl:fast:kv:got:feed", BURST, PATIENCE).await;
         let fast_done = started.elapsed();
+        assert_eq!(got, BURST, "the fast plugin got every message");
         let slow = host.plugin(&PluginName::parse("slow").unwrap()).unwrap();
+        // Every message was routed before the fast plugin's last one, so
+        // the drops are all counted by now.
         let dropped = slow.stats().dropped_messages;
-        assert!(dropped >= 10, "only {dropped} dropped");
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
-        let slow_got = get_i64(&mut conn, "rl:slow:kv:got:feed").await;
-        assert_eq!(
-            slow_got as u64 + dropped,
-            20,
-            "every message was handled or counted as dropped"
-        );
+        assert!(dropped >= 10, "only {dropped} of {BURST} dropped");
+        // Had routing waited for room in the slow plugin's buffer, the fast
+        // plugin's last message would have come after the slow one had
+        // worked through BURST - 3 of them, one at a time: 13 s. Unhindered
+        // the fast plugin handles all at once, in about BUSY_MS (1 s). The
+        // bound lies between, 10x what the fast plugin needs.
+        let held_up = Duration::from_millis(BUSY_MS * (BURST as u64 - 3));
+        let bound = Duration::from_millis(BUSY_MS * 10);
         assert!(
-            fast_done < Duration::from_secs(4),
-            "the fast plugin was held up: {fast_done:?}"
+            fast_done < bound,
+            "the fast plugin was held up: {fast_done:?} (unhindered ≈ {BUSY_MS} ms, held up ≥ {held_up:?})"
+        );
+        // The slow plugin finishes what it took (3 × BUSY_MS): then every
+        // message was handled or counted as dropped, none both.
+        let start = Instant::now();
+        let slow_got = loop {
+            let slow_got = get_i64(&mut conn, "rl:slow:kv:got:feed").await;
+            if slow_got + dropped as i64 >= BURST || start.elapsed() > PATIENCE {
+                break slow_got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            slow_got + dropped as i64,
+            BURST,
+            "every message was handled or counted as dropped: {slow_got} handled, {dropped} dropped"
         );
     })
     .await;
@@ -359,37 +399,91 @@ async fn keyspace_events() {
         )
         .await;
         let mut conn = redis.client().await;
+        wait_subscriber_connections(&mut conn, 1).await;
         let flags = keyspace_flags(&mut conn).await;
         assert!(flags.contains('K') && flags.contains('x'), "{flags:?}");
-        let _: () = conn
-            .set_ex("rl:watcher:kv:session:1", "v", 1)
-            .await
-            .unwrap();
+        // Another plugin's key expires first. Once it is gone (EXISTS also
+        // expires it, and publishes the event, if Redis has not yet), its
+        // event went out on the one subscriber connection before anything
+        // about the watcher's key: were it routed to the watcher, it would
+        // be counted by the time the watcher's own event is.
         let _: () = conn.set("rl:other:kv:session:1", "v").await.unwrap();
         let _: () = conn.pexpire("rl:other:kv:session:1", 100).await.unwrap();
-        assert_eq!(
-            wait_for(
-                &mut conn,
-                "rl:watcher:kv:got:session:1",
-                1,
-                Duration::from_secs(10)
-            )
-            .await,
-            1
-        );
+        let start = Instant::now();
+        while conn
+            .exists::<_, bool>("rl:other:kv:session:1")
+            .await
+            .unwrap()
+        {
+            assert!(start.elapsed() < PATIENCE, "the other key never expired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        expire_soon(&mut conn, "rl:watcher:kv:session:1").await;
+        expect_count(&mut conn, "rl:watcher:kv:got:session:1", 1).await;
         let last: String = conn.get("rl:watcher:kv:last:session:1").await.unwrap();
         assert_eq!(last, "expired");
+        let keys: Vec<String> = conn.keys("rl:watcher:kv:got*").await.unwrap();
         assert_eq!(
             get_i64(&mut conn, "rl:watcher:kv:got-pattern:__keyspace__").await,
             1,
-            "only its own key's event"
+            "only its own key's event (the watcher's counters: {keys:?})"
         );
     })
     .await;
 }
 
+/// The ticks of `plugin`'s `timer` that ran, from its `tick:<timer>:<ms>`
+/// keys: `(scheduled ms, how many times it ran)`, in schedule order.
+async fn ticks_of(conn: &mut TestConnection, plugin: &str, timer: &str) -> Vec<(u64, i64)> {
+    let keys: Vec<String> = conn
+        .keys(format!("rl:{plugin}:kv:tick:{timer}:*"))
+        .await
+        .unwrap();
+    let mut ticks = Vec::new();
+    for k in keys {
+        let ms = k.rsplit(':').next().unwrap().parse().unwrap();
+        ticks.push((ms, get_i64(conn, &k).await));
+    }
+    ticks.sort_unstable();
+    ticks
+}
+
+/// Asserts that ticks scheduled every `period` ms (at `phase` ms past a
+/// multiple of it) came at that cadence over `(from, to]`, with room for a
+/// slow scheduler on the low side only: at least half the ticks due in the
+/// span ran (`missed = "skip"` drops a tick a starved host reaches too
+/// late), and at least half the gaps between consecutive ticks that ran are
+/// exactly one period (a timer with a slower cadence would have none). The
+/// high side needs no room: `ran` holds distinct scheduled times, each
+/// checked to be on the schedule, so more ticks than due cannot run.
+fn assert_cadence(what: &str, ran: &[u64], period: u64, phase: u64, from: u64, to: u64) {
+    let index = |t: u64| (t + period - phase) / period;
+    let due = index(to) - index(from);
+    let in_span: Vec<u64> = ran
+        .iter()
+        .copied()
+        .filter(|t| (from + 1..=to).contains(t))
+        .collect();
+    assert!(
+        in_span.len() as u64 * 2 >= due,
+        "{what}: {} of the {due} ticks due in {from}..={to} ran: {ran:?}",
+        in_span.len()
+    );
+    let gaps: Vec<u64> = in_span.windows(2).map(|w| w[1] - w[0]).collect();
+    let exact = gaps.iter().filter(|g| **g == period).count();
+    assert!(
+        !gaps.is_empty() && exact * 2 >= gaps.len(),
+        "{what}: only {exact} of the gaps between ticks are {period} ms: {gaps:?}"
+    );
+}
+
+/// How many ticks of each timer `timers_cadence_and_singleton` waits for.
+const FAST_TICKS: usize = 20;
+const EACH_TICKS_ON_BOTH: usize = 8;
+
 /// An interval timer fires at its cadence; with two hosts and
-/// `singleton = true`, each tick runs exactly once in total.
+/// `singleton = true`, each tick runs exactly once in total; without it,
+/// both hosts run every tick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timers_cadence_and_singleton() {
     with_timeout(async {
@@ -400,42 +494,88 @@ async fn timers_cadence_and_singleton() {
             "[plugins.clock.timers.fast]\nevery = \"100ms\"\nsingleton = true\n\
              [plugins.clock.timers.each]\nevery = \"250ms\"\n",
         );
-        let t0 = Instant::now();
-        let (_a, stop_a) = serve(&redis, &dir.path().join("a"), &plugins).await;
-        let (_b, stop_b) = serve(&redis, &dir.path().join("b"), &plugins).await;
-        let both = Instant::now();
-        tokio::time::sleep(Duration::from_millis(2_000)).await;
-        drop((stop_a, stop_b));
-        let window = t0.elapsed().as_millis() as i64 + 50;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = unix_ms();
+        let a = serve_with(&redis, &dir.path().join("a"), "", &plugins).await;
+        let b = serve_with(&redis, &dir.path().join("b"), "", &plugins).await;
+        let both = unix_ms();
         let mut conn = redis.client().await;
-        let ticks = get_i64(&mut conn, "rl:clock:kv:ticks:fast").await;
-        let _ = both;
-        assert!(
-            ticks >= 17 && ticks <= window / 100 + 2,
-            "{ticks} ticks of a 100 ms timer in {window} ms"
-        );
-        let keys: Vec<String> = conn.keys("rl:clock:kv:tick:fast:*").await.unwrap();
-        assert_eq!(keys.len() as i64, ticks);
-        for k in keys {
-            assert_eq!(get_i64(&mut conn, &k).await, 1, "{k} ran more than once");
+        // Run for 2 s at least, and until there are enough ticks to judge
+        // the cadence by (longer on a slow machine).
+        let start = Instant::now();
+        loop {
+            let fast = ticks_of(&mut conn, "clock", "fast").await;
+            let each = ticks_of(&mut conn, "clock", "each").await;
+            let fast = fast.iter().filter(|(t, _)| *t > both).count();
+            let on_both = each.iter().filter(|(t, n)| *t > both && *n == 2).count();
+            if start.elapsed() >= Duration::from_secs(2)
+                && fast >= FAST_TICKS
+                && on_both >= EACH_TICKS_ON_BOTH
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "after {PATIENCE:?}: {fast} ticks of fast, each: {each:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // Without singleton, both hosts run every tick.
-        let each = get_i64(&mut conn, "rl:clock:kv:ticks:each").await;
-        assert!(
-            each >= 14 && each <= 2 * (window / 250) + 2,
-            "{each} runs of a 250 ms timer on 2 hosts in {window} ms"
+        let stopping = unix_ms();
+        // Once both have shut down, no tick runs any more: the counts are
+        // final.
+        tokio::join!(a.shutdown(), b.shutdown());
+        let stopped = unix_ms();
+
+        let fast = ticks_of(&mut conn, "clock", "fast").await;
+        for (t, runs) in &fast {
+            assert_eq!(*runs, 1, "the tick at {t} ran {runs} times: {fast:?}");
+            assert!(
+                t % 100 == 0 && (before + 1..=stopped).contains(t),
+                "{t} is not a tick of fast in {before}..={stopped}"
+            );
+        }
+        assert_eq!(
+            get_i64(&mut conn, "rl:clock:kv:ticks:fast").await,
+            fast.len() as i64,
+            "ticks counted vs tick keys: {fast:?}"
         );
-        let keys: Vec<String> = conn.keys("rl:clock:kv:tick:each:*").await.unwrap();
-        assert!(keys.iter().all(|k| !k.is_empty()));
+        let ran: Vec<u64> = fast.iter().map(|(t, _)| *t).collect();
+        assert_cadence("fast (singleton)", &ran, 100, 0, both, stopping);
+
+        // Without singleton, both hosts run every tick (once each).
+        let each = ticks_of(&mut conn, "clock", "each").await;
+        for (t, runs) in &each {
+            assert!(
+                (1..=2).contains(runs),
+                "the tick at {t} ran {runs} times on 2 hosts: {each:?}"
+            );
+            assert!(
+                t % 250 == 0 && (before + 1..=stopped).contains(t),
+                "{t} is not a tick of each in {before}..={stopped}"
+            );
+        }
+        assert_eq!(
+            get_i64(&mut conn, "rl:clock:kv:ticks:each").await,
+            each.iter().map(|(_, n)| n).sum::<i64>(),
+            "runs counted vs tick keys: {each:?}"
+        );
+        let on_both: Vec<u64> = each
+            .iter()
+            .filter(|(_, n)| *n == 2)
+            .map(|(t, _)| *t)
+            .collect();
+        assert_cadence("each, run by both hosts", &on_both, 250, 0, both, stopping);
     })
     .await;
 }
 
+/// How many ticks `cron_timer_fires_on_its_schedule` waits for.
+const CRON_TICKS: usize = 4;
+
 /// A cron timer (six fields, the first being seconds) fires on its
 /// schedule: `1/2` in the seconds field is every odd second, which no
 /// `every` can express (intervals are multiples of the period since the
-/// epoch). Each odd second of the window ticks once, and nothing else does.
+/// epoch). Ticks come on odd seconds of the window only, each once, and
+/// at the cadence of every odd second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_timer_fires_on_its_schedule() {
     with_timeout(async {
@@ -446,43 +586,39 @@ async fn cron_timer_fires_on_its_schedule() {
             "[plugins.cron.timers.odd]\ncron = \"1/2 * * * * *\"\n",
         );
         let before = unix_ms();
-        let (_host, stop) = serve(&redis, dir.path(), &plugins).await;
+        let s = serve_with(&redis, dir.path(), "", &plugins).await;
         let serving = unix_ms();
-        tokio::time::sleep(Duration::from_millis(6_500)).await;
-        let stopping = unix_ms();
-        drop(stop);
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let mut conn = redis.client().await;
-        let keys: Vec<String> = conn.keys("rl:cron:kv:tick:odd:*").await.unwrap();
-        let mut ticks: Vec<u64> = keys
-            .iter()
-            .map(|k| k.rsplit(':').next().unwrap().parse().unwrap())
-            .collect();
-        ticks.sort_unstable();
-        for k in &keys {
-            assert_eq!(get_i64(&mut conn, k).await, 1, "{k} ran more than once");
+        // About 8 s on an idle machine.
+        let start = Instant::now();
+        loop {
+            let odd = ticks_of(&mut conn, "cron", "odd").await;
+            if odd.iter().filter(|(t, _)| *t > serving).count() >= CRON_TICKS {
+                break;
+            }
+            assert!(start.elapsed() < PATIENCE, "after {PATIENCE:?}: {odd:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let stopping = unix_ms();
+        s.shutdown().await;
+        let stopped = unix_ms();
+
+        let odd = ticks_of(&mut conn, "cron", "odd").await;
+        for (t, runs) in &odd {
+            assert_eq!(*runs, 1, "the tick at {t} ran {runs} times: {odd:?}");
+            assert_eq!(t % 2_000, 1_000, "{t} is not on an odd second: {odd:?}");
+            assert!(
+                (before + 1..=stopped).contains(t),
+                "{t} is outside the window {before}..={stopped}"
+            );
         }
         assert_eq!(
             get_i64(&mut conn, "rl:cron:kv:ticks:odd").await,
-            ticks.len() as i64
+            odd.len() as i64,
+            "ticks counted vs tick keys: {odd:?}"
         );
-        for t in &ticks {
-            assert_eq!(t % 2_000, 1_000, "{t} is not on an odd second: {ticks:?}");
-            assert!(
-                *t > before && *t <= stopping,
-                "{t} is outside the window {before}..={stopping}"
-            );
-        }
-        // Every odd second well inside the window ran (loose at both ends:
-        // the host's start and the stop are not instants).
-        let must: Vec<u64> = (serving / 1_000 + 1..=(stopping - 500) / 1_000)
-            .filter(|s| s % 2 == 1)
-            .map(|s| s * 1_000)
-            .collect();
-        assert!(must.len() >= 2, "{must:?}");
-        for t in &must {
-            assert!(ticks.contains(t), "the tick at {t} did not run: {ticks:?}");
-        }
+        let ran: Vec<u64> = odd.iter().map(|(t, _)| *t).collect();
+        assert_cadence("odd", &ran, 2_000, 1_000, serving, stopping);
     })
     .await;
 }
@@ -494,20 +630,19 @@ fn unix_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Waits until the probe's slow timer `p`/`slow` starts a new tick, so the
-/// tick has about 1 s of guest code ahead of it.
-async fn catch_a_slow_tick(conn: &mut TestConnection) {
-    let before = get_i64(conn, "rl:p:kv:started:slow").await;
-    assert!(
-        wait_for(
-            conn,
-            "rl:p:kv:started:slow",
-            before + 1,
-            Duration::from_secs(10)
-        )
-        .await
-            > before,
-        "no slow tick started"
+/// Quotas for a plugin whose handlers the test holds (`hold`): room to
+/// wait for the test, however slow it runs.
+const HOLD_QUOTAS: &str = "wall-time = \"120s\"";
+
+/// Waits until the probe's timer `p`/`hold` has started a tick, which then
+/// runs until the test sets `rl:p:kv:release:hold`. (Ticks of one timer do
+/// not overlap on a host, so no other tick starts meanwhile.)
+async fn catch_a_held_tick(conn: &mut TestConnection) {
+    expect_count(conn, "rl:p:kv:started:hold", 1).await;
+    assert_eq!(
+        get_i64(conn, "rl:p:kv:ticks:hold").await,
+        0,
+        "the held tick did not wait for its release"
     );
 }
 
@@ -521,52 +656,60 @@ async fn shutdown_lets_running_ticks_and_messages_finish() {
         let dir = tempfile::tempdir().unwrap();
         let plugins = probe(
             "p",
-            "subscriptions = [\"news\"]\n[plugins.p.timers.slow]\nevery = \"500ms\"\n",
+            &format!(
+                "subscriptions = [\"news\"]\n[plugins.p.quotas]\n{HOLD_QUOTAS}\n\
+                 [plugins.p.timers.hold]\nevery = \"500ms\"\n"
+            ),
         );
-        let s = serve_with(&redis, dir.path(), "shutdown-timeout = \"10s\"", &plugins).await;
+        let s = serve_with(&redis, dir.path(), "shutdown-timeout = \"120s\"", &plugins).await;
         let mut conn = redis.client().await;
-        catch_a_slow_tick(&mut conn).await;
-        let _: i64 = conn.publish("rl:p:ch:news", "slow:1000").await.unwrap();
-        assert_eq!(
-            wait_for(&mut conn, "rl:p:kv:started:news", 1, Duration::from_secs(5)).await,
-            1
-        );
-        // Both are running now, each with most of its second ahead.
+        wait_subscriber_connections(&mut conn, 1).await;
+        catch_a_held_tick(&mut conn).await;
+        let receivers: i64 = conn.publish("rl:p:ch:news", "hold").await.unwrap();
+        assert_eq!(receivers, 1);
+        expect_count(&mut conn, "rl:p:kv:started:news", 1).await;
+        // Both are running now, and keep running until released.
         assert_eq!(get_i64(&mut conn, "rl:p:kv:got:news").await, 0);
-        let stopping = Instant::now();
+
         s.stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(9), s.done)
+        // The subscription connection goes once the stop has taken effect
+        // (workers and timers take nothing new from then on)...
+        wait_subscriber_connections(&mut conn, 0).await;
+        let receivers: i64 = conn.publish("rl:p:ch:news", "late").await.unwrap();
+        assert_eq!(receivers, 0, "still subscribed after shutdown");
+        // ... while the tick and the handler still run: shutdown waits.
+        assert!(
+            !s.done.is_finished(),
+            "shutdown finished while a tick and a message handler were running"
+        );
+        let _: () = conn.set("rl:p:kv:release:hold", "1").await.unwrap();
+        let _: () = conn.set("rl:p:kv:release:news", "1").await.unwrap();
+        let stopping = Instant::now();
+        tokio::time::timeout(PATIENCE, s.done)
             .await
-            .expect("shutdown within the deadline")
+            .expect("shutdown ends once the running tick and handler are released")
             .unwrap();
         let took = stopping.elapsed();
-        let started = get_i64(&mut conn, "rl:p:kv:started:slow").await;
+        let started = get_i64(&mut conn, "rl:p:kv:started:hold").await;
+        assert_eq!(started, 1, "a tick started during shutdown");
         assert_eq!(
-            get_i64(&mut conn, "rl:p:kv:ticks:slow").await,
+            get_i64(&mut conn, "rl:p:kv:ticks:hold").await,
             started,
-            "a tick running at shutdown was cut off (shutdown took {took:?})"
+            "a tick running at shutdown was cut off (shutdown took {took:?} after the release)"
         );
         assert_eq!(
             get_i64(&mut conn, "rl:p:kv:got:news").await,
             1,
-            "the message handler running at shutdown was cut off (shutdown took {took:?})"
+            "the message handler running at shutdown was cut off (shutdown took {took:?} after the release)"
         );
-        // Nothing new is taken: the subscription is gone and no tick starts.
-        let start = Instant::now();
-        loop {
-            let receivers: i64 = conn.publish("rl:p:ch:news", "late").await.unwrap();
-            if receivers == 0 {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "still subscribed after shutdown"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let last: String = conn.get("rl:p:kv:last:news").await.unwrap();
+        assert_eq!(last, "hold", "a message taken during shutdown");
+        // No tick starts after shutdown. Negative check: 1.5 s is three
+        // periods of the timer, plenty for a timer that kept running to
+        // start one (its task has ended, so nothing can).
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
         assert_eq!(
-            get_i64(&mut conn, "rl:p:kv:started:slow").await,
+            get_i64(&mut conn, "rl:p:kv:started:hold").await,
             started,
             "a tick started after shutdown"
         );
@@ -581,27 +724,41 @@ async fn shutdown_aborts_ticks_past_the_deadline() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let plugins = probe("p", "[plugins.p.timers.slow]\nevery = \"500ms\"\n");
+        let plugins = probe(
+            "p",
+            &format!(
+                "[plugins.p.quotas]\n{HOLD_QUOTAS}\n[plugins.p.timers.hold]\nevery = \"500ms\"\n"
+            ),
+        );
+        let deadline = Duration::from_millis(200);
         let s = serve_with(&redis, dir.path(), "shutdown-timeout = \"200ms\"", &plugins).await;
         let mut conn = redis.client().await;
-        catch_a_slow_tick(&mut conn).await;
+        catch_a_held_tick(&mut conn).await;
         let stopping = Instant::now();
         s.stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), s.done)
+        tokio::time::timeout(PATIENCE, s.done)
             .await
-            .expect("shutdown ends soon after its deadline")
+            .expect("shutdown ends at its deadline, not when the tick does")
             .unwrap();
         let took = stopping.elapsed();
-        // The tick needed ≈ 1 s more; let it have had that time.
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
-        let started = get_i64(&mut conn, "rl:p:kv:started:slow").await;
-        let ticks = get_i64(&mut conn, "rl:p:kv:ticks:slow").await;
-        assert_eq!(
-            ticks,
-            started - 1,
-            "the tick running at the deadline was not aborted (shutdown took {took:?})"
+        // The tick holds until released (or 60 s): shutdown waited for the
+        // deadline, then stopped it. The upper bound is 100x the deadline
+        // and far below the tick's 60 s.
+        assert!(
+            took >= deadline && took < Duration::from_secs(20),
+            "shutdown took {took:?} with a {deadline:?} deadline"
         );
-        assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+        // Released now, a tick still alive would finish within one 100 ms
+        // check. Negative check: 1.5 s is 15 of them.
+        let _: () = conn.set("rl:p:kv:release:hold", "1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let started = get_i64(&mut conn, "rl:p:kv:started:hold").await;
+        let ticks = get_i64(&mut conn, "rl:p:kv:ticks:hold").await;
+        assert_eq!(
+            (started, ticks),
+            (1, 0),
+            "(started, completed) ticks: the tick running at the deadline was not aborted (shutdown took {took:?})"
+        );
     })
     .await;
 }
@@ -638,6 +795,7 @@ singleton = true
         let (_host, _stop, addr) = serve_http(&redis, dir.path(), &plugins).await;
         let c = reqwest::Client::new();
         let mut conn = redis.client().await;
+        wait_subscriber_connections(&mut conn, 1).await;
         // One message at a time: a plugin's messages may be handled
         // concurrently, so "last" is only "three" if it was sent last after
         // the others were handled.
@@ -654,24 +812,8 @@ singleton = true
                 v["receivers"], 1,
                 "one subscription per host carries both plugins"
             );
-            wait_for(
-                &mut conn,
-                "rl:chat:kv:count:lobby",
-                n,
-                Duration::from_secs(10),
-            )
-            .await;
+            expect_count(&mut conn, "rl:chat:kv:count:lobby", n).await;
         }
-        assert_eq!(
-            wait_for(
-                &mut conn,
-                "rl:chat:kv:count:lobby",
-                3,
-                Duration::from_secs(10)
-            )
-            .await,
-            3
-        );
         let v: serde_json::Value = c
             .get(format!("http://{addr}/rooms/lobby"))
             .send()
@@ -680,8 +822,8 @@ singleton = true
             .json()
             .await
             .unwrap();
-        assert_eq!(v["messages"], 3);
-        assert_eq!(v["last"], "three");
+        assert_eq!(v["messages"], 3, "{v}");
+        assert_eq!(v["last"], "three", "{v}");
         // Within a few ticks the digest has taken all three.
         let start = Instant::now();
         loop {
@@ -690,12 +832,13 @@ singleton = true
             for k in &keys {
                 total += get_i64(&mut conn, k).await;
             }
-            if total == 3 && get_i64(&mut conn, "rl:chat-digest:kv:pending").await == 0 {
+            let pending = get_i64(&mut conn, "rl:chat-digest:kv:pending").await;
+            if total == 3 && pending == 0 {
                 break;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "digest total {total}"
+                start.elapsed() < PATIENCE,
+                "after {PATIENCE:?}: digest total {total}, pending {pending}, digests {keys:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -24,16 +24,18 @@
 //! | `fetch_optional_json` | `key`, `origin` (URL; 404 = not found), policy | the `User` or null (`Cache::get_or_fill_optional_json`) |
 //! | `write_through_json` | `key`, `user` (a `User`), `origin` (URL, POSTed its JSON), policy | null (`Cache::write_through_json`) |
 //! | `sleep` | `ms` | null |
+//! | `incr` | `key` (a `kv` key) | the new value (`kv::increment` by 1): tells the test this step was reached |
+//! | `await_key` | `key` (a `kv` key), `timeout_ms`? (default 60000) | true once `key` exists (polled every 10 ms); a `timeout` error if it never does: holds the invocation until the test says so |
 //! | `trap` | | — (the instance traps) |
 //!
 //! `value` may be replaced by `repeat` (`{"value": "x", "repeat": n}` is
 //! "x" n times).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redloom_sdk::cache::{self, Cache, Lease, Lookup, Policy};
-use redloom_sdk::{Error, Invoke, Result, http};
+use redloom_sdk::{Error, Invoke, Result, http, kv};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -139,6 +141,21 @@ fn origin_user(url: &str) -> Result<Option<User>> {
         .transpose()
 }
 
+/// Polls `key` every 10 ms until it exists, for at most `timeout`.
+fn await_key(key: &str, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    while !kv::exists(key)? {
+        if started.elapsed() >= timeout {
+            return Err(Error::Timeout(format!(
+                "`{key}` did not appear within {} ms",
+                timeout.as_millis()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
 fn to_json<T: Serialize>(v: &T) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| Error::other(format!("encoding: {e}")))
 }
@@ -219,6 +236,11 @@ fn run(op: &Value, leases: &mut HashMap<String, Lease>) -> Result<Value> {
         "sleep" => {
             std::thread::sleep(ms_field(op, "ms", 0));
             Ok(Value::Null)
+        }
+        "incr" => Ok(json!(kv::increment(str_field(op, "key")?, 1)?)),
+        "await_key" => {
+            await_key(str_field(op, "key")?, ms_field(op, "timeout_ms", 60_000))?;
+            Ok(json!(true))
         }
         "trap" => panic!("cache-probe: trap requested"),
         other => Err(Error::invalid(format!("unknown op `{other}`"))),

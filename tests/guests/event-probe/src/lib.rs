@@ -4,10 +4,13 @@
 //! - message: `SET last:<channel> <payload>`, `INCR got:<channel>`, and
 //!   `INCR got-pattern:<pattern>` when a pattern matched; a payload starting
 //!   with `slow` first does `INCR started:<channel>` and runs guest code for
-//!   200 ms (`slow:<ms>`: for that many ms).
+//!   200 ms (`slow:<ms>`: for that many ms); a payload `hold` first does
+//!   `INCR started:<channel>` and waits until the key `release:<channel>`
+//!   exists (see [`hold`]).
 //! - tick: `INCR tick:<timer>:<scheduled ms>` and `INCR ticks:<timer>`; a
 //!   timer whose name starts with `slow` first does `INCR started:<timer>`
-//!   and runs guest code for 1 s.
+//!   and runs guest code for 1 s; one whose name starts with `hold` first
+//!   does `INCR started:<timer>` and waits until `release:<timer>` exists.
 //! - invoke: `publish <channel> <payload>` publishes and returns the count.
 
 use std::time::{Duration, Instant};
@@ -25,9 +28,34 @@ fn spin(ms: u64) {
     }
 }
 
+/// How long [`hold`] waits for its release key at most.
+const HOLD_LIMIT: Duration = Duration::from_secs(60);
+
+/// Waits until the kv key `release:<name>` exists, so a test decides when
+/// a handler ends instead of guessing how long it takes: checks every
+/// 100 ms (sleeping in the host, so no guest CPU is spent; at most 600
+/// commands, well inside the per-invocation Redis quota), and fails after
+/// [`HOLD_LIMIT`].
+fn hold(name: &str) -> Result<()> {
+    let key = format!("release:{name}");
+    let until = Instant::now() + HOLD_LIMIT;
+    while !kv::exists(&key)? {
+        if Instant::now() > until {
+            return Err(Error::other(format!(
+                "{key} did not appear within {HOLD_LIMIT:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 impl OnMessage for Probe {
     fn on_message(message: Message) -> Result<()> {
-        if let Some(rest) = message.payload.strip_prefix(b"slow") {
+        if message.payload == b"hold" {
+            kv::increment(&format!("started:{}", message.channel), 1)?;
+            hold(&message.channel)?;
+        } else if let Some(rest) = message.payload.strip_prefix(b"slow") {
             kv::increment(&format!("started:{}", message.channel), 1)?;
             let ms = rest
                 .strip_prefix(b":")
@@ -50,6 +78,9 @@ impl OnTick for Probe {
         if tick.timer.starts_with("slow") {
             kv::increment(&format!("started:{}", tick.timer), 1)?;
             spin(1_000);
+        } else if tick.timer.starts_with("hold") {
+            kv::increment(&format!("started:{}", tick.timer), 1)?;
+            hold(&tick.timer)?;
         }
         kv::increment(&format!("tick:{}:{}", tick.timer, tick.scheduled_ms), 1)?;
         kv::increment(&format!("ticks:{}", tick.timer), 1)?;

@@ -9,6 +9,7 @@
 //! | `/error` | the plugin's error (the host answers 500) |
 //! | `/panic` | a trap (500) |
 //! | `/fetch?url=U` | outbound GET of `U`: 200 with the origin's status and body, or 502 with the error as `kind: message` (`denied: ...`, `timeout: ...`) |
+//! | `/hold/:name` | `SET started:<name> 1`, then waits (checking every 100 ms, at most 60 s) until the kv key `release:<name>` exists, then 200 `done` (504 if it never appeared) |
 //! | `/incr/:n?key=K` | `n` Redis increments of `K` (to spend the `redis-rate` quota), then 200 with the last value |
 //! | `/forge` | 200 with a body that starts with `hello` and goes on with a whole forged HTTP response, and the framing and hop-by-hop headers that would make a client read only `hello` (`content-length: 5`, `transfer-encoding`, `connection`, `keep-alive`, `upgrade`, `te`, `trailer`, `proxy-connection`), plus `x-kept: yes` |
 //! | `/big-header/:kib` | 200 `ok` with an `x-big` header of `kib` KiB |
@@ -47,6 +48,21 @@ impl Http for Probe {
                 for _ in 0..10_000 {
                     x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
                 }
+            }
+            return Ok(Response::text(200, "done"));
+        }
+        if let Some(name) = path.strip_prefix("/hold/") {
+            // The test releases it: a request that holds its slot exactly
+            // as long as the test needs, however slow the machine. Sleeping
+            // happens in the host (no guest CPU); at most 600 commands.
+            kv::set(&format!("started:{name}"), "1")?;
+            let release = format!("release:{name}");
+            let until = Instant::now() + Duration::from_secs(60);
+            while !kv::exists(&release)? {
+                if Instant::now() > until {
+                    return Ok(Response::text(504, format!("{release} never appeared")));
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
             return Ok(Response::text(200, "done"));
         }

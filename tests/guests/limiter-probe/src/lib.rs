@@ -20,7 +20,7 @@
 //! |---|---|---|
 //! | `check` | `policy`, `key`, `cost`? (1) | decision |
 //! | `burst` | `policy`, `key`, `n`, `cost`? (1) | `{"allowed": count, "last": decision}` |
-//! | `pace` | `policy`, `key`, `duration_ms`, `interval_ms` | `[[t_us, allowed, remaining, retry_after_ms], ...]`, one per check |
+//! | `pace` | `policy`, `key`, `duration_ms`, `interval_ms`, `min_checks`? (0), `min_denied`? (0), `max_ms`? (`duration_ms`) | `[[t_us, allowed, remaining, retry_after_ms, done_us], ...]`, one per check: `t_us` just before it, `done_us` just after it returned (µs since the first) |
 //! | `acquire` | `policy`, `key`, `slots`, `id` | `{"decision", "held": bool}` |
 //! | `release` | `id` | bool |
 //! | `drop` / `forget` | `id` | null |
@@ -168,18 +168,38 @@ fn run(op: &Value, leases: &mut HashMap<String, Lease>) -> Result<Value, Step> {
             json!({ "allowed": allowed, "last": last })
         }
         "pace" => {
+            // Checks every `interval` for at least `duration`, and on (up to
+            // `max_ms`) until there were `min_checks` checks and `min_denied`
+            // denials, so a slow machine still yields enough of both. Each
+            // check is bracketed by clock readings: Redis decided somewhere
+            // between them.
             let (policy, key) = (f.str("policy")?, f.str("key")?);
             let (duration, interval) = (f.ms("duration_ms")?, f.ms("interval_ms")?);
+            let min_checks = f.opt_u64("min_checks")?.unwrap_or(0) as usize;
+            let min_denied = f.opt_u64("min_denied")?.unwrap_or(0);
+            let max = f
+                .opt_u64("max_ms")?
+                .map_or(duration, Duration::from_millis)
+                .max(duration);
             let started = Instant::now();
             let mut rows = Vec::new();
-            while started.elapsed() < duration {
+            let mut denied = 0;
+            loop {
+                let elapsed = started.elapsed();
+                let enough = rows.len() >= min_checks && denied >= min_denied;
+                if elapsed >= max || (elapsed >= duration && enough) {
+                    break;
+                }
                 let t = started.elapsed().as_micros() as u64;
                 let d = limiter::check(policy, key)?;
+                let done = started.elapsed().as_micros() as u64;
+                denied += u64::from(!d.allowed);
                 rows.push(json!([
                     t,
                     d.allowed,
                     d.remaining,
-                    d.retry_after.as_millis() as u64
+                    d.retry_after.as_millis() as u64,
+                    done
                 ]));
                 std::thread::sleep(interval);
             }

@@ -21,6 +21,8 @@
 //! | `is_locked` | `name` | bool |
 //! | `sleep` | `ms` | null |
 //! | `now` | | microseconds since the Unix epoch (WASI wall clock: the host's) |
+//! | `incr` | `key` (a `kv` key) | the new value (`kv::increment` by 1): tells the test this step was reached |
+//! | `await_key` | `key` (a `kv` key), `timeout_ms`? (default 60000) | true once `key` exists (polled every 10 ms); a `timeout` error if it never does: holds the invocation until the test says so |
 //! | `critical` | `name`, `key`, `n`, `ttl_ms`, `wait_ms` | the `n` fencing tokens, in order |
 //! | `panic` | | (traps) |
 //! | `spin` | | (never returns) |
@@ -142,6 +144,26 @@ fn run(op: &Value, guards: &mut HashMap<String, LockGuard>) -> Result<Value, Ste
                 .duration_since(UNIX_EPOCH)
                 .map_err(|e| Error::other(e.to_string()))?;
             (since.as_micros() as u64).into()
+        }
+        "incr" => kv::increment(f.str("key")?, 1)?.into(),
+        "await_key" => {
+            let key = f.str("key")?;
+            let timeout = match op.get("timeout_ms") {
+                Some(_) => f.ms("timeout_ms")?,
+                None => Duration::from_secs(60),
+            };
+            let started = Instant::now();
+            while !kv::exists(key)? {
+                if started.elapsed() >= timeout {
+                    return Err(Error::Timeout(format!(
+                        "`{key}` did not appear within {} ms",
+                        timeout.as_millis()
+                    ))
+                    .into());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            true.into()
         }
         "critical" => {
             let (name, key) = (f.str("name")?, f.str("key")?);

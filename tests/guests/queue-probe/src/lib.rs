@@ -11,6 +11,9 @@
 //! - `fail-N`: fails attempts 1..=N, then succeeds like `ok`;
 //! - `always-fail`: always fails;
 //! - `slow-MS`: runs guest code for MS milliseconds, then succeeds;
+//! - `hold-KEY`: waits until the kv key KEY exists (polling every 10 ms, at
+//!   most 50 s, then fails), then succeeds: a test holds the message
+//!   running until it says so;
 //! - `durable`: only enqueues the job's id on the queue `done-log`.
 //!
 //! Every delivery but a `durable` one also does `INCR attempts:<id>` and
@@ -81,6 +84,14 @@ impl OnJob for Probe {
             }
         } else if payload == "always-fail" {
             return Err(Error::other("this job always fails"));
+        } else if let Some(key) = payload.strip_prefix("hold-") {
+            let until = Instant::now() + Duration::from_secs(50);
+            while !kv::exists(key)? {
+                if Instant::now() >= until {
+                    return Err(Error::other(format!("`{key}` never appeared")));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         } else if let Some(ms) = payload.strip_prefix("slow-") {
             let until = Instant::now() + Duration::from_millis(ms.parse().unwrap_or(0));
             while Instant::now() < until {
