@@ -65,10 +65,11 @@ async fn zero_config_redis_starts_persists_and_stops() {
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         visits.push(v["visits"].as_i64().unwrap());
 
-        // The log names the private server's URL; after exit nothing listens there.
+        // The log names the private server's URL (password redacted);
+        // after exit nothing listens there.
         let url = stderr
             .split_whitespace()
-            .find_map(|w| w.strip_prefix("url=redis://"))
+            .find_map(|w| w.strip_prefix("url=redis://:***@"))
             .unwrap_or_else(|| panic!("no private server in the log:\n{stderr}"));
         let addr = url.trim_end_matches(|c: char| !c.is_ascii_digit());
         assert!(
@@ -83,6 +84,28 @@ async fn zero_config_redis_starts_persists_and_stops() {
     );
     assert!(dir.path().join(".redloom/redis/appendonlydir").is_dir());
     assert!(dir.path().join(".redloom/cache").is_dir());
+    // Its files are this user's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join(p))
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(".redloom/redis"), 0o700);
+    for f in ["password", "redis.conf", "redis.log"] {
+        assert_eq!(mode(&format!(".redloom/redis/{f}")), 0o600, "{f}");
+    }
+    for aof in std::fs::read_dir(dir.path().join(".redloom/redis/appendonlydir")).unwrap() {
+        let aof = aof.unwrap();
+        assert_eq!(
+            aof.metadata().unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            aof.path().display()
+        );
+    }
 }
 
 /// With no redis-server installed and no URL, the error says how to fix it.
@@ -129,13 +152,40 @@ async fn zero_config_redis_is_claimed_by_one_process() {
             .args(["-v", "invoke", "visit-counter"])
             .args(["--input", r#"{"page":"home","visitor":"dave"}"#]))
     };
-    let url = format!("redis://127.0.0.1:{port}");
+    // The server wants its password, kept in the folder; nothing else gets in.
+    let password_file = dir.path().join(".redloom/redis/password");
+    let password = redloom::files::read_secret(&password_file).expect("a password file");
+    let anonymous = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut c = anonymous.get_multiplexed_async_connection().await.unwrap();
+    let refused: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
+    let e = refused.expect_err("PING without the password");
+    assert!(e.to_string().contains("NOAUTH"), "{e}");
+    let url = format!("redis://:{password}@127.0.0.1:{port}");
+    let mut c = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let memory: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let memory: std::collections::HashMap<_, _> =
+        memory.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect();
+    assert_eq!(memory["maxmemory"], (1u64 << 30).to_string(), "{memory:?}");
+    assert_eq!(memory["maxmemory-policy"], "noeviction", "{memory:?}");
+
     let out = invoke(&[]);
     let stderr = text(&out.stderr);
     assert_eq!(code(&out), 4, "stderr: {stderr}");
     assert!(
         stderr.contains(&format!("in use by another redloom (pid {owner})"))
-            && stderr.contains(&format!("--redis-url {url}")),
+            && stderr.contains(&format!(
+                "--redis-url \"redis://:$(cat {})@127.0.0.1:{port}\"",
+                password_file.canonicalize().unwrap().display()
+            )),
         "{stderr}"
     );
     let out = invoke(&["--redis-url", &url]);
@@ -430,8 +480,21 @@ async fn plugin_commands_manage_a_running_server() {
     std::fs::create_dir_all(&cli).unwrap();
     std::fs::copy(plugin("ip-rate-limit"), cli.join("greeter.wasm")).unwrap();
     let admin = format!("http://{}", serve.admin);
+    // `serve` generated the admin token in its data folder: from the
+    // server's own folder `redloom plugin` finds it; elsewhere it must be
+    // given, and without it the API refuses.
+    let token = redloom::files::read_secret(&dir.path().join("serve/.redloom/admin-token"))
+        .expect("serve wrote its admin token");
+    let out = run(redloom(&dir.path().join("serve")).args(["plugin", "--admin", &admin, "list"]));
+    assert_eq!(code(&out), 0, "from the server's folder: {}", text(&out.stderr));
+    let out = run(redloom(&cli).args(["plugin", "--admin", &admin, "list"]));
+    assert_ne!(code(&out), 0, "no token: {}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
     let plugin_cmd = |args: &[&str]| {
-        let out = run(redloom(&cli).args(["plugin", "--admin", &admin]).args(args));
+        let out = run(redloom(&cli)
+            .env("REDLOOM_ADMIN_TOKEN", &token)
+            .args(["plugin", "--admin", &admin])
+            .args(args));
         (code(&out), text(&out.stdout), text(&out.stderr))
     };
     let greeting = "hello 127.0.0.1, you asked for /version\n".to_string();

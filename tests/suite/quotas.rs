@@ -238,6 +238,8 @@ async fn payload_limits() {
         let mut s = spec("big", "hostile");
         s.quotas.max_output = 1 << 20;
         s.quotas.max_reply = 1 << 20;
+        // Room to store what is then too big to read back.
+        s.quotas.max_write = 4 << 20;
         load(&host, s).await;
         let e = host
             .invoke(&name("big"), b"huge-output 8")
@@ -256,8 +258,12 @@ async fn payload_limits() {
             host.invoke(&name("big"), b"big-reply 0").await.unwrap(),
             b"0"
         );
+        // Over max-write, a value is not even sent.
+        let e = host.invoke(&name("big"), b"write 5120").await.unwrap_err();
+        assert!(e.to_string().contains("max-write"), "{e}");
+        assert_eq!(quota_of(Err(e)), Quota::Payload);
         let stats = host.plugin(&name("big")).unwrap().stats();
-        assert_eq!(stats.rejections_of("payload"), 3);
+        assert_eq!(stats.rejections_of("payload"), 4);
         neighbour_ok(&host).await;
     })
     .await;
@@ -773,7 +779,11 @@ async fn hostile_runs_leak_no_permits_or_connections() {
         let time: &[Quota] = &[Quota::Cpu, Quota::WallTime];
         for (input, quotas) in [
             ("spin", time),
-            ("yield-loop", time),
+            // Its first breach is redis-ops (the 51st call); it loops on
+            // until its CPU (host calls count) or wall time runs out, and
+            // the invocation reports the first breach unless the deadline
+            // cut it off first.
+            ("yield-loop", &[Quota::RedisOps, Quota::WallTime]),
             ("memory-bomb 0", &[Quota::Memory]),
             ("grow-table 100000", &[Quota::Memory]),
             ("flood", &[Quota::RedisOps]),

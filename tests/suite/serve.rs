@@ -83,6 +83,13 @@ impl Served {
         format!("http://{}{path}", self.served.admin)
     }
 
+    /// The admin token `serve` generated in its data folder (or the
+    /// configured one, which it then does not write).
+    fn token(&self) -> String {
+        redloom::files::read_secret(&self._dir.path().join(redloom::config::ADMIN_TOKEN_FILE))
+            .unwrap_or_default()
+    }
+
     /// Stops accepting, waits for the drain to finish, and shuts the host down.
     async fn shutdown(self) {
         let host = self.served.host.clone();
@@ -462,6 +469,7 @@ async fn hot_reload_unload_and_load() {
         wait_until_each(0, 3, "version 1").await;
         let r = c
             .post(s.admin_url("/plugins/probe/reload"))
+            .bearer_auth(s.token())
             .json(&serde_json::json!({"settings": {"version": "2"}}))
             .send()
             .await
@@ -494,6 +502,7 @@ async fn hot_reload_unload_and_load() {
         // A reload to a file without the HTTP handler is refused; v2 keeps serving.
         let r = c
             .post(s.admin_url("/plugins/probe/reload"))
+            .bearer_auth(s.token())
             .json(&serde_json::json!({"wasm": plugin("kv-probe")}))
             .send()
             .await
@@ -513,6 +522,7 @@ async fn hot_reload_unload_and_load() {
 
         let r = c
             .delete(s.admin_url("/plugins/probe"))
+            .bearer_auth(s.token())
             .send()
             .await
             .unwrap();
@@ -521,6 +531,7 @@ async fn hot_reload_unload_and_load() {
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let list: serde_json::Value = c
             .get(s.admin_url("/plugins"))
+            .bearer_auth(s.token())
             .send()
             .await
             .unwrap()
@@ -547,6 +558,7 @@ async fn hot_reload_unload_and_load() {
 
         let r = c
             .post(s.admin_url("/plugins"))
+            .bearer_auth(s.token())
             .json(&serde_json::json!({"name": "probe"}))
             .send()
             .await
@@ -982,6 +994,7 @@ async fn hot_reload_to_another_component() {
         let slow = s.hold(&c, "across-the-swap").await;
         let r = c
             .post(s.admin_url("/plugins/probe/reload"))
+            .bearer_auth(s.token())
             .json(&serde_json::json!({"wasm": plugin("ip-rate-limit")}))
             .send()
             .await
@@ -1025,6 +1038,7 @@ async fn hot_reload_to_another_component() {
         );
         let list: serde_json::Value = c
             .get(s.admin_url("/plugins"))
+            .bearer_auth(s.token())
             .send()
             .await
             .unwrap()
@@ -1131,6 +1145,7 @@ async fn outbound_timeout_and_reply_limit() {
         );
         let list: serde_json::Value = c
             .get(s.admin_url("/plugins"))
+            .bearer_auth(s.token())
             .send()
             .await
             .unwrap()
@@ -1195,6 +1210,7 @@ async fn other_quota_rejections_have_retry_after() {
         assert_eq!(r.status(), StatusCode::OK);
         let list: serde_json::Value = c
             .get(s.admin_url("/plugins"))
+            .bearer_auth(s.token())
             .send()
             .await
             .unwrap()
