@@ -86,6 +86,7 @@ pub async fn measure(
     redis_url: &str,
     data_dir: &Path,
     duration: Duration,
+    hog_clients: usize,
 ) -> anyhow::Result<Fairness> {
     let wasm = wasm_dir.join("http_probe.wasm");
     let config = Config::parse(
@@ -107,15 +108,22 @@ pub async fn measure(
     let rejected = Arc::new(AtomicU64::new(0));
     let hog = {
         let (stop, served, rejected) = (stop.clone(), served.clone(), rejected.clone());
-        std::thread::spawn(move || hog_clients(addr, stop, served, rejected))
+        std::thread::spawn(move || run_hog_clients(addr, hog_clients, stop, served, rejected))
     };
     // Let the hog fill its slots and queue first.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = (served.load(Ordering::Relaxed), rejected.load(Ordering::Relaxed));
+    let before = (
+        served.load(Ordering::Relaxed),
+        rejected.load(Ordering::Relaxed),
+    );
     let loaded = victim(addr, duration).await?;
-    let after = (served.load(Ordering::Relaxed), rejected.load(Ordering::Relaxed));
+    let after = (
+        served.load(Ordering::Relaxed),
+        rejected.load(Ordering::Relaxed),
+    );
     stop.store(true, Ordering::Relaxed);
-    hog.join().map_err(|_| anyhow::anyhow!("the hog clients panicked"))??;
+    hog.join()
+        .map_err(|_| anyhow::anyhow!("the hog clients panicked"))??;
     let _ = stop_tx.send(());
     serving.await?;
     host.shutdown().await;
@@ -193,10 +201,11 @@ async fn victim(addr: SocketAddr, duration: Duration) -> anyhow::Result<Victim> 
         .map_err(|_| anyhow::anyhow!("the victim client panicked"))?
 }
 
-/// [`HOG_CLIENTS`] clients on one thread, each in a closed loop of
+/// `clients` clients on one thread, each in a closed loop of
 /// `GET /burn/HOG_BURN_MS` until `stop`.
-fn hog_clients(
+fn run_hog_clients(
     addr: SocketAddr,
+    clients: usize,
     stop: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
     rejected: Arc<AtomicU64>,
@@ -206,14 +215,18 @@ fn hog_clients(
         .build()?;
     rt.block_on(async move {
         let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(HOG_CLIENTS)
+            .pool_max_idle_per_host(clients)
             .timeout(Duration::from_secs(120))
             .build()
             .context("hog client")?;
-        let tasks: Vec<_> = (0..HOG_CLIENTS)
+        let tasks: Vec<_> = (0..clients)
             .map(|_| {
-                let (client, stop, served, rejected) =
-                    (client.clone(), stop.clone(), served.clone(), rejected.clone());
+                let (client, stop, served, rejected) = (
+                    client.clone(),
+                    stop.clone(),
+                    served.clone(),
+                    rejected.clone(),
+                );
                 tokio::spawn(async move {
                     let url = format!("http://{addr}/burn/{HOG_BURN_MS}");
                     while !stop.load(Ordering::Relaxed) {

@@ -92,6 +92,9 @@ enum Command {
         /// Seconds of each phase (victim alone, then with the hog).
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Concurrent clients of the CPU-bound plugin.
+        #[arg(long, default_value_t = fairness::HOG_CLIENTS)]
+        hog_clients: usize,
     },
 }
 
@@ -106,7 +109,10 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&m)?);
             Ok(())
         }
-        Some(Command::Fairness { seconds }) => runtime.block_on(async {
+        Some(Command::Fairness {
+            seconds,
+            hog_clients,
+        }) => runtime.block_on(async {
             let wasm_dir = match &cli.wasm_dir {
                 Some(d) => d.clone(),
                 None => default_wasm_dir()?,
@@ -120,6 +126,7 @@ fn main() -> anyhow::Result<()> {
                 &server.url(),
                 &temp.path().join("data"),
                 Duration::from_secs(seconds),
+                hog_clients,
             )
             .await?;
             println!("{}", serde_json::to_string_pretty(&row)?);

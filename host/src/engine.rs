@@ -26,7 +26,7 @@ use crate::quota::HostSlots;
 use crate::store::{Caps, State};
 
 /// How often the epoch advances; the granularity of time slicing.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
@@ -56,7 +56,67 @@ pub struct Runtime {
     cache: Option<CompileCache>,
     slots: Arc<HostSlots>,
     fuel: bool,
+    background: Background,
     _ticker: EpochTicker,
+}
+
+/// Niceness of the [`Background`] threads: the OS runs them when the
+/// normal threads (the HTTP listener, light invocations, triggers, Redis
+/// I/O) leave a core free, and preempts them as soon as a normal thread
+/// has work. At nice 10 a thread gets about a tenth of a contended core.
+pub const BACKGROUND_NICE: i32 = 10;
+
+thread_local! {
+    /// Set on the [`Background`] runtime's threads.
+    static ON_BACKGROUND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the current thread is one of the [`Background`] runtime's.
+pub fn on_background() -> bool {
+    ON_BACKGROUND.with(|b| b.get())
+}
+
+/// A second tokio runtime, at low OS priority, for CPU-heavy invocations
+/// (see `plugin.rs`, "Placement"): a guest that runs long moves here, so
+/// it cannot hold up short invocations of other plugins on the normal
+/// threads. One worker thread per core; work-conserving (alone on the
+/// machine it runs at full speed).
+struct Background {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Background {
+    fn start() -> anyhow::Result<Background> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("redloom-heavy")
+            .enable_all()
+            .on_thread_start(|| {
+                ON_BACKGROUND.with(|b| b.set(true));
+                // SAFETY: plain syscalls on this thread's own id; lowering
+                // one's priority needs no privilege, and a failure only
+                // leaves the thread at normal priority.
+                unsafe {
+                    let tid = libc::gettid();
+                    libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE);
+                }
+            })
+            .build()
+            .context("starting the background runtime for CPU-heavy invocations")?;
+        Ok(Background {
+            runtime: Some(runtime),
+        })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // A runtime must not be dropped (blocking) inside another's context.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Whether a load found its compiled artifact in the cache.
@@ -85,8 +145,19 @@ impl Runtime {
             cache,
             slots: HostSlots::new(options.max_instances),
             fuel: options.fuel,
+            background: Background::start()?,
             _ticker: ticker,
         })
+    }
+
+    /// The low-priority runtime CPU-heavy invocations move to.
+    pub fn background(&self) -> tokio::runtime::Handle {
+        self.background
+            .runtime
+            .as_ref()
+            .expect("the background runtime lives as long as the Runtime")
+            .handle()
+            .clone()
     }
 
     pub fn engine(&self) -> &Engine {

@@ -13,8 +13,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, InstancePre};
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -251,6 +252,31 @@ pub enum Call<'a> {
     Job(&'a Job),
 }
 
+/// A [`Call`] that owns its input, so the invocation can move between
+/// runtimes ([`Placed`]).
+enum OwnedCall {
+    Invoke(Vec<u8>),
+    Http(HttpRequest),
+    Message(Message),
+    Tick(Tick),
+    Job(Job),
+}
+
+impl Call<'_> {
+    fn to_owned(&self) -> OwnedCall {
+        match self {
+            Call::Invoke(i) => OwnedCall::Invoke(i.to_vec()),
+            Call::Http(r) => OwnedCall::Http((*r).clone()),
+            Call::Message(m) => OwnedCall::Message((*m).clone()),
+            Call::Tick(t) => OwnedCall::Tick((*t).clone()),
+            Call::Job(j) => OwnedCall::Job((*j).clone()),
+        }
+    }
+}
+
+/// What a handler call came to: a trap, the guest's error, or its reply.
+type HandlerOutcome = wasmtime::Result<Result<Reply, GuestError>>;
+
 /// What a handler returned.
 pub enum Reply {
     Invoke(Vec<u8>),
@@ -324,6 +350,8 @@ pub struct Plugin {
     warm: Mutex<Vec<Warm>>,
     /// This plugin's share of the host-wide instance slots.
     host_slots: HostShare,
+    /// The low-priority runtime heavy invocations move to ([`Placed`]).
+    background: tokio::runtime::Handle,
     fuel: bool,
     report: LoadReport,
 }
@@ -426,6 +454,7 @@ impl Plugin {
             reuse: spec.reuse_instances,
             warm: Mutex::new(Vec::new()),
             host_slots: runtime.slots().register(),
+            background: runtime.background(),
             fuel: runtime.fuel(),
             report: LoadReport {
                 size: bytes.len(),
@@ -531,7 +560,11 @@ impl Plugin {
     }
 
     /// Calls the plugin's `invoke` handler with `input`.
-    pub async fn invoke(&self, redis: &Redis, input: &[u8]) -> Result<Vec<u8>, InvokeError> {
+    pub async fn invoke(
+        self: &Arc<Self>,
+        redis: &Redis,
+        input: &[u8],
+    ) -> Result<Vec<u8>, InvokeError> {
         match self.call(redis, Call::Invoke(input)).await? {
             Reply::Invoke(out) => Ok(out),
             _ => unreachable!("an invoke call gets an invoke reply"),
@@ -540,7 +573,7 @@ impl Plugin {
 
     /// Calls the plugin's HTTP handler with `request`.
     pub async fn handle_http(
-        &self,
+        self: &Arc<Self>,
         redis: &Redis,
         request: &HttpRequest,
     ) -> Result<HttpResponse, InvokeError> {
@@ -556,7 +589,11 @@ impl Plugin {
     /// A call whose future is dropped before it finishes (its HTTP client
     /// hung up, `serve` stopped) is recorded as `cancelled`, with the CPU it
     /// used, and what it held is released in the background.
-    pub async fn call(&self, redis: &Redis, call: Call<'_>) -> Result<Reply, InvokeError> {
+    pub async fn call(
+        self: &Arc<Self>,
+        redis: &Redis,
+        call: Call<'_>,
+    ) -> Result<Reply, InvokeError> {
         let mut record = Record {
             context: &self.context,
             started: Instant::now(),
@@ -572,7 +609,7 @@ impl Plugin {
     }
 
     async fn call_metered(
-        &self,
+        self: &Arc<Self>,
         redis: &Redis,
         call: Call<'_>,
         cpu: &Arc<CpuMeter>,
@@ -618,75 +655,16 @@ impl Plugin {
             redis: redis.clone(),
             armed: true,
         };
-        let cleanup_actions = &cleanup.cleanup;
-        let run = async {
-            let mut warm = match warm {
-                Some(w) => w,
-                None => {
-                    let mut store = self.new_store(Some(redis.clone()));
-                    store.data_mut().cpu = cpu.clone();
-                    let instance = self
-                        .pre
-                        .instantiate_async(&mut store)
-                        .await
-                        .map_err(|e| self.instantiate_error(e))?;
-                    let guests = self
-                        .load_guests(&mut store, &instance)
-                        .map_err(|e| self.instantiate_error(e))?;
-                    Warm {
-                        store,
-                        guests,
-                        uses: 0,
-                    }
-                }
-            };
-            self.reset(&mut warm.store, cpu, cleanup_actions)
-                .map_err(|e| self.trap_error(e))?;
-            let store = &mut warm.store;
-            let outcome = match call {
-                Call::Invoke(input) => match &warm.guests.invoke {
-                    Some(g) => g
-                        .call_handle(store, input)
-                        .await
-                        .map(|r| r.map(Reply::Invoke)),
-                    None => unreachable!("checked above"),
-                },
-                Call::Http(request) => match &warm.guests.http {
-                    Some(g) => g
-                        .call_handle(store, request)
-                        .await
-                        .map(|r| r.map(Reply::Http)),
-                    None => unreachable!("checked above"),
-                },
-                Call::Message(message) => match &warm.guests.message {
-                    Some(g) => g
-                        .call_handle(store, message)
-                        .await
-                        .map(|r| r.map(|()| Reply::Done)),
-                    None => unreachable!("checked above"),
-                },
-                Call::Tick(tick) => match &warm.guests.timer {
-                    Some(g) => g
-                        .call_handle(store, tick)
-                        .await
-                        .map(|r| r.map(|()| Reply::Done)),
-                    None => unreachable!("checked above"),
-                },
-                Call::Job(job) => match &warm.guests.queue {
-                    Some(g) => g
-                        .call_handle(store, job)
-                        .await
-                        .map(|r| r.map(|()| Reply::Done)),
-                    None => unreachable!("checked above"),
-                },
-            };
-            Ok::<_, InvokeError>((warm, outcome))
-        };
-        // Every poll of the call is charged to the `cpu` quota: guest code
-        // and the host's own work in its host calls, but not time spent
-        // waiting (for Redis, at a yield, for a worker thread to poll it).
-        let finished =
-            tokio::time::timeout(quotas.wall_time, Metered::new(std::pin::pin!(run), cpu)).await;
+        let migrate = Arc::new(AtomicBool::new(false));
+        let job = Box::pin(self.clone().run(
+            redis.clone(),
+            call.to_owned(),
+            cpu.clone(),
+            cleanup.cleanup.clone(),
+            migrate.clone(),
+            warm,
+        ));
+        let finished = Placed::new(job, migrate, &self.context, &self.background).await;
         // Whatever happened, release what the invocation still holds.
         cleanup.run().await;
         let (mut warm, outcome) = match finished {
@@ -736,6 +714,89 @@ impl Plugin {
         Ok(reply)
     }
 
+    /// The invocation itself, owning all it needs so that it can move to
+    /// the background runtime ([`Placed`]): an instance (warm or fresh),
+    /// the handler call, within the wall-time deadline; every poll is
+    /// charged to the `cpu` quota ([`Metered`]: guest code and the host's own
+    /// work in its host calls, not time spent waiting for Redis, at a
+    /// yield or for a worker thread).
+    async fn run(
+        self: Arc<Self>,
+        redis: Redis,
+        call: OwnedCall,
+        cpu: Arc<CpuMeter>,
+        cleanup: Arc<Cleanup>,
+        migrate: Arc<AtomicBool>,
+        warm: Option<Warm>,
+    ) -> Result<Result<(Warm, HandlerOutcome), InvokeError>, tokio::time::error::Elapsed> {
+        let wall = self.context.quotas.wall_time;
+        let body = async {
+            let mut warm = match warm {
+                Some(w) => w,
+                None => {
+                    let mut store = self.new_store(Some(redis.clone()));
+                    store.data_mut().cpu = cpu.clone();
+                    store.data_mut().migrate = migrate.clone();
+                    let instance = self
+                        .pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(|e| self.instantiate_error(e))?;
+                    let guests = self
+                        .load_guests(&mut store, &instance)
+                        .map_err(|e| self.instantiate_error(e))?;
+                    Warm {
+                        store,
+                        guests,
+                        uses: 0,
+                    }
+                }
+            };
+            self.reset(&mut warm.store, &cpu, &cleanup, &migrate)
+                .map_err(|e| self.trap_error(e))?;
+            let store = &mut warm.store;
+            let outcome = match &call {
+                OwnedCall::Invoke(input) => match &warm.guests.invoke {
+                    Some(g) => g
+                        .call_handle(store, input)
+                        .await
+                        .map(|r| r.map(Reply::Invoke)),
+                    None => unreachable!("checked before"),
+                },
+                OwnedCall::Http(request) => match &warm.guests.http {
+                    Some(g) => g
+                        .call_handle(store, request)
+                        .await
+                        .map(|r| r.map(Reply::Http)),
+                    None => unreachable!("checked before"),
+                },
+                OwnedCall::Message(message) => match &warm.guests.message {
+                    Some(g) => g
+                        .call_handle(store, message)
+                        .await
+                        .map(|r| r.map(|()| Reply::Done)),
+                    None => unreachable!("checked before"),
+                },
+                OwnedCall::Tick(tick) => match &warm.guests.timer {
+                    Some(g) => g
+                        .call_handle(store, tick)
+                        .await
+                        .map(|r| r.map(|()| Reply::Done)),
+                    None => unreachable!("checked before"),
+                },
+                OwnedCall::Job(job) => match &warm.guests.queue {
+                    Some(g) => g
+                        .call_handle(store, job)
+                        .await
+                        .map(|r| r.map(|()| Reply::Done)),
+                    None => unreachable!("checked before"),
+                },
+            };
+            Ok::<_, InvokeError>((warm, outcome))
+        };
+        tokio::time::timeout(wall, Metered::new(std::pin::pin!(body), &cpu)).await
+    }
+
     /// Prepares a store for the next invocation: fresh per-invocation
     /// accounting, fuel and epoch deadline.
     fn reset(
@@ -743,9 +804,12 @@ impl Plugin {
         store: &mut Store<State>,
         cpu: &Arc<CpuMeter>,
         cleanup: &Arc<Cleanup>,
+        migrate: &Arc<AtomicBool>,
     ) -> wasmtime::Result<()> {
         let data = store.data_mut();
         data.cpu = cpu.clone();
+        data.migrate = migrate.clone();
+        data.ticks.store(0, Ordering::Relaxed);
         data.caps.redis_ops = 0;
         data.caps
             .log_used
@@ -772,7 +836,14 @@ impl Plugin {
         // meter stops until tokio polls the call again.)
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
-            check_cpu(ctx.data())?;
+            let data = ctx.data();
+            check_cpu(data)?;
+            // Ran long on the normal threads: ask to move to the background
+            // runtime at this yield (see [`Placed`]).
+            let ticks = data.ticks.fetch_add(1, Ordering::Relaxed) + 1;
+            if ticks >= MIGRATE_AFTER_TICKS && !crate::engine::on_background() {
+                data.migrate.store(true, Ordering::Relaxed);
+            }
             Ok(UpdateDeadline::YieldCustom(
                 1,
                 Box::pin(tokio::task::yield_now()),
@@ -821,6 +892,144 @@ impl Plugin {
     }
 }
 
+/// Epoch ticks an invocation may run guest code through on the normal
+/// threads; at the next one it moves to the background runtime (see
+/// [`Placed`]). Counted in ticks (each one the guest was seen running at,
+/// ≈ 1 ms of computing) rather than by the clock, so an invocation that was
+/// only preempted by the OS on a busy machine does not count as heavy.
+/// Far above what nearly all handler calls take, so they never move.
+pub const MIGRATE_AFTER_TICKS: u32 = 5;
+
+/// How long a plugin counts as heavy after one of its invocations moved:
+/// its new invocations start on the background runtime directly.
+pub const HEAVY_FOR: Duration = Duration::from_secs(1);
+
+/// Where a plugin's invocations start (see [`Placed`]).
+#[derive(Debug)]
+pub struct Placement {
+    base: Instant,
+    /// Milliseconds since `base` until which the plugin counts as heavy.
+    heavy_until_ms: AtomicU64,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement {
+            base: Instant::now(),
+            heavy_until_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Placement {
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    fn heavy(&self) -> bool {
+        self.now_ms() < self.heavy_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn moved(&self) {
+        self.heavy_until_ms.store(
+            self.now_ms() + HEAVY_FOR.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+type Job_<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// Runs an invocation where it should run, for fair CPU between plugins.
+///
+/// tokio cannot preempt a task, so a guest that computes for long would
+/// hold a worker thread of the normal runtime (the one serving HTTP,
+/// triggers, Redis I/O and every short invocation) for each epoch tick it
+/// runs, and short invocations of other plugins would queue behind it. So
+/// an invocation runs on the normal runtime only while it is light: once
+/// it has computed through [`MIGRATE_AFTER_TICKS`] epoch ticks, its epoch
+/// callback asks to move,
+/// and at that yield the invocation is handed to the background runtime,
+/// whose threads run at low OS priority ([`crate::engine::BACKGROUND_NICE`]).
+/// The OS then gives the normal threads the CPU whenever they have work,
+/// and the heavy invocations everything left over. A plugin whose
+/// invocation moved starts its next ones there for [`HEAVY_FOR`].
+///
+/// Dropping it (the caller went away) aborts a moved invocation too.
+struct Placed<T: Send + 'static> {
+    job: Option<Job_<T>>,
+    migrate: Arc<AtomicBool>,
+    context: Arc<PluginContext>,
+    background: tokio::runtime::Handle,
+    moved: Option<tokio::task::JoinHandle<T>>,
+}
+
+impl<T: Send + 'static> Placed<T> {
+    fn new(
+        job: Job_<T>,
+        migrate: Arc<AtomicBool>,
+        context: &Arc<PluginContext>,
+        background: &tokio::runtime::Handle,
+    ) -> Self {
+        let mut placed = Placed {
+            job: Some(job),
+            migrate,
+            context: context.clone(),
+            background: background.clone(),
+            moved: None,
+        };
+        if context.placement.heavy() && !crate::engine::on_background() {
+            placed.move_to_background();
+        }
+        placed
+    }
+
+    fn move_to_background(&mut self) {
+        if let Some(job) = self.job.take() {
+            self.context.stats.background();
+            self.moved = Some(self.background.spawn(job));
+        }
+    }
+}
+
+impl<T: Send + 'static> std::future::Future for Placed<T> {
+    type Output = T;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        use std::task::Poll;
+        if let Some(job) = self.job.as_mut() {
+            match job.as_mut().poll(cx) {
+                Poll::Ready(out) => return Poll::Ready(out),
+                Poll::Pending => {
+                    if !self.migrate.load(Ordering::Relaxed) {
+                        return Poll::Pending;
+                    }
+                    self.context.placement.moved();
+                    self.move_to_background();
+                }
+            }
+        }
+        let moved = self.moved.as_mut().expect("a job or a moved job");
+        match std::pin::Pin::new(moved).poll(cx) {
+            Poll::Ready(Ok(out)) => Poll::Ready(out),
+            Poll::Ready(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Poll::Ready(Err(e)) => panic!("the background runtime dropped an invocation: {e}"),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for Placed<T> {
+    fn drop(&mut self) {
+        if let Some(moved) = &self.moved {
+            moved.abort();
+        }
+    }
+}
+
 /// Records one call in the plugin's counters when dropped: with its outcome
 /// once known, as `cancelled` if the call's future was dropped first.
 struct Record<'a> {
@@ -833,7 +1042,6 @@ struct Record<'a> {
 impl Drop for Record<'_> {
     fn drop(&mut self) {
         let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
-        self.cpu.stop();
         self.context
             .stats
             .record(outcome, self.started.elapsed(), self.cpu.used());

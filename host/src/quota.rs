@@ -132,9 +132,11 @@ impl wasmtime::ResourceLimiter for Limits {
 pub struct CpuMeter {
     base: Instant,
     used_ns: AtomicU64,
-    /// Nanoseconds since `base` when the guest last started running;
-    /// `u64::MAX` while it is not running.
+    /// When the running poll started (see [`CpuMeter::now`]); `u64::MAX`
+    /// while none runs.
     since_ns: AtomicU64,
+    /// Whether the running poll is measured by the thread's CPU clock.
+    thread_clock: std::sync::atomic::AtomicBool,
 }
 
 impl Default for CpuMeter {
@@ -143,35 +145,63 @@ impl Default for CpuMeter {
             base: Instant::now(),
             used_ns: AtomicU64::new(0),
             since_ns: AtomicU64::new(u64::MAX),
+            thread_clock: Default::default(),
         }
     }
 }
 
+/// The calling thread's CPU time in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes only into `t`; the clock exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 impl CpuMeter {
-    fn now(&self) -> u64 {
-        self.base.elapsed().as_nanos() as u64
-    }
-
-    /// The guest starts (or resumes) running.
-    pub fn start(&self) {
-        self.since_ns.store(self.now(), Ordering::Relaxed);
-    }
-
-    /// The guest stops running.
-    pub fn stop(&self) {
-        let since = self.since_ns.swap(u64::MAX, Ordering::Relaxed);
-        if since != u64::MAX {
-            self.used_ns
-                .fetch_add(self.now().saturating_sub(since), Ordering::Relaxed);
+    /// The clock a poll is measured with. On the normal threads, the wall
+    /// clock (cheap: a poll there is short, and its thread is rarely
+    /// preempted). On the background runtime's threads, the thread's own
+    /// CPU clock: their low OS priority means they are preempted often, and
+    /// time spent preempted is not the plugin's CPU.
+    fn now(&self, thread_clock: bool) -> u64 {
+        if thread_clock {
+            thread_cpu_ns()
+        } else {
+            self.base.elapsed().as_nanos() as u64
         }
     }
 
-    /// Guest time so far, including the interval running now.
+    /// A poll starts (on this thread).
+    pub fn start(&self) {
+        let thread_clock = crate::engine::on_background();
+        self.thread_clock.store(thread_clock, Ordering::Relaxed);
+        self.since_ns
+            .store(self.now(thread_clock), Ordering::Relaxed);
+    }
+
+    /// The poll started on this thread ends.
+    pub fn stop(&self) {
+        let since = self.since_ns.swap(u64::MAX, Ordering::Relaxed);
+        if since != u64::MAX {
+            let now = self.now(self.thread_clock.load(Ordering::Relaxed));
+            self.used_ns
+                .fetch_add(now.saturating_sub(since), Ordering::Relaxed);
+        }
+    }
+
+    /// CPU time so far; on the thread running a poll (the epoch callback),
+    /// including that poll so far.
     pub fn used(&self) -> Duration {
         let mut ns = self.used_ns.load(Ordering::Relaxed);
         let since = self.since_ns.load(Ordering::Relaxed);
-        if since != u64::MAX {
-            ns += self.now().saturating_sub(since);
+        let thread_clock = self.thread_clock.load(Ordering::Relaxed);
+        // A thread CPU clock reads only on the thread that started it.
+        if since != u64::MAX && (!thread_clock || crate::engine::on_background()) {
+            ns += self.now(thread_clock).saturating_sub(since);
         }
         Duration::from_nanos(ns)
     }

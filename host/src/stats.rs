@@ -62,6 +62,7 @@ pub struct PluginStats {
     dropped_messages: AtomicU64,
     deferred_messages: AtomicU64,
     dropped_log: AtomicU64,
+    background: AtomicU64,
     wall_buckets: [AtomicU64; 13],
     wall_sum_ns: AtomicU64,
 }
@@ -85,6 +86,10 @@ pub struct Snapshot {
     /// Log records (and stdout/stderr lines) dropped over `max-log` or
     /// `log-rate`.
     pub dropped_log: u64,
+    /// Invocations run on the background runtime: moved there after
+    /// computing for long, or started there because the plugin recently did
+    /// (see `plugin::Placed`).
+    pub background: u64,
     /// Cumulative counts per bucket of [`WALL_TIME_BUCKETS`], then `+Inf`.
     pub wall_time_buckets: Vec<u64>,
     pub wall_time_sum: Duration,
@@ -145,6 +150,11 @@ impl PluginStats {
         self.dropped_log.fetch_add(1, Relaxed);
     }
 
+    /// Counts an invocation that runs on the background runtime.
+    pub fn background(&self) {
+        self.background.fetch_add(1, Relaxed);
+    }
+
     /// Counts one outbound HTTP request.
     pub fn outbound_request(&self) {
         self.outbound_requests.fetch_add(1, Relaxed);
@@ -170,6 +180,7 @@ impl PluginStats {
             dropped_messages: self.dropped_messages.load(Relaxed),
             deferred_messages: self.deferred_messages.load(Relaxed),
             dropped_log: self.dropped_log.load(Relaxed),
+            background: self.background.load(Relaxed),
             wall_time_buckets: self
                 .wall_buckets
                 .iter()

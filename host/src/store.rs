@@ -29,6 +29,8 @@ pub struct PluginContext {
     pub stats: PluginStats,
     /// The plugin's `redis-rate` bucket, shared by all its invocations.
     pub redis_rate: Mutex<TokenBucket>,
+    /// Where the plugin's invocations start (see `plugin::Placed`).
+    pub placement: crate::plugin::Placement,
     /// Redis memory the plugin's keys use (the `storage` quota).
     pub storage: crate::quota::StorageMeter,
     /// The plugin's `log-rate` bucket (bytes), shared by all its invocations.
@@ -90,6 +92,7 @@ impl PluginContext {
             redis_rate: Mutex::new(TokenBucket::new(quotas.redis_rate)),
             log_rate: Mutex::new(TokenBucket::new(quotas.log_rate)),
             storage: Default::default(),
+            placement: Default::default(),
             log_drop_warned_ms: Default::default(),
             admission: Admission::new(&quotas),
             shared_channels: Default::default(),
@@ -154,6 +157,11 @@ pub struct State {
     pub(crate) limits: Limits,
     /// Guest CPU time of the current invocation.
     pub(crate) cpu: Arc<CpuMeter>,
+    /// Set by the epoch callback when the current invocation should move to
+    /// the background runtime (see `plugin::Placed`).
+    pub(crate) migrate: Arc<std::sync::atomic::AtomicBool>,
+    /// Epoch ticks at which the current invocation was running guest code.
+    pub(crate) ticks: std::sync::atomic::AtomicU32,
     pub(crate) caps: Caps,
 }
 
@@ -237,6 +245,8 @@ impl State {
             table: ResourceTable::new(),
             limits,
             cpu: Arc::default(),
+            migrate: Arc::default(),
+            ticks: Default::default(),
             caps: Caps {
                 plugin,
                 redis,

@@ -553,3 +553,69 @@ async fn log_volume_is_bounded() {
     })
     .await;
 }
+
+/// A guest that computes for long moves off the threads that serve every
+/// other plugin (to the low-priority background runtime), and its plugin's
+/// next invocations start there; a plugin whose calls are short never
+/// moves. Quotas hold there too: the CPU quota (by the thread's own CPU
+/// clock) and a cancelled call (the moved job is aborted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_invocations_move_to_the_background() {
+    use redloom::bindings::types::Quota;
+    with_timeout(async {
+        let b = bare().await;
+        let mut s = redloom_tests::spec("heavy", "hostile");
+        s.quotas.cpu = Duration::from_secs(60);
+        s.quotas.wall_time = Duration::from_secs(120);
+        b.host.load(s).await.unwrap();
+        let mut s = redloom_tests::spec("light", "hostile");
+        s.quotas.cpu = Duration::from_millis(400);
+        b.host.load(s).await.unwrap();
+        let background = |p: &str| b.host.plugin(&name(p)).unwrap().stats().background;
+
+        for _ in 0..20 {
+            b.host.invoke(&name("light"), b"burn 0").await.unwrap();
+        }
+        assert_eq!(background("light"), 0, "short calls stay where they are");
+
+        assert_eq!(
+            b.host.invoke(&name("heavy"), b"burn 200").await.unwrap(),
+            b"done"
+        );
+        assert_eq!(background("heavy"), 1, "200 ms of CPU moved");
+        // Its next call starts there at once (the plugin counts as heavy
+        // for a second after it moved; a loaded machine may take longer
+        // than that between these calls, hence `>=` below for the count).
+        b.host.invoke(&name("heavy"), b"burn 0").await.unwrap();
+        assert!(background("heavy") >= 1);
+
+        // The CPU quota is enforced there (by the thread's own CPU clock).
+        let q = quota_of(b.host.invoke(&name("light"), b"spin").await);
+        assert_eq!(q, Quota::Cpu);
+        assert!(background("light") >= 1, "the spin moved before its quota");
+        let cpu = b.host.plugin(&name("light")).unwrap().stats().guest_cpu;
+        assert!(cpu >= Duration::from_millis(400), "charged {cpu:?}");
+
+        // A cancelled call that moved is stopped, and counted.
+        let (host, mark) = (b.host.clone(), redloom_tests::unique("spinning"));
+        let input = format!("spin {mark}");
+        let task = tokio::spawn(async move { host.invoke(&name("heavy"), input.as_bytes()).await });
+        let mut conn = b.redis.client().await;
+        let running = redloom_tests::wait_for(
+            &mut conn,
+            &format!("rl:heavy:kv:{mark}"),
+            1,
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(running, 1);
+        let plugin = b.host.plugin(&name("heavy")).unwrap();
+        until("the spin moves", || plugin.stats().background >= 2).await;
+        task.abort();
+        until("the cancelled spin is counted", || {
+            plugin.stats().errors_of("cancelled") == 1
+        })
+        .await;
+    })
+    .await;
+}

@@ -172,8 +172,10 @@ async fn zero_config_redis_is_claimed_by_one_process() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let memory: std::collections::HashMap<_, _> =
-        memory.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect();
+    let memory: std::collections::HashMap<_, _> = memory
+        .chunks(2)
+        .map(|kv| (kv[0].clone(), kv[1].clone()))
+        .collect();
     assert_eq!(memory["maxmemory"], (1u64 << 30).to_string(), "{memory:?}");
     assert_eq!(memory["maxmemory-policy"], "noeviction", "{memory:?}");
 
@@ -486,7 +488,12 @@ async fn plugin_commands_manage_a_running_server() {
     let token = redloom::files::read_secret(&dir.path().join("serve/.redloom/admin-token"))
         .expect("serve wrote its admin token");
     let out = run(redloom(&dir.path().join("serve")).args(["plugin", "--admin", &admin, "list"]));
-    assert_eq!(code(&out), 0, "from the server's folder: {}", text(&out.stderr));
+    assert_eq!(
+        code(&out),
+        0,
+        "from the server's folder: {}",
+        text(&out.stderr)
+    );
     let out = run(redloom(&cli).args(["plugin", "--admin", &admin, "list"]));
     assert_ne!(code(&out), 0, "no token: {}", text(&out.stdout));
     assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));

@@ -12,6 +12,7 @@
 //! | `redloom_pubsub_dropped_total` | counter | `plugin` |
 //! | `redloom_queue_deferred_total` | counter | `plugin` |
 //! | `redloom_log_dropped_total` | counter | `plugin` |
+//! | `redloom_background_invocations_total` | counter | `plugin` |
 //! | `redloom_invocation_duration_seconds` | histogram | `plugin` |
 //! | `redloom_plugins_loaded` | gauge | |
 //! | `redloom_redis_up` | gauge | (1 when the last `PING` answered) |
@@ -148,6 +149,12 @@ impl Collector for HostCollector {
             "redloom_log_dropped",
             "Log records and stdout/stderr lines dropped over the plugin's max-log or log-rate.",
             per_plugin(&|s| s.dropped_log as f64),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_background_invocations",
+            "Invocations run on the low-priority background runtime after computing for long (or because the plugin recently did).",
+            per_plugin(&|s| s.background as f64),
         )?;
 
         let mut family = encoder.encode_descriptor(

@@ -7,7 +7,8 @@
 //! | no route | 404 (405 if the path exists for other methods) |
 //! | routed plugin not loaded (unloaded at runtime) | 503 |
 //! | body over the plugin's `max-input` | 413 |
-//! | `concurrency` or `redis-rate` quota | 429 with `Retry-After` |
+//! | `concurrency` quota | 429 with `Retry-After`, after [`REJECTION_DELAY`] |
+//! | `redis-rate` quota | 429 with `Retry-After` |
 //! | any other quota (`cpu`, `wall-time`, `memory`, ...) | 503 with `Retry-After` |
 //! | the plugin's error or a trap | 500; the body says nothing about why (the log does) |
 //! | a status below 200 or over 599 from the plugin | 500 |
@@ -33,6 +34,14 @@ use crate::plugin::InvokeError;
 
 /// Seconds a client should wait after a quota rejection.
 const RETRY_AFTER_SECS: &str = "1";
+
+/// How long the host holds a request its plugin turned away for
+/// `concurrency` (queue full) before answering 429. Clients that retry at
+/// once would otherwise turn a saturated plugin into a flood of cheap
+/// rejections that takes the CPU other plugins' requests need; held, each
+/// connection retries at most four times a second, at no CPU cost (the
+/// request just waits).
+pub const REJECTION_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub async fn handle(State(app): State<Arc<App>>, request: Request<Body>) -> Response<Body> {
     let client_addr = request
@@ -120,10 +129,21 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request<Body>) -> Resp
             retry_later(StatusCode::SERVICE_UNAVAILABLE, "service unavailable")
         }
         Err(HostInvokeError::Invoke(e)) => {
-            tracing::warn!(%plugin, "request failed: {e}");
+            // Turning requests away is the plugin's load, not a fault, and
+            // can happen thousands of times a second: counted in the
+            // metrics, logged only at debug level.
+            if matches!(e.quota(), Some(Quota::Concurrency | Quota::RedisRate)) {
+                tracing::debug!(%plugin, "request turned away: {e}");
+            } else {
+                tracing::warn!(%plugin, "request failed: {e}");
+            }
             match &e {
                 InvokeError::Quota { quota, .. } => match quota {
-                    Quota::Concurrency | Quota::RedisRate => {
+                    Quota::Concurrency => {
+                        tokio::time::sleep(REJECTION_DELAY).await;
+                        retry_later(StatusCode::TOO_MANY_REQUESTS, "too many requests")
+                    }
+                    Quota::RedisRate => {
                         retry_later(StatusCode::TOO_MANY_REQUESTS, "too many requests")
                     }
                     _ => retry_later(StatusCode::SERVICE_UNAVAILABLE, "service unavailable"),
