@@ -101,8 +101,8 @@ fn subscriber_connections_are_counted_by_field() {
 }
 
 /// A publish reaches every plugin bound to the channel or a matching
-/// pattern, through one connection; another plugin's channel of the same
-/// name stays separate; shared channels are shared.
+/// pattern, each through its own subscriber connection; another plugin's
+/// channel of the same name stays separate; shared channels are shared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_patterns_namespaces_and_shared_channels() {
     with_timeout(async {
@@ -124,13 +124,14 @@ shared-channels = ["lobby"]"#,
         .concat();
         let (host, _stop) = serve(&redis, dir.path(), &plugins).await;
         let mut conn = redis.client().await;
-        // One subscriber connection for all three plugins.
+        // One subscriber connection per plugin (isolation: one plugin's
+        // traffic cannot get another's dropped).
         let clients: String = redis::cmd("CLIENT")
             .arg("LIST")
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(subscriber_connections(&clients), 1, "{clients}");
+        assert_eq!(subscriber_connections(&clients), 3, "{clients}");
 
         // a publishes on its own "news": only a hears it, b's "news" is another channel.
         assert_eq!(publish(&host, "a", "news", "hello").await, 1);
@@ -159,8 +160,8 @@ shared-channels = ["lobby"]"#,
         // The shared lobby reaches both a and b.
         assert_eq!(
             publish(&host, "b", "lobby", "hi all").await,
-            1,
-            "one host subscription"
+            2,
+            "a's and b's subscriptions"
         );
         assert_eq!(
             wait_for(&mut conn, "rl:a:kv:got:lobby", 1, Duration::from_secs(10)).await,
@@ -651,8 +652,8 @@ singleton = true
             assert_eq!(r.status(), 202);
             let v: serde_json::Value = r.json().await.unwrap();
             assert_eq!(
-                v["receivers"], 1,
-                "one subscription per host carries both plugins"
+                v["receivers"], 2,
+                "one subscription per plugin: chat and chat-digest"
             );
             wait_for(
                 &mut conn,
