@@ -126,8 +126,11 @@ memory = "256MiB"
 wall-time = "120s"
 cpu = "60s"
 
+# Its own ACL user: its handler's writes go over a connection of their
+# own, not queued behind the attacker's 30 MiB publishes on the host's.
 [plugins.victim]
 wasm = {probe:?}
+acl = true
 subscriptions = ["news", "extra:*"]
 
 [plugins.bystander]
@@ -147,7 +150,10 @@ wasm = {kv:?}
         let victim_connection = id_with_patterns(&list, 1);
 
         // The attack: 30 MiB messages, four per invocation, back to back,
-        // until the victim's messages are all out.
+        // until the victim's messages are all out. (A round that fails, a
+        // publish timing out on a loaded machine, is simply followed by the
+        // next: what matters is that Redis closes the attacker's
+        // connection, checked below.)
         let stop = Arc::new(AtomicBool::new(false));
         let rounds = Arc::new(AtomicU64::new(0));
         let attack = tokio::spawn({
@@ -155,13 +161,14 @@ wasm = {kv:?}
             async move {
                 let input = format!("publish {ATTACK_KIB} big 4");
                 while !stop.load(Ordering::Relaxed) {
-                    let out = host.invoke(&name("attacker"), input.as_bytes()).await;
-                    out.expect("the attacker may publish its big messages");
+                    if let Err(e) = host.invoke(&name("attacker"), input.as_bytes()).await {
+                        println!("an attack round failed: {e}");
+                    }
                     rounds.fetch_add(1, Ordering::Relaxed);
                 }
             }
         });
-        // Wait for the attack to be under way: a first round published.
+        // Wait for the attack to be under way: a first round done.
         let start = Instant::now();
         while rounds.load(Ordering::Relaxed) == 0 {
             assert!(
