@@ -213,15 +213,24 @@ impl Host {
         let plugin = Plugin::load(&self.runtime, spec.clone())?;
         let redis = if acl {
             let user = format!("redloom-{}", plugin.name());
-            self.redis
-                .for_acl_user(
-                    &user,
-                    plugin.namespace().prefix(),
-                    &crate::namespace::shared_acl_patterns(
-                        &spec.triggers.shared_channels,
-                        &spec.triggers.shared_queues,
-                    ),
+            let mut channels = crate::namespace::shared_acl_patterns(
+                &spec.triggers.shared_channels,
+                &spec.triggers.shared_queues,
+            );
+            // The pub/sub trigger subscribes as this user too.
+            channels.extend(
+                crate::triggers::pubsub::acl_patterns(
+                    plugin.name(),
+                    &spec.triggers,
+                    self.redis.db(),
                 )
+                .map_err(|e| LoadError::Config {
+                    path: path.clone(),
+                    reason: format!("{e:#}"),
+                })?,
+            );
+            self.redis
+                .for_acl_user(&user, plugin.namespace().prefix(), &channels)
                 .await
                 .map_err(|e| LoadError::Config {
                     path: path.clone(),
@@ -272,6 +281,12 @@ impl Host {
 
     pub fn plugin(&self, name: &PluginName) -> Option<Arc<Plugin>> {
         self.loaded(name).map(|l| l.plugin.clone())
+    }
+
+    /// The connection a loaded plugin's commands use (authenticated as its
+    /// ACL user with `acl = true`); its subscriptions connect the same way.
+    pub fn plugin_redis(&self, name: &PluginName) -> Option<Redis> {
+        self.loaded(name).map(|l| l.redis.clone())
     }
 
     fn loaded(&self, name: &PluginName) -> Option<Arc<Loaded>> {

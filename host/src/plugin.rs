@@ -496,6 +496,11 @@ impl Plugin {
         self.context.stats.dropped_message();
     }
 
+    /// Counts a pub/sub re-subscription after `unsubscribed` without one.
+    pub fn count_resubscribed(&self, unsubscribed: std::time::Duration) {
+        self.context.stats.resubscribed(unsubscribed);
+    }
+
     /// Counts a queue message deferred by its consumer's rate limit.
     pub fn count_deferred_message(&self) {
         self.context.stats.deferred_message();

@@ -60,6 +60,8 @@ pub struct PluginStats {
     redis_commands: AtomicU64,
     outbound_requests: AtomicU64,
     dropped_messages: AtomicU64,
+    pubsub_reconnects: AtomicU64,
+    pubsub_unsubscribed_ns: AtomicU64,
     deferred_messages: AtomicU64,
     dropped_log: AtomicU64,
     background: AtomicU64,
@@ -80,6 +82,12 @@ pub struct Snapshot {
     pub outbound_requests: u64,
     /// Pub/sub messages dropped because the plugin's buffer was full.
     pub dropped_messages: u64,
+    /// Times the plugin's pub/sub subscription connection was lost and
+    /// made again.
+    pub pubsub_reconnects: u64,
+    /// Time without a subscription summed over those reconnects: messages
+    /// published in these windows were missed.
+    pub pubsub_unsubscribed: Duration,
     /// Queue messages deferred because they were over their consumer's
     /// `rate-limit` (each deferral counts; the message is not lost).
     pub deferred_messages: u64,
@@ -140,6 +148,13 @@ impl PluginStats {
         self.dropped_messages.fetch_add(1, Relaxed);
     }
 
+    /// Counts a re-subscription after `unsubscribed` without one.
+    pub fn resubscribed(&self, unsubscribed: Duration) {
+        self.pubsub_reconnects.fetch_add(1, Relaxed);
+        self.pubsub_unsubscribed_ns
+            .fetch_add(unsubscribed.as_nanos() as u64, Relaxed);
+    }
+
     /// Counts a queue message deferred by its consumer's rate limit.
     pub fn deferred_message(&self) {
         self.deferred_messages.fetch_add(1, Relaxed);
@@ -178,6 +193,8 @@ impl PluginStats {
             redis_commands: self.redis_commands.load(Relaxed),
             outbound_requests: self.outbound_requests.load(Relaxed),
             dropped_messages: self.dropped_messages.load(Relaxed),
+            pubsub_reconnects: self.pubsub_reconnects.load(Relaxed),
+            pubsub_unsubscribed: Duration::from_nanos(self.pubsub_unsubscribed_ns.load(Relaxed)),
             deferred_messages: self.deferred_messages.load(Relaxed),
             dropped_log: self.dropped_log.load(Relaxed),
             background: self.background.load(Relaxed),

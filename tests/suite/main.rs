@@ -15,6 +15,7 @@ mod foundation;
 mod languages;
 mod limiter;
 mod lock;
+mod pubsub_isolation;
 mod queue;
 mod quotas;
 mod serve;

@@ -137,8 +137,8 @@ fn subscriber_connections_are_counted_by_field() {
 }
 
 /// A publish reaches every plugin bound to the channel or a matching
-/// pattern, through one connection; another plugin's channel of the same
-/// name stays separate; shared channels are shared.
+/// pattern, each through its own subscriber connection; another plugin's
+/// channel of the same name stays separate; shared channels are shared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_patterns_namespaces_and_shared_channels() {
     with_timeout(async {
@@ -160,10 +160,11 @@ shared-channels = ["lobby"]"#,
         .concat();
         let (host, _stop) = serve(&redis, dir.path(), &plugins).await;
         let mut conn = redis.client().await;
-        // One subscriber connection for all three plugins (serve waits for
-        // the subscription, but only so long: wait for it here too).
-        let clients = wait_subscriber_connections(&mut conn, 1).await;
-        assert_eq!(subscriber_connections(&clients), 1, "{clients}");
+        // One subscriber connection per plugin (isolation: one plugin's
+        // traffic cannot get another's dropped); serve waits for the
+        // subscriptions, but only so long: wait for them here too.
+        let clients = wait_subscriber_connections(&mut conn, 3).await;
+        assert_eq!(subscriber_connections(&clients), 3, "{clients}");
 
         // a publishes on its own "news": only a hears it, b's "news" is another channel.
         assert_eq!(publish(&host, "a", "news", "hello").await, 1, "receivers");
@@ -177,17 +178,17 @@ shared-channels = ["lobby"]"#,
         // The shared lobby reaches both a and b.
         assert_eq!(
             publish(&host, "b", "lobby", "hi all").await,
-            1,
-            "one host subscription"
+            2,
+            "a's and b's subscriptions"
         );
         expect_count(&mut conn, "rl:a:kv:got:lobby", 1).await;
         expect_count(&mut conn, "rl:b:kv:got:lobby", 1).await;
         // b and c did not hear a's private channels. Sentinels instead of a
-        // pause: b and c now publish on their own "news" and "room:1". The
-        // one subscriber connection delivers in publish order, so a's
-        // messages were routed long before these; once the sentinels are
-        // handled, each count is one (the sentinel) and the last payload
-        // is the sentinel's.
+        // pause: b and c now publish on their own "news" and "room:1". A
+        // plugin's subscriber connection delivers in publish order, so had
+        // b's or c's connection carried a's messages, they would have come
+        // before these; once the sentinels are handled, each count is one
+        // (the sentinel) and the last payload is the sentinel's.
         assert_eq!(
             publish(&host, "b", "news", "b-sentinel").await,
             1,
@@ -809,8 +810,8 @@ singleton = true
             assert_eq!(r.status(), 202);
             let v: serde_json::Value = r.json().await.unwrap();
             assert_eq!(
-                v["receivers"], 1,
-                "one subscription per host carries both plugins"
+                v["receivers"], 2,
+                "one subscription per plugin: chat and chat-digest"
             );
             expect_count(&mut conn, "rl:chat:kv:count:lobby", n).await;
         }

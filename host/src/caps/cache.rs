@@ -241,7 +241,7 @@ async fn subscription(
             }
         },
         |event| match event {
-            Subscription::Up => {
+            Subscription::Up { .. } => {
                 up.store(true, Ordering::Relaxed);
                 // A fill may have landed while nothing was subscribed.
                 wake(&waiting, None);

@@ -38,10 +38,13 @@ fn rules(prefix: &str, shared: &[String]) -> Vec<String> {
             "+time",
             // The pubsub capability publishes (and cache scripts publish
             // fill wake-ups); the host subscribes as the plugin to its cache
-            // wake-up channel. Channels stay confined by the `&` patterns.
+            // wake-up channel and to its pub/sub trigger's channels and
+            // patterns. Channels stay confined by the `&` patterns.
             "+publish",
             "+subscribe",
             "+unsubscribe",
+            "+psubscribe",
+            "+punsubscribe",
             "-@dangerous",
             "-@admin",
             "-scan",
@@ -70,8 +73,10 @@ fn rules(prefix: &str, shared: &[String]) -> Vec<String> {
 impl Redis {
     /// Creates (or updates) the ACL user `user` (on every node of a
     /// Cluster: ACL users are per node), restricted to keys and
-    /// channels under `prefix` plus the `shared` patterns (see
-    /// [`crate::namespace::shared_acl_patterns`]), and returns a connection
+    /// channels under `prefix` plus the `shared` rules (shared channels
+    /// and queues, see [`crate::namespace::shared_acl_patterns`], and the
+    /// patterns its pub/sub trigger subscribes to, see
+    /// [`crate::triggers::pubsub::acl_patterns`]), and returns a connection
     /// authenticated as it.
     ///
     /// The user gets a fresh random password each time; earlier passwords

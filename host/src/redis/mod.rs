@@ -708,8 +708,10 @@ pub async fn subscribe(
 
 /// What a kept-up subscription ([`keep_subscribed`]) reports.
 pub enum Subscription {
-    /// (Re)subscribed: messages sent while it was down are lost.
-    Up,
+    /// Subscribed. `unsubscribed`: on a re-subscription, how long there was
+    /// no subscription (from the loss of the last connection until now);
+    /// messages published in that window were missed. `None` the first time.
+    Up { unsubscribed: Option<Duration> },
     /// A message arrived.
     Message(redis::Msg),
     /// The connection was lost; it is being made again.
@@ -721,7 +723,9 @@ pub enum Subscription {
 /// a Cluster it moves to the next live node after a failure), and `event`
 /// hears it come up, each message, and its loss. A failed attempt or a lost
 /// connection is followed by a pause (100 ms, doubling to 5 s; back to
-/// 100 ms once subscribed). `what` names the subscription in the log.
+/// 100 ms once subscribed). `what` names the subscription in the log; a
+/// re-subscription is logged as a warning with the window it was down
+/// (Redis pub/sub keeps nothing, so what was published then is lost).
 pub async fn keep_subscribed<F>(
     redis: &Redis,
     what: &str,
@@ -732,6 +736,8 @@ pub async fn keep_subscribed<F>(
 {
     use tokio_stream::StreamExt;
     let mut backoff = Duration::from_millis(100);
+    // When the last connection was lost (None before the first one).
+    let mut lost: Option<std::time::Instant> = None;
     for attempt in 0.. {
         let subscribed = match redis.subscriber_client(attempt).await {
             Ok(client) => connect(client).await,
@@ -740,11 +746,20 @@ pub async fn keep_subscribed<F>(
         match subscribed {
             Ok(mut pubsub) => {
                 backoff = Duration::from_millis(100);
-                event(Subscription::Up);
+                let unsubscribed = lost.take().map(|t| t.elapsed());
+                if let Some(gap) = unsubscribed {
+                    tracing::warn!(
+                        unsubscribed_ms = gap.as_millis() as u64,
+                        "{what}: subscribed again after {gap:.3?} without a subscription; \
+                         messages published in that window were missed"
+                    );
+                }
+                event(Subscription::Up { unsubscribed });
                 let mut messages = pubsub.on_message();
                 while let Some(msg) = messages.next().await {
                     event(Subscription::Message(msg));
                 }
+                lost = Some(std::time::Instant::now());
                 event(Subscription::Down);
                 tracing::warn!("{what}: subscription connection lost; reconnecting");
             }

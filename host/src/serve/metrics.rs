@@ -10,6 +10,8 @@
 //! | `redloom_redis_commands_total` | counter | `plugin` |
 //! | `redloom_outbound_requests_total` | counter | `plugin` |
 //! | `redloom_pubsub_dropped_total` | counter | `plugin` |
+//! | `redloom_pubsub_reconnects_total` | counter | `plugin` |
+//! | `redloom_pubsub_unsubscribed_seconds_total` | counter | `plugin` |
 //! | `redloom_queue_deferred_total` | counter | `plugin` |
 //! | `redloom_log_dropped_total` | counter | `plugin` |
 //! | `redloom_background_invocations_total` | counter | `plugin` |
@@ -137,6 +139,18 @@ impl Collector for HostCollector {
             "redloom_pubsub_dropped",
             "Pub/sub messages dropped because the plugin's buffer was full.",
             per_plugin(&|s| s.dropped_messages as f64),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_pubsub_reconnects",
+            "Times the plugin's pub/sub subscription connection was lost and made again.",
+            per_plugin(&|s| s.pubsub_reconnects as f64),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_pubsub_unsubscribed_seconds",
+            "Time the plugin had no pub/sub subscription between losing its connection and subscribing again; messages published then were missed.",
+            per_plugin(&|s| s.pubsub_unsubscribed.as_secs_f64()),
         )?;
         counter(
             &mut encoder,

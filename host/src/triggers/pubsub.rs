@@ -1,30 +1,55 @@
-//! The subscription trigger: ONE subscriber connection per host (not one per
-//! plugin) carries every plugin's channels, patterns and keyspace events.
+//! The subscription trigger: one subscriber connection per subscribing
+//! plugin (and host), carrying that plugin's channels, patterns and keyspace
+//! events, authenticated like the plugin's own commands (as its ACL user
+//! with `acl = true`).
 //!
-//! Delivery is at most once: a message published while the connection is
-//! down is lost (Redis pub/sub keeps nothing). After a disconnect (Redis
-//! restart, network), the subscriber reconnects with backoff (100 ms → 5 s)
-//! and subscribes again to everything; no host restart is needed.
+//! Why one per plugin: Redis bounds each subscriber connection's output
+//! buffer (`client-output-buffer-limit pubsub`, by default 32 MB at once or
+//! 8 MB for 60 s) and closes the connection past it. When every plugin
+//! shared one connection, a plugin publishing big messages on its own
+//! channel faster than they drained got that connection closed again and
+//! again, and every other plugin missed what was published meanwhile. Now
+//! only the offender's own connection is closed; it reconnects, and its
+//! loss is reported like any other. The cost: one Redis connection per
+//! subscribing plugin per host (on a Cluster, to one node each).
 //!
-//! Shutdown ([`Subscriber::stop`]): the connection is dropped at once (no
+//! Delivery is at most once: a message published while a plugin's
+//! connection is down is lost for that plugin (Redis pub/sub keeps
+//! nothing). After a disconnect (Redis restart, network, an output buffer
+//! overflow), the subscriber reconnects with backoff (100 ms → 5 s) and
+//! subscribes again to everything of its plugin; no host restart is
+//! needed. The window without a subscription is logged as a warning naming
+//! the plugin and counted (`redloom_pubsub_reconnects_total`,
+//! `redloom_pubsub_unsubscribed_seconds_total`), so an operator knows
+//! messages may have been missed then.
+//!
+//! Shutdown ([`Subscriber::stop`]): the connections are dropped at once (no
 //! new messages), handler calls already running finish until the shutdown
 //! deadline and are aborted after it; messages still buffered and not
 //! started are dropped and counted like an overflow.
 //!
-//! Fan-out: each message goes to every plugin whose subscription matches,
-//! through a bounded per-plugin buffer (`subscription-buffer`, default
-//! 1000). When a plugin is slower than its messages and its buffer is full,
-//! new messages for it are dropped and counted
-//! (`redloom_pubsub_dropped_total`); other plugins are not delayed.
+//! Each plugin's messages go through a bounded buffer
+//! (`subscription-buffer`, default 1000) to its workers. When a plugin is
+//! slower than its messages and its buffer is full, new messages for it
+//! are dropped and counted (`redloom_pubsub_dropped_total`); other plugins
+//! are not delayed.
 //!
-//! Keyspace events (`keyspace-events`) use the same connection: the host
-//! subscribes to `__keyspace@DB__:rl:<plugin>:kv:*` and, only when some
+//! ACL users: Redis matches a `PSUBSCRIBE` pattern *literally* against a
+//! user's channel rules, so a plugin's `&rl:<plugin>:*` does not let it
+//! subscribe to the pattern `rl:<plugin>:ch:room:*`. The plugin's ACL user
+//! therefore gets one `&` rule per pattern it subscribes to
+//! ([`acl_patterns`]); plain channels are covered by its own and shared
+//! channel rules.
+//!
+//! Keyspace events (`keyspace-events`) ride the plugin's connection: the
+//! host subscribes to `__keyspace@DB__:rl:<plugin>:kv:*` and, only when some
 //! plugin asks for events, adds the needed flags to Redis's
-//! `notify-keyspace-events` (this costs Redis CPU for every matching write,
-//! cluster-wide for the database; it needs `CONFIG SET` permission). The
-//! flags are set again on every reconnect, before subscribing: a restarted
-//! Redis comes back with its configured value (usually none) and would
-//! otherwise send no events at all.
+//! `notify-keyspace-events` through the host's own connection (this costs
+//! Redis CPU for every matching write, cluster-wide for the database; it
+//! needs `CONFIG SET` permission). The flags are set again on every
+//! reconnect, before subscribing: a restarted Redis comes back with its
+//! configured value (usually none) and would otherwise send no events at
+//! all.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,39 +58,38 @@ use std::time::Duration;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, TriggerConfig};
 use crate::host::Host;
 use crate::namespace::{Namespace, PluginName, SHARED_CHANNEL_PREFIX};
 use crate::plugin::{Call, Message};
 use crate::redis::{CommandError, Subscription};
 
-/// Where one Redis channel or pattern's messages go.
+/// How one Redis channel or pattern's messages reach its plugin.
 #[derive(Clone)]
 struct Target {
-    plugin: PluginName,
     /// The pattern as the manifest gives it; `None` for a plain channel.
     pattern: Option<String>,
     /// Strips the Redis channel back to the plugin's name for it.
     prefix: String,
     /// For keyspace subscriptions: the events the plugin wants.
     events: Option<Vec<String>>,
-    queue: mpsc::Sender<Message>,
 }
 
 fn is_pattern(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-/// The running subscription trigger: the connection task and each
-/// subscribed plugin's buffer and workers.
+/// The running subscription trigger: each subscribed plugin's connection
+/// task, buffer and workers.
 pub struct Subscriber {
     host: Arc<Host>,
-    connection: JoinHandle<()>,
     plugins: Vec<PluginWorkers>,
 }
 
 struct PluginWorkers {
     plugin: PluginName,
+    /// Keeps the plugin's subscriber connection up.
+    connection: JoinHandle<()>,
     buffer: Buffer,
     workers: Vec<JoinHandle<()>>,
 }
@@ -73,86 +97,110 @@ struct PluginWorkers {
 /// One plugin's bounded buffer, drained by its workers in turn.
 type Buffer = Arc<Mutex<mpsc::Receiver<Message>>>;
 
-/// Spawns the subscriber and one worker pool per subscribed plugin; `None`
-/// when no plugin subscribes to anything. Workers take no new message once
-/// `stopped` is true (see [`Subscriber::stop`]).
+/// What one plugin subscribes to, as Redis names it, and where each
+/// channel's or pattern's messages go.
+struct Subscriptions {
+    channels: BTreeMap<String, Vec<Target>>,
+    patterns: BTreeMap<String, Vec<Target>>,
+    /// The `notify-keyspace-events` flags the plugin needs ("" if none).
+    keyspace_flags: String,
+}
+
+/// Maps the manifest's `subscriptions` and `keyspace-events` of plugin
+/// `name` to Redis channels and patterns (`db`: the database number, for
+/// keyspace channels).
+fn subscriptions(name: &PluginName, t: &TriggerConfig, db: i64) -> anyhow::Result<Subscriptions> {
+    let mut out = Subscriptions {
+        channels: BTreeMap::new(),
+        patterns: BTreeMap::new(),
+        keyspace_flags: String::new(),
+    };
+    let ns = Namespace::new(name);
+    for sub in &t.subscriptions {
+        let shared = crate::namespace::is_shared(&t.shared_channels, sub);
+        let redis_name = ns
+            .channel(sub, shared)
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let prefix = if shared {
+            SHARED_CHANNEL_PREFIX.to_string()
+        } else {
+            ns.channel_prefix()
+        };
+        let pattern = is_pattern(sub);
+        let target = Target {
+            pattern: pattern.then(|| sub.clone()),
+            prefix,
+            events: None,
+        };
+        if pattern {
+            out.patterns.entry(redis_name).or_default().push(target);
+        } else {
+            out.channels.entry(redis_name).or_default().push(target);
+        }
+    }
+    if !t.keyspace_events.is_empty() {
+        for e in &t.keyspace_events {
+            let flag = match e.as_str() {
+                "expired" => "x",
+                "evicted" => "e",
+                "new" => "n",
+                _ => "$g",
+            };
+            out.keyspace_flags.push_str(flag);
+        }
+        let prefix = format!("__keyspace@{db}__:{}kv:", ns.prefix());
+        out.patterns
+            .entry(format!("{prefix}*"))
+            .or_default()
+            .push(Target {
+                pattern: Some("__keyspace__".into()),
+                prefix,
+                events: Some(t.keyspace_events.clone()),
+            });
+    }
+    Ok(out)
+}
+
+/// The channel rules (`&pattern`) the ACL user of plugin `name` needs on top
+/// of its own and shared channels, so its subscriber connection may
+/// `PSUBSCRIBE` to each pattern the manifest subscribes to (keyspace events
+/// included): Redis compares a `PSUBSCRIBE` pattern with the rules
+/// literally. Each rule also lets the user `PUBLISH` to the channels the
+/// pattern matches, which are channels the plugin hears already.
+pub fn acl_patterns(name: &PluginName, t: &TriggerConfig, db: i64) -> anyhow::Result<Vec<String>> {
+    Ok(subscriptions(name, t, db)?
+        .patterns
+        .into_keys()
+        .map(|p| format!("&{p}"))
+        .collect())
+}
+
+/// Spawns one subscriber connection and one worker pool per subscribed
+/// plugin (every plugin must be loaded: each subscribes like the plugin's
+/// own connection, its ACL user included); `None` when no plugin subscribes
+/// to anything. Workers take no new message once `stopped` is true (see
+/// [`Subscriber::stop`]).
 pub async fn start(
     host: Arc<Host>,
     config: &Config,
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Subscriber>> {
-    let mut channels: BTreeMap<String, Vec<Target>> = BTreeMap::new();
-    let mut patterns: BTreeMap<String, Vec<Target>> = BTreeMap::new();
-    let mut plugins = Vec::new();
-    let mut keyspace_flags = String::new();
     let db = host.redis().db();
+    let mut planned = Vec::new();
+    let mut keyspace_flags = String::new();
     for (name, p) in &config.plugins {
         let t = &p.triggers;
         if t.subscriptions.is_empty() && t.keyspace_events.is_empty() {
             continue;
         }
-        let (tx, rx) = mpsc::channel::<Message>(t.subscription_buffer);
-        let buffer: Buffer = Arc::new(Mutex::new(rx));
-        plugins.push(PluginWorkers {
-            plugin: name.clone(),
-            workers: workers(
-                host.clone(),
-                name.clone(),
-                buffer.clone(),
-                p.quotas.concurrency,
-                &stopped,
-            ),
-            buffer,
-        });
-        let ns = Namespace::new(name);
-        for sub in &t.subscriptions {
-            let shared = crate::namespace::is_shared(&t.shared_channels, sub);
-            let redis_name = ns
-                .channel(sub, shared)
-                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-            let prefix = if shared {
-                SHARED_CHANNEL_PREFIX.to_string()
-            } else {
-                ns.channel_prefix()
-            };
-            let pattern = is_pattern(sub);
-            let target = Target {
-                plugin: name.clone(),
-                pattern: pattern.then(|| sub.clone()),
-                prefix,
-                events: None,
-                queue: tx.clone(),
-            };
-            if pattern {
-                patterns.entry(redis_name).or_default().push(target);
-            } else {
-                channels.entry(redis_name).or_default().push(target);
-            }
-        }
-        if !t.keyspace_events.is_empty() {
-            for e in &t.keyspace_events {
-                let flag = match e.as_str() {
-                    "expired" => "x",
-                    "evicted" => "e",
-                    "new" => "n",
-                    _ => "$g",
-                };
-                keyspace_flags.push_str(flag);
-            }
-            let prefix = format!("__keyspace@{db}__:{}kv:", ns.prefix());
-            patterns
-                .entry(format!("{prefix}*"))
-                .or_default()
-                .push(Target {
-                    plugin: name.clone(),
-                    pattern: Some("__keyspace__".into()),
-                    prefix,
-                    events: Some(t.keyspace_events.clone()),
-                    queue: tx.clone(),
-                });
-        }
+        let subs = subscriptions(name, t, db)?;
+        keyspace_flags.push_str(&subs.keyspace_flags);
+        let redis = host
+            .plugin_redis(name)
+            .ok_or_else(|| anyhow::anyhow!("{name} subscribes but is not loaded"))?;
+        planned.push((name, p, subs, redis));
     }
-    if channels.is_empty() && patterns.is_empty() {
+    if planned.is_empty() {
         return Ok(None);
     }
     if !keyspace_flags.is_empty() && host.redis().is_cluster() {
@@ -171,32 +219,51 @@ pub async fn start(
             })?;
         tracing::info!(notify_keyspace_events = %set, "enabled keyspace notifications");
     }
-    let routes = Arc::new(Routes {
-        channels,
-        patterns,
-        keyspace_flags,
-    });
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let connection = tokio::spawn(subscriber(routes, host.clone(), ready_tx));
-    // Serve only says it is serving once messages can arrive; if Redis is
-    // slow to answer, the subscriber keeps trying in the background.
-    if tokio::time::timeout(SUBSCRIBE_WAIT, ready).await.is_err() {
-        tracing::warn!("not subscribed yet after {SUBSCRIBE_WAIT:?}; still trying");
+    let mut plugins = Vec::new();
+    let mut readies = Vec::new();
+    for (name, p, subs, redis) in planned {
+        let (tx, rx) = mpsc::channel::<Message>(p.triggers.subscription_buffer);
+        let buffer: Buffer = Arc::new(Mutex::new(rx));
+        let routes = Arc::new(Routes {
+            plugin: name.clone(),
+            subs,
+            queue: tx,
+        });
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        readies.push((name.clone(), ready));
+        plugins.push(PluginWorkers {
+            plugin: name.clone(),
+            connection: tokio::spawn(subscriber(routes, redis, host.clone(), ready_tx)),
+            workers: workers(
+                host.clone(),
+                name.clone(),
+                buffer.clone(),
+                p.quotas.concurrency,
+                &stopped,
+            ),
+            buffer,
+        });
     }
-    Ok(Some(Subscriber {
-        host,
-        connection,
-        plugins,
-    }))
+    // Serve only says it is serving once messages can arrive; if Redis is
+    // slow to answer, the subscribers keep trying in the background.
+    let deadline = tokio::time::Instant::now() + SUBSCRIBE_WAIT;
+    for (plugin, ready) in readies {
+        if tokio::time::timeout_at(deadline, ready).await.is_err() {
+            tracing::warn!(%plugin, "not subscribed yet after {SUBSCRIBE_WAIT:?}; still trying");
+        }
+    }
+    Ok(Some(Subscriber { host, plugins }))
 }
 
 impl Subscriber {
     /// Graceful stop (the stop signal given to [`start`] is already set, so
-    /// workers take no new message): drops the subscription connection,
+    /// workers take no new message): drops the subscription connections,
     /// waits for handler calls already running until `deadline`, aborts
     /// what is left, and counts the messages still buffered as dropped.
     pub async fn stop(self, deadline: tokio::time::Instant) {
-        self.connection.abort();
+        for p in &self.plugins {
+            p.connection.abort();
+        }
         let mut workers = Vec::new();
         let mut buffers = Vec::new();
         for p in self.plugins {
@@ -232,8 +299,8 @@ impl Subscriber {
 
     /// Stops everything at once (no waiting).
     pub fn abort(&self) {
-        self.connection.abort();
         for p in &self.plugins {
+            p.connection.abort();
             for w in &p.workers {
                 w.abort();
             }
@@ -241,37 +308,51 @@ impl Subscriber {
     }
 }
 
+/// One plugin's subscriptions and the buffer its messages go to.
 struct Routes {
-    channels: BTreeMap<String, Vec<Target>>,
-    patterns: BTreeMap<String, Vec<Target>>,
-    /// The `notify-keyspace-events` flags some plugin needs ("" if none).
-    keyspace_flags: String,
+    plugin: PluginName,
+    subs: Subscriptions,
+    queue: mpsc::Sender<Message>,
 }
 
-/// How long `start` waits for the first subscription.
+/// How long `start` waits for the first subscriptions.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
-/// Keeps one subscription connection up and routes what arrives
-/// ([`crate::redis::keep_subscribed`]).
-async fn subscriber(routes: Arc<Routes>, host: Arc<Host>, ready: tokio::sync::oneshot::Sender<()>) {
+/// Keeps one plugin's subscription connection up, connecting like `redis`
+/// (the plugin's own connection: its ACL user if it has one), routes what
+/// arrives ([`crate::redis::keep_subscribed`]) and counts each
+/// re-subscription with the window it was down.
+async fn subscriber(
+    routes: Arc<Routes>,
+    redis: crate::redis::Redis,
+    host: Arc<Host>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
     let mut ready = Some(ready);
+    let plugin = routes.plugin.clone();
     crate::redis::keep_subscribed(
-        host.redis(),
-        "pub/sub trigger",
+        &redis,
+        &format!("pub/sub subscription of plugin {plugin}"),
         |client| {
             let (routes, host) = (routes.clone(), host.clone());
             async move { subscribe(&client, &routes, &host).await }
         },
         |event| match event {
-            Subscription::Up => {
+            Subscription::Up { unsubscribed } => {
                 if let Some(r) = ready.take() {
                     let _ = r.send(());
                 }
                 tracing::info!(
-                    channels = routes.channels.len(),
-                    patterns = routes.patterns.len(),
+                    %plugin,
+                    channels = routes.subs.channels.len(),
+                    patterns = routes.subs.patterns.len(),
                     "subscribed"
                 );
+                if let Some(gap) = unsubscribed
+                    && let Some(p) = host.plugin(&plugin)
+                {
+                    p.count_resubscribed(gap);
+                }
             }
             Subscription::Message(msg) => route(&routes, &host, &msg),
             Subscription::Down => {}
@@ -280,8 +361,9 @@ async fn subscriber(routes: Arc<Routes>, host: Arc<Host>, ready: tokio::sync::on
     .await;
 }
 
-/// Connects, turns keyspace notifications on again if some plugin needs
-/// them, and subscribes to every channel and pattern.
+/// Connects, turns keyspace notifications on again if the plugin needs
+/// them (through the host's connection: it may `CONFIG SET`), and
+/// subscribes to every channel and pattern of the plugin.
 async fn subscribe(
     client: &redis::Client,
     routes: &Routes,
@@ -290,10 +372,10 @@ async fn subscribe(
     // Before subscribing, so events flow as soon as the subscription is
     // up. A Redis that restarted has its configured flags back (usually
     // none): without this, keyspace events would silently stop.
-    if !routes.keyspace_flags.is_empty() {
+    if !routes.subs.keyspace_flags.is_empty() {
         match host
             .redis()
-            .enable_keyspace_events(&routes.keyspace_flags)
+            .enable_keyspace_events(&routes.subs.keyspace_flags)
             .await
         {
             Ok(set) => tracing::debug!(notify_keyspace_events = %set, "keyspace notifications on"),
@@ -306,8 +388,8 @@ async fn subscribe(
             Err(e) => anyhow::bail!("cannot enable keyspace notifications (CONFIG SET): {e}"),
         }
     }
-    let channels: Vec<&str> = routes.channels.keys().map(String::as_str).collect();
-    let patterns: Vec<&str> = routes.patterns.keys().map(String::as_str).collect();
+    let channels: Vec<&str> = routes.subs.channels.keys().map(String::as_str).collect();
+    let patterns: Vec<&str> = routes.subs.patterns.keys().map(String::as_str).collect();
     crate::redis::subscribe(client, &channels, &patterns, CONNECT_TIMEOUT).await
 }
 
@@ -318,11 +400,11 @@ fn route(routes: &Routes, host: &Host, msg: &redis::Msg) {
     let channel = msg.get_channel_name();
     let targets = if msg.from_pattern() {
         match msg.get_pattern::<String>() {
-            Ok(p) => routes.patterns.get(&p),
+            Ok(p) => routes.subs.patterns.get(&p),
             Err(_) => None,
         }
     } else {
-        routes.channels.get(channel)
+        routes.subs.channels.get(channel)
     };
     for t in targets.into_iter().flatten() {
         let name = channel
@@ -340,8 +422,8 @@ fn route(routes: &Routes, host: &Host, msg: &redis::Msg) {
             pattern: t.pattern.clone(),
             payload,
         };
-        if t.queue.try_send(message).is_err()
-            && let Some(p) = host.plugin(&t.plugin)
+        if routes.queue.try_send(message).is_err()
+            && let Some(p) = host.plugin(&routes.plugin)
         {
             p.count_dropped_message();
         }

@@ -21,14 +21,17 @@
 //! | `log-forge` | logs one message carrying a newline and a forged log line, and writes the same to stdout |
 //! | `fill N` | stores N values of 512 KiB (keys `fill-0`, ...); returns how many were stored, or fails with the first error |
 //! | `write N` | stores one value of N KiB under `write` |
-//! | `publish N CHANNEL` | publishes one message of N KiB on `CHANNEL` |
+//! | `publish N CHANNEL [COUNT]` | publishes COUNT (default 1) messages of N KiB on `CHANNEL`, one after another; returns the receivers summed |
 //!
 //! `MARK`: when given, the guest first increments the key `MARK` by one, so
 //! a test can tell that the invocation is running (not waiting for a slot).
+//!
+//! Its message handler is a slow subscriber: it runs guest code for one
+//! second per message.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redloom_sdk::{Error, Invoke, Result, config, kv, log, pubsub};
+use redloom_sdk::{Error, Invoke, OnMessage, Result, config, kv, log, pubsub};
 
 struct Hostile;
 
@@ -148,8 +151,16 @@ impl Invoke for Hostile {
                 let channel = words
                     .next()
                     .ok_or_else(|| Error::invalid("publish N CHANNEL"))?;
-                let n = pubsub::publish(channel, vec![b'p'; kib << 10])?;
-                Ok(n.to_string().into_bytes())
+                let count: u64 = match words.next() {
+                    Some(n) => n.parse().map_err(|_| Error::invalid("bad count"))?,
+                    None => 1,
+                };
+                let payload = vec![b'p'; kib << 10];
+                let mut receivers = 0u64;
+                for _ in 0..count {
+                    receivers += u64::from(pubsub::publish(channel, &payload)?);
+                }
+                Ok(receivers.to_string().into_bytes())
             }
             other => Err(Error::invalid(format!("unknown command `{other}`"))),
         }
@@ -229,4 +240,11 @@ fn escape() -> String {
     [fs, dir, env, args, net].join("\n")
 }
 
-redloom_sdk::export!(Hostile => [invoke]);
+impl OnMessage for Hostile {
+    fn on_message(_message: pubsub::Message) -> Result<()> {
+        burn(Duration::from_secs(1));
+        Ok(())
+    }
+}
+
+redloom_sdk::export!(Hostile => [invoke, message]);
