@@ -431,3 +431,54 @@ keyspace-events = ["expired"]
     })
     .await;
 }
+
+/// A message larger than the subscribing plugin's `max-input` is dropped
+/// (and counted) as it arrives, not buffered: the buffer bounds messages by
+/// count, so it could otherwise hold `subscription-buffer` messages of any
+/// size. A message within the limit is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_over_max_input_are_dropped_on_arrival() {
+    with_timeout_of(Duration::from_secs(300), async {
+        let redis = RedisServer::start_standalone().await;
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = format!(
+            "[plugins.small]\nwasm = {probe:?}\nsubscriptions = [\"news\"]\n\
+             [plugins.small.quotas]\nmax-input = \"1KiB\"\n",
+            probe = plugin("event-probe").display().to_string(),
+        );
+        let served = serve(&redis, dir.path(), &plugins).await;
+        let mut conn = redis.client().await;
+        wait_for_subscribers(&mut conn, 1).await;
+        let big = "b".repeat(2048);
+        let n: u32 = conn.publish("rl:small:ch:news", &big).await.unwrap();
+        assert_eq!(n, 1, "the plugin is subscribed");
+        let n: u32 = conn.publish("rl:small:ch:news", "small").await.unwrap();
+        assert_eq!(n, 1);
+        // Messages on one connection arrive in order: once the small one is
+        // handled, the big one was seen first.
+        assert_eq!(
+            wait_for(
+                &mut conn,
+                "rl:small:kv:got:news",
+                1,
+                Duration::from_secs(60)
+            )
+            .await,
+            1
+        );
+        let last: String = conn.get("rl:small:kv:last:news").await.unwrap();
+        assert_eq!(last, "small", "only the small message was handled");
+        // The call is counted once it has returned, just after its writes.
+        let plugin = served.host.plugin(&name("small")).unwrap();
+        let start = Instant::now();
+        while plugin.stats().invocations < 1 {
+            assert!(start.elapsed() < Duration::from_secs(60), "never counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stats = plugin.stats();
+        assert_eq!(stats.dropped_messages, 1, "{stats:?}");
+        assert_eq!(stats.invocations, 1, "{stats:?}");
+        served.shutdown().await;
+    })
+    .await;
+}

@@ -32,7 +32,9 @@
 //! (`subscription-buffer`, default 1000) to its workers. When a plugin is
 //! slower than its messages and its buffer is full, new messages for it
 //! are dropped and counted (`redloom_pubsub_dropped_total`); other plugins
-//! are not delayed.
+//! are not delayed. A message larger than the plugin's `max-input` (which
+//! the handler would refuse anyway) is dropped and counted on arrival, so
+//! the buffer holds at most `subscription-buffer` × `max-input` bytes.
 //!
 //! ACL users: Redis matches a `PSUBSCRIBE` pattern *literally* against a
 //! user's channel rules, so a plugin's `&rl:<plugin>:*` does not let it
@@ -406,6 +408,17 @@ fn route(routes: &Routes, host: &Host, msg: &redis::Msg) {
     } else {
         routes.subs.channels.get(channel)
     };
+    let plugin = host.plugin(&routes.plugin);
+    // A message the handler would refuse (over `max-input`) is dropped
+    // here, before it is copied into the buffer: the buffer bounds messages
+    // by count, so their size must be bounded too.
+    let max = plugin.as_ref().map_or(u64::MAX, |p| p.quotas().max_input);
+    if msg.get_payload_bytes().len() as u64 > max {
+        if let Some(p) = &plugin {
+            p.count_dropped_message();
+        }
+        return;
+    }
     for t in targets.into_iter().flatten() {
         let name = channel
             .strip_prefix(&t.prefix)
@@ -423,7 +436,7 @@ fn route(routes: &Routes, host: &Host, msg: &redis::Msg) {
             payload,
         };
         if routes.queue.try_send(message).is_err()
-            && let Some(p) = host.plugin(&routes.plugin)
+            && let Some(p) = &plugin
         {
             p.count_dropped_message();
         }
