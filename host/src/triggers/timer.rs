@@ -5,7 +5,10 @@
 //! of the period since the Unix epoch, or the cron schedule in UTC), so with
 //! `singleton = true` the hosts running a plugin race for an atomic claim of
 //! each tick (`SET rl:<plugin>:timer:{<timer>}:<tick ms> NX PX`) and exactly
-//! one runs it. Without `singleton`, every host runs every tick.
+//! one runs it. A claim lives ten periods (at least 1 s, a day for cron);
+//! a host stalled for half of that skips the tick rather than claim it
+//! after the first claim may have expired. Without `singleton`, every host
+//! runs every tick.
 //!
 //! Missed ticks (while the host runs: the previous tick ran past the next,
 //! or the process was paused or starved): `missed = "skip"` (default) drops
@@ -159,8 +162,26 @@ fn last_tick_at_or_before(
     last
 }
 
+/// Whether a singleton tick due at `due` may still be claimed at `now`:
+/// another host's claim of it lives at least `claim_ttl` from `due`, so
+/// before half of that has passed it is surely still there, and a claim by
+/// this host cannot succeed after another host ran the tick. A host that
+/// was stalled longer skips the tick instead.
+fn claimable(schedule: &Schedule, due: u64, now: u64) -> bool {
+    now < due.saturating_add(claim_ttl(schedule) / 2)
+}
+
 async fn fire(host: &Host, plugin: &PluginName, timer: &str, t: &TimerConfig, due: u64) {
     if t.singleton {
+        if !claimable(&t.schedule, due, now_ms()) {
+            tracing::warn!(
+                %plugin,
+                timer,
+                due,
+                "skipping a tick too old to claim safely (this host was stalled)"
+            );
+            return;
+        }
         let key = format!("rl:{plugin}:timer:{{{timer}}}:{due}");
         match host.redis().claim(&key, claim_ttl(&t.schedule)).await {
             Ok(true) => {}
@@ -183,6 +204,20 @@ async fn fire(host: &Host, plugin: &PluginName, timer: &str, t: &TimerConfig, du
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A singleton tick is claimed only while every other host's claim of
+    /// it must still exist: within half the claim's time to live.
+    #[test]
+    fn old_ticks_are_not_claimed() {
+        let every = Schedule::Every(Duration::from_millis(100));
+        // 100 ms period: claims live 1 s.
+        assert!(claimable(&every, 10_000, 10_000));
+        assert!(claimable(&every, 10_000, 10_499));
+        assert!(!claimable(&every, 10_000, 10_500));
+        let cron = Schedule::Cron("0 * * * * *".into());
+        assert!(claimable(&cron, 0, 43_199_999));
+        assert!(!claimable(&cron, 0, 43_200_000));
+    }
 
     /// Interval ticks are multiples of the period; cron ticks follow the
     /// expression; catch-up finds the latest missed tick.
