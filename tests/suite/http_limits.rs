@@ -341,21 +341,7 @@ async fn slowloris_past_the_open_file_limit_leaves_routes_reachable() {
             config_text(limits, admin_limits)
         );
         let serve = ServeProcess::start_with(&dir.path().join("serve"), &text, |command| {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe and changes only the
-            // child's own limit.
-            unsafe {
-                command.pre_exec(|| {
-                    let limit = libc::rlimit {
-                        rlim_cur: 512,
-                        rlim_max: 512,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            open_files_limit(command, 512)
         })
         .await;
         let http: SocketAddr = serve.http.parse().unwrap();
@@ -387,6 +373,65 @@ async fn slowloris_past_the_open_file_limit_leaves_routes_reachable() {
         }
         drop(slow);
         serve.stop().await;
+    })
+    .await;
+}
+
+/// Sets the child's open-file limit (soft and hard) to `n`.
+fn open_files_limit(command: &mut std::process::Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe and changes only the child's
+    // own limit.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// `serve` refuses to start, with exit code 5 and a line saying what to
+/// change, when both listeners' `max-connections` (and the descriptors kept
+/// for everything else) do not fit in its open-file limit: otherwise
+/// clients could take the descriptors Redis and plugins need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_over_the_open_file_limit_is_refused() {
+    let bin = tokio::task::spawn_blocking(redloom_tests::redloom_bin)
+        .await
+        .unwrap();
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}{}",
+            redis.config_table(),
+            config_text("max-connections = 400", "")
+        );
+        std::fs::write(dir.path().join("redloom.toml"), text).unwrap();
+        let mut command = std::process::Command::new(bin);
+        command.current_dir(dir.path()).arg("serve");
+        open_files_limit(&mut command, 512);
+        let out = tokio::task::spawn_blocking(move || {
+            redloom_tests::run_with_timeout(&mut command, Duration::from_secs(120))
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{stderr}");
+        assert!(
+            stderr.contains(
+                "[http] max-connections (400) and [admin] max-connections (64), with 256 open \
+                 files kept for Redis, plugins and files, need 720 open files, but this process \
+                 may open only 512"
+            ) && stderr.contains("lower max-connections or raise the limit"),
+            "{stderr}"
+        );
     })
     .await;
 }
