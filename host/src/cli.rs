@@ -671,9 +671,10 @@ async fn serve(options: HostOptions, config: Config) -> Result<(), Failure> {
             let code = match e {
                 ServeError::Load(_) => exit::LOAD,
                 ServeError::Routes(_) => exit::USAGE,
-                ServeError::Bind { .. } | ServeError::Triggers(_) | ServeError::AdminToken(_) => {
-                    exit::OTHER
-                }
+                ServeError::Bind { .. }
+                | ServeError::Triggers(_)
+                | ServeError::AdminToken(_)
+                | ServeError::OpenFiles(_) => exit::OTHER,
             };
             return Err(Failure::new(code, e));
         }

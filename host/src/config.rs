@@ -440,6 +440,18 @@ pub struct HttpSection {
     /// How long `serve` waits for running requests after SIGINT/SIGTERM.
     #[serde(default = "default_shutdown_timeout", with = "duration")]
     pub shutdown_timeout: Duration,
+    /// See [`ConnectionLimits::header_read_timeout`].
+    #[serde(default = "default_header_read_timeout", with = "duration")]
+    pub header_read_timeout: Duration,
+    /// See [`ConnectionLimits::idle_timeout`].
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+    /// See [`ConnectionLimits::body_read_timeout`].
+    #[serde(default = "default_body_read_timeout", with = "duration")]
+    pub body_read_timeout: Duration,
+    /// See [`ConnectionLimits::max_connections`].
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for HttpSection {
@@ -447,6 +459,21 @@ impl Default for HttpSection {
         HttpSection {
             listen: default_http_listen(),
             shutdown_timeout: default_shutdown_timeout(),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl HttpSection {
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_connections: self.max_connections,
         }
     }
 }
@@ -457,6 +484,109 @@ fn default_http_listen() -> std::net::SocketAddr {
 
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+/// How long, how idle and how many client connections one listener
+/// (`[http]` or `[admin]`) allows, so that slow or silent clients
+/// (slowloris) cannot hold every connection or file descriptor: see
+/// `serve::listener`, which enforces them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A client must send a request's complete headers within this time,
+    /// counted from when the connection opens or the previous response on
+    /// it was sent; so it also bounds how long a kept-alive connection
+    /// waits for its next request.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress on which nothing is
+    /// received or sent for this long is closed: an unused or kept-alive
+    /// connection, or a client that stopped reading its response.
+    pub idle_timeout: Duration,
+    /// A request's body must arrive completely within this time of its
+    /// headers (else 408), so a trickled body cannot hold a connection.
+    pub body_read_timeout: Duration,
+    /// Connections open at once; further clients wait in the kernel's
+    /// accept queue until one closes.
+    pub max_connections: usize,
+}
+
+/// Default `header-read-timeout`: a real client sends its headers in one
+/// packet; 10 s leaves room for slow links while a slowloris client can hold
+/// a connection only that long.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `idle-timeout`: as long as the header timeout, which closes a
+/// kept-alive connection waiting for its next request after the same time.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `body-read-timeout`: the default `max-input` (1 MiB) takes
+/// 8 s at 1 Mbit/s; 60 s is ample for it and bounds a trickled body.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `[http] max-connections`. With the admin listener's 64 and
+/// [`crate::serve::OPEN_FILES_RESERVE`] it fits a 1024 open-file limit (a
+/// common hard limit: `ulimit -n 1024` sets both), so connections can never
+/// take the descriptors Redis connections and plugin loads need.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 512;
+/// Default `[admin] max-connections`: operators and scrapers need few.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Shortest timeout a listener accepts: less would cut off real clients.
+pub const MIN_CONNECTION_TIMEOUT: Duration = Duration::from_millis(100);
+/// Longest timeout a listener accepts: longer is no bound against slow clients.
+pub const MAX_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Most `max-connections` a listener accepts; far above any real open-file
+/// limit, it only keeps the number sane (`serve` also checks the limit).
+pub const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
+
+fn default_header_read_timeout() -> Duration {
+    DEFAULT_HEADER_READ_TIMEOUT
+}
+
+fn default_idle_timeout() -> Duration {
+    DEFAULT_IDLE_TIMEOUT
+}
+
+fn default_body_read_timeout() -> Duration {
+    DEFAULT_BODY_READ_TIMEOUT
+}
+
+fn default_http_max_connections() -> usize {
+    DEFAULT_HTTP_MAX_CONNECTIONS
+}
+
+fn default_admin_max_connections() -> usize {
+    DEFAULT_ADMIN_MAX_CONNECTIONS
+}
+
+impl ConnectionLimits {
+    /// Checks every limit's range; the error names the key (within its
+    /// section) and the allowed range.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let dur = |d: Duration| humantime::format_duration(d).to_string();
+        for (key, d) in [
+            ("header-read-timeout", self.header_read_timeout),
+            ("idle-timeout", self.idle_timeout),
+            ("body-read-timeout", self.body_read_timeout),
+        ] {
+            if !(MIN_CONNECTION_TIMEOUT..=MAX_CONNECTION_TIMEOUT).contains(&d) {
+                return Err((
+                    key,
+                    format!(
+                        "{} is outside {}..={}: it must bound slow clients without cutting off real ones",
+                        dur(d),
+                        dur(MIN_CONNECTION_TIMEOUT),
+                        dur(MAX_CONNECTION_TIMEOUT)
+                    ),
+                ));
+            }
+        }
+        if !(1..=MAX_CONNECTIONS_CEILING).contains(&self.max_connections) {
+            return Err((
+                "max-connections",
+                format!(
+                    "{} is outside 1..={MAX_CONNECTIONS_CEILING}",
+                    self.max_connections
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The `[admin]` table: the admin API, metrics and health listener.
@@ -480,6 +610,18 @@ pub struct AdminSection {
     /// whose name resolves to this host (DNS rebinding) cannot use the API.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// See [`ConnectionLimits::header_read_timeout`].
+    #[serde(default = "default_header_read_timeout", with = "duration")]
+    pub header_read_timeout: Duration,
+    /// See [`ConnectionLimits::idle_timeout`].
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+    /// See [`ConnectionLimits::body_read_timeout`].
+    #[serde(default = "default_body_read_timeout", with = "duration")]
+    pub body_read_timeout: Duration,
+    /// See [`ConnectionLimits::max_connections`].
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
 }
 
 /// How the admin API authenticates `/plugins` requests.
@@ -498,6 +640,21 @@ impl Default for AdminSection {
             token: None,
             auth: AdminAuth::Token,
             allowed_hosts: Vec::new(),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl AdminSection {
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_connections: self.max_connections,
         }
     }
 }
@@ -705,6 +862,11 @@ impl Config {
                     format!("`{}` is not a plugin in this file", r.plugin),
                 ));
             }
+        }
+        for (section, limits) in [("http", raw.http.limits()), ("admin", raw.admin.limits())] {
+            limits
+                .check()
+                .map_err(|(k, m)| at(&format!("{section}.{k}"), m))?;
         }
         if let Some(url) = &raw.redis.url {
             check_redis_url(url).map_err(|m| at("redis.url", m))?;
@@ -1305,6 +1467,84 @@ wall-time = "2s"
         let e = parse("[plugins.a\n").unwrap_err().0;
         assert!(e.starts_with("/etc/redloom/redloom.toml:1: "), "{e}");
         assert!(!e.contains('\n'), "{e}");
+    }
+
+    /// Both listeners have connection limits with defaults; each can be
+    /// set, and one out of range is refused naming its section and key.
+    #[test]
+    fn listener_connection_limits() {
+        let c = parse("").unwrap();
+        assert_eq!(
+            c.http.limits().header_read_timeout,
+            DEFAULT_HEADER_READ_TIMEOUT
+        );
+        assert_eq!(c.http.limits().idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(c.http.limits().body_read_timeout, DEFAULT_BODY_READ_TIMEOUT);
+        assert_eq!(
+            c.http.limits().max_connections,
+            DEFAULT_HTTP_MAX_CONNECTIONS
+        );
+        assert_eq!(
+            c.admin.limits().max_connections,
+            DEFAULT_ADMIN_MAX_CONNECTIONS
+        );
+        assert_eq!(
+            c.admin.limits().header_read_timeout,
+            DEFAULT_HEADER_READ_TIMEOUT
+        );
+        let c = parse(
+            "[http]\nheader-read-timeout = \"2s\"\nidle-timeout = \"3s\"\n\
+             body-read-timeout = \"4s\"\nmax-connections = 7\n\
+             [admin]\nheader-read-timeout = \"5s\"\nmax-connections = 2\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.http.limits(),
+            ConnectionLimits {
+                header_read_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_secs(3),
+                body_read_timeout: Duration::from_secs(4),
+                max_connections: 7,
+            }
+        );
+        assert_eq!(c.admin.limits().header_read_timeout, Duration::from_secs(5));
+        assert_eq!(c.admin.limits().idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(c.admin.limits().max_connections, 2);
+        for (text, key, says) in [
+            (
+                "[http]\nheader-read-timeout = \"0s\"\n",
+                "http.header-read-timeout",
+                "outside 100ms..=1h",
+            ),
+            (
+                "[http]\nidle-timeout = \"2h\"\n",
+                "http.idle-timeout",
+                "outside 100ms..=1h",
+            ),
+            (
+                "[admin]\nbody-read-timeout = \"10ms\"\n",
+                "admin.body-read-timeout",
+                "outside",
+            ),
+            (
+                "[http]\nmax-connections = 0\n",
+                "http.max-connections",
+                "0 is outside 1..=1000000",
+            ),
+            (
+                "[admin]\nmax-connections = 2000000\n",
+                "admin.max-connections",
+                "outside",
+            ),
+            (
+                "[admin]\nidle-timeout = \"soon\"\n",
+                "admin.idle-timeout",
+                "expected a duration",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().0;
+            assert!(e.contains(key) && e.contains(says), "{text}: {e}");
+        }
     }
 
     /// `tls-*` paths are relative to the configuration file's folder, and a

@@ -865,37 +865,53 @@ pub struct ServeProcess {
     log: std::path::PathBuf,
     /// The admin API's address, from the "serving" log line.
     pub admin: String,
+    /// The HTTP listener's address, from the same line.
+    pub http: String,
 }
 
 impl ServeProcess {
     /// Starts `redloom serve` in `dir` with `text` as its `redloom.toml`
     /// and waits (bounded) until it serves.
     pub async fn start(dir: &std::path::Path, text: &str) -> ServeProcess {
+        ServeProcess::start_with(dir, text, |_| {}).await
+    }
+
+    /// [`ServeProcess::start`], with `configure` applied to the command
+    /// first (e.g. to set resource limits for the child).
+    pub async fn start_with(
+        dir: &std::path::Path,
+        text: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> ServeProcess {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("redloom.toml"), text).unwrap();
         let log = dir.join("serve.log");
-        let child = Command::new(redloom_bin())
+        let mut command = Command::new(redloom_bin());
+        command
             .current_dir(dir)
             .arg("serve")
             .env_remove("REDIS_URL")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(std::fs::File::create(&log).unwrap());
+        configure(&mut command);
+        let child = command.spawn().unwrap();
         let mut p = ServeProcess {
             child,
             log,
             admin: String::new(),
+            http: String::new(),
         };
         let start = Instant::now();
-        p.admin = loop {
+        (p.admin, p.http) = loop {
             let text = p.log_text();
-            if let Some(addr) = text
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("admin="))
-            {
-                break addr.to_string();
+            let field = |name: &str| {
+                text.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(str::to_string)
+            };
+            if let (Some(admin), Some(http)) = (field("admin="), field("http=")) {
+                break (admin, http);
             }
             assert!(
                 p.child.try_wait().unwrap().is_none(),

@@ -12,6 +12,7 @@ mod cache;
 mod cli;
 mod cluster;
 mod foundation;
+mod http_limits;
 mod languages;
 mod limiter;
 mod lock;

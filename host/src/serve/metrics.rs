@@ -18,6 +18,9 @@
 //! | `redloom_invocation_duration_seconds` | histogram | `plugin` |
 //! | `redloom_plugins_loaded` | gauge | |
 //! | `redloom_redis_up` | gauge | (1 when the last `PING` answered) |
+//! | `redloom_connections` | gauge | `listener` (`http`, `admin`) |
+//! | `redloom_connection_timeouts_total` | counter | `listener`, `kind` (`header`, `idle`, `body`) |
+//! | `redloom_connection_limit_reached_total` | counter | `listener` |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -222,6 +225,56 @@ impl Collector for HostCollector {
             "1 when the host's last PING to Redis answered.",
             i64::from(self.redis_up.load(Ordering::Relaxed)),
         )?;
+        Ok(())
+    }
+}
+
+/// Reads the listeners' connection counters at scrape time.
+#[derive(Debug)]
+pub struct ListenerCollector {
+    /// By configuration section (`http`, `admin`).
+    pub listeners: Vec<(&'static str, Arc<super::listener::ListenerStats>)>,
+}
+
+impl Collector for ListenerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Fmt {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let mut family = encoder.encode_descriptor(
+            "redloom_connections",
+            "Client connections open now.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, stats) in &self.listeners {
+            let v = i64::try_from(load(&stats.open)).unwrap_or(i64::MAX);
+            ConstGauge::new(v).encode(family.encode_family(&[("listener", *name)])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "redloom_connection_timeouts",
+            "Connections closed because their headers (header) or any traffic (idle) did not come in time, and request bodies that did not (body).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, stats) in &self.listeners {
+            for (kind, n) in [
+                ("header", &stats.header_timeouts),
+                ("idle", &stats.idle_timeouts),
+                ("body", &stats.body_timeouts),
+            ] {
+                ConstCounter::new(load(n))
+                    .encode(family.encode_family(&[("listener", *name), ("kind", kind)])?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "redloom_connection_limit_reached",
+            "Times the listener had max-connections open and stopped accepting until one closed.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, stats) in &self.listeners {
+            ConstCounter::new(load(&stats.limit_reached))
+                .encode(family.encode_family(&[("listener", *name)])?)?;
+        }
         Ok(())
     }
 }

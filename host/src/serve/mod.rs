@@ -5,12 +5,15 @@
 //! - [`routes`]: `[[routes]]` matching.
 //! - [`admin`]: plugin management, metrics, health.
 //! - [`metrics`]: the Prometheus collector.
+//! - [`listener`]: accepting and serving connections within each
+//!   listener's connection limits and timeouts.
 //!
 //! Graceful shutdown: when `shutdown` resolves, both listeners stop
 //! accepting, requests already running get `[http] shutdown-timeout` to
 //! finish, then [`Server::run`] returns.
 
 mod admin;
+mod listener;
 mod metrics;
 mod routes;
 mod trigger;
@@ -25,6 +28,7 @@ use axum::http::StatusCode;
 use prometheus_client::registry::Registry;
 
 pub use admin::{LoadedJson, PluginJson, PluginState};
+pub use listener::{OPEN_FILES_RESERVE, raise_open_files_limit};
 pub use routes::{Match, RouteTable};
 
 use crate::config::{AdminAuth, Config};
@@ -120,6 +124,8 @@ pub struct Server {
     triggers: Triggers,
     http: tokio::net::TcpListener,
     admin: tokio::net::TcpListener,
+    http_stats: Arc<listener::ListenerStats>,
+    admin_stats: Arc<listener::ListenerStats>,
     shutdown_timeout: Duration,
 }
 
@@ -140,6 +146,8 @@ pub enum ServeError {
     Load(#[from] LoadError),
     #[error("cannot set up the admin token: {0}")]
     AdminToken(String),
+    #[error("{0}")]
+    OpenFiles(String),
 }
 
 /// The admin token given by configuration or `REDLOOM_ADMIN_TOKEN`.
@@ -176,9 +184,16 @@ impl Server {
                     .map_err(|e| ServeError::AdminToken(format!("{e:#}")))?,
             }),
         };
+        check_open_files(&config)?;
         let redis_up = Arc::new(AtomicBool::new(true));
+        let http_stats = Arc::new(listener::ListenerStats::default());
+        let admin_stats = Arc::new(listener::ListenerStats::default());
+        let mut registry = metrics::HostCollector::registry(host.clone(), redis_up.clone());
+        registry.register_collector(Box::new(metrics::ListenerCollector {
+            listeners: vec![("http", http_stats.clone()), ("admin", admin_stats.clone())],
+        }));
         let app = Arc::new(App {
-            metrics: metrics::HostCollector::registry(host.clone(), redis_up.clone()),
+            metrics: registry,
             host,
             routes,
             admin_token,
@@ -207,6 +222,8 @@ impl Server {
         Ok(Server {
             http,
             admin,
+            http_stats,
+            admin_stats,
             triggers,
             shutdown_timeout: config.http.shutdown_timeout,
             app,
@@ -229,25 +246,25 @@ impl Server {
     /// configured shutdown timeout.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
         let trigger = axum::Router::new()
             .fallback(trigger::handle)
             .with_state(self.app.clone());
-        let http = tokio::spawn(
-            axum::serve(
-                self.http,
-                trigger.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-        );
-        let admin = tokio::spawn(
-            axum::serve(self.admin, admin::router(self.app.clone()))
-                .with_graceful_shutdown(stopped(stop_rx))
-                .into_future(),
-        );
+        let http = tokio::spawn(listener::serve(
+            "http",
+            self.http,
+            trigger,
+            self.app.config.http.limits(),
+            self.http_stats,
+            stop_rx.clone(),
+        ));
+        let admin = tokio::spawn(listener::serve(
+            "admin",
+            self.admin,
+            admin::router(self.app.clone()),
+            self.app.config.admin.limits(),
+            self.admin_stats,
+            stop_rx,
+        ));
         let triggers = self.triggers;
         shutdown.await;
         tracing::info!("shutting down: no new connections; draining running requests");
@@ -269,4 +286,33 @@ impl Server {
             );
         }
     }
+}
+
+/// Raises the open-file limit as far as allowed and checks that both
+/// listeners' `max-connections`, with [`OPEN_FILES_RESERVE`] for everything
+/// else, fit in it: past it `accept` fails and routes become unreachable,
+/// which the connection limits exist to prevent.
+fn check_open_files(config: &Config) -> Result<(), ServeError> {
+    let limit = match raise_open_files_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the open-file limit ({e}); not checking max-connections against it"
+            );
+            return Ok(());
+        }
+    };
+    let (http, admin) = (config.http.max_connections, config.admin.max_connections);
+    let needed = (http as u64)
+        .saturating_add(admin as u64)
+        .saturating_add(OPEN_FILES_RESERVE);
+    if needed > limit {
+        return Err(ServeError::OpenFiles(format!(
+            "[http] max-connections ({http}) and [admin] max-connections ({admin}), with \
+             {OPEN_FILES_RESERVE} open files kept for Redis, plugins and files, need {needed} \
+             open files, but this process may open only {limit}: lower max-connections or \
+             raise the limit (`ulimit -n`, systemd `LimitNOFILE=`)"
+        )));
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@
 //! | no route | 404 (405 if the path exists for other methods) |
 //! | routed plugin not loaded (unloaded at runtime) | 503 |
 //! | body over the plugin's `max-input` | 413 |
+//! | body not complete within `[http] body-read-timeout` | 408 |
 //! | `concurrency` quota | 429 with `Retry-After`, after [`REJECTION_DELAY`] |
 //! | `redis-rate` quota | 429 with `Retry-After` |
 //! | any other quota (`cpu`, `wall-time`, `memory`, ...) | 503 with `Retry-After` |
@@ -26,6 +27,7 @@ use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 
 use super::App;
+use super::listener::BodyTimeout;
 use super::routes::Match;
 use crate::bindings::http_types::Request as HttpRequest;
 use crate::bindings::types::Quota;
@@ -72,6 +74,9 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request<Body>) -> Resp
     }
     let body = match to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await {
         Ok(b) => b.to_vec(),
+        Err(e) if BodyTimeout::caused(&e) => {
+            return plain(StatusCode::REQUEST_TIMEOUT, "request body too slow");
+        }
         Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
     };
     let query = parts.uri.query().map(form_urlencoded).unwrap_or_default();
