@@ -82,11 +82,27 @@ struct Cli {
     rounds: Option<usize>,
 }
 
+#[derive(Debug, clap::Args)]
+struct HotArgs {
+    /// The pattern (`cache-hit`, `limiter-gcra`, ...).
+    #[arg(long, default_value = "cache-hit")]
+    pattern: String,
+    /// The native side instead of the plugin.
+    #[arg(long)]
+    native: bool,
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Internal: the memory measurement, in a process of its own.
     #[command(hide = true)]
     MemoryChild(memory::ChildArgs),
+    /// One pattern on one side for a while (for a profiler).
+    Hot(HotArgs),
     /// Only the noisy-neighbour measurement, printed as JSON.
     Fairness {
         /// Seconds of each phase (victim alone, then with the hog).
@@ -131,6 +147,13 @@ fn main() -> anyhow::Result<()> {
             .await?;
             println!("{}", serde_json::to_string_pretty(&row)?);
             Ok(())
+        }),
+        Some(Command::Hot(args)) => runtime.block_on(async {
+            let wasm_dir = match &cli.wasm_dir {
+                Some(d) => d.clone(),
+                None => default_wasm_dir()?,
+            };
+            hot(&wasm_dir, args).await
         }),
         None => runtime.block_on(run(cli)),
     }
@@ -257,13 +280,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let probe = std::fs::canonicalize(&probe)?;
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
 
-    let temp = tempfile::tempdir()?;
-    let mut server_options = ServerOptions::new(temp.path().join("redis"));
-    server_options.persistence = false;
-    let server = PrivateRedis::start(server_options).await?;
-    let url = server.url();
-    eprintln!("redloom-bench: private redis-server at {url}");
-
     // The JavaScript and Python examples compile for seconds when the host
     // loads them; the cold start later finds them in the same cache.
     let (heavy, heavy_skipped) = heavy_examples(&cli);
@@ -272,31 +288,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         wasm: probe.clone(),
     }];
     examples.extend(heavy.iter().cloned());
-    let data_dir = temp.path().join("data");
-    let config = Config::parse(
-        &manifest(&probe, &data_dir, &url, &examples),
-        &temp.path().join("redloom.toml"),
-    )
-    .map_err(|e| anyhow::anyhow!("the benchmark's manifest: {e}"))?;
-    let host = Arc::new(Host::start(HostOptions::from_config(&config)).await?);
-    host.load_all(&config).await?;
-    let native = Redis::connect(
-        &url,
-        RedisOptions::new(config.redis.connect_timeout, config.redis.response_timeout),
-    )
-    .await?;
-    let bench_name = PluginName::parse("bench")?;
-    let gcra = *config.plugins[&bench_name]
-        .limiters
-        .get("bench")
-        .context("the manifest's bench policy")?;
-    let b = Arc::new(Bench::new(
-        host.clone(),
-        bench_name,
-        native,
-        url.clone(),
-        gcra,
-    ));
+    let Setup {
+        // Kept to the end: dropping it removes the folder.
+        temp: _temp,
+        server,
+        url,
+        data_dir,
+        config,
+        host,
+        b,
+    } = Setup::start(&probe, &examples).await?;
     let mut admin = redis::Client::open(url.as_str())?
         .get_multiplexed_async_connection()
         .await?;
@@ -439,6 +440,125 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         report.total_seconds
     );
     Ok(())
+}
+
+/// A private Redis, a host with the benchmark's plugins loaded, and the
+/// pattern benchmark on both.
+struct Setup {
+    temp: tempfile::TempDir,
+    server: PrivateRedis,
+    url: String,
+    data_dir: PathBuf,
+    config: Config,
+    host: Arc<Host>,
+    b: Arc<Bench>,
+}
+
+impl Setup {
+    async fn start(probe: &Path, examples: &[reuse::Built]) -> anyhow::Result<Setup> {
+        let temp = tempfile::tempdir()?;
+        let mut server_options = ServerOptions::new(temp.path().join("redis"));
+        server_options.persistence = false;
+        let server = PrivateRedis::start(server_options).await?;
+        let url = server.url();
+        eprintln!("redloom-bench: private redis-server at {url}");
+        let data_dir = temp.path().join("data");
+        let config = Config::parse(
+            &manifest(probe, &data_dir, &url, examples),
+            &temp.path().join("redloom.toml"),
+        )
+        .map_err(|e| anyhow::anyhow!("the benchmark's manifest: {e}"))?;
+        let host = Arc::new(Host::start(HostOptions::from_config(&config)).await?);
+        host.load_all(&config).await?;
+        let native = Redis::connect(
+            &url,
+            RedisOptions::new(config.redis.connect_timeout, config.redis.response_timeout),
+        )
+        .await?;
+        let bench_name = PluginName::parse("bench")?;
+        let gcra = *config.plugins[&bench_name]
+            .limiters
+            .get("bench")
+            .context("the manifest's bench policy")?;
+        let b = Arc::new(Bench::new(
+            host.clone(),
+            bench_name,
+            native,
+            url.clone(),
+            gcra,
+        ));
+        Ok(Setup {
+            temp,
+            server,
+            url,
+            data_dir,
+            config,
+            host,
+            b,
+        })
+    }
+}
+
+/// `redloom-bench hot`: one pattern, one side, at one concurrency, for a
+/// profiler to watch (`scripts/profile`); prints throughput and the
+/// process's CPU per operation.
+async fn hot(wasm_dir: &Path, args: HotArgs) -> anyhow::Result<()> {
+    let probe = std::fs::canonicalize(wasm_dir.join("bench_probe.wasm"))?;
+    let examples = [reuse::Built {
+        example: &reuse::RUST,
+        wasm: probe.clone(),
+    }];
+    let setup = Setup::start(&probe, &examples).await?;
+    let pattern = Pattern::ALL
+        .into_iter()
+        .find(|p| p.name() == args.pattern)
+        .with_context(|| {
+            let names: Vec<_> = Pattern::ALL.iter().map(|p| p.name()).collect();
+            format!("no pattern `{}`; one of {}", args.pattern, names.join(", "))
+        })?;
+    anyhow::ensure!(
+        pattern != Pattern::QueueEndToEnd,
+        "queue-end-to-end needs the consumer set-up of the full run"
+    );
+    let op = if args.native {
+        patterns::native_op(&setup.b, pattern)
+    } else {
+        patterns::plugin_op(&setup.b, pattern)
+    };
+    let load = Load {
+        concurrency: args.concurrency,
+        warmup: Duration::from_secs(1),
+        duration: Duration::from_secs(args.seconds),
+    };
+    let cpu_before = process_cpu();
+    let samples = measure::run(load, op).await?;
+    let cpu = process_cpu() - cpu_before;
+    let stats = samples.stats();
+    println!(
+        "{} ({}) at concurrency {}: {:.0} ops/s, p50 {:.1} µs, p99 {:.1} µs, process CPU {:.1} µs per op",
+        pattern.name(),
+        if args.native { "native" } else { "plugin" },
+        args.concurrency,
+        stats.throughput,
+        stats.p50_us,
+        stats.p99_us,
+        // Warm-up included: CPU over all operations run.
+        cpu.as_secs_f64() * 1e6 / (samples.ops as f64 * (1.0 + 1.0 / args.seconds as f64)),
+    );
+    setup.host.shutdown().await;
+    Ok(())
+}
+
+/// CPU time (user + system) this process has used.
+pub fn process_cpu() -> Duration {
+    // SAFETY: getrusage writes only into the struct it is given.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// Runs native then plugin, `plan.rounds` times, at `concurrency`; `ops`
