@@ -4,10 +4,13 @@
 //! |---|---|---|---|
 //! | `cpu` | [`CpuMeter`] + the epoch callback | the time the invocation occupies a worker thread ([`Metered`]: every poll of its future): guest code, instantiation and the host's own work inside host calls; time awaiting Redis, parked at a yield or waiting for a worker is excluded | trap at the next epoch tick |
 //! | `fuel` | wasmtime fuel | instructions executed | trap |
-//! | `wall-time` | `tokio::time::timeout` around the call | everything from admission to the reply, including instantiation and Redis | the call's future is dropped |
+//! | `wall-time` | `tokio::time::timeout` inside the invocation's job (`plugin::Plugin::run`) | everything from instantiation to the reply, including Redis | the job's future is dropped |
 //! | `memory`, `table-elements`, `instances` | [`Limits`] (a `ResourceLimiter`) | every `memory.grow` / `table.grow` and instantiation; instances, tables and memories are only created at instantiation | trap; too many instances fail instantiation, so the load-time probe refuses the plugin |
 //! | `max-input`, `max-output` | `plugin.rs` | the handler's input and output | refused / output discarded |
 //! | `max-reply` | capability modules | bytes a single Redis reply brings into the guest | typed error, invocation fails |
+//! | `max-write` | `Caps::check_write` | one value written (kv, cache entry, queue payload and headers) or message published | typed error before anything is sent, invocation fails |
+//! | `storage` | [`StorageMeter`] in `Caps::check_write` | Redis memory of all the plugin's keys: the last sample (`sampler`) plus this host's writes since | typed error before anything is sent, invocation fails |
+//! | `max-log`, `log-rate` | `caps::log` | bytes logged per invocation (log, stdout, stderr) and per second by the plugin | the record is dropped and counted |
 //! | `redis-ops` | `Caps::admit` | Redis commands per invocation | typed error, invocation fails |
 //! | `redis-rate` | [`TokenBucket`] in `Caps::admit` | Redis commands per second, all invocations of the plugin | waits up to [`MAX_RATE_WAIT`], then typed error |
 //! | `concurrency`, `queue`, `queue-wait` | [`Admission`] | invocations in flight and waiting | rejected before instantiation |
