@@ -16,6 +16,7 @@ mod languages;
 mod limiter;
 mod lock;
 mod queue;
+mod queue_poison;
 mod quotas;
 mod serve;
 mod triggers;

@@ -5,8 +5,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
+use redloom::bindings::types::Quota;
 use redloom::config::Config;
-use redloom::host::Host;
+use redloom::host::{Host, HostInvokeError};
 use redloom::namespace::{Namespace, PluginName};
 use redloom_tests::{RedisServer, Served, get_i64, host_options, plugin, redloom_bin, wait_for};
 use serde_json::{Value, json};
@@ -313,12 +314,27 @@ async fn delays_dedupe_and_bounded_length() {
         assert_eq!(get_i64(&mut conn, "rl:worker:kv:done-total").await, 2, "one message per dedupe id");
 
         // Six delayed messages into a queue of five: the sixth is refused.
-        let ids = enqueue(
-            &s.host,
-            json!({"queue": "jobs", "payloads": ["ok", "ok", "ok", "ok", "ok", "ok"], "delay_ms": 60000}),
-        )
-        .await;
-        assert_eq!(ids.iter().filter(|i| *i == "full").count(), 1, "{ids:?}");
+        // The refusal is a storage quota breach that fails the invocation,
+        // although the probe swallows the error (it answers "full" for
+        // it), so no caller takes a refused message for an accepted one;
+        // the five before it stay (refused, never trimmed).
+        let refused = s
+            .host
+            .invoke(
+                &PluginName::parse("worker").unwrap(),
+                json!({"queue": "jobs", "payloads": ["ok", "ok", "ok", "ok", "ok", "ok"], "delay_ms": 60000})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .await
+            .expect_err("a full queue fails the invocation");
+        match &refused {
+            HostInvokeError::Invoke(e) => assert_eq!(e.quota(), Some(Quota::Storage), "{refused}"),
+            other => panic!("{other}"),
+        }
+        assert!(refused.to_string().contains("queue-max-length of 5"), "{refused}");
+        let stats = s.host.redis().queue_stats(&k, "workers").await.unwrap();
+        assert_eq!((stats.scheduled, stats.length), (5, 0), "{stats:?}");
         s.shutdown().await;
     })
     .await;
