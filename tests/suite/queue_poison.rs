@@ -346,3 +346,68 @@ plugin = "worker"
     })
     .await;
 }
+
+/// A Redis that comes back empty (scripts, group and consumers gone): the
+/// consumer's reclaim and dead-consumer scripts are loaded again, the group
+/// is created again, and a message enqueued after the restart is
+/// processed. (A guard for the scripts this module's fixes added.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_recovers_after_an_empty_redis_restart() {
+    with_timeout_of(Duration::from_secs(240), async {
+        let mut redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let queue = unique("restart");
+        let data = dir.path().join("data");
+        let producer = Host::start(host_options(&redis, &data)).await.unwrap();
+        producer.load(spec("worker", "queue-probe")).await.unwrap();
+        let consumer =
+            ServeProcess::start(&dir.path().join("c"), &serve_config(&redis, &data, &queue)).await;
+        let worker = PluginName::parse("worker").unwrap();
+        let input = json!({"queue": queue, "payloads": ["ok"]}).to_string();
+        // Enqueues one message, retrying while the connection comes back.
+        let enqueue = || async {
+            let start = Instant::now();
+            loop {
+                match producer.invoke(&worker, input.as_bytes()).await {
+                    Ok(out) => {
+                        break serde_json::from_slice::<Vec<String>>(&out).unwrap()[0].clone();
+                    }
+                    Err(e) => {
+                        assert!(start.elapsed() < WAIT, "cannot enqueue: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        };
+        let done = |id: &str| format!("rl:worker:kv:done:{id}");
+        let before = enqueue().await;
+        let mut conn = redis.client().await;
+        assert_eq!(
+            redloom_tests::wait_for(&mut conn, &done(&before), 1, WAIT).await,
+            1,
+            "{}",
+            consumer.log_text()
+        );
+
+        redis.restart().await;
+        let after = enqueue().await;
+        let mut conn = redis.client().await;
+        assert_eq!(
+            redloom_tests::wait_for(&mut conn, &done(&after), 1, WAIT).await,
+            1,
+            "the consumer did not come back:\n{}",
+            consumer.log_text()
+        );
+        let stats = wait_for_stats(
+            &producer,
+            &queue,
+            "the processed message was not acknowledged",
+            |s| s.length == 0 && s.pending == 0,
+            || consumer.log_text(),
+        )
+        .await;
+        assert_eq!((stats.dead_letters, stats.scheduled), (0, 0), "{stats:?}");
+        consumer.stop().await;
+    })
+    .await;
+}

@@ -61,6 +61,13 @@ pub const PROMOTE_EVERY: Duration = Duration::from_millis(100);
 /// How long one `XREADGROUP` blocks.
 const BLOCK: Duration = Duration::from_millis(500);
 
+/// Reads failed in a row after which a consumer opens a new read
+/// connection (about 3 s of backoff). redis-rs's Cluster client may stay
+/// without connections for good once it has lost every node at once (all
+/// restarted): a new one starts again from the seed nodes. Standalone
+/// connections reconnect by themselves; a new one costs nothing more.
+const REOPEN_READER_AFTER: u32 = 5;
+
 /// A consumer of the group idle this many visibility timeouts (and at least
 /// [`MIN_DEAD_CONSUMER_IDLE`]) that holds no pending messages is removed
 /// from the group by the live consumers (see [`dead_consumer_idle`]).
@@ -263,6 +270,7 @@ async fn run(mut r: Run) {
     // uptime, panics.)
     let mut last_reclaim: Option<Instant> = None;
     let mut backoff = Duration::from_millis(100);
+    let mut failed_reads = 0u32;
     while !*r.stopped.borrow() {
         // Wait for a free slot before taking messages off the queue: woken
         // the moment a message finishes (polling here added up to its
@@ -319,6 +327,7 @@ async fn run(mut r: Run) {
             match read {
                 Ok(v) => {
                     backoff = Duration::from_millis(100);
+                    failed_reads = 0;
                     entries = v
                         .into_iter()
                         .map(|e| {
@@ -331,6 +340,15 @@ async fn run(mut r: Run) {
                     tracing::warn!(plugin = %r.plugin, queue = %r.queue, "cannot read: {e}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    failed_reads += 1;
+                    if failed_reads.is_multiple_of(REOPEN_READER_AFTER) {
+                        match r.host.redis().dedicated().await {
+                            Ok(reader) => r.reader = reader,
+                            Err(e) => {
+                                tracing::warn!(plugin = %r.plugin, queue = %r.queue, "cannot open a new read connection: {e}")
+                            }
+                        }
+                    }
                     // The group may be gone (Redis restarted without data).
                     let _ = r
                         .host
