@@ -411,3 +411,113 @@ async fn consumer_recovers_after_an_empty_redis_restart() {
     })
     .await;
 }
+
+/// The source of `lua/NAME` as the host embeds it.
+fn script(name: &str) -> redis::Script {
+    let (_, src) = redloom::redis::scripts::SOURCES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no lua/{name}"));
+    redis::Script::new(src)
+}
+
+/// `queue_fail` and `queue_defer` check everything that could make them
+/// fail before their first write: an argument they cannot use fails the
+/// call with the message still pending in the stream (to be reclaimed),
+/// not acknowledged and deleted with nowhere to go; and a message missing
+/// fields still moves whole to the dead letters instead of failing halfway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_scripts_fail_before_their_first_write() {
+    with_timeout_of(Duration::from_secs(120), async {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let host = redloom_tests::host(&redis, dir.path()).await;
+        let r = host.redis();
+        let queue = unique("jobs");
+        let k = keys(&queue);
+        r.queue_ensure_group(&k, "workers").await.unwrap();
+        r.queue_enqueue(&k, None, b"m", "{}", 0, 1, 0, 100)
+            .await
+            .unwrap();
+        let got = r.queue_read(&k, "workers", "c", 10, 100).await.unwrap();
+        assert_eq!(got.len(), 1);
+        let entry_id = got[0].entry_id.clone();
+        let mut conn = redis.client().await;
+        let fail_script = script("queue_fail.lua");
+        let fail = |backoff: &str, default_max: &str| {
+            let mut inv = fail_script.prepare_invoke();
+            inv.key(&k.stream)
+                .key(&k.delayed)
+                .key(&k.dead)
+                .arg("workers")
+                .arg(&entry_id)
+                .arg(backoff)
+                .arg("boom")
+                .arg(default_max)
+                .arg(1);
+            inv
+        };
+        let untouched = |stats: QueueStats| {
+            assert_eq!(
+                (
+                    stats.length,
+                    stats.pending,
+                    stats.scheduled,
+                    stats.dead_letters
+                ),
+                (1, 1, 0, 0),
+                "the message moved or was lost: {stats:?}"
+            );
+        };
+        for (backoff, max) in [("soon", "5"), ("100", "many")] {
+            let e = fail(backoff, max)
+                .invoke_async::<String>(&mut conn)
+                .await
+                .expect_err("a bad argument fails");
+            untouched(r.queue_stats(&k, "workers").await.unwrap());
+            assert!(e.to_string().contains("must be numbers"), "{e}");
+        }
+        let e = script("queue_defer.lua")
+            .key(&k.stream)
+            .key(&k.delayed)
+            .arg("workers")
+            .arg(&entry_id)
+            .arg("later")
+            .arg(1)
+            .invoke_async::<String>(&mut conn)
+            .await
+            .expect_err("a bad delay fails");
+        untouched(r.queue_stats(&k, "workers").await.unwrap());
+        assert!(e.to_string().contains("must be a number"), "{e}");
+        // With good arguments it still works.
+        let outcome: String = fail("100", "5").invoke_async(&mut conn).await.unwrap();
+        assert_eq!(outcome, "retry");
+
+        // An entry with nothing but an id, on its last attempt: dead, whole.
+        let bare: String = redis::cmd("XADD")
+            .arg(&k.stream)
+            .arg("*")
+            .arg("id")
+            .arg("bare")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let got = r.queue_read(&k, "workers", "c", 10, 100).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].entry_id, bare);
+        let outcome = r
+            .queue_fail(&k, "workers", &bare, 100, "broken", 1, 1)
+            .await
+            .unwrap();
+        assert_eq!(outcome, "dead");
+        let dead = r.queue_dead_letters(&k, 10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].id.as_str(), dead[0].error.as_str()),
+            ("bare", "broken")
+        );
+        let stats = r.queue_stats(&k, "workers").await.unwrap();
+        assert_eq!((stats.length, stats.pending, stats.scheduled), (0, 0, 1));
+    })
+    .await;
+}
