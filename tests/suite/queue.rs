@@ -86,10 +86,12 @@ async fn ten_thousand_messages_two_host_processes() {
         // compiled-plugin cache is the processes' too, so they start fast.
         let data = dir.path().join("data");
         let producer = Host::start(host_options(&redis, &data)).await.unwrap();
-        producer
-            .load(redloom_tests::spec("worker", "queue-probe"))
-            .await
-            .unwrap();
+        // The consumers' quotas (see `config_text`): 1000 enqueues in one
+        // invocation passed the default 10 s wall time on a loaded machine.
+        let mut spec = redloom_tests::spec("worker", "queue-probe");
+        spec.quotas.wall_time = Duration::from_secs(60);
+        spec.quotas.cpu = Duration::from_secs(30);
+        producer.load(spec).await.unwrap();
         let text = format!(
             "data-dir = {data:?}\n{}{}",
             redis.config_table(),
@@ -412,7 +414,16 @@ async fn crashed_host_messages_are_reclaimed() {
                 1
             );
         }
-        let stats = b.host.redis().queue_stats(&k, "workers").await.unwrap();
+        // The handler counts before its ack lands: wait (bounded) for it.
+        let start = Instant::now();
+        let stats = loop {
+            let stats = b.host.redis().queue_stats(&k, "workers").await.unwrap();
+            if (stats.length, stats.pending) == (0, 0) || start.elapsed() > Duration::from_secs(10)
+            {
+                break stats;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert_eq!((stats.length, stats.pending), (0, 0));
         b.shutdown().await;
     })
