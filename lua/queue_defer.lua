@@ -11,21 +11,35 @@
 -- ARGV[4]  the message's current attempt (counting deliveries lost to
 --          crashes); kept as is, not incremented
 --
+-- Everything that could fail is read and checked before the first write:
+-- an error leaves the message pending as it was, never half moved.
+--
 -- Reply: "deferred", or "gone" (it was not pending for the group any more:
 -- another consumer reclaimed it; nothing changed).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local delay = tonumber(ARGV[3])
+if not delay then
+  return redis.error_reply('queue_defer: the delay must be a number')
+end
 local entry = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 or #entry == 0 then
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #entry == 0 or #pending == 0 then
+  if #pending > 0 then
+    -- Pending but no longer in the stream: nothing left to defer.
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  end
   return 'gone'
 end
-redis.call('XDEL', KEYS[1], ARGV[2])
 local f = {}
 local fields = entry[1][2]
 for i = 1, #fields, 2 do
   f[fields[i]] = fields[i + 1]
 end
 local attempt = math.max(tonumber(f.attempt) or 1, tonumber(ARGV[4]) or 1)
-local member = cmsgpack.pack({f.id, f.payload, f.headers, attempt, f.max, tonumber(f.enq), f.error or ''})
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), member)
+local member = cmsgpack.pack({f.id or '', f.payload or '', f.headers or '{}', attempt,
+  f.max or '0', tonumber(f.enq) or now, f.error or ''})
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now + delay, member)
 return 'deferred'

@@ -18,6 +18,7 @@ mod limiter;
 mod lock;
 mod pubsub_isolation;
 mod queue;
+mod queue_poison;
 mod quotas;
 mod serve;
 mod triggers;

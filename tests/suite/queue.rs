@@ -5,8 +5,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
+use redloom::bindings::types::Quota;
 use redloom::config::Config;
-use redloom::host::Host;
+use redloom::host::{Host, HostInvokeError};
 use redloom::namespace::{Namespace, PluginName};
 use redloom::redis::queue::QueueStats;
 use redloom_tests::with_timeout;
@@ -108,10 +109,12 @@ async fn ten_thousand_messages_two_host_processes() {
         // compiled-plugin cache is the processes' too, so they start fast.
         let data = dir.path().join("data");
         let producer = Host::start(host_options(&redis, &data)).await.unwrap();
-        producer
-            .load(redloom_tests::spec("worker", "queue-probe"))
-            .await
-            .unwrap();
+        // The consumers' quotas (see `config_text`): 1000 enqueues in one
+        // invocation passed the default 10 s wall time on a loaded machine.
+        let mut spec = redloom_tests::spec("worker", "queue-probe");
+        spec.quotas.wall_time = Duration::from_secs(60);
+        spec.quotas.cpu = Duration::from_secs(30);
+        producer.load(spec).await.unwrap();
         let text = format!(
             "data-dir = {data:?}\n{}{}",
             redis.config_table(),
@@ -344,12 +347,27 @@ async fn delays_dedupe_and_bounded_length() {
         assert_eq!(get_i64(&mut conn, "rl:worker:kv:done-total").await, 2, "one message per dedupe id");
 
         // Six delayed messages into a queue of five: the sixth is refused.
-        let ids = enqueue(
-            &s.host,
-            json!({"queue": "jobs", "payloads": ["ok", "ok", "ok", "ok", "ok", "ok"], "delay_ms": 60000}),
-        )
-        .await;
-        assert_eq!(ids.iter().filter(|i| *i == "full").count(), 1, "{ids:?}");
+        // The refusal is a storage quota breach that fails the invocation,
+        // although the probe swallows the error (it answers "full" for
+        // it), so no caller takes a refused message for an accepted one;
+        // the five before it stay (refused, never trimmed).
+        let refused = s
+            .host
+            .invoke(
+                &PluginName::parse("worker").unwrap(),
+                json!({"queue": "jobs", "payloads": ["ok", "ok", "ok", "ok", "ok", "ok"], "delay_ms": 60000})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .await
+            .expect_err("a full queue fails the invocation");
+        match &refused {
+            HostInvokeError::Invoke(e) => assert_eq!(e.quota(), Some(Quota::Storage), "{refused}"),
+            other => panic!("{other}"),
+        }
+        assert!(refused.to_string().contains("queue-max-length of 5"), "{refused}");
+        let stats = s.host.redis().queue_stats(&keys(), "workers").await.unwrap();
+        assert_eq!((stats.scheduled, stats.length), (5, 0), "{stats:?}");
         s.shutdown().await;
     })
     .await;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use redis::streams::{StreamAutoClaimReply, StreamReadReply};
+use redis::streams::StreamReadReply;
 
 use super::{CommandResult, Redis, RedisOptions};
 use crate::namespace::QueueKeys;
@@ -19,6 +19,10 @@ pub struct Entry {
     /// JSON object.
     pub headers: String,
     pub attempt: u32,
+    /// The message's own max attempts; 0: the consumer's `max-attempts`.
+    pub max_attempts: u32,
+    /// The error of the attempt before (empty on a first attempt).
+    pub error: String,
     pub enqueued_ms: u64,
 }
 
@@ -38,6 +42,8 @@ impl Entry {
             payload: bytes("payload"),
             headers: text("headers"),
             attempt: text("attempt").parse().unwrap_or(1),
+            max_attempts: text("max").parse().unwrap_or(0),
+            error: text("error"),
             enqueued_ms: text("enq").parse().unwrap_or(0),
         }
     }
@@ -183,8 +189,10 @@ impl Redis {
             .collect())
     }
 
-    /// `XAUTOCLAIM`: takes over messages pending longer than `min_idle_ms`
-    /// (their consumer crashed or hangs), with how often each was delivered.
+    /// Takes over messages whose delivery has been idle at least
+    /// `min_idle_ms` (their consumer died or hangs), each with how often it
+    /// has now been delivered (`lua/queue_reclaim.lua`: `XAUTOCLAIM` and
+    /// the delivery counts in one script).
     pub async fn queue_reclaim(
         &self,
         keys: &QueueKeys,
@@ -193,32 +201,52 @@ impl Redis {
         min_idle_ms: u64,
         count: usize,
     ) -> CommandResult<Vec<(Entry, u32)>> {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&keys.stream)
+        let reply: Vec<(String, Vec<Vec<u8>>, u32)> = self
+            .scripts
+            .queue_reclaim
+            .key(&keys.stream)
             .arg(group)
             .arg(consumer)
             .arg(min_idle_ms)
-            .arg("0-0")
-            .arg("COUNT")
             .arg(count)
-            .query_async(&mut self.conn.clone())
+            .invoke_async(&mut self.conn.clone())
             .await?;
-        let mut out = Vec::new();
-        for id in reply.claimed {
-            // Delivery count, so a message that keeps crashing its consumer
-            // still runs out of attempts.
-            let pending: Vec<(String, String, u64, u32)> = redis::cmd("XPENDING")
-                .arg(&keys.stream)
-                .arg(group)
-                .arg(&id.id)
-                .arg(&id.id)
-                .arg(1)
-                .query_async(&mut self.conn.clone())
-                .await?;
-            let deliveries = pending.first().map_or(1, |p| p.3);
-            out.push((Entry::from_map(id.id, &id.map), deliveries));
-        }
-        Ok(out)
+        Ok(reply
+            .into_iter()
+            .map(|(entry_id, fields, deliveries)| {
+                let map: HashMap<String, redis::Value> = fields
+                    .chunks_exact(2)
+                    .map(|kv| {
+                        (
+                            String::from_utf8_lossy(&kv[0]).into_owned(),
+                            redis::Value::BulkString(kv[1].clone()),
+                        )
+                    })
+                    .collect();
+                (Entry::from_map(entry_id, &map), deliveries.max(1))
+            })
+            .collect())
+    }
+
+    /// Removes the group's consumers idle at least `min_idle_ms` that hold
+    /// no pending messages, except `consumer` itself
+    /// (`lua/queue_prune_consumers.lua`); returns their names.
+    pub async fn queue_prune_consumers(
+        &self,
+        keys: &QueueKeys,
+        group: &str,
+        consumer: &str,
+        min_idle_ms: u64,
+    ) -> CommandResult<Vec<String>> {
+        Ok(self
+            .scripts
+            .queue_prune_consumers
+            .key(&keys.stream)
+            .arg(group)
+            .arg(min_idle_ms)
+            .arg(consumer)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
     }
 
     pub async fn queue_ack(

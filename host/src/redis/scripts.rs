@@ -24,6 +24,10 @@ pub struct Scripts {
     pub queue_replay: Script,
     /// `lua/queue_defer.lua`
     pub queue_defer: Script,
+    /// `lua/queue_reclaim.lua`
+    pub queue_reclaim: Script,
+    /// `lua/queue_prune_consumers.lua`
+    pub queue_prune_consumers: Script,
     /// `lua/kv_cas.lua`
     pub kv_cas: Script,
     /// `lua/lock_acquire.lua`
@@ -77,6 +81,14 @@ pub const SOURCES: &[(&str, &str)] = &[
     (
         "queue_defer.lua",
         include_str!("../../../lua/queue_defer.lua"),
+    ),
+    (
+        "queue_reclaim.lua",
+        include_str!("../../../lua/queue_reclaim.lua"),
+    ),
+    (
+        "queue_prune_consumers.lua",
+        include_str!("../../../lua/queue_prune_consumers.lua"),
     ),
     ("kv_cas.lua", include_str!("../../../lua/kv_cas.lua")),
     (
@@ -141,6 +153,8 @@ impl Scripts {
             queue_fail: Script::new(source("queue_fail.lua")),
             queue_replay: Script::new(source("queue_replay.lua")),
             queue_defer: Script::new(source("queue_defer.lua")),
+            queue_reclaim: Script::new(source("queue_reclaim.lua")),
+            queue_prune_consumers: Script::new(source("queue_prune_consumers.lua")),
             kv_cas: Script::new(source("kv_cas.lua")),
             lock_acquire: Script::new(source("lock_acquire.lua")),
             lock_release: Script::new(source("lock_release.lua")),
@@ -227,6 +241,7 @@ mod tests {
             }
             "queue_replay.lua" => vec![queue(false).dead, queue(false).stream],
             "queue_defer.lua" => vec![queue(true).stream, queue(true).delayed],
+            "queue_reclaim.lua" | "queue_prune_consumers.lua" => vec![queue(false).stream],
             _ => return None,
         })
     }

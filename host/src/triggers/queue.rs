@@ -12,8 +12,13 @@
 //!   timestamps — atomically, in one script;
 //! - messages delivered more than `visibility-timeout` ago and still not
 //!   acknowledged (their consumer crashed or hangs) are taken over with
-//!   `XAUTOCLAIM`; each lost delivery counts as an attempt, so a message that
-//!   keeps crashing its consumer still ends in the dead letters;
+//!   `XAUTOCLAIM`; each lost delivery counts as an attempt, and a message
+//!   whose consumer died or stalled during its last allowed attempt goes to
+//!   the dead letters without running again (a poison message that kills
+//!   every host that runs it stops after `max-attempts`);
+//! - consumers of the group idle for [`dead_consumer_idle`] and holding no
+//!   pending messages (processes that died or stopped; each process joins
+//!   under a name of its own) are removed from the group;
 //! - delayed messages and retries move into the stream when due (checked
 //!   every [`PROMOTE_EVERY`]: a delay is honoured to within that period);
 //! - with `rate-limit`, each message is checked against the plugin's limiter
@@ -25,7 +30,9 @@
 //!
 //! Set `visibility-timeout` above the plugin's `wall-time` quota: a message
 //! still running when it expires may be taken over by another host and run
-//! twice (this host never starts a message it is already running).
+//! twice, or, if that was its last attempt, be moved to the dead letters
+//! while it still runs (this host never starts a message it is already
+//! running).
 //!
 //! Delivery is at least once: a message is acknowledged only after its
 //! handler succeeded. On shutdown a consumer stops reading, waits for the
@@ -53,6 +60,49 @@ pub const PROMOTE_EVERY: Duration = Duration::from_millis(100);
 
 /// How long one `XREADGROUP` blocks.
 const BLOCK: Duration = Duration::from_millis(500);
+
+/// Reads failed in a row after which a consumer opens a new read
+/// connection (about 3 s of backoff). redis-rs's Cluster client may stay
+/// without connections for good once it has lost every node at once (all
+/// restarted): a new one starts again from the seed nodes. Standalone
+/// connections reconnect by themselves; a new one costs nothing more.
+const REOPEN_READER_AFTER: u32 = 5;
+
+/// A consumer of the group idle this many visibility timeouts (and at least
+/// [`MIN_DEAD_CONSUMER_IDLE`]) that holds no pending messages is removed
+/// from the group by the live consumers (see [`dead_consumer_idle`]).
+pub const DEAD_CONSUMER_VISIBILITY_TIMEOUTS: u32 = 10;
+
+/// The shortest idle time after which a consumer may be removed.
+pub const MIN_DEAD_CONSUMER_IDLE: Duration = Duration::from_secs(10);
+
+/// How long a consumer of the group must have been idle, holding no
+/// pending messages, before the live consumers remove it:
+/// [`DEAD_CONSUMER_VISIBILITY_TIMEOUTS`] × `visibility-timeout`, at least
+/// [`MIN_DEAD_CONSUMER_IDLE`].
+///
+/// Each `redloom serve` process joins the group under a name of its own
+/// (see [`consumer_identity`]), so a restart, a crash or a retired host
+/// leaves its consumer behind; without this the group would list every
+/// process that ever ran. The bound is generous because it only needs to
+/// tell the dead from the living: a live consumer touches the group at
+/// least every [`BLOCK`] while it has a free slot, and one whose slots are
+/// all busy holds their messages pending, which keeps it. A consumer with
+/// pending messages is never removed (its messages are reclaimed first),
+/// and removing one that was alive after all costs nothing: its next read
+/// joins the group again.
+pub fn dead_consumer_idle(visibility_timeout: Duration) -> Duration {
+    visibility_timeout
+        .saturating_mul(DEAD_CONSUMER_VISIBILITY_TIMEOUTS)
+        .max(MIN_DEAD_CONSUMER_IDLE)
+}
+
+/// How often a consumer looks for dead ones: a tenth of
+/// [`dead_consumer_idle`], within 1 s to 60 s.
+fn prune_every(visibility_timeout: Duration) -> Duration {
+    (dead_consumer_idle(visibility_timeout) / 10)
+        .clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
 
 /// A running consumer.
 pub struct Consumer {
@@ -130,6 +180,16 @@ pub async fn stop(consumers: Vec<Consumer>, deadline: Duration) {
 
 /// `<hostname>-<pid>-<n>`: unique per host (several hosts may share a
 /// process, as in tests), stable while it runs.
+///
+/// A new name per process, not one kept across restarts: a name derived
+/// from the machine would be shared by two processes on one machine (or
+/// two containers with one hostname), and one kept in the data folder by
+/// two processes sharing it, which hides one's death behind the other's
+/// reads and makes "my own pending messages" ambiguous; orchestrators
+/// also rename a restarted instance anyway. So names are never reused,
+/// and the names of dead processes are removed instead (see
+/// [`dead_consumer_idle`]). What a dead process held is taken over by
+/// reclaim either way: nothing depends on a restart reusing a name.
 fn consumer_identity() -> String {
     static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "host".into());
@@ -161,7 +221,8 @@ async fn run(mut r: Run) {
         limit: r.limit.take(),
     });
     // Delayed messages and retries are promoted on their own clock, so a
-    // blocking read does not hold them back.
+    // blocking read does not hold them back; dead consumers are removed on
+    // the same clock, less often.
     let promoter = {
         let (host, keys, plugin, queue) = (
             r.host.clone(),
@@ -169,11 +230,33 @@ async fn run(mut r: Run) {
             r.plugin.clone(),
             r.queue.clone(),
         );
+        let (group, consumer) = (r.config.group.clone(), r.consumer.clone());
+        let idle = dead_consumer_idle(r.config.visibility_timeout);
+        let every = prune_every(r.config.visibility_timeout);
         let mut stopped = r.stopped.clone();
         tokio::spawn(async move {
+            let mut last_prune: Option<Instant> = None;
             while !*stopped.borrow() {
                 if let Err(e) = host.redis().queue_promote(&keys, 1000).await {
                     tracing::warn!(%plugin, %queue, "cannot move delayed messages: {e}");
+                }
+                if last_prune.is_none_or(|at| at.elapsed() >= every) {
+                    last_prune = Some(Instant::now());
+                    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+                    match host
+                        .redis()
+                        .queue_prune_consumers(&keys, &group, &consumer, idle_ms)
+                        .await
+                    {
+                        Ok(removed) if !removed.is_empty() => tracing::info!(
+                            %plugin, %queue, ?removed,
+                            "removed consumers idle for {idle:?} with nothing pending"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(%plugin, %queue, "cannot remove dead consumers: {e}")
+                        }
+                    }
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(PROMOTE_EVERY) => {}
@@ -182,8 +265,12 @@ async fn run(mut r: Run) {
             }
         })
     };
-    let mut last_reclaim = Instant::now() - r.config.visibility_timeout;
+    // None: reclaim at once. (Not `now - visibility-timeout`: an `Instant`
+    // before the clock's origin, e.g. a timeout longer than the machine's
+    // uptime, panics.)
+    let mut last_reclaim: Option<Instant> = None;
     let mut backoff = Duration::from_millis(100);
+    let mut failed_reads = 0u32;
     while !*r.stopped.borrow() {
         // Wait for a free slot before taking messages off the queue: woken
         // the moment a message finishes (polling here added up to its
@@ -199,8 +286,9 @@ async fn run(mut r: Run) {
             break;
         }
         let batch = free.min(r.config.batch as usize);
-        let read = if last_reclaim.elapsed() >= r.config.visibility_timeout / 4 {
-            last_reclaim = Instant::now();
+        let read = if last_reclaim.is_none_or(|at| at.elapsed() >= r.config.visibility_timeout / 4)
+        {
+            last_reclaim = Some(Instant::now());
             r.reader
                 .queue_reclaim(
                     &r.keys,
@@ -213,8 +301,11 @@ async fn run(mut r: Run) {
                 .map(|v| {
                     v.into_iter()
                         .map(|(e, deliveries)| {
-                            let attempt = e.attempt + deliveries.saturating_sub(1);
-                            (e, attempt)
+                            // Each delivery before this one was lost (its
+                            // consumer died or stalled): an attempt used.
+                            let lost = deliveries.saturating_sub(1);
+                            let attempt = e.attempt.saturating_add(lost);
+                            (e, attempt, lost)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -236,11 +327,12 @@ async fn run(mut r: Run) {
             match read {
                 Ok(v) => {
                     backoff = Duration::from_millis(100);
+                    failed_reads = 0;
                     entries = v
                         .into_iter()
                         .map(|e| {
                             let a = e.attempt;
-                            (e, a)
+                            (e, a, 0)
                         })
                         .collect();
                 }
@@ -248,6 +340,15 @@ async fn run(mut r: Run) {
                     tracing::warn!(plugin = %r.plugin, queue = %r.queue, "cannot read: {e}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    failed_reads += 1;
+                    if failed_reads.is_multiple_of(REOPEN_READER_AFTER) {
+                        match r.host.redis().dedicated().await {
+                            Ok(reader) => r.reader = reader,
+                            Err(e) => {
+                                tracing::warn!(plugin = %r.plugin, queue = %r.queue, "cannot open a new read connection: {e}")
+                            }
+                        }
+                    }
                     // The group may be gone (Redis restarted without data).
                     let _ = r
                         .host
@@ -258,7 +359,7 @@ async fn run(mut r: Run) {
                 }
             }
         }
-        for (entry, attempt) in entries {
+        for (entry, attempt, lost) in entries {
             if !shared
                 .running
                 .lock()
@@ -271,7 +372,7 @@ async fn run(mut r: Run) {
             let shared = shared.clone();
             tokio::spawn(async move {
                 let entry_id = entry.entry_id.clone();
-                shared.process(entry, attempt).await;
+                shared.process(entry, attempt, lost).await;
                 shared
                     .running
                     .lock()
@@ -299,7 +400,30 @@ struct Shared {
 }
 
 impl Shared {
-    async fn process(&self, entry: Entry, attempt: u32) {
+    /// Runs attempt `attempt` of a message whose previous `lost`
+    /// deliveries were lost (0 unless it was reclaimed).
+    async fn process(&self, entry: Entry, attempt: u32, lost: u32) {
+        let max = match entry.max_attempts {
+            0 => self.config.max_attempts,
+            own => own,
+        };
+        if lost > 0 && attempt > max {
+            // Its consumer died or stalled during its last allowed attempt
+            // (each lost delivery counted as one): running it again would
+            // pass `max-attempts`, and a message that kills every host
+            // that runs it would never stop. Dead letters, not run.
+            let error = lost_error(
+                &entry.error,
+                attempt,
+                lost,
+                max,
+                self.config.visibility_timeout,
+            );
+            tracing::warn!(plugin = %self.plugin, queue = %self.queue, id = %entry.id, "{error}");
+            return self
+                .fail(&entry.entry_id, &entry.id, attempt - 1, error)
+                .await;
+        }
         let headers: Vec<(String, String)> =
             serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&entry.headers)
                 .map(|m| {
@@ -407,8 +531,29 @@ impl Shared {
             self.config.backoff.as_secs_f64() * 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
         let capped = base.min(self.config.max_backoff.as_secs_f64());
         let jitter = (RandomState::new().hash_one((id, attempt)) % 1000) as f64 / 1000.0 + 0.5;
-        Duration::from_secs_f64(capped * jitter)
+        // `try_`: a huge `max-backoff` times the jitter overflows a Duration.
+        Duration::try_from_secs_f64(capped * jitter).unwrap_or(self.config.max_backoff)
     }
+}
+
+/// The dead letter's error for a message whose last `lost` deliveries were
+/// lost (attempts `attempt - lost` to `attempt - 1` of `max`); `before` is
+/// the error of the attempt before those, if one failed.
+fn lost_error(before: &str, attempt: u32, lost: u32, max: u32, visibility: Duration) -> String {
+    let (first, last) = (attempt - lost, attempt - 1);
+    let which = if first == last {
+        format!("attempt {last} of {max}")
+    } else {
+        format!("each of attempts {first} to {last} of {max}")
+    };
+    let mut error = format!(
+        "its consumer died or stalled during {which} (not acknowledged within the \
+         visibility timeout of {visibility:?}); not run again"
+    );
+    if !before.is_empty() {
+        error.push_str(&format!("; the attempt before failed: {before}"));
+    }
+    error
 }
 
 /// Most limiter keys whose deferral schedule a consumer remembers; past
@@ -590,6 +735,37 @@ mod tests {
         assert_eq!(l.due_in("b", ms(10), now), ms(10));
         let later = now + Duration::from_secs(5);
         assert_eq!(l.due_in("a", ms(20), later), ms(20));
+    }
+
+    /// A dead consumer is one idle ten visibility timeouts, never less
+    /// than 10 s (nor overflowing); it is looked for ten times as often,
+    /// within 1-60 s.
+    #[test]
+    fn dead_consumer_bounds() {
+        let s = Duration::from_secs;
+        assert_eq!(dead_consumer_idle(s(30)), s(300));
+        assert_eq!(dead_consumer_idle(Duration::from_millis(100)), s(10));
+        assert_eq!(dead_consumer_idle(Duration::MAX), Duration::MAX);
+        assert_eq!(prune_every(s(30)), s(30));
+        assert_eq!(prune_every(Duration::from_millis(100)), s(1));
+        assert_eq!(prune_every(Duration::MAX), s(60));
+    }
+
+    /// The dead letter of a message whose deliveries were lost says which
+    /// attempts, why, and the error before them.
+    #[test]
+    fn lost_deliveries_error() {
+        let e = lost_error("", 4, 3, 3, Duration::from_secs(30));
+        assert_eq!(
+            e,
+            "its consumer died or stalled during each of attempts 1 to 3 of 3 (not acknowledged \
+             within the visibility timeout of 30s); not run again"
+        );
+        let e = lost_error("boom", 5, 1, 4, Duration::from_secs(1));
+        assert!(
+            e.contains("during attempt 4 of 4") && e.ends_with("; the attempt before failed: boom"),
+            "{e}"
+        );
     }
 
     /// Each rate policy's interval is its period over its count.

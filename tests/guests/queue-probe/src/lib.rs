@@ -3,8 +3,9 @@
 //! invoke: a JSON object `{"queue": Q, "payloads": [..], "delay_ms"?: n,
 //! "dedupe"?: id, "dedupe_window_ms"?: n, "max_attempts"?: n,
 //! "headers"?: {name: value}}` enqueues
-//! each payload and returns the ids as a JSON array (`"full"` for a refused
-//! one).
+//! each payload and returns the ids as a JSON array. A refused one (a full
+//! queue) is swallowed as `"full"`, but the refusal is a quota breach, so
+//! the host fails the invocation anyway.
 //!
 //! queue handler, by payload:
 //! - `ok...`: `INCR done:<id>`, `INCR done-total`;
@@ -14,15 +15,22 @@
 //! - `hold-KEY`: waits until the kv key KEY exists (polling every 10 ms, at
 //!   most 50 s, then fails), then succeeds: a test holds the message
 //!   running until it says so;
+//! - `sleep-MS`: sleeps MS milliseconds (no CPU), then succeeds;
 //! - `durable`: only enqueues the job's id on the queue `done-log`.
 //!
 //! Every delivery but a `durable` one also does `INCR attempts:<id>` and
 //! records its time in `at:<id>:<attempt>`.
+//!
+//! http: `POST /enqueue/Q` enqueues the body on queue `Q` and answers 200
+//! with the id, or, when the enqueue fails, still 200 with `refused:
+//! KIND transient=BOOL` (a plugin that swallows the error: the host must
+//! not let that answer out when the error was a quota breach).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use redloom_sdk::http::{Request, Response};
 use redloom_sdk::queue::{self, EnqueueOptions, Job};
-use redloom_sdk::{Error, Invoke, OnJob, Result, kv};
+use redloom_sdk::{Error, Http, Invoke, OnJob, Result, kv};
 use serde_json::Value;
 
 struct Probe;
@@ -92,6 +100,8 @@ impl OnJob for Probe {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
+        } else if let Some(ms) = payload.strip_prefix("sleep-") {
+            std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
         } else if let Some(ms) = payload.strip_prefix("slow-") {
             let until = Instant::now() + Duration::from_millis(ms.parse().unwrap_or(0));
             while Instant::now() < until {
@@ -104,4 +114,21 @@ impl OnJob for Probe {
     }
 }
 
-redloom_sdk::export!(Probe => [invoke, queue]);
+impl Http for Probe {
+    fn handle(request: Request) -> Result<Response> {
+        let Some(q) = request.path.strip_prefix("/enqueue/") else {
+            return Ok(Response::text(404, "probe: no such path"));
+        };
+        Ok(
+            match queue::enqueue(q, request.body.as_slice(), EnqueueOptions::default()) {
+                Ok(id) => Response::text(200, id),
+                Err(e) => Response::text(
+                    200,
+                    format!("refused: {} transient={}", e.kind(), e.is_transient()),
+                ),
+            },
+        )
+    }
+}
+
+redloom_sdk::export!(Probe => [invoke, queue, http]);
