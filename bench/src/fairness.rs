@@ -32,6 +32,8 @@ pub const VICTIM_RATE: u32 = 20;
 /// The row.
 #[derive(Debug, Clone, Serialize)]
 pub struct Fairness {
+    /// Concurrent clients of the CPU-bound plugin.
+    pub hog_clients: usize,
     pub victim_requests: usize,
     pub alone_p50_ms: f64,
     pub alone_p99_ms: f64,
@@ -133,6 +135,7 @@ pub async fn measure(
         l[rank - 1].as_secs_f64() * 1000.0
     };
     Ok(Fairness {
+        hog_clients,
         victim_requests: loaded.latencies.len(),
         alone_p50_ms: pct(&alone.latencies, 0.50),
         alone_p99_ms: pct(&alone.latencies, 0.99),

@@ -166,6 +166,9 @@ struct Plan {
     in_flight: usize,
     source_runs: usize,
     cached_runs: usize,
+    /// Each phase of the noisy-neighbour measurement, and its hog clients.
+    fairness: Duration,
+    hog_clients: usize,
 }
 
 impl Plan {
@@ -185,6 +188,8 @@ impl Plan {
             in_flight,
             source_runs,
             cached_runs,
+            fairness: Duration::from_secs(if cli.quick { 1 } else { 10 }),
+            hog_clients: if cli.quick { 50 } else { fairness::HOG_CLIENTS },
         }
     }
 
@@ -278,6 +283,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     let probe = std::fs::canonicalize(&probe)?;
+    let wasm_dir_abs = std::fs::canonicalize(&wasm_dir)?;
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
 
     // The JavaScript and Python examples compile for seconds when the host
@@ -385,6 +391,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )
     .await?;
 
+    // Last: it floods a server of its own with CPU-bound requests.
+    eprintln!("redloom-bench: noisy neighbour");
+    let fairness = fairness::measure(
+        &wasm_dir_abs,
+        &url,
+        &data_dir.join("fairness"),
+        plan.fairness,
+        plan.hog_clients,
+    )
+    .await
+    .context("the noisy-neighbour measurement")?;
+
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(&mut admin)
@@ -400,7 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     drop(b);
     server.stop().await;
 
-    let targets = targets(&patterns, &overhead, &cold_start);
+    let targets = targets(&patterns, &overhead, &cold_start, &fairness);
     let report = Report {
         schema: report::SCHEMA,
         mode: if cli.quick { "quick" } else { "full" },
@@ -420,6 +438,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cold_start_skipped,
         memory,
         scaling,
+        fairness,
         targets,
         total_seconds: started.elapsed().as_secs_f64(),
     };
@@ -686,7 +705,12 @@ fn cold_start_subjects(
 }
 
 /// The targets, checked against this run.
-fn targets(patterns: &[PatternRow], o: &Overhead, cold: &[coldstart::ColdStart]) -> Vec<Target> {
+fn targets(
+    patterns: &[PatternRow],
+    o: &Overhead,
+    cold: &[coldstart::ColdStart],
+    fairness: &fairness::Fairness,
+) -> Vec<Target> {
     let mut t = Vec::new();
     for p in patterns {
         let limit = if p.concurrency >= 32 { 0.9 } else { 0.8 };
@@ -718,6 +742,15 @@ fn targets(patterns: &[PatternRow], o: &Overhead, cold: &[coldstart::ColdStart])
             10.0,
         ));
     }
+    t.push(Target::at_most(
+        format!(
+            "noisy neighbour: {} req/s victim p99 with {} hog clients, ms",
+            fairness::VICTIM_RATE,
+            fairness.hog_clients
+        ),
+        fairness.loaded_p99_ms,
+        20.0,
+    ));
     t
 }
 

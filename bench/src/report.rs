@@ -32,6 +32,8 @@ pub struct Report {
     pub cold_start_skipped: Vec<String>,
     pub memory: Memory,
     pub scaling: Vec<ScalingRow>,
+    /// The noisy neighbour: a light plugin's latency beside a CPU hog.
+    pub fairness: crate::fairness::Fairness,
     pub targets: Vec<Target>,
     pub total_seconds: f64,
 }
@@ -320,7 +322,36 @@ pub fn markdown(r: &Report) -> String {
             us(x.native.p99_us)
         );
     }
-    let _ = writeln!(s, "\nTargets (issue 12)\n");
+    let f = &r.fairness;
+    let _ = writeln!(
+        s,
+        "\nNoisy neighbour (`redloom serve`; victim: {} req/s of `GET /incr` with one Redis increment each; hog: {} clients in a closed loop of {} ms CPU-bound requests, quotas concurrency 8, queue 64)\n",
+        crate::fairness::VICTIM_RATE,
+        f.hog_clients,
+        crate::fairness::HOG_BURN_MS
+    );
+    let _ = writeln!(
+        s,
+        "| victim | requests | p50 | p99 | max | failed | hog served | hog turned away |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| alone | | {:.1} ms | {:.1} ms | {:.1} ms | | | |",
+        f.alone_p50_ms, f.alone_p99_ms, f.alone_max_ms
+    );
+    let _ = writeln!(
+        s,
+        "| beside the hog | {} | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} | {} |",
+        f.victim_requests,
+        f.loaded_p50_ms,
+        f.loaded_p99_ms,
+        f.loaded_max_ms,
+        f.victim_failures,
+        f.hog_served,
+        f.hog_rejected
+    );
+    let _ = writeln!(s, "\nTargets (issues 12 and 17)\n");
     let _ = writeln!(s, "| target | measured | limit | met |");
     let _ = writeln!(s, "|---|---:|---:|---|");
     for t in &r.targets {

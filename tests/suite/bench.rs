@@ -101,7 +101,7 @@ fn checker_rejects_broken_reports() {
     let good = sample_report();
     assert_eq!(check_report(&good), Ok(()), "the sample report is sane");
     type Breakage = (&'static str, fn(&mut Value));
-    let breakages: [Breakage; 8] = [
+    let breakages: [Breakage; 10] = [
         ("a missing pattern row", |r| {
             r["patterns"].as_array_mut().unwrap().pop();
         }),
@@ -122,6 +122,12 @@ fn checker_rejects_broken_reports() {
         }),
         ("reuse not faster than a fresh instance", |r| {
             r["instance_reuse"][0]["ratio"] = 0.9.into()
+        }),
+        ("no noisy-neighbour row", |r| {
+            r.as_object_mut().unwrap().remove("fairness");
+        }),
+        ("a hog that was never served", |r| {
+            r["fairness"]["hog_served"] = 0.into()
         }),
         ("python neither measured nor skipped for reuse", |r| {
             r["instance_reuse_skipped"].as_array_mut().unwrap().pop();
@@ -156,6 +162,7 @@ fn check_report(r: &Value) -> Result<(), Vec<String>> {
         "cold_start",
         "memory",
         "scaling",
+        "fairness",
         "targets",
     ] {
         if r[section].is_null() {
@@ -186,6 +193,23 @@ fn check_report(r: &Value) -> Result<(), Vec<String>> {
                 &mut bad,
             );
         }
+    }
+
+    let f = &r["fairness"];
+    for phase in ["alone", "loaded"] {
+        let at = |p: &str| f[format!("{phase}_{p}_ms")].as_f64().unwrap_or(f64::NAN);
+        let (p50, p99, max) = (at("p50"), at("p99"), at("max"));
+        if !(p50 > 0.0 && p50 <= p99 && p99 <= max) {
+            bad(format!(
+                "noisy neighbour {phase}: p50 {p50}, p99 {p99}, max {max}"
+            ));
+        }
+    }
+    if f["victim_requests"].as_u64().unwrap_or(0) == 0 || f["hog_served"].as_u64().unwrap_or(0) == 0
+    {
+        bad(format!(
+            "noisy neighbour: no victim or no hog request served: {f}"
+        ));
     }
 
     let o = &r["overhead"];
@@ -370,6 +394,10 @@ fn sample_report() -> Value {
                    "loaded": LOADED.iter().map(|n| serde_json::json!({"plugins": n, "rss_mib": 40.0, "delta_mib": 10.0, "per_plugin_kib": 100.0})).collect::<Vec<_>>(),
                    "in_flight": {"instances": 8, "before_mib": 40.0, "during_mib": 41.0, "per_instance_kib": 128.0}},
         "scaling": SCALING_CONCURRENCY.iter().map(|c| serde_json::json!({"concurrency": c, "plugin": stats, "native": stats, "ratio": 1.0})).collect::<Vec<_>>(),
+        "fairness": {"hog_clients": 50, "victim_requests": 20,
+                     "alone_p50_ms": 1.0, "alone_p99_ms": 2.0, "alone_max_ms": 2.0,
+                     "loaded_p50_ms": 1.5, "loaded_p99_ms": 3.0, "loaded_max_ms": 4.0,
+                     "hog_served": 100, "hog_rejected": 10, "victim_failures": 0},
         "targets": targets,
     })
 }
