@@ -485,7 +485,7 @@ async fn heavy_runtimes_stop_at_wall_time() {
             let mut s = lang_spec(name, probe);
             // Below the 2 s CPU quota, so the wall clock is what ends it.
             s.quotas.wall_time = Duration::from_millis(500);
-            s.reuse_instances = 4;
+            s.isolation = redloom::config::Isolation::pooled(4);
             let p = load(&host, s).await;
 
             let started = Instant::now();
@@ -522,7 +522,7 @@ async fn heavy_runtime_reuse_and_typed_errors() {
         let host = lang_host(&redis).await;
         for (name, probe) in [("reuse-js", &PROBE_JS), ("reuse-py", &PROBE_PY)] {
             let mut s = lang_spec(name, probe);
-            s.reuse_instances = 3;
+            s.isolation = redloom::config::Isolation::pooled(3);
             let p = load(&host, s).await;
             let mut seen = Vec::new();
             for _ in 0..4 {
@@ -622,7 +622,11 @@ async fn instance_reuse_costs() {
             for reuse in [0, 16] {
                 let mut s = base.clone();
                 s.name = PluginName::parse(&format!("{}-{reuse}", base.name)).unwrap();
-                s.reuse_instances = reuse;
+                s.isolation = if reuse > 1 {
+                    redloom::config::Isolation::pooled(reuse)
+                } else {
+                    redloom::config::Isolation::PerCall
+                };
                 let p = load(&host, s).await;
                 // Warm up (first instance, page faults).
                 host.invoke(p.name(), input).await.unwrap();
