@@ -632,15 +632,7 @@ impl Plugin {
     ) -> Result<Reply, InvokeError> {
         let quotas = self.context.quotas;
         let input_len = call.input_len();
-        if input_len as u64 > quotas.max_input {
-            return Err(self.quota(
-                Quota::Payload,
-                format!(
-                    "input is {input_len} bytes; max-input is {}",
-                    quotas.max_input
-                ),
-            ));
-        }
+        self.within("input", input_len, quotas.max_input)?;
         let exported = match call {
             Call::Invoke(_) => self.handlers.invoke.is_some(),
             Call::Http(_) => self.handlers.http.is_some(),
@@ -706,16 +698,7 @@ impl Plugin {
             }
             Ok(Ok(reply)) => reply,
         };
-        let output_len = reply.output_len();
-        if output_len as u64 > quotas.max_output {
-            return Err(self.quota(
-                Quota::Payload,
-                format!(
-                    "output is {output_len} bytes; max-output is {}",
-                    quotas.max_output
-                ),
-            ));
-        }
+        self.within("output", reply.output_len(), quotas.max_output)?;
         warm.uses += 1;
         self.give_back(warm);
         Ok(reply)
@@ -903,6 +886,18 @@ impl Plugin {
             ))
         });
         store
+    }
+
+    /// The `payload` quota: `what` (input or output) of `len` bytes against
+    /// its `max-<what>` of `max`.
+    fn within(&self, what: &str, len: usize, max: u64) -> Result<(), InvokeError> {
+        if len as u64 > max {
+            return Err(self.quota(
+                Quota::Payload,
+                format!("{what} is {len} bytes; max-{what} is {max}"),
+            ));
+        }
+        Ok(())
     }
 
     fn quota(&self, quota: Quota, detail: String) -> InvokeError {
