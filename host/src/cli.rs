@@ -12,7 +12,7 @@ use crate::config::{self, Config};
 use crate::engine::{Runtime, RuntimeOptions};
 use crate::host::{Host, HostInvokeError, HostOptions, StartupError};
 use crate::namespace::PluginName;
-use crate::plugin::{InvokeError, Plugin, PluginSpec};
+use crate::plugin::{InvokeError, LoadError, Plugin, PluginSpec};
 use crate::redis::RedisTarget;
 use crate::serve::{ServeError, Server};
 use std::sync::Arc;
@@ -277,11 +277,22 @@ impl From<StartupError> for Failure {
     }
 }
 
-impl From<crate::plugin::LoadError> for Failure {
-    fn from(e: crate::plugin::LoadError) -> Failure {
-        Failure::new(exit::LOAD, e)
+impl From<LoadError> for Failure {
+    fn from(e: LoadError) -> Failure {
+        let quota = matches!(
+            &e,
+            LoadError::Start {
+                source: InvokeError::Quota { .. },
+                ..
+            }
+        );
+        let f = Failure::new(exit::LOAD, e);
+        if quota { f.hint(QUOTA_HINT) } else { f }
     }
 }
+
+/// What to do when a plugin breaks a quota, starting or running.
+const QUOTA_HINT: &str = "raise the quota under [plugins.NAME.quotas] in redloom.toml";
 
 /// Parses the command line, runs the command, and returns the exit code.
 pub fn main() -> u8 {
@@ -524,9 +535,7 @@ async fn invoke(
         result.map_err(|e| {
             let f = Failure::new(exit::PLUGIN_FAILED, &e);
             match e {
-                HostInvokeError::Invoke(InvokeError::Quota { .. }) => {
-                    f.hint("raise the quota under [plugins.NAME.quotas] in redloom.toml")
-                }
+                HostInvokeError::Invoke(InvokeError::Quota { .. }) => f.hint(QUOTA_HINT),
                 _ => f,
             }
         })
@@ -581,7 +590,10 @@ async fn check(wasm: &Path, options: &HostOptions) -> Result<(), Failure> {
     plugin
         .probe(None)
         .await
-        .map_err(|e| Failure::new(exit::LOAD, e))?;
+        .map_err(|source| LoadError::Start {
+            path: wasm.to_path_buf(),
+            source,
+        })?;
     let r = plugin.report();
     let handlers = plugin.handlers().names();
     let capabilities: Vec<&str> = r

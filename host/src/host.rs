@@ -242,9 +242,9 @@ impl Host {
         plugin
             .probe(Some(redis.clone()))
             .await
-            .map_err(|e| LoadError::Invalid {
+            .map_err(|source| LoadError::Start {
                 path: path.clone(),
-                reason: e.to_string(),
+                source,
             })?;
         check(&plugin).map_err(|reason| LoadError::Config { path, reason })?;
         // Start from the last measurement of its Redis memory (`serve`

@@ -113,6 +113,10 @@ pub enum LoadError {
     Config { path: PathBuf, reason: String },
     #[error("{path} is not a valid component: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    /// The trial instantiation at load ([`Plugin::probe`]) failed: the
+    /// component is valid, but starting it trapped or broke a quota.
+    #[error("{path} could not start: {source}")]
+    Start { path: PathBuf, source: InvokeError },
     #[error(
         "{path} cannot run in this host: {reason} (redloom provides the {WIT_PACKAGE} interfaces \
          of world `imports` — kv, log, config, lock, limiter, cache, pubsub, queue, outbound-http \
@@ -525,14 +529,22 @@ impl Plugin {
     /// Instantiates once and type-checks every exported handler, without
     /// calling any. `redis` may be `None` (as in `redloom check`): the
     /// instance never reaches a capability during instantiation.
+    ///
+    /// Instantiation is charged to the `cpu` quota as in every call, by the
+    /// thread's own CPU clock ([`CpuMeter::precise`]: time this thread sits
+    /// preempted on a busy machine is not the plugin's) and checked once
+    /// more at the end, so a plugin that cannot even start within its quota
+    /// fails here and not at every call.
     pub async fn probe(&self, redis: Option<Redis>) -> Result<(), InvokeError> {
         let mut store = self.new_store(redis);
-        let cpu = store.data().cpu.clone();
+        let cpu = Arc::new(CpuMeter::precise());
+        store.data_mut().cpu = cpu.clone();
         let instance = Metered::new(std::pin::pin!(self.pre.instantiate_async(&mut store)), &cpu)
             .await
             .map_err(|e| self.instantiate_error(e))?;
         self.load_guests(&mut store, &instance)
             .map_err(|e| self.instantiate_error(e))?;
+        check_cpu(store.data()).map_err(|e| self.instantiate_error(e))?;
         Ok(())
     }
 

@@ -140,6 +140,8 @@ pub struct CpuMeter {
     since_ns: AtomicU64,
     /// Whether the running poll is measured by the thread's CPU clock.
     thread_clock: std::sync::atomic::AtomicBool,
+    /// Every poll is measured by the thread's CPU clock, wherever it runs.
+    precise: bool,
 }
 
 impl Default for CpuMeter {
@@ -149,6 +151,7 @@ impl Default for CpuMeter {
             used_ns: AtomicU64::new(0),
             since_ns: AtomicU64::new(u64::MAX),
             thread_clock: Default::default(),
+            precise: false,
         }
     }
 }
@@ -165,6 +168,18 @@ fn thread_cpu_ns() -> u64 {
 }
 
 impl CpuMeter {
+    /// A meter that reads the thread's CPU clock on every thread, so time
+    /// the thread spends preempted is never charged. For one-off calls
+    /// where a clock read costs nothing that matters: a load's trial
+    /// instantiation ([`crate::plugin::Plugin::probe`]) must not fail
+    /// because the machine was busy.
+    pub fn precise() -> CpuMeter {
+        CpuMeter {
+            precise: true,
+            ..CpuMeter::default()
+        }
+    }
+
     /// The clock a poll is measured with. On the normal threads, the wall
     /// clock (cheap: a poll there is short, and its thread is rarely
     /// preempted). On the background runtime's threads, the thread's own
@@ -180,7 +195,7 @@ impl CpuMeter {
 
     /// A poll starts (on this thread).
     pub fn start(&self) {
-        let thread_clock = crate::engine::on_background();
+        let thread_clock = self.precise || crate::engine::on_background();
         self.thread_clock.store(thread_clock, Ordering::Relaxed);
         self.since_ns
             .store(self.now(thread_clock), Ordering::Relaxed);
@@ -202,8 +217,11 @@ impl CpuMeter {
         let mut ns = self.used_ns.load(Ordering::Relaxed);
         let since = self.since_ns.load(Ordering::Relaxed);
         let thread_clock = self.thread_clock.load(Ordering::Relaxed);
-        // A thread CPU clock reads only on the thread that started it.
-        if since != u64::MAX && (!thread_clock || crate::engine::on_background()) {
+        // A thread CPU clock reads only on the thread that started it: a
+        // precise meter is read mid-poll by the epoch callback, on that
+        // thread; an ordinary one's thread clock runs only on background
+        // threads.
+        if since != u64::MAX && (!thread_clock || self.precise || crate::engine::on_background()) {
             ns += self.now(thread_clock).saturating_sub(since);
         }
         Duration::from_nanos(ns)
@@ -804,5 +822,31 @@ mod tests {
         );
         m.reset();
         assert_eq!(m.used(), Duration::ZERO);
+    }
+
+    /// A precise meter charges the thread's CPU, not the time it is off
+    /// the CPU: a poll that sleeps (as a preempted thread would) for 200 ms
+    /// is charged far less, mid-poll and after it.
+    #[test]
+    fn precise_cpu_meter_charges_no_time_off_the_cpu() {
+        let m = CpuMeter::precise();
+        m.start();
+        std::thread::sleep(Duration::from_millis(200));
+        let mid = m.used();
+        m.stop();
+        let used = m.used();
+        assert!(mid <= used, "{mid:?} mid-poll, then {used:?}");
+        assert!(
+            used < Duration::from_millis(100),
+            "charged {used:?} for a poll that slept 200 ms"
+        );
+        // It still charges CPU actually spent.
+        m.start();
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {
+            std::hint::black_box(0u64);
+        }
+        m.stop();
+        assert!(m.used() > used, "{:?} after spinning", m.used());
     }
 }

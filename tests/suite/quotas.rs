@@ -11,7 +11,7 @@ use redloom::bindings::types::Quota;
 use redloom::config::{Config, Quotas};
 use redloom::host::{Host, HostInvokeError};
 use redloom::namespace::PluginName;
-use redloom::plugin::{InvokeError, PluginSpec};
+use redloom::plugin::{InvokeError, LoadError, PluginSpec};
 use redloom_tests::with_timeout;
 use redloom_tests::{
     RedisServer, get_i64, host, host_options, spec, unique, wait_for, workspace_root,
@@ -742,6 +742,43 @@ async fn table_elements_and_instances_limits() {
         s.quotas.instances = Quotas::default().instances;
         load(&host, s).await;
         assert_eq!(host.invoke(&name("few"), b"burn 0").await.unwrap(), b"done");
+    })
+    .await;
+}
+
+/// Starting a plugin counts against its `cpu` quota: one that cannot even
+/// be instantiated within it is refused at load, with an error that says
+/// it could not start (the component is valid) and which quota it broke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_cannot_start_within_its_cpu_quota_is_refused_at_load() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let data = tempfile::tempdir().unwrap();
+        let host = host(&redis, data.path()).await;
+        let mut s = spec("starved", "kv-probe");
+        // Any instantiation takes more than a nanosecond of thread CPU.
+        s.quotas.cpu = Duration::from_nanos(1);
+        let e = host.load(s).await.err().expect("refused at load");
+        assert!(
+            matches!(
+                &e,
+                LoadError::Start {
+                    source: InvokeError::Quota {
+                        quota: Quota::Cpu,
+                        ..
+                    },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("could not start") && text.contains("exceeded its cpu quota"),
+            "{text}"
+        );
+        assert!(host.plugin(&name("starved")).is_none());
+        load(&host, spec("starved", "kv-probe")).await;
     })
     .await;
 }
