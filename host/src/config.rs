@@ -172,6 +172,9 @@ pub struct PluginConfig {
     /// Named rate-limit policies, from `[plugins.NAME.limiters.POLICY]`.
     pub limiters: crate::limiter::Policies,
     pub triggers: TriggerConfig,
+    /// The cache capability's near cache (`near-cache`,
+    /// `near-cache-max-bytes`; see `near_cache`).
+    pub near_cache: crate::near_cache::NearConfig,
 }
 
 /// The pub/sub, keyspace, timer and queue triggers of one plugin.
@@ -752,6 +755,22 @@ impl Config {
                 check_rate_limit(&name, &limiters, c)
                     .map_err(|(field, m)| at(&format!("{key}.consumers.{q}.{field}"), m))?;
             }
+            let near_cache = crate::near_cache::NearConfig {
+                enabled: p.near_cache.unwrap_or(true),
+                max_bytes: match p.near_cache_max_bytes {
+                    None => crate::near_cache::DEFAULT_MAX_BYTES,
+                    Some(n) if (1..=crate::near_cache::MAX_BYTES_CEILING).contains(&n) => n,
+                    Some(n) => {
+                        return Err(at(
+                            &format!("{key}.near-cache-max-bytes"),
+                            format!(
+                                "{n} is out of range: from 1 to {} bytes (turn the near cache off with near-cache = false)",
+                                crate::near_cache::MAX_BYTES_CEILING
+                            ),
+                        ));
+                    }
+                },
+            };
             if p.reuse_instances > ceilings::REUSE_INSTANCES {
                 return Err(at(
                     &format!("{key}.reuse-instances"),
@@ -777,6 +796,7 @@ impl Config {
                     reuse_instances: p.reuse_instances,
                     quotas,
                     acl: p.acl,
+                    near_cache,
                     limiters,
                     allowed_outbound_hosts: p
                         .allowed_outbound_hosts
@@ -1058,6 +1078,10 @@ struct RawPlugin {
     queue_max_length: Option<u64>,
     #[serde(default)]
     consumers: BTreeMap<String, ConsumerConfig>,
+    #[serde(default)]
+    near_cache: Option<bool>,
+    #[serde(default, deserialize_with = "bytes::option")]
+    near_cache_max_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]

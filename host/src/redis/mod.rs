@@ -24,6 +24,7 @@ pub mod queue;
 pub mod scripts;
 pub mod server;
 pub mod storage;
+pub mod tracking;
 
 pub use limiter::LimiterReply;
 pub use lock::{AcquireReply, LockHolder};
