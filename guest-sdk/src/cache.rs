@@ -189,8 +189,9 @@ impl Policy {
     /// The host keeps fresh hits in memory and drops them when Redis
     /// reports a write of the entry or of one of its tags (by any host or
     /// client), so another client's write is seen within the delivery time
-    /// of that report (under a millisecond on one network; at most 10 s in
-    /// any case, if a report were lost). Writes through the same host are
+    /// of that report (under a millisecond on one network; at most the
+    /// plugin's `near-cache-max-age`, 10 s by default, if a report were
+    /// lost). Writes through the same host are
     /// seen at once. Stale hits, misses and leases always come from Redis.
     /// `near_cache(false)` reads Redis on every lookup.
     pub fn near_cache(mut self, on: bool) -> Policy {

@@ -770,6 +770,19 @@ impl Config {
                         ));
                     }
                 },
+                max_age: match p.near_cache_max_age {
+                    None => crate::near_cache::MAX_AGE,
+                    Some(d) if !d.is_zero() && d <= crate::near_cache::MAX_AGE_CEILING => d,
+                    Some(d) => {
+                        return Err(at(
+                            &format!("{key}.near-cache-max-age"),
+                            format!(
+                                "{d:?} is out of range: above 0 and at most {:?}",
+                                crate::near_cache::MAX_AGE_CEILING
+                            ),
+                        ));
+                    }
+                },
             };
             if p.reuse_instances > ceilings::REUSE_INSTANCES {
                 return Err(at(
@@ -1082,6 +1095,8 @@ struct RawPlugin {
     near_cache: Option<bool>,
     #[serde(default, deserialize_with = "bytes::option")]
     near_cache_max_bytes: Option<u64>,
+    #[serde(default, with = "duration::option")]
+    near_cache_max_age: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -1392,6 +1407,34 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/redloom/redloom.toml"))
+    }
+
+    /// Near-cache settings: on with the defaults unless set; out-of-range
+    /// values name the key.
+    #[test]
+    fn near_cache_settings() {
+        let c = parse("[plugins.a]\nwasm = \"a.wasm\"\n").unwrap();
+        let a = &c.plugins[&PluginName::parse("a").unwrap()];
+        assert_eq!(a.near_cache, crate::near_cache::NearConfig::default());
+        assert!(a.near_cache.enabled);
+        let c = parse(
+            "[plugins.a]\nwasm = \"a.wasm\"\nnear-cache = false\nnear-cache-max-bytes = \"1MiB\"\nnear-cache-max-age = \"2s\"\n",
+        )
+        .unwrap();
+        let a = &c.plugins[&PluginName::parse("a").unwrap()];
+        assert!(!a.near_cache.enabled);
+        assert_eq!(a.near_cache.max_bytes, 1 << 20);
+        assert_eq!(a.near_cache.max_age, Duration::from_secs(2));
+        let e = parse("[plugins.a]\nwasm = \"a.wasm\"\nnear-cache-max-bytes = 0\n").unwrap_err();
+        assert!(
+            e.to_string().contains("plugins.a.near-cache-max-bytes"),
+            "{e}"
+        );
+        let e = parse("[plugins.a]\nwasm = \"a.wasm\"\nnear-cache-max-age = \"2h\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("plugins.a.near-cache-max-age"),
+            "{e}"
+        );
     }
 
     /// A full file parses, paths resolve against its folder and settings become strings.

@@ -14,8 +14,9 @@
 //!   to matter: `delta × beta × `[`XFETCH_SPAN`] before the fresh end
 //!   (`delta`: the time the entry's last fill took). From there every
 //!   lookup goes to Redis, where one of them gets the refresh lease;
-//! - [`MAX_AGE`] after the lookup was sent: the safety net that bounds
-//!   staleness even if an invalidation were lost;
+//! - `near-cache-max-age` (default [`MAX_AGE`]) after the lookup was sent:
+//!   the safety net that bounds staleness even if an invalidation were
+//!   lost;
 //! - an invalidation of its entry key, of its lease or waiter key (a fill
 //!   or refresh started), or of one of its tag keys (`INCR` by
 //!   `invalidate-tag`), from any client — heard through RESP3 broadcast
@@ -54,7 +55,7 @@
 //! before the writer's reply; in practice well under a millisecond on one
 //! network); after an undetected connection loss for at most the heartbeat
 //! plus the response timeout; and in every case never more than
-//! [`MAX_AGE`] after the value was read.
+//! `near-cache-max-age` (default [`MAX_AGE`]) after the value was read.
 
 use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -75,11 +76,15 @@ pub const DEFAULT_MAX_BYTES: u64 = 16 << 20;
 /// every other quota.
 pub const MAX_BYTES_CEILING: u64 = 4 << 30;
 
-/// Longest a near entry is served after its value was read, whatever its
-/// fresh time: the safety net if an invalidation were ever lost while the
-/// tracking connection stayed up. Re-reading a hot key every 10 s costs
-/// nothing measurable.
+/// Default of `near-cache-max-age`: the longest a near entry is served
+/// after its value was read, whatever its fresh time — the safety net if an
+/// invalidation were ever lost while the tracking connection stayed up.
+/// Re-reading a hot key every 10 s costs nothing measurable.
 pub const MAX_AGE: Duration = Duration::from_secs(10);
+
+/// Largest `near-cache-max-age`: an hour of possible staleness is already
+/// more than a safety net should allow.
+pub const MAX_AGE_CEILING: Duration = Duration::from_secs(3600);
 
 /// Bytes counted per entry (and per tag of an entry) beyond its key, value
 /// and tag strings: the hash-map slots, the CLOCK ring slot, the entry
@@ -92,11 +97,13 @@ pub const ENTRY_OVERHEAD: u64 = 160;
 /// one of them takes the refresh lease.
 pub const XFETCH_SPAN: f64 = 3.0;
 
-/// A plugin's near-cache settings (`near-cache`, `near-cache-max-bytes`).
+/// A plugin's near-cache settings (`near-cache`, `near-cache-max-bytes`,
+/// `near-cache-max-age`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NearConfig {
     pub enabled: bool,
     pub max_bytes: u64,
+    pub max_age: Duration,
 }
 
 impl Default for NearConfig {
@@ -104,6 +111,7 @@ impl Default for NearConfig {
         NearConfig {
             enabled: true,
             max_bytes: DEFAULT_MAX_BYTES,
+            max_age: MAX_AGE,
         }
     }
 }
@@ -251,8 +259,9 @@ impl NearCache {
             Arc::new(move |event| shared.on_tracking(event));
         let prefixes = self.prefixes.clone();
         let what = format!("near cache of plugin {}", self.name);
+        let client_name = format!("redloom-near-cache:{}", self.name);
         *task = Some(tokio::spawn(async move {
-            redis.keep_tracking(prefixes, what, sink).await;
+            redis.keep_tracking(prefixes, what, client_name, sink).await;
         }));
     }
 
@@ -320,6 +329,7 @@ impl NearCache {
             keys,
             sent: Instant::now(),
             max_bytes: self.config.max_bytes,
+            max_age: self.config.max_age,
         })
     }
 
@@ -358,6 +368,7 @@ pub struct Pending {
     /// Before the lookup was sent: fresh times count from here.
     sent: Instant,
     max_bytes: u64,
+    max_age: Duration,
 }
 
 impl Pending {
@@ -372,7 +383,7 @@ impl Pending {
         delta_ms: u64,
     ) -> bool {
         let fresh_end = self.sent + Duration::from_millis(fresh_left_ms);
-        let until = fresh_end.min(self.sent + MAX_AGE);
+        let until = fresh_end.min(self.sent + self.max_age);
         let entry_key = self.keys[0].clone();
         let tag_keys = self.keys[1..].to_vec();
         let bytes = ENTRY_OVERHEAD
@@ -564,6 +575,7 @@ mod tests {
             NearConfig {
                 enabled: true,
                 max_bytes,
+                max_age: MAX_AGE,
             },
             vec!["rl:p:cache:".into()],
             "p",
@@ -596,6 +608,7 @@ mod tests {
             keys,
             sent,
             max_bytes: near.config.max_bytes,
+            max_age: near.config.max_age,
         }
     }
 

@@ -74,8 +74,16 @@ pub type TrackingSink = Arc<dyn Fn(Tracking) + Send + Sync>;
 
 impl Redis {
     /// Keeps broadcast tracking of `prefixes` up on every node until the
-    /// future is dropped, reporting to `sink`. `what` names it in the log.
-    pub async fn keep_tracking(&self, prefixes: Vec<String>, what: String, sink: TrackingSink) {
+    /// future is dropped, reporting to `sink`. `what` names it in the log;
+    /// `client_name` is each tracking connection's `CLIENT SETNAME`, so an
+    /// operator can find it in `CLIENT LIST`.
+    pub async fn keep_tracking(
+        &self,
+        prefixes: Vec<String>,
+        what: String,
+        client_name: String,
+        sink: TrackingSink,
+    ) {
         // Which round of connections is current: a disconnection pushed by
         // a connection of an earlier round is not news.
         let round = Arc::new(AtomicU64::new(0));
@@ -84,7 +92,7 @@ impl Redis {
             let n = round.fetch_add(1, Ordering::SeqCst) + 1;
             let lost = Arc::new(tokio::sync::Notify::new());
             match self
-                .track_all(&prefixes, n, &round, &lost, sink.clone())
+                .track_all(&prefixes, &client_name, n, &round, &lost, sink.clone())
                 .await
             {
                 Ok((conns, primaries)) => {
@@ -132,6 +140,7 @@ impl Redis {
     async fn track_all(
         &self,
         prefixes: &[String],
+        client_name: &str,
         n: u64,
         round: &Arc<AtomicU64>,
         lost: &Arc<tokio::sync::Notify>,
@@ -156,6 +165,11 @@ impl Redis {
                 });
             let mut conn = client
                 .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let () = redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(client_name)
+                .query_async(&mut conn)
                 .await?;
             let mut cmd = redis::cmd("CLIENT");
             cmd.arg("TRACKING").arg("ON").arg("BCAST");
