@@ -562,6 +562,7 @@ fn print_stats(s: &crate::stats::Snapshot) {
     eprintln!("near_cache_misses {}", n.misses);
     eprintln!("near_cache_invalidations {}", n.invalidations);
     eprintln!("near_cache_evictions {}", n.evictions);
+    eprintln!("near_cache_tracking_lost {}", n.tracking_lost);
     eprintln!("near_cache_bytes {}", n.bytes);
 }
 

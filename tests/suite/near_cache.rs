@@ -158,6 +158,43 @@ async fn stale_ends(host: &Host, plugin: &str, key: &str, stale: &str, tags: &[&
     visible
 }
 
+/// After a loss of the tracking connection (`lost_before`: the plugin's
+/// `tracking_lost` count before it): waits, looking up another key, until
+/// the loss was noticed and tracking is up again, then looks `key` up
+/// [`AFTERWARDS`] times and fails if `stale` is served — it would be if the
+/// near cache kept its entries through the loss. (Lookups of `key` itself
+/// while waiting could miss and write its lease, whose invalidation would
+/// hide a kept entry.)
+async fn never_stale_after_reconnect(
+    host: &Host,
+    plugin: &str,
+    key: &str,
+    stale: &str,
+    lost_before: u64,
+) {
+    let started = Instant::now();
+    let canary = unique("canary");
+    loop {
+        let s = near(host, plugin);
+        if s.tracking_lost > lost_before && s.serving {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "tracking was not lost and back within {PATIENCE:?}: {s:?}"
+        );
+        lookup(host, plugin, &canary, json!({})).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..AFTERWARDS {
+        let r = lookup(host, plugin, key, json!({})).await;
+        assert!(
+            !is_fresh(&r, stale),
+            "{key}: the stale value {stale:?} was served at lookup {i} after tracking came back: {r}"
+        );
+    }
+}
+
 fn ns(plugin: &str) -> Namespace {
     Namespace::new(&PluginName::parse(plugin).unwrap())
 }
@@ -283,6 +320,7 @@ async fn killed_tracking_connection_never_serves_stale_data() {
         let entry = ns(p).cache(&key).unwrap().entry;
         set(&a, p, &key, "v1", &[]).await;
         warm(&a, p, &key, "v1", &[]).await;
+        let lost = near(&a, p).tracking_lost;
 
         let mut node = node_for(&redis, &entry).await;
         let tracking = tracking_clients(&mut node, p).await;
@@ -308,6 +346,7 @@ async fn killed_tracking_connection_never_serves_stale_data() {
         let _: () = conn.hset(&entry, "v", "v2").await.unwrap();
         let took = stale_ends(&a, p, &key, "v1", &[]).await;
         eprintln!("near cache: CLIENT KILL: the stale value was visible for {took:?}");
+        never_stale_after_reconnect(&a, p, &key, "v1", lost).await;
 
         // Tracking is back: entries are kept again, and invalidated again.
         warm(&a, p, &key, "v2", &[]).await;
@@ -326,8 +365,8 @@ async fn killed_tracking_connection_never_serves_stale_data() {
 }
 
 /// A Redis restart (every node, empty afterwards) flushes the near cache:
-/// the old value is never served once Redis is back, and the near cache
-/// serves again afterwards.
+/// the old value is never served once tracking is back, and the near
+/// cache serves again afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_flushes_the_near_cache() {
     with_timeout(async {
@@ -339,11 +378,16 @@ async fn redis_restart_flushes_the_near_cache() {
         let key = unique("k");
         set(&a, p, &key, "v1", &[]).await;
         warm(&a, p, &key, "v1", &[]).await;
+        let lost = near(&a, p).tracking_lost;
+        let restarted = Instant::now();
         redis.restart().await;
-        // Lookups fail until the host's connections are back, then miss:
-        // the restarted Redis is empty.
-        let took = stale_ends(&a, p, &key, "v1", &[]).await;
-        eprintln!("near cache: restart: the stale value was visible for {took:?} after it");
+        // The restarted Redis is empty: once tracking is back, lookups
+        // miss (a near entry kept through the loss would answer `v1`).
+        never_stale_after_reconnect(&a, p, &key, "v1", lost).await;
+        eprintln!(
+            "near cache: restart: tracking back {:?} after the restart began",
+            restarted.elapsed()
+        );
         let started = Instant::now();
         loop {
             let r = probe(

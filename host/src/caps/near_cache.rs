@@ -128,6 +128,8 @@ pub struct NearStats {
     pub invalidations: u64,
     /// Entries dropped to stay within `near-cache-max-bytes`.
     pub evictions: u64,
+    /// Times tracking was lost while up (each flushed the near cache).
+    pub tracking_lost: u64,
     /// Bytes held now (as counted against the bound).
     pub bytes: u64,
     /// Entries held now.
@@ -174,6 +176,7 @@ struct Shared {
     misses: AtomicU64,
     invalidations: AtomicU64,
     evictions: AtomicU64,
+    tracking_lost: AtomicU64,
 }
 
 struct Entry {
@@ -351,6 +354,7 @@ impl NearCache {
             misses: self.shared.misses.load(Relaxed),
             invalidations: self.shared.invalidations.load(Relaxed),
             evictions: self.shared.evictions.load(Relaxed),
+            tracking_lost: self.shared.tracking_lost.load(Relaxed),
             bytes: s.bytes,
             entries: s.entries.len() as u64,
             serving: s.serving,
@@ -470,10 +474,14 @@ impl Shared {
         s.ring.clear();
         s.bytes = 0;
         s.generation += 1;
+        let lost = s.serving && serving == Some(false);
         if let Some(up) = serving {
             s.serving = up;
         }
         drop(s);
+        if lost {
+            self.tracking_lost.fetch_add(1, Relaxed);
+        }
         self.invalidations.fetch_add(dropped, Relaxed);
     }
 

@@ -19,6 +19,7 @@
 //! | `redloom_near_cache_misses_total` | counter | `plugin` |
 //! | `redloom_near_cache_invalidations_total` | counter | `plugin` |
 //! | `redloom_near_cache_evictions_total` | counter | `plugin` |
+//! | `redloom_near_cache_tracking_lost_total` | counter | `plugin` |
 //! | `redloom_near_cache_bytes` | gauge | `plugin` |
 //! | `redloom_invocation_duration_seconds` | histogram | `plugin` |
 //! | `redloom_plugins_loaded` | gauge | |
@@ -201,6 +202,12 @@ impl Collector for HostCollector {
             "redloom_near_cache_evictions",
             "Near-cache entries evicted to stay within near-cache-max-bytes.",
             per_plugin(&|s| s.near_cache.evictions as f64),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_near_cache_tracking_lost",
+            "Times the near cache's invalidation (tracking) connection was lost; each flushed the near cache until tracking was back.",
+            per_plugin(&|s| s.near_cache.tracking_lost as f64),
         )?;
         let mut family = encoder.encode_descriptor(
             "redloom_near_cache_bytes",
