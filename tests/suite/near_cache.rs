@@ -701,3 +701,82 @@ async fn counters_reach_metrics() {
     })
     .await;
 }
+
+/// On a Cluster (always, whatever `REDLOOM_TEST_REDIS` says): killing the
+/// primary that holds a near entry's key loses that node's tracking
+/// connection, tracking moves to the promoted replica, and a write through
+/// the new primary invalidates the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_follows_a_cluster_failover() {
+    with_timeout(async {
+        let mut redis = RedisServer::start_cluster_for_failover().await;
+        let mut conn = redis.client().await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = start_host(&redis, dir.path()).await;
+        let p = "nearfailover";
+        a.load(spec(p, "")).await.unwrap();
+        let key = unique("k");
+        let entry = ns(p).cache(&key).unwrap().entry;
+        set(&a, p, &key, "v1", &[]).await;
+        warm(&a, p, &key, "v1", &[]).await;
+        let victim = redis.primary_for(&entry).await;
+        let mut old = node_for(&redis, &entry).await;
+        assert_eq!(tracking_clients(&mut old, p).await.len(), 1);
+        drop(old);
+        let lost = near(&a, p).tracking_lost;
+        redis.kill_node(victim);
+
+        // Tracking is lost, then back on the new set of primaries.
+        let started = Instant::now();
+        let canary = unique("canary");
+        loop {
+            let s = near(&a, p);
+            if s.tracking_lost > lost && s.serving {
+                break;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "tracking did not move to the new primaries within {PATIENCE:?}: {s:?}"
+            );
+            lookup(&a, p, &canary, json!({})).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        redis.wait_cluster_ready(PATIENCE).await;
+        let promoted = redis.primary_for(&entry).await;
+        assert_ne!(promoted, victim);
+        let mut new = node_for(&redis, &entry).await;
+        let started = Instant::now();
+        while tracking_clients(&mut new, p).await.len() != 1 {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "no tracking connection on the promoted primary"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // Kept again (stored again if the failover lost the write), then
+        // invalidated by a write through the new primary.
+        let started = Instant::now();
+        loop {
+            let before = near(&a, p).hits;
+            let r = lookup(&a, p, &key, json!({})).await;
+            if is_fresh(&r, "v1") && near(&a, p).hits > before {
+                break;
+            }
+            if r["ok"]["kind"] == "miss" {
+                set(&a, p, &key, "v1", &[]).await;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "never a near hit after the failover: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _: () = conn.hset(&entry, "v", "v2").await.unwrap();
+        let took = stale_ends(&a, p, &key, "v1", &[]).await;
+        eprintln!("near cache: after a failover: the stale value was visible for {took:?}");
+        let r = lookup(&a, p, &key, json!({})).await;
+        assert!(is_fresh(&r, "v2"), "{r}");
+    })
+    .await;
+}
