@@ -65,6 +65,16 @@
 //! long wait at 2–4 lookups per second per host and key; a (re)connect wakes
 //! every waiter once, since messages may have been missed while it was
 //! down.
+//!
+//! # Near cache
+//!
+//! A lookup whose options allow it (`near-cache`, and the plugin's
+//! `near-cache` setting) is first answered from the plugin's near cache
+//! ([`crate::near_cache`]) when it holds a fresh entry with the same tags;
+//! otherwise its Redis read registers as pending there and a fresh hit
+//! that handed out no lease is kept. Writes through this host (`fill`,
+//! `set`, `invalidate`, `invalidate-tag`) drop the near entries they touch
+//! before they are sent and again after the reply.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};

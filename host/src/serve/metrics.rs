@@ -219,7 +219,6 @@ impl Collector for HostCollector {
             let v = i64::try_from(p.stats.near_cache.bytes).unwrap_or(i64::MAX);
             ConstGauge::new(v).encode(family.encode_family(&[("plugin", p.name.to_string())])?)?;
         }
-        drop(family);
 
         let mut family = encoder.encode_descriptor(
             "redloom_invocation_duration_seconds",
