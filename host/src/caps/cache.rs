@@ -593,7 +593,9 @@ impl Caps {
         }
         let tags = canonical_tags(&options.tags)?;
         let near = &self.plugin.near_cache;
-        if options.near_cache && near.enabled() {
+        // Not after a quota breach: the invocation fails anyway, as it
+        // would at its next Redis command.
+        if options.near_cache && near.enabled() && self.breach.is_none() {
             near.ensure_tracking();
             if let Some(value) = near.get(&keys.entry, &tags, beta) {
                 self.check_reply(value.as_ref().map_or(0, Vec::len))?;

@@ -49,9 +49,12 @@ use super::{Info, Redis};
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// First pause before tracking is tried again after a failure; it doubles
-/// up to [`MAX_RETRY_PAUSE`]. The near cache serves nothing meanwhile.
+/// up to [`MAX_RETRY_PAUSE`]. The near cache serves nothing meanwhile
+/// (lookups read Redis), so a longer pause only costs round trips; 5 s
+/// keeps a Redis that refuses tracking (a proxy, Redis < 6, a user without
+/// `CLIENT TRACKING`) from being asked more than that.
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
-const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 /// What tracking tells its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +91,8 @@ impl Redis {
         // a connection of an earlier round is not news.
         let round = Arc::new(AtomicU64::new(0));
         let mut pause = FIRST_RETRY_PAUSE;
+        // Failed attempts in a row: only the first is a warning.
+        let mut failures = 0u64;
         loop {
             let n = round.fetch_add(1, Ordering::SeqCst) + 1;
             let lost = Arc::new(tokio::sync::Notify::new());
@@ -97,6 +102,7 @@ impl Redis {
             {
                 Ok((conns, primaries)) => {
                     pause = FIRST_RETRY_PAUSE;
+                    failures = 0;
                     sink(Tracking::Up);
                     tracing::debug!("{what}: tracking on {} node(s)", conns.len());
                     let why = self.watch(conns, primaries, &lost).await;
@@ -109,7 +115,14 @@ impl Redis {
                 Err(e) => {
                     round.fetch_add(1, Ordering::SeqCst);
                     sink(Tracking::Down);
-                    tracing::warn!("{what}: cannot start tracking: {e}; retrying in {pause:?}");
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(
+                            "{what}: cannot start tracking (lookups read Redis until it works): {e}; retrying every {MAX_RETRY_PAUSE:?} at most"
+                        );
+                    } else {
+                        tracing::debug!("{what}: cannot start tracking: {e}; retrying in {pause:?}");
+                    }
                 }
             }
             tokio::time::sleep(pause).await;
@@ -123,7 +136,10 @@ impl Redis {
         match &self.info {
             Info::Single(info) => Ok(vec![(**info).clone()]),
             Info::Cluster(_) => {
-                let mut nodes = self.cluster_primaries().await?.unwrap_or_default();
+                let mut nodes = self
+                    .cluster_primaries_not_failed()
+                    .await?
+                    .unwrap_or_default();
                 nodes.sort_by_key(|n| n.addr().to_string());
                 if nodes.is_empty() {
                     return Err(redis::RedisError::from((
