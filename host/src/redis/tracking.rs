@@ -121,7 +121,9 @@ impl Redis {
                             "{what}: cannot start tracking (lookups read Redis until it works): {e}; retrying every {MAX_RETRY_PAUSE:?} at most"
                         );
                     } else {
-                        tracing::debug!("{what}: cannot start tracking: {e}; retrying in {pause:?}");
+                        tracing::debug!(
+                            "{what}: cannot start tracking: {e}; retrying in {pause:?}"
+                        );
                     }
                 }
             }
