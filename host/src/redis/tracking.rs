@@ -34,8 +34,7 @@
 //! primary (failover, a node added) ends the round, so tracking restarts on
 //! the new set.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -87,14 +86,21 @@ impl Redis {
         client_name: String,
         sink: TrackingSink,
     ) {
-        // Which round of connections is current: a disconnection pushed by
-        // a connection of an earlier round is not news.
-        let round = Arc::new(AtomicU64::new(0));
+        // Which round of connections is current. `Up` and `Down` are sent
+        // with this lock held, and a round ends (the number moves on) with
+        // its first `Down`, so a disconnection of a past round can never
+        // reach the sink after a later `Up`, and a round whose connection
+        // died while it was being set up never reports `Up`.
+        let round = Arc::new(Mutex::new(0u64));
         let mut pause = FIRST_RETRY_PAUSE;
         // Failed attempts in a row: only the first is a warning.
         let mut failures = 0u64;
         loop {
-            let n = round.fetch_add(1, Ordering::SeqCst) + 1;
+            let n = {
+                let mut r = round.lock().expect("tracking round poisoned");
+                *r += 1;
+                *r
+            };
             let lost = Arc::new(tokio::sync::Notify::new());
             match self
                 .track_all(&prefixes, &client_name, n, &round, &lost, sink.clone())
@@ -103,18 +109,24 @@ impl Redis {
                 Ok((conns, primaries)) => {
                     pause = FIRST_RETRY_PAUSE;
                     failures = 0;
-                    sink(Tracking::Up);
-                    tracing::debug!("{what}: tracking on {} node(s)", conns.len());
-                    let why = self.watch(conns, primaries, &lost).await;
-                    // Close this round's connections before reporting, so
-                    // their disconnections are from a past round.
-                    round.fetch_add(1, Ordering::SeqCst);
-                    sink(Tracking::Down);
+                    let up = {
+                        let r = round.lock().expect("tracking round poisoned");
+                        if *r == n {
+                            sink(Tracking::Up);
+                        }
+                        *r == n
+                    };
+                    let why = if up {
+                        tracing::debug!("{what}: tracking on {} node(s)", conns.len());
+                        self.watch(conns, primaries, &lost).await
+                    } else {
+                        "a tracking connection closed while starting".into()
+                    };
+                    end_round(&round, n, &sink);
                     tracing::warn!("{what}: tracking lost ({why}); near cache flushed, retrying");
                 }
                 Err(e) => {
-                    round.fetch_add(1, Ordering::SeqCst);
-                    sink(Tracking::Down);
+                    end_round(&round, n, &sink);
                     failures += 1;
                     if failures == 1 {
                         tracing::warn!(
@@ -160,7 +172,7 @@ impl Redis {
         prefixes: &[String],
         client_name: &str,
         n: u64,
-        round: &Arc<AtomicU64>,
+        round: &Arc<Mutex<u64>>,
         lost: &Arc<tokio::sync::Notify>,
         sink: TrackingSink,
     ) -> redis::RedisResult<(Vec<MultiplexedConnection>, Vec<String>)> {
@@ -238,11 +250,20 @@ impl Redis {
     }
 }
 
+/// Ends round `n` with a `Down`, unless it already ended.
+fn end_round(round: &Mutex<u64>, n: u64, sink: &TrackingSink) {
+    let mut r = round.lock().expect("tracking round poisoned");
+    if *r == n {
+        *r += 1;
+        sink(Tracking::Down);
+    }
+}
+
 /// One push message of round `n`'s connection.
 fn on_push(
     push: PushInfo,
     n: u64,
-    round: &AtomicU64,
+    round: &Mutex<u64>,
     lost: &tokio::sync::Notify,
     sink: &TrackingSink,
 ) {
@@ -251,10 +272,10 @@ fn on_push(
             Some(keys) => sink(Tracking::Keys(keys)),
             None => sink(Tracking::All),
         },
-        PushKind::Disconnection if round.load(Ordering::SeqCst) == n => {
+        PushKind::Disconnection => {
             // Report at once (the near cache stops serving now), then let
             // the loop reconnect.
-            sink(Tracking::Down);
+            end_round(round, n, sink);
             lost.notify_one();
         }
         _ => {}
