@@ -27,6 +27,7 @@ mod fairness;
 mod measure;
 mod memory;
 mod patterns;
+mod redis_benchmark;
 mod report;
 mod reuse;
 
@@ -228,8 +229,22 @@ algorithm = "gcra"
 rate = "1000000/s"
 burst = 1000
 
+[plugins.bench-per-call]
+wasm = {wasm:?}
+isolation = "per-call"
+queue-max-length = {max_len}
+[plugins.bench-per-call.quotas]
+concurrency = 256
+queue = 1024
+redis-rate = 0
+[plugins.bench-per-call.limiters.bench]
+algorithm = "gcra"
+rate = "1000000/s"
+burst = 1000
+
 [plugins.noop-fresh]
 wasm = {wasm:?}
+isolation = "per-call"
 
 [plugins.noop-reuse]
 wasm = {wasm:?}
@@ -324,6 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let instance_reuse = reuse::measure(&host, &plan, &examples).await?;
     let _: () = redis::cmd("FLUSHDB").query_async(&mut admin).await?;
 
+    let per_call = PluginName::parse("bench-per-call")?;
     let mut patterns = Vec::new();
     for pattern in Pattern::ALL {
         eprintln!("redloom-bench: {}", pattern.name());
@@ -333,22 +349,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None
         };
         for c in [1, 32] {
-            let (plugin, native) = side_by_side(&plan, c, || match &e2e {
-                Some(e) => (e.plugin_op(&b), e.native_op(&b)),
-                None => (
-                    patterns::plugin_op(&b, pattern),
+            // Native, the plugin (pooled, the default), and the plugin with
+            // a fresh instance per call, alternating.
+            let mut sides = alternate(&plan, c, || match &e2e {
+                Some(e) => vec![e.native_op(&b), e.plugin_op(&b)],
+                None => vec![
                     patterns::native_op(&b, pattern),
-                ),
+                    patterns::plugin_op(&b, pattern),
+                    patterns::plugin_op_as(&b, pattern, per_call.clone()),
+                ],
             })
             .await
-            .with_context(|| format!("{} at concurrency {c}", pattern.name()))?;
-            patterns.push(PatternRow::new(
-                pattern.name(),
-                pattern.describe(),
-                c,
-                plugin.stats(),
-                native.stats(),
-            ));
+            .with_context(|| format!("{} at concurrency {c}", pattern.name()))?
+            .into_iter();
+            let native = sides.next().expect("native").stats();
+            let plugin = sides.next().expect("plugin").stats();
+            let mut row = PatternRow::new(pattern.name(), pattern.describe(), c, plugin, native);
+            row.per_call = sides.next().map(|s| s.stats());
+            patterns.push(row);
         }
         if let Some(e) = e2e {
             match Arc::try_unwrap(e) {
@@ -391,6 +409,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )
     .await?;
 
+    eprintln!("redloom-bench: redis-benchmark");
+    let redis_benchmark =
+        redis_benchmark::measure(&url, &mut admin, if cli.quick { 2_000 } else { 100_000 }).await?;
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut admin).await?;
+
     // Last: it floods a server of its own with CPU-bound requests.
     eprintln!("redloom-bench: noisy neighbour");
     let fairness = fairness::measure(
@@ -418,7 +441,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     drop(b);
     server.stop().await;
 
-    let targets = targets(&patterns, &overhead, &cold_start, &fairness);
+    let targets = targets(&patterns, &overhead, &cold_start, &fairness, &scaling);
     let report = Report {
         schema: report::SCHEMA,
         mode: if cli.quick { "quick" } else { "full" },
@@ -438,6 +461,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cold_start_skipped,
         memory,
         scaling,
+        redis_benchmark,
         fairness,
         targets,
         total_seconds: started.elapsed().as_secs_f64(),
@@ -580,6 +604,26 @@ pub fn process_cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// Runs each of `ops` in turn, `plan.rounds` times, at `concurrency`; `ops`
+/// makes fresh operations for each round (new key names).
+async fn alternate(
+    plan: &Plan,
+    concurrency: usize,
+    ops: impl Fn() -> Vec<measure::Op>,
+) -> anyhow::Result<Vec<Samples>> {
+    let mut sides: Vec<Samples> = Vec::new();
+    for _ in 0..plan.rounds {
+        for (i, op) in ops().into_iter().enumerate() {
+            let s = measure::run(plan.at(concurrency), op).await?;
+            match sides.get_mut(i) {
+                Some(side) => side.merge(s),
+                None => sides.push(s),
+            }
+        }
+    }
+    Ok(sides)
+}
+
 /// Runs native then plugin, `plan.rounds` times, at `concurrency`; `ops`
 /// makes a fresh pair of operations for each round (new key names).
 async fn side_by_side(
@@ -710,26 +754,50 @@ fn targets(
     o: &Overhead,
     cold: &[coldstart::ColdStart],
     fairness: &fairness::Fairness,
+    scaling: &[ScalingRow],
 ) -> Vec<Target> {
     let mut t = Vec::new();
     for p in patterns {
-        let limit = if p.concurrency >= 32 { 0.9 } else { 0.8 };
+        let limit = if p.concurrency >= 32 { 0.9 } else { 0.85 };
         t.push(Target::at_least(
             format!("{} @{}: plugin/native throughput", p.pattern, p.concurrency),
             p.ratio,
             limit,
         ));
     }
+    for p in patterns {
+        t.push(Target::at_most(
+            format!(
+                "{} @{}: host CPU per invocation above native, µs",
+                p.pattern, p.concurrency
+            ),
+            p.host_cpu_us(),
+            5.0,
+        ));
+    }
     t.push(Target::at_most(
-        "no-op, fresh instance per call: p50 µs",
+        "no-op, per-call (fresh instance): p50 µs",
         o.fresh.p50_us,
-        20.0,
+        8.0,
     ));
     t.push(Target::at_most(
-        "no-op, reused instance: p50 µs",
+        "no-op, pooled (reused instance): p50 µs",
         o.reuse.p50_us,
-        2.0,
+        1.5,
     ));
+    let at = |c: usize| {
+        scaling
+            .iter()
+            .find(|x| x.concurrency == c)
+            .map(|x| x.plugin.throughput)
+    };
+    if let (Some(c32), Some(c128)) = (at(32), at(128)) {
+        t.push(Target::at_least(
+            "scaling: plugin ops/s at c=128 / at c=32",
+            c128 / c32,
+            1.0,
+        ));
+    }
     if let Some(worst) = cold
         .iter()
         .filter(|c| c.plugin != "bench-probe")

@@ -37,6 +37,10 @@ pub struct Samples {
     pub elapsed: Duration,
     /// Per-operation latency in nanoseconds.
     pub latencies: Vec<u64>,
+    /// CPU time (user + system) of this whole process over the measured
+    /// period: the host or native client, and the load generator (the same
+    /// on both sides); redis-server runs in a process of its own.
+    pub cpu: Duration,
 }
 
 impl Samples {
@@ -44,6 +48,7 @@ impl Samples {
         self.ops += other.ops;
         self.elapsed += other.elapsed;
         self.latencies.extend(other.latencies);
+        self.cpu += other.cpu;
     }
 
     pub fn stats(&self) -> Stats {
@@ -74,6 +79,11 @@ impl Samples {
             p50_us: pct(0.50),
             p99_us: pct(0.99),
             mean_us: mean,
+            cpu_us_per_op: if self.ops > 0 {
+                self.cpu.as_secs_f64() * 1e6 / self.ops as f64
+            } else {
+                0.0
+            },
         }
     }
 }
@@ -87,6 +97,8 @@ pub struct Stats {
     pub p50_us: f64,
     pub p99_us: f64,
     pub mean_us: f64,
+    /// Process CPU per operation, µs (see [`Samples::cpu`]).
+    pub cpu_us_per_op: f64,
 }
 
 /// Runs `op` under `load`: a warm-up (at least one operation per worker, not
@@ -116,6 +128,7 @@ pub async fn run(load: Load, op: Op) -> anyhow::Result<Samples> {
     }
     // Every worker starts measuring at the same moment.
     let measure_from = Instant::now();
+    let cpu_from = crate::process_cpu();
     let until = measure_from + load.duration;
     let mut workers = Vec::with_capacity(load.concurrency);
     for w in 0..load.concurrency {
@@ -142,6 +155,7 @@ pub async fn run(load: Load, op: Op) -> anyhow::Result<Samples> {
         samples.latencies.extend(l);
     }
     samples.elapsed = measure_from.elapsed();
+    samples.cpu = crate::process_cpu().saturating_sub(cpu_from);
     Ok(samples)
 }
 
@@ -177,10 +191,12 @@ mod tests {
             ops: 100,
             elapsed: Duration::from_secs(2),
             latencies: (1..=100).map(|i| i * 1000).collect(),
+            cpu: Duration::from_millis(1),
         };
         let st = s.stats();
         assert_eq!(st.throughput, 50.0);
         assert_eq!(st.p50_us, 50.0);
         assert_eq!(st.p99_us, 99.0);
+        assert_eq!(st.cpu_us_per_op, 10.0);
     }
 }

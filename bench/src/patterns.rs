@@ -142,9 +142,14 @@ impl Bench {
 /// The plugin side of `pattern` (not [`Pattern::QueueEndToEnd`]: see
 /// `crate::e2e`).
 pub fn plugin_op(b: &Arc<Bench>, pattern: Pattern) -> Op {
+    plugin_op_as(b, pattern, b.plugin.clone())
+}
+
+/// [`plugin_op`] through another plugin loaded from the same component
+/// (`bench-per-call`: the same patterns with a fresh instance per call).
+pub fn plugin_op_as(b: &Arc<Bench>, pattern: Pattern, name: PluginName) -> Op {
     let nonce = b.nonce();
     let host = b.host.clone();
-    let name = b.plugin.clone();
     let input = move |w: usize, n: u64| -> String {
         match pattern {
             Pattern::CacheHit => format!("cache:hit-{w}"),

@@ -32,10 +32,21 @@ pub struct Report {
     pub cold_start_skipped: Vec<String>,
     pub memory: Memory,
     pub scaling: Vec<ScalingRow>,
+    /// `redis-benchmark` GET and EVALSHA against the same server.
+    pub redis_benchmark: Vec<RedisBenchmarkRow>,
     /// The noisy neighbour: a light plugin's latency beside a CPU hog.
     pub fairness: crate::fairness::Fairness,
     pub targets: Vec<Target>,
     pub total_seconds: f64,
+}
+
+/// One `redis-benchmark` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisBenchmarkRow {
+    pub command: String,
+    pub concurrency: usize,
+    pub throughput: f64,
+    pub p50_us: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +86,16 @@ pub struct PatternRow {
     pub ratio: f64,
     /// Plugin p50 / native p50.
     pub p50_ratio: f64,
+    /// The plugin with `isolation = "per-call"` (the row's `plugin` is
+    /// pooled, the default); none for the queue end to end.
+    pub per_call: Option<Stats>,
+}
+
+impl PatternRow {
+    /// Host CPU per invocation above the native path, µs.
+    pub fn host_cpu_us(&self) -> f64 {
+        self.plugin.cpu_us_per_op - self.native.cpu_us_per_op
+    }
 }
 
 impl PatternRow {
@@ -93,6 +114,7 @@ impl PatternRow {
             native,
             ratio: plugin.throughput / native.throughput,
             p50_ratio: plugin.p50_us / native.p50_us,
+            per_call: None,
         }
     }
 }
@@ -181,18 +203,28 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "Patterns: plugin (bench-probe through Host::invoke, fresh instance per call) vs native Rust (same redis-rs calls and Lua scripts), {} ms × {} rounds per side\n",
+        "Patterns: plugin (bench-probe through Host::invoke, pooled instances: the default isolation) vs native Rust (same redis-rs calls and Lua scripts), {} ms × {} rounds per side; CPU is this process's per operation (host or native client, plus the load generator), so plugin − native is the host's cost per invocation; per-call: the same plugin with `isolation = \"per-call\"`, in the same rounds\n",
         r.settings.duration_ms, r.settings.rounds
     );
     let _ = writeln!(
         s,
-        "| pattern | conc. | plugin ops/s | native ops/s | ratio | plugin p50 | native p50 | plugin p99 | native p99 |"
+        "| pattern | conc. | plugin ops/s | native ops/s | ratio | plugin p50 | native p50 | plugin p99 | native p99 | plugin CPU/op | native CPU/op | host CPU/op | per-call ops/s | per-call / pooled |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for p in &r.patterns {
+        let (pc_ops, pc_ratio) = match &p.per_call {
+            Some(pc) => (
+                ops(pc.throughput),
+                format!("{:.2}", pc.throughput / p.plugin.throughput),
+            ),
+            None => ("–".into(), "–".into()),
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             p.pattern,
             p.concurrency,
             ops(p.plugin.throughput),
@@ -201,7 +233,28 @@ pub fn markdown(r: &Report) -> String {
             us(p.plugin.p50_us),
             us(p.native.p50_us),
             us(p.plugin.p99_us),
-            us(p.native.p99_us)
+            us(p.native.p99_us),
+            us(p.plugin.cpu_us_per_op),
+            us(p.native.cpu_us_per_op),
+            us(p.host_cpu_us()),
+            pc_ops,
+            pc_ratio
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n`redis-benchmark` against the same server, same run (what Redis alone does on this machine)\n"
+    );
+    let _ = writeln!(s, "| command | conc. | requests/s | p50 |");
+    let _ = writeln!(s, "|---|---:|---:|---:|");
+    for x in &r.redis_benchmark {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            x.command,
+            x.concurrency,
+            ops(x.throughput),
+            us(x.p50_us)
         );
     }
     let o = &r.overhead;
@@ -212,8 +265,8 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "| what | p50 | p99 | mean | calls/s |");
     let _ = writeln!(s, "|---|---:|---:|---:|---:|");
     for (name, st) in [
-        ("fresh instance per call", &o.fresh),
-        ("reused instance", &o.reuse),
+        ("per-call: fresh instance per call", &o.fresh),
+        ("pooled: reused instance", &o.reuse),
         ("instantiate only", &o.instantiate),
     ] {
         let _ = writeln!(
@@ -351,7 +404,7 @@ pub fn markdown(r: &Report) -> String {
         f.hog_served,
         f.hog_rejected
     );
-    let _ = writeln!(s, "\nTargets (issues 12 and 17)\n");
+    let _ = writeln!(s, "\nTargets (issues 17 and 18)\n");
     let _ = writeln!(s, "| target | measured | limit | met |");
     let _ = writeln!(s, "|---|---:|---:|---|");
     for t in &r.targets {

@@ -154,6 +154,114 @@ fn default_response_timeout() -> Duration {
     Duration::from_secs(2)
 }
 
+/// How a plugin's invocations get their instances (see README, Instance
+/// reuse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// A fresh instance for every invocation (`isolation = "per-call"`).
+    PerCall,
+    /// Instances reused (`isolation = "pooled"`, the default): each serves
+    /// at most `max_uses` invocations and is dropped once `max_age` old, after
+    /// any error, trap or quota breach, and when a lock or lease handle
+    /// outlives its invocation.
+    Pooled { max_uses: u32, max_age: Duration },
+}
+
+/// Invocations one pooled instance serves at most (`reuse-instances`).
+pub const DEFAULT_REUSE_INSTANCES: u32 = 1000;
+/// Age after which a pooled instance is dropped (`instance-max-age`), so
+/// whatever its guest keeps in memory (caches, leaks) is thrown away at
+/// least this often.
+pub const DEFAULT_INSTANCE_MAX_AGE: Duration = Duration::from_secs(60);
+
+impl Default for Isolation {
+    fn default() -> Self {
+        Isolation::Pooled {
+            max_uses: DEFAULT_REUSE_INSTANCES,
+            max_age: DEFAULT_INSTANCE_MAX_AGE,
+        }
+    }
+}
+
+impl Isolation {
+    /// Pooled, `max_uses` invocations per instance, the default age.
+    pub fn pooled(max_uses: u32) -> Isolation {
+        Isolation::Pooled {
+            max_uses,
+            max_age: DEFAULT_INSTANCE_MAX_AGE,
+        }
+    }
+
+    /// From the manifest's three keys; `key` names the plugin's table.
+    fn resolve(
+        key: &str,
+        isolation: Option<&str>,
+        reuse: Option<u32>,
+        max_age: Option<Duration>,
+    ) -> Result<Isolation, (String, String)> {
+        let field = |f: &str| format!("{key}.{f}");
+        if let Some(n) = reuse
+            && n > ceilings::REUSE_INSTANCES
+        {
+            return Err((
+                field("reuse-instances"),
+                format!("at most {} allowed", ceilings::REUSE_INSTANCES),
+            ));
+        }
+        if let Some(age) = max_age
+            && (age.is_zero() || age > ceilings::INSTANCE_MAX_AGE)
+        {
+            return Err((
+                field("instance-max-age"),
+                format!(
+                    "must be above 0 and at most {}",
+                    humantime::format_duration(ceilings::INSTANCE_MAX_AGE)
+                ),
+            ));
+        }
+        let per_call = match (isolation, reuse) {
+            (Some("per-call"), Some(n)) if n > 1 => {
+                return Err((
+                    field("reuse-instances"),
+                    format!(
+                        "{n} contradicts isolation = \"per-call\" (a fresh instance per invocation); remove one of them"
+                    ),
+                ));
+            }
+            (Some("per-call"), _) => true,
+            (Some("pooled"), Some(n)) if n < 2 => {
+                return Err((
+                    field("reuse-instances"),
+                    format!("must be at least 2 with isolation = \"pooled\" (found {n})"),
+                ));
+            }
+            (Some("pooled"), _) => false,
+            (Some(other), _) => {
+                return Err((
+                    field("isolation"),
+                    format!("expected \"pooled\" or \"per-call\", found {other:?}"),
+                ));
+            }
+            // `reuse-instances = 0` or `1` alone: a fresh instance per call.
+            (None, Some(n)) => n < 2,
+            (None, None) => false,
+        };
+        if per_call {
+            if max_age.is_some() {
+                return Err((
+                    field("instance-max-age"),
+                    "applies only to pooled instances, and this plugin gets a fresh instance per invocation".into(),
+                ));
+            }
+            return Ok(Isolation::PerCall);
+        }
+        Ok(Isolation::Pooled {
+            max_uses: reuse.unwrap_or(DEFAULT_REUSE_INSTANCES),
+            max_age: max_age.unwrap_or(DEFAULT_INSTANCE_MAX_AGE),
+        })
+    }
+}
+
 /// One `[plugins.NAME]` table.
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
@@ -161,9 +269,9 @@ pub struct PluginConfig {
     pub wasm: PathBuf,
     /// The plugin's settings, served by the `config` capability.
     pub settings: BTreeMap<String, String>,
-    /// Reuse one instance for up to this many invocations; 0 or 1 means a
-    /// fresh instance per invocation (the default and the strongest isolation).
-    pub reuse_instances: u32,
+    /// How the plugin's instances are used: `isolation`, `reuse-instances`,
+    /// `instance-max-age`.
+    pub isolation: Isolation,
     pub quotas: Quotas,
     /// Run the plugin's Redis commands as its own ACL user (see README, Isolation).
     pub acl: bool,
@@ -429,6 +537,7 @@ pub mod ceilings {
     pub const QUEUE: u32 = 100_000;
     pub const QUEUE_WAIT: Duration = Duration::from_secs(60);
     pub const REUSE_INSTANCES: u32 = 1_000_000;
+    pub const INSTANCE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
     /// Instances alive at once across all plugins (`[host] max-instances`).
     pub const HOST_INSTANCES: u32 = 10_000;
 }
@@ -784,12 +893,13 @@ impl Config {
                     }
                 },
             };
-            if p.reuse_instances > ceilings::REUSE_INSTANCES {
-                return Err(at(
-                    &format!("{key}.reuse-instances"),
-                    format!("at most {} allowed", ceilings::REUSE_INSTANCES),
-                ));
-            }
+            let isolation = Isolation::resolve(
+                &key,
+                p.isolation.as_deref(),
+                p.reuse_instances,
+                p.instance_max_age,
+            )
+            .map_err(|(k, m)| at(&k, m))?;
             let settings = p
                 .settings
                 .into_iter()
@@ -806,7 +916,7 @@ impl Config {
                 PluginConfig {
                     wasm: base.join(p.wasm),
                     settings,
-                    reuse_instances: p.reuse_instances,
+                    isolation,
                     quotas,
                     acl: p.acl,
                     near_cache,
@@ -1066,7 +1176,11 @@ struct RawPlugin {
     #[serde(default)]
     settings: BTreeMap<String, toml::Value>,
     #[serde(default)]
-    reuse_instances: u32,
+    isolation: Option<String>,
+    #[serde(default)]
+    reuse_instances: Option<u32>,
+    #[serde(default, with = "duration::option")]
+    instance_max_age: Option<Duration>,
     #[serde(default)]
     quotas: RawQuotas,
     #[serde(default)]
@@ -1464,13 +1578,51 @@ wall-time = "2s"
         assert_eq!(p.settings["ttl"], "30");
         assert_eq!(p.settings["greeting"], "hi");
         assert_eq!(p.settings["on"], "true");
-        assert_eq!(p.reuse_instances, 8);
+        assert_eq!(p.isolation, Isolation::pooled(8));
         assert_eq!(p.quotas.memory, 16 << 20);
         assert_eq!(p.quotas.wall_time, Duration::from_secs(2));
         assert_eq!(p.quotas.max_output, Quotas::default().max_output);
     }
 
     /// Every mistake is one line naming file, line, key and expectation.
+    #[test]
+    fn isolation_defaults_to_pooled_and_checks_its_keys() {
+        let iso = |extra: &str| {
+            parse(&format!("[plugins.a]\nwasm = \"a.wasm\"\n{extra}"))
+                .map(|c| c.plugins[&PluginName::parse("a").unwrap()].isolation)
+                .map_err(|e| e.0)
+        };
+        assert_eq!(iso(""), Ok(Isolation::default()));
+        assert_eq!(iso("isolation = \"per-call\""), Ok(Isolation::PerCall));
+        assert_eq!(iso("reuse-instances = 0"), Ok(Isolation::PerCall));
+        assert_eq!(iso("reuse-instances = 1"), Ok(Isolation::PerCall));
+        assert_eq!(
+            iso("isolation = \"pooled\"\nreuse-instances = 5\ninstance-max-age = \"2s\""),
+            Ok(Isolation::Pooled {
+                max_uses: 5,
+                max_age: Duration::from_secs(2)
+            })
+        );
+        for (bad, says) in [
+            ("isolation = \"shared\"", "plugins.a.isolation"),
+            (
+                "isolation = \"per-call\"\nreuse-instances = 4",
+                "contradicts",
+            ),
+            ("isolation = \"pooled\"\nreuse-instances = 1", "at least 2"),
+            (
+                "isolation = \"per-call\"\ninstance-max-age = \"1s\"",
+                "only to pooled",
+            ),
+            ("instance-max-age = \"0s\"", "plugins.a.instance-max-age"),
+            ("instance-max-age = \"2days\"", "at most 1day"),
+            ("reuse-instances = 2000000", "at most 1000000"),
+        ] {
+            let e = iso(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn errors_name_file_line_and_key() {
         let e = parse("[plugins.a]\nwasm = 3\n").unwrap_err().0;

@@ -55,9 +55,48 @@ pub struct Runtime {
     linker: Linker<State>,
     cache: Option<CompileCache>,
     slots: Arc<HostSlots>,
+    warm: Arc<WarmBudget>,
     fuel: bool,
     background: Background,
     _ticker: EpochTicker,
+}
+
+/// Instances kept warm in plugins' pools, across the host: at most
+/// `max-instances`. The pooling allocator has room for twice
+/// `max-instances` (plus load-time probes), so running invocations (bounded
+/// by the host slots) and pooled instances together never exhaust it.
+pub struct WarmBudget {
+    free: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// One pooled instance's place in the [`WarmBudget`], given back on drop.
+pub struct WarmSlot {
+    free: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl WarmBudget {
+    fn new(max: u32) -> WarmBudget {
+        WarmBudget {
+            free: Arc::new(std::sync::atomic::AtomicU32::new(max.max(1))),
+        }
+    }
+
+    /// A place for one more pooled instance, if the budget has one.
+    pub fn take(&self) -> Option<WarmSlot> {
+        use std::sync::atomic::Ordering;
+        self.free
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| WarmSlot {
+                free: self.free.clone(),
+            })
+    }
+}
+
+impl Drop for WarmSlot {
+    fn drop(&mut self) {
+        self.free.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Niceness of the [`Background`] threads: the OS runs them when the
@@ -144,6 +183,7 @@ impl Runtime {
             linker,
             cache,
             slots: HostSlots::new(options.max_instances),
+            warm: Arc::new(WarmBudget::new(options.max_instances)),
             fuel: options.fuel,
             background: Background::start()?,
             _ticker: ticker,
@@ -162,6 +202,11 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Host-wide bound on instances waiting in pools for reuse.
+    pub fn warm_budget(&self) -> &Arc<WarmBudget> {
+        &self.warm
     }
 
     /// Host-wide instance slots: one per running invocation, shared fairly.

@@ -6,10 +6,15 @@
 //! host provides, and that it exports the handlers its manifest needs; each
 //! failure is a [`LoadError`] whose message says what to do.
 //!
-//! By default every invocation gets a fresh instance (from the pooling
-//! allocator, so this is cheap). With `reuse-instances = N` an instance serves
-//! up to N invocations; it is discarded after any error, trap or quota breach,
-//! so one bad invocation never leaves state behind for the next.
+//! By default (`isolation = "pooled"`, [`Isolation`]) an instance serves up
+//! to `reuse-instances` invocations of its plugin, for at most
+//! `instance-max-age`; it is discarded after any error, trap or quota
+//! breach, and when a lock or lease handle outlives its invocation, so one
+//! bad invocation never leaves state behind for the next. Per-invocation host
+//! state (CPU and Redis accounting, log budget, cleanup actions, the epoch
+//! deadline, fuel) is reset before every call ([`Plugin::reset`]). With
+//! `isolation = "per-call"` every invocation gets a fresh instance (from the
+//! pooling allocator, so this is cheap too).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +32,7 @@ use crate::bindings::{
     http_handler, invoke_handler, message_handler, queue_handler, timer_handler,
 };
 use crate::caps::outbound_http::Origin;
-use crate::config::{PluginConfig, Quotas, TriggerConfig};
+use crate::config::{Isolation, PluginConfig, Quotas, TriggerConfig};
 use crate::engine::{CacheOutcome, Runtime};
 use crate::namespace::{Namespace, PluginName};
 use crate::quota::{CpuMeter, HostShare, Metered, QuotaTrap};
@@ -41,7 +46,7 @@ pub struct PluginSpec {
     pub name: PluginName,
     pub wasm: PathBuf,
     pub settings: BTreeMap<String, String>,
-    pub reuse_instances: u32,
+    pub isolation: Isolation,
     pub quotas: Quotas,
     /// Run the plugin's Redis commands as its own ACL user.
     pub acl: bool,
@@ -61,7 +66,7 @@ impl PluginSpec {
             name,
             wasm: c.wasm.clone(),
             settings: c.settings.clone(),
-            reuse_instances: c.reuse_instances,
+            isolation: c.isolation,
             quotas: c.quotas,
             acl: c.acl,
             allowed_outbound_hosts: c.allowed_outbound_hosts.clone(),
@@ -81,7 +86,7 @@ impl PluginSpec {
             name: PluginName::from_file_stem(stem),
             wasm: path.to_path_buf(),
             settings: BTreeMap::new(),
-            reuse_instances: 0,
+            isolation: Isolation::default(),
             quotas: Quotas::default(),
             acl: false,
             allowed_outbound_hosts: Vec::new(),
@@ -338,11 +343,14 @@ pub struct LoadReport {
     pub exports: Vec<String>,
 }
 
-/// An instance kept for reuse.
+/// An instance, kept for reuse between invocations when pooled.
 struct Warm {
     store: Store<State>,
     guests: Guests,
     uses: u32,
+    born: Instant,
+    /// Held while the instance waits in a pool (see [`crate::engine::WarmBudget`]).
+    pooled: Option<crate::engine::WarmSlot>,
 }
 
 /// A loaded plugin, shared by all its invocations.
@@ -350,8 +358,10 @@ pub struct Plugin {
     context: Arc<PluginContext>,
     pre: InstancePre<State>,
     handlers: Handlers,
-    reuse: u32,
+    isolation: Isolation,
     warm: Mutex<Vec<Warm>>,
+    /// Instances waiting in pools across the host, bounded.
+    warm_budget: Arc<crate::engine::WarmBudget>,
     /// This plugin's share of the host-wide instance slots.
     host_slots: HostShare,
     /// The low-priority runtime heavy invocations move to ([`Placed`]).
@@ -456,8 +466,9 @@ impl Plugin {
             ),
             pre,
             handlers,
-            reuse: spec.reuse_instances,
+            isolation: spec.isolation,
             warm: Mutex::new(Vec::new()),
+            warm_budget: runtime.warm_budget().clone(),
             host_slots: runtime.slots().register(),
             background: runtime.background(),
             fuel: runtime.fuel(),
@@ -633,15 +644,7 @@ impl Plugin {
     ) -> Result<Reply, InvokeError> {
         let quotas = self.context.quotas;
         let input_len = call.input_len();
-        if input_len as u64 > quotas.max_input {
-            return Err(self.quota(
-                Quota::Payload,
-                format!(
-                    "input is {input_len} bytes; max-input is {}",
-                    quotas.max_input
-                ),
-            ));
-        }
+        self.within("input", input_len, quotas.max_input)?;
         let exported = match call {
             Call::Invoke(_) => self.handlers.invoke.is_some(),
             Call::Http(_) => self.handlers.http.is_some(),
@@ -661,11 +664,7 @@ impl Plugin {
             .admit(&self.host_slots)
             .await
             .map_err(|detail| self.quota(Quota::Concurrency, detail))?;
-        let warm = if self.reuse > 1 {
-            self.warm.lock().expect("warm pool poisoned").pop()
-        } else {
-            None
-        };
+        let warm = self.take_warm();
 
         let cleanup = CleanupGuard {
             cleanup: Arc::new(Cleanup::default()),
@@ -711,24 +710,54 @@ impl Plugin {
             }
             Ok(Ok(reply)) => reply,
         };
-        let output_len = reply.output_len();
-        if output_len as u64 > quotas.max_output {
-            return Err(self.quota(
-                Quota::Payload,
-                format!(
-                    "output is {output_len} bytes; max-output is {}",
-                    quotas.max_output
-                ),
-            ));
-        }
+        self.within("output", reply.output_len(), quotas.max_output)?;
         warm.uses += 1;
-        if warm.uses < self.reuse {
-            let mut pool = self.warm.lock().expect("warm pool poisoned");
-            if pool.len() < quotas.concurrency as usize {
-                pool.push(warm);
+        self.give_back(warm);
+        Ok(reply)
+    }
+
+    /// A pooled instance young enough to serve, if one waits.
+    fn take_warm(&self) -> Option<Warm> {
+        let Isolation::Pooled { max_age, .. } = self.isolation else {
+            return None;
+        };
+        let mut pool = self.warm.lock().expect("warm pool poisoned");
+        while let Some(mut warm) = pool.pop() {
+            if warm.born.elapsed() < max_age {
+                warm.pooled = None;
+                return Some(warm);
             }
         }
-        Ok(reply)
+        None
+    }
+
+    /// Keeps `warm` (after a successful call) for the next invocation if it
+    /// may serve again: pooled, under its use and age limits, no lock or
+    /// lease handle left from the call (a guest may keep one in a global:
+    /// its lock was released when the call ended, so the handle must not
+    /// reach the next call), room in the plugin's pool (its `concurrency`)
+    /// and in the host's ([`crate::engine::WarmBudget`]). Otherwise it is
+    /// dropped here.
+    fn give_back(&self, mut warm: Warm) {
+        let Isolation::Pooled { max_uses, max_age } = self.isolation else {
+            return;
+        };
+        if warm.uses >= max_uses || warm.born.elapsed() >= max_age {
+            return;
+        }
+        let caps = &warm.store.data().caps;
+        if !caps.locks.is_empty() || !caps.leases.is_empty() {
+            return;
+        }
+        let mut pool = self.warm.lock().expect("warm pool poisoned");
+        if pool.len() >= self.context.quotas.concurrency as usize {
+            return;
+        }
+        let Some(slot) = self.warm_budget.take() else {
+            return;
+        };
+        warm.pooled = Some(slot);
+        pool.push(warm);
     }
 
     /// The invocation itself, owning all it needs so that it can move to
@@ -766,6 +795,8 @@ impl Plugin {
                         store,
                         guests,
                         uses: 0,
+                        born: Instant::now(),
+                        pooled: None,
                     }
                 }
             };
@@ -867,6 +898,18 @@ impl Plugin {
             ))
         });
         store
+    }
+
+    /// The `payload` quota: `what` (input or output) of `len` bytes against
+    /// its `max-<what>` of `max`.
+    fn within(&self, what: &str, len: usize, max: u64) -> Result<(), InvokeError> {
+        if len as u64 > max {
+            return Err(self.quota(
+                Quota::Payload,
+                format!("{what} is {len} bytes; max-{what} is {max}"),
+            ));
+        }
+        Ok(())
     }
 
     fn quota(&self, quota: Quota, detail: String) -> InvokeError {

@@ -43,12 +43,13 @@ pub enum Lang {
 pub const HEAVY_RUNTIME_REUSE: u32 = 16;
 
 impl Lang {
-    /// Invocations one instance serves in the scaffolded `redloom.toml`
-    /// (0: a fresh instance per invocation).
+    /// Invocations one pooled instance serves in the scaffolded
+    /// `redloom.toml`: the host's default for Rust and C, fewer for the
+    /// interpreters (whose heaps grow with what their globals hold).
     pub fn default_reuse(self) -> u32 {
         match self {
             Lang::Js | Lang::Python => HEAVY_RUNTIME_REUSE,
-            Lang::Rust | Lang::C => 0,
+            Lang::Rust | Lang::C => crate::config::DEFAULT_REUSE_INSTANCES,
         }
     }
 
@@ -261,8 +262,12 @@ fn reuse_section(lang: Lang) -> String {
             lang.label()
         ),
         Lang::Rust | Lang::C => format!(
-            "# A fresh instance per invocation (cheap for {}): nothing survives\n\
-             # between invocations. N > 1 lets one instance serve N invocations.\n\
+            "# Pooled instances (the default): one {} instance serves up to {n}\n\
+             # invocations of this plugin, for at most a minute. Globals and statics\n\
+             # survive between those invocations (keep no per-request state in them);\n\
+             # an instance is discarded after any error, trap or quota breach.\n\
+             # isolation = \"per-call\" (instead of this line) gives every invocation\n\
+             # a fresh instance.\n\
              reuse-instances = {n}\n",
             lang.label()
         ),

@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redloom::bindings::types::Error as GuestError;
+use redloom::config::Isolation;
 use redloom::engine::CacheOutcome;
 use redloom::host::{Host, HostInvokeError};
 use redloom::namespace::PluginName;
@@ -387,18 +388,32 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Instance reuse: an instance serves up to N invocations and is discarded
-/// after an error; a fresh instance per call never carries state over.
+/// Instance reuse: pooled is the default; a pooled instance serves up to N
+/// invocations and at most its age, and is discarded after an error, a
+/// panic or a quota breach; `per-call` never carries state over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instance_reuse_is_bounded_and_reset_by_errors() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
         let host = host(&redis, data.path()).await;
-        let fresh = host.load(spec("fresh", "trap")).await.unwrap();
+        let mut s = spec("fresh", "trap");
+        s.isolation = Isolation::PerCall;
+        let fresh = host.load(s).await.unwrap();
         let mut s = spec("reused", "trap");
-        s.reuse_instances = 3;
+        s.isolation = Isolation::pooled(3);
         let reused = host.load(s).await.unwrap();
+        let mut s = spec("breaker", "trap");
+        s.isolation = Isolation::pooled(100);
+        s.quotas.cpu = Duration::from_millis(200);
+        let breaker = host.load(s).await.unwrap();
+        let default = host.load(spec("default", "trap")).await.unwrap();
+        let mut s = spec("aged", "trap");
+        s.isolation = Isolation::Pooled {
+            max_uses: 1000,
+            max_age: Duration::from_secs(1),
+        };
+        let aged = host.load(s).await.unwrap();
 
         let count = |name: PluginName| {
             let host = &host;
@@ -407,6 +422,12 @@ async fn instance_reuse_is_bounded_and_reset_by_errors() {
         for _ in 0..3 {
             assert_eq!(count(fresh.name().clone()).await, "1");
         }
+        assert_eq!(count(default.name().clone()).await, "1");
+        assert_eq!(
+            count(default.name().clone()).await,
+            "2",
+            "pooled is the default"
+        );
         let seen: Vec<String> = {
             let mut v = Vec::new();
             for _ in 0..4 {
@@ -419,11 +440,38 @@ async fn instance_reuse_is_bounded_and_reset_by_errors() {
             ["1", "2", "3", "1"],
             "an instance serves at most 3 invocations"
         );
-        assert!(host.invoke(reused.name(), b"error").await.is_err());
+        // A failure discards the instance that ran it: the next call counts
+        // from 1 again. (Pooled for 100 uses, so only the failure can end it.)
+        assert_eq!(count(breaker.name().clone()).await, "1");
+        for (failing, what) in [
+            (&b"error"[..], "an error"),
+            (b"panic", "a panic"),
+            (b"spin", "a cpu quota breach"),
+        ] {
+            assert_eq!(
+                count(breaker.name().clone()).await,
+                "2",
+                "the instance is kept before {what}"
+            );
+            assert!(host.invoke(breaker.name(), failing).await.is_err());
+            assert_eq!(
+                count(breaker.name().clone()).await,
+                "1",
+                "{what} discards the instance"
+            );
+        }
+
+        let born = Instant::now();
+        assert_eq!(count(aged.name().clone()).await, "1");
+        assert_eq!(count(aged.name().clone()).await, "2");
+        tokio::time::sleep(
+            Duration::from_secs(1).saturating_sub(born.elapsed()) + Duration::from_millis(50),
+        )
+        .await;
         assert_eq!(
-            count(reused.name().clone()).await,
+            count(aged.name().clone()).await,
             "1",
-            "an error discards the instance"
+            "an instance older than instance-max-age is not reused"
         );
     })
     .await;
@@ -513,7 +561,14 @@ async fn runaway_guests_hit_their_quotas() {
             started.elapsed()
         );
 
-        let e = host.invoke(p.name(), b"alloc").await.unwrap_err();
+        // Allocating to the memory limit within 300 ms of wall time is a
+        // race a loaded machine can lose (the spin above made the plugin
+        // heavy, so its next calls start on the low-priority threads): the
+        // memory quota is checked on a plugin with the default wall time.
+        let mut s = spec("hungry", "trap");
+        s.quotas.memory = 16 << 20;
+        let hungry = host.load(s).await.unwrap();
+        let e = host.invoke(hungry.name(), b"alloc").await.unwrap_err();
         assert!(e.to_string().contains("memory quota"), "{e}");
 
         assert_eq!(host.invoke(p.name(), b"ok").await.unwrap(), b"ok");

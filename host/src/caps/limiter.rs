@@ -61,6 +61,13 @@ pub struct Leases {
     held: HashMap<u32, LeaseEntry>,
 }
 
+impl Leases {
+    /// No `lease` handle is alive in the instance.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
 /// The host side of one guest `lease` handle.
 struct LeaseEntry {
     policy: String,

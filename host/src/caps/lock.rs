@@ -93,6 +93,13 @@ impl Default for Locks {
     }
 }
 
+impl Locks {
+    /// No `lock` handle is alive in the instance.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
 /// The host side of one guest `lock` handle.
 pub struct LockHandle {
     name: String,
