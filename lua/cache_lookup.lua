@@ -20,16 +20,19 @@
 --
 -- Times are Redis's (TIME, in milliseconds), so hosts with skewed clocks agree.
 --
--- Reply: {kind, value, negative, granted, n} where kind is
+-- Reply: {kind, value, negative, granted, n, fresh_left, delta} where kind is
 --   1  fresh hit: value, negative (1: a remembered "not found"), granted 1
 --      when XFetch chose this caller for an early refresh (it holds the
---      lease), n = now (the lease's grant time)
+--      lease), n = now (the lease's grant time), fresh_left = milliseconds
+--      of fresh time left, delta = the entry's last fill time (the host's
+--      near cache keeps a fresh hit for at most fresh_left)
 --   2  stale hit: value, negative, granted 1 when this caller holds the
 --      refresh lease, n = now
 --   3  miss: this caller holds the fill lease; n = now
 --   4  miss, someone else holds the lease; n = its remaining time to live
 --      in milliseconds (-1 if none); with ARGV[6] = 1 the waiter flag
 --      KEYS[3] is set for that long
+--   fresh_left and delta are 0 for kinds 2 to 4
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -55,18 +58,18 @@ if fresh then
           granted = take_lease()
         end
       end
-      return {1, e[1] or '', tonumber(e[2]) or 0, granted, now}
+      return {1, e[1] or '', tonumber(e[2]) or 0, granted, now, fresh - now, delta}
     end
-    return {2, e[1] or '', tonumber(e[2]) or 0, take_lease(), now}
+    return {2, e[1] or '', tonumber(e[2]) or 0, take_lease(), now, 0, 0}
   end
   -- Invalidated by a tag, or past its stale time: gone.
   redis.call('DEL', KEYS[1])
 end
 if take_lease() == 1 then
-  return {3, '', 0, 1, now}
+  return {3, '', 0, 1, now, 0, 0}
 end
 local left = redis.call('PTTL', KEYS[2])
 if ARGV[6] == '1' and left > 0 then
   redis.call('SET', KEYS[3], '1', 'PX', left)
 end
-return {4, '', 0, 0, left}
+return {4, '', 0, 0, left, 0, 0}

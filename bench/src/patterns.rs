@@ -40,6 +40,10 @@ pub const QUEUE_MAX_LENGTH: u64 = 100_000_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pattern {
     CacheHit,
+    /// [`Pattern::CacheHit`] with the plugin's near cache: a warm key is
+    /// answered from host memory. The native side is the same Redis
+    /// lookup as for `cache-hit` (there is no native near cache).
+    CacheHitNear,
     CacheMissFill,
     Limiter,
     Lock,
@@ -49,8 +53,9 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    pub const ALL: [Pattern; 7] = [
+    pub const ALL: [Pattern; 8] = [
         Pattern::CacheHit,
+        Pattern::CacheHitNear,
         Pattern::CacheMissFill,
         Pattern::Limiter,
         Pattern::Lock,
@@ -62,6 +67,7 @@ impl Pattern {
     pub fn name(self) -> &'static str {
         match self {
             Pattern::CacheHit => "cache-hit",
+            Pattern::CacheHitNear => "cache-hit-near",
             Pattern::CacheMissFill => "cache-miss-fill",
             Pattern::Limiter => "limiter-gcra",
             Pattern::Lock => "lock-acquire-release",
@@ -75,6 +81,9 @@ impl Pattern {
     pub fn describe(self) -> &'static str {
         match self {
             Pattern::CacheHit => "cache-aside lookup of a warm key (1 EVALSHA)",
+            Pattern::CacheHitNear => {
+                "cache-aside lookup of a warm key; plugin: from the host's near cache (no Redis command), native: 1 EVALSHA"
+            }
             Pattern::CacheMissFill => "cache-aside on a new key: lookup + fill (2 EVALSHA)",
             Pattern::Limiter => "GCRA check (1 EVALSHA)",
             Pattern::Lock => "uncontended acquire + release (2 EVALSHA)",
@@ -144,6 +153,7 @@ pub fn plugin_op_as(b: &Arc<Bench>, pattern: Pattern, name: PluginName) -> Op {
     let input = move |w: usize, n: u64| -> String {
         match pattern {
             Pattern::CacheHit => format!("cache:hit-{w}"),
+            Pattern::CacheHitNear => format!("cache-near:near-hit-{w}"),
             Pattern::CacheMissFill => format!("cache:miss-{nonce}-{w}-{n}"),
             Pattern::Limiter => format!("limit:k-{w}"),
             Pattern::Lock => format!("lock:l-{nonce}-{w}"),
@@ -159,7 +169,7 @@ pub fn plugin_op_as(b: &Arc<Bench>, pattern: Pattern, name: PluginName) -> Op {
         async move {
             let out = host.invoke(&name, input.as_bytes()).await?;
             match pattern {
-                Pattern::CacheHit | Pattern::CacheMissFill => {
+                Pattern::CacheHit | Pattern::CacheHitNear | Pattern::CacheMissFill => {
                     ensure!(out == VALUE, "the plugin returned another cached value")
                 }
                 Pattern::Limiter => ensure!(out == [1], "the plugin's limiter check was refused"),
@@ -182,7 +192,7 @@ pub fn native_op(b: &Arc<Bench>, pattern: Pattern) -> Op {
             let redis = &b.native;
             let ns = &b.native_ns;
             match pattern {
-                Pattern::CacheHit => {
+                Pattern::CacheHit | Pattern::CacheHitNear => {
                     let v = get_or_fill(redis, ns, &format!("hit-{w}")).await?;
                     ensure!(v == VALUE, "another cached value");
                 }

@@ -45,7 +45,9 @@
 //! lease that is still valid, so a slow origin never overwrites a newer value.
 //!
 //! Inside one host, concurrent lookups of one key share one Redis round trip
-//! and one fill.
+//! and one fill, and fresh hits are answered from the host's near cache
+//! (memory, kept coherent by Redis's invalidation reports) until the entry
+//! or one of its tags is written; see [`Policy::near_cache`].
 //!
 //! A lookup finds only an entry stored with the same set of tags
 //! ([`Policy::tag`]); it deletes an entry stored with other tags. Use one
@@ -100,6 +102,9 @@ pub struct Policy {
     pub wait: Duration,
     /// XFetch beta for early refresh; 0 (the default) turns it off.
     pub early_refresh: f64,
+    /// Whether lookups may be answered from the host's near cache (see
+    /// [`Policy::near_cache`]). Default `true`.
+    pub near_cache: bool,
 }
 
 impl Policy {
@@ -113,6 +118,7 @@ impl Policy {
             lease: Duration::from_secs(10),
             wait: Duration::from_secs(5),
             early_refresh: 0.0,
+            near_cache: true,
         }
     }
 
@@ -177,12 +183,29 @@ impl Policy {
         self
     }
 
+    /// Whether lookups may be answered from the host's near cache (on by
+    /// default, unless the plugin's `near-cache = false`).
+    ///
+    /// The host keeps fresh hits in memory and drops them when Redis
+    /// reports a write of the entry or of one of its tags (by any host or
+    /// client), so another client's write is seen within the delivery time
+    /// of that report (under a millisecond on one network; at most the
+    /// plugin's `near-cache-max-age`, 10 s by default, if a report were
+    /// lost). Writes through the same host are
+    /// seen at once. Stale hits, misses and leases always come from Redis.
+    /// `near_cache(false)` reads Redis on every lookup.
+    pub fn near_cache(mut self, on: bool) -> Policy {
+        self.near_cache = on;
+        self
+    }
+
     fn lookup_options(&self) -> wit::LookupOptions {
         wit::LookupOptions {
             tags: self.tags.clone(),
             lease_ttl_ms: ms(self.lease),
             wait_ms: ms(self.wait),
             early_refresh_beta: self.early_refresh,
+            near_cache: self.near_cache,
         }
     }
 

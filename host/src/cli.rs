@@ -566,6 +566,13 @@ fn print_stats(s: &crate::stats::Snapshot) {
     eprintln!("wall_time_seconds {:.6}", s.wall_time_sum.as_secs_f64());
     eprintln!("redis_commands {}", s.redis_commands);
     eprintln!("log_dropped {}", s.dropped_log);
+    let n = &s.near_cache;
+    eprintln!("near_cache_hits {}", n.hits);
+    eprintln!("near_cache_misses {}", n.misses);
+    eprintln!("near_cache_invalidations {}", n.invalidations);
+    eprintln!("near_cache_evictions {}", n.evictions);
+    eprintln!("near_cache_tracking_lost {}", n.tracking_lost);
+    eprintln!("near_cache_bytes {}", n.bytes);
 }
 
 /// `writeln!` into a `String` report, which cannot fail.

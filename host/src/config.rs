@@ -280,6 +280,9 @@ pub struct PluginConfig {
     /// Named rate-limit policies, from `[plugins.NAME.limiters.POLICY]`.
     pub limiters: crate::limiter::Policies,
     pub triggers: TriggerConfig,
+    /// The cache capability's near cache (`near-cache`,
+    /// `near-cache-max-bytes`; see `near_cache`).
+    pub near_cache: crate::near_cache::NearConfig,
 }
 
 /// The pub/sub, keyspace, timer and queue triggers of one plugin.
@@ -861,6 +864,35 @@ impl Config {
                 check_rate_limit(&name, &limiters, c)
                     .map_err(|(field, m)| at(&format!("{key}.consumers.{q}.{field}"), m))?;
             }
+            let near_cache = crate::near_cache::NearConfig {
+                enabled: p.near_cache.unwrap_or(true),
+                max_bytes: match p.near_cache_max_bytes {
+                    None => crate::near_cache::DEFAULT_MAX_BYTES,
+                    Some(n) if (1..=crate::near_cache::MAX_BYTES_CEILING).contains(&n) => n,
+                    Some(n) => {
+                        return Err(at(
+                            &format!("{key}.near-cache-max-bytes"),
+                            format!(
+                                "{n} is out of range: from 1 to {} bytes (turn the near cache off with near-cache = false)",
+                                crate::near_cache::MAX_BYTES_CEILING
+                            ),
+                        ));
+                    }
+                },
+                max_age: match p.near_cache_max_age {
+                    None => crate::near_cache::MAX_AGE,
+                    Some(d) if !d.is_zero() && d <= crate::near_cache::MAX_AGE_CEILING => d,
+                    Some(d) => {
+                        return Err(at(
+                            &format!("{key}.near-cache-max-age"),
+                            format!(
+                                "{d:?} is out of range: above 0 and at most {:?}",
+                                crate::near_cache::MAX_AGE_CEILING
+                            ),
+                        ));
+                    }
+                },
+            };
             let isolation = Isolation::resolve(
                 &key,
                 p.isolation.as_deref(),
@@ -887,6 +919,7 @@ impl Config {
                     isolation,
                     quotas,
                     acl: p.acl,
+                    near_cache,
                     limiters,
                     allowed_outbound_hosts: p
                         .allowed_outbound_hosts
@@ -1172,6 +1205,12 @@ struct RawPlugin {
     queue_max_length: Option<u64>,
     #[serde(default)]
     consumers: BTreeMap<String, ConsumerConfig>,
+    #[serde(default)]
+    near_cache: Option<bool>,
+    #[serde(default, deserialize_with = "bytes::option")]
+    near_cache_max_bytes: Option<u64>,
+    #[serde(default, with = "duration::option")]
+    near_cache_max_age: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -1482,6 +1521,34 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/redloom/redloom.toml"))
+    }
+
+    /// Near-cache settings: on with the defaults unless set; out-of-range
+    /// values name the key.
+    #[test]
+    fn near_cache_settings() {
+        let c = parse("[plugins.a]\nwasm = \"a.wasm\"\n").unwrap();
+        let a = &c.plugins[&PluginName::parse("a").unwrap()];
+        assert_eq!(a.near_cache, crate::near_cache::NearConfig::default());
+        assert!(a.near_cache.enabled);
+        let c = parse(
+            "[plugins.a]\nwasm = \"a.wasm\"\nnear-cache = false\nnear-cache-max-bytes = \"1MiB\"\nnear-cache-max-age = \"2s\"\n",
+        )
+        .unwrap();
+        let a = &c.plugins[&PluginName::parse("a").unwrap()];
+        assert!(!a.near_cache.enabled);
+        assert_eq!(a.near_cache.max_bytes, 1 << 20);
+        assert_eq!(a.near_cache.max_age, Duration::from_secs(2));
+        let e = parse("[plugins.a]\nwasm = \"a.wasm\"\nnear-cache-max-bytes = 0\n").unwrap_err();
+        assert!(
+            e.to_string().contains("plugins.a.near-cache-max-bytes"),
+            "{e}"
+        );
+        let e = parse("[plugins.a]\nwasm = \"a.wasm\"\nnear-cache-max-age = \"2h\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("plugins.a.near-cache-max-age"),
+            "{e}"
+        );
     }
 
     /// A full file parses, paths resolve against its folder and settings become strings.

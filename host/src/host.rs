@@ -252,6 +252,9 @@ impl Host {
         if let Ok(Some(bytes)) = self.redis.stored_usage(plugin.name().as_str()).await {
             plugin.storage().sampled(bytes, 0);
         }
+        // Near-cache tracking runs on the host's own connection, asking
+        // only for the plugin's prefixes (see `redis::tracking`).
+        plugin.near_cache().set_tracker(self.redis.clone());
         let plugin = Arc::new(plugin);
         let report = plugin.report();
         tracing::info!(

@@ -16,7 +16,8 @@
 //! - [`stats`]: per-plugin counters.
 //! - [`bindings`]: the one `bindgen!` site for `wit/`.
 //! - `caps`: host implementations of the capability interfaces, one module
-//!   per WIT interface.
+//!   per WIT interface; [`near_cache`] (re-exported from it): the cache
+//!   capability's host-side near cache.
 //! - [`serve`]: `redloom serve`'s HTTP trigger, admin API, metrics and health.
 //! - [`limiter`]: rate-limit policies: algorithms, parameters and their bounds,
 //!   the manifest syntax.
@@ -31,6 +32,7 @@
 
 pub mod bindings;
 mod caps;
+pub use caps::near_cache;
 pub mod cli;
 pub mod config;
 pub mod engine;

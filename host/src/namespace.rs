@@ -327,6 +327,17 @@ impl Namespace {
         format!("{}cache-filled", self.prefix)
     }
 
+    /// The key prefixes of the plugin's cache entries (with their leases
+    /// and waiter flags) and of its tag counters, for broadcast tracking
+    /// (`redis::tracking`): neither is a prefix of the other, nor of any
+    /// other plugin's (plugin names have no `:`).
+    pub fn cache_tracking_prefixes(&self) -> Vec<String> {
+        vec![
+            format!("{}cache:", self.prefix),
+            format!("{}cache-tag:", self.prefix),
+        ]
+    }
+
     /// The version counter of cache tag `tag`:
     /// `rl:NAME:cache-tag:{NAME/TAG}` (an integer; absent means 0). Its own
     /// hash tag: it is only read and incremented by single-key commands.

@@ -56,6 +56,8 @@ pub struct PluginSpec {
     pub limiters: crate::limiter::Policies,
     /// Pub/sub, keyspace and timer triggers.
     pub triggers: TriggerConfig,
+    /// The cache capability's near cache.
+    pub near_cache: crate::near_cache::NearConfig,
 }
 
 impl PluginSpec {
@@ -70,6 +72,7 @@ impl PluginSpec {
             allowed_outbound_hosts: c.allowed_outbound_hosts.clone(),
             limiters: c.limiters.clone(),
             triggers: c.triggers.clone(),
+            near_cache: c.near_cache,
         }
     }
 
@@ -89,6 +92,7 @@ impl PluginSpec {
             allowed_outbound_hosts: Vec::new(),
             limiters: Default::default(),
             triggers: Default::default(),
+            near_cache: Default::default(),
         }
     }
 }
@@ -457,6 +461,7 @@ impl Plugin {
                     spec.allowed_outbound_hosts,
                 )
                 .with_limiters(spec.limiters)
+                .with_near_cache(spec.near_cache)
                 .with_shared_channels(&spec.triggers.shared_channels)
                 .with_queues(crate::store::QueuePolicy {
                     shared: spec.triggers.shared_queues.clone(),
@@ -521,9 +526,16 @@ impl Plugin {
         self.context.stats.deferred_message();
     }
 
-    /// The plugin's counters.
+    /// The plugin's counters (the near cache's included).
     pub fn stats(&self) -> Snapshot {
-        self.context.stats.snapshot()
+        let mut s = self.context.stats.snapshot();
+        s.near_cache = self.context.near_cache.stats();
+        s
+    }
+
+    /// The plugin's near cache (see [`crate::near_cache`]).
+    pub fn near_cache(&self) -> &crate::near_cache::NearCache {
+        &self.context.near_cache
     }
 
     /// Instantiates once and type-checks every exported handler, without

@@ -101,6 +101,9 @@ pub struct Snapshot {
     /// Cumulative counts per bucket of [`WALL_TIME_BUCKETS`], then `+Inf`.
     pub wall_time_buckets: Vec<u64>,
     pub wall_time_sum: Duration,
+    /// The cache capability's near cache: hits, misses, invalidations,
+    /// evictions and size (filled in by `Plugin::stats`).
+    pub near_cache: crate::near_cache::NearStats,
 }
 
 fn quota_index(q: Quota) -> usize {
@@ -207,6 +210,7 @@ impl PluginStats {
                 })
                 .collect(),
             wall_time_sum: Duration::from_nanos(self.wall_sum_ns.load(Relaxed)),
+            near_cache: Default::default(),
         }
     }
 }

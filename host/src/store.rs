@@ -46,6 +46,8 @@ pub struct PluginContext {
     pub shared_channels: std::collections::BTreeSet<String>,
     /// In-process single flights of cache lookups (see `caps::cache`).
     pub cache_flights: Arc<crate::caps::cache::Flights>,
+    /// Fresh cache hits kept in host memory (see `caps::near_cache`).
+    pub near_cache: crate::near_cache::NearCache,
     pub queues: QueuePolicy,
 }
 
@@ -84,6 +86,11 @@ impl PluginContext {
         quotas: Quotas,
         allowed_outbound: Vec<Origin>,
     ) -> PluginContext {
+        let near_cache = crate::near_cache::NearCache::new(
+            Default::default(),
+            Namespace::new(&name).cache_tracking_prefixes(),
+            name.as_str(),
+        );
         PluginContext {
             namespace: Namespace::new(&name),
             name,
@@ -97,6 +104,7 @@ impl PluginContext {
             admission: Admission::new(&quotas),
             shared_channels: Default::default(),
             cache_flights: Default::default(),
+            near_cache,
             queues: QueuePolicy::default(),
             outbound: OutboundPolicy {
                 allowed: allowed_outbound,
@@ -129,6 +137,16 @@ impl PluginContext {
                 "dropping log output over the plugin's max-log or log-rate quota (counted in redloom_log_dropped_total)"
             );
         }
+    }
+
+    /// The same context with the manifest's near-cache settings.
+    pub fn with_near_cache(mut self, config: crate::near_cache::NearConfig) -> PluginContext {
+        self.near_cache = crate::near_cache::NearCache::new(
+            config,
+            self.namespace.cache_tracking_prefixes(),
+            self.name.as_str(),
+        );
+        self
     }
 
     /// The same context with the manifest's queue settings.

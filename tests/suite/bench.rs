@@ -10,8 +10,9 @@ use redloom_tests::{plugin, run_with_timeout, target_dir, workspace_root};
 use serde_json::Value;
 
 /// Patterns and concurrencies of the side-by-side table.
-const PATTERNS: [&str; 7] = [
+const PATTERNS: [&str; 8] = [
     "cache-hit",
+    "cache-hit-near",
     "cache-miss-fill",
     "limiter-gcra",
     "lock-acquire-release",

@@ -16,6 +16,7 @@ mod http_limits;
 mod languages;
 mod limiter;
 mod lock;
+mod near_cache;
 mod pubsub_isolation;
 mod queue;
 mod queue_poison;

@@ -65,6 +65,16 @@
 //! long wait at 2–4 lookups per second per host and key; a (re)connect wakes
 //! every waiter once, since messages may have been missed while it was
 //! down.
+//!
+//! # Near cache
+//!
+//! A lookup whose options allow it (`near-cache`, and the plugin's
+//! `near-cache` setting) is first answered from the plugin's near cache
+//! ([`crate::near_cache`]) when it holds a fresh entry with the same tags;
+//! otherwise its Redis read registers as pending there and a fresh hit
+//! that handed out no lease is kept. Writes through this host (`fill`,
+//! `set`, `invalidate`, `invalidate-tag`) drop the near entries they touch
+//! before they are sent and again after the reply.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -521,6 +531,21 @@ impl Caps {
         Ok(())
     }
 
+    /// A near-cache registration for a lookup of `entry` with `tags`
+    /// (`None`: the near cache is off or not tracking).
+    fn near_pending(&self, entry: &str, tags: &[String]) -> Option<crate::near_cache::Pending> {
+        let near = &self.plugin.near_cache;
+        if !near.enabled() {
+            return None;
+        }
+        let tag_keys = tags
+            .iter()
+            .map(|t| self.plugin.namespace.cache_tag(t))
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        near.begin(entry, &tag_keys)
+    }
+
     /// The snapshot of `tags` at their current versions.
     async fn tag_snapshot(&mut self, tags: &[String]) -> Result<String, Error> {
         if tags.is_empty() {
@@ -567,6 +592,16 @@ impl Caps {
             return Err(invalid("early-refresh-beta must be 0 or a positive number"));
         }
         let tags = canonical_tags(&options.tags)?;
+        let near = &self.plugin.near_cache;
+        // Not after a quota breach: the invocation fails anyway, as it
+        // would at its next Redis command.
+        if options.near_cache && near.enabled() && self.breach.is_none() {
+            near.ensure_tracking();
+            if let Some(value) = near.get(&keys.entry, &tags, beta) {
+                self.check_reply(value.as_ref().map_or(0, Vec::len))?;
+                return Ok(LookupResult::Fresh(hit(value, None)));
+            }
+        }
         let deadline = Instant::now() + Duration::from_millis(options.wait_ms);
         let flights = self.plugin.cache_flights.clone();
         loop {
@@ -617,6 +652,14 @@ impl Caps {
         // between two looks; only by callers that will wait.
         let waiter = (options.wait_ms > 0).then(|| flights.waiter(&keys.entry));
         loop {
+            // Registered before the first read (the tag versions), so a
+            // write of the entry or a tag from here on keeps the reply
+            // out of the near cache (see `near_cache`).
+            let pending = if options.near_cache {
+                self.near_pending(&keys.entry, tags)
+            } else {
+                None
+            };
             let tag_snapshot = self.tag_snapshot(tags).await?;
             let id = lease_id();
             let will_wait = waiter.is_some() && Instant::now() < deadline;
@@ -643,7 +686,16 @@ impl Caps {
                     value,
                     granted,
                     now_ms,
-                } => (value, false, granted, now_ms),
+                    fresh_left_ms,
+                    delta_ms,
+                } => {
+                    // Not while this caller refreshes it (XFetch): its
+                    // fill will replace the value.
+                    if let Some(p) = pending.filter(|_| !granted) {
+                        p.keep(value.as_deref(), tags, fresh_left_ms, delta_ms);
+                    }
+                    (value, false, granted, now_ms)
+                }
                 CacheLookup::Stale {
                     value,
                     granted,
@@ -734,6 +786,9 @@ impl Caps {
             return Err(e);
         }
         let redis = self.admit().await?;
+        // This host reads its own writes: drop the near entry now and once
+        // Redis has the new one (see `near_cache`).
+        self.plugin.near_cache.written(&[&keys.entry]);
         let stored = redis
             .cache_fill(
                 &keys,
@@ -746,7 +801,9 @@ impl Caps {
                     tags,
                 },
             )
-            .await?;
+            .await;
+        self.plugin.near_cache.written(&[&keys.entry]);
+        let stored = stored?;
         let outcome = if stored {
             Outcome::Value {
                 value: value.map(<[u8]>::to_vec),
@@ -802,7 +859,8 @@ impl Caps {
             value.map_or(0, <[u8]>::len),
         )?;
         let redis = self.admit().await?;
-        redis
+        self.plugin.near_cache.written(&[&keys.entry]);
+        let set = redis
             .cache_set(
                 &keys,
                 &CacheValue {
@@ -812,13 +870,18 @@ impl Caps {
                     tags: &tag_snapshot,
                 },
             )
-            .await?;
-        Ok(())
+            .await;
+        self.plugin.near_cache.written(&[&keys.entry]);
+        Ok(set?)
     }
 
     async fn cache_invalidate(&mut self, key: &str) -> Result<bool, Error> {
         let keys = self.cache_keys(key)?;
-        Ok(self.admit().await?.cache_invalidate(&keys).await?)
+        let redis = self.admit().await?;
+        self.plugin.near_cache.written(&[&keys.entry]);
+        let existed = redis.cache_invalidate(&keys).await;
+        self.plugin.near_cache.written(&[&keys.entry]);
+        Ok(existed?)
     }
 
     async fn cache_invalidate_tag(&mut self, tag: &str) -> Result<(), Error> {
@@ -827,7 +890,11 @@ impl Caps {
             .namespace
             .cache_tag(tag)
             .map_err(|e| invalid(format!("cache tag: {e}")))?;
-        Ok(self.admit().await?.cache_invalidate_tag(&key).await?)
+        let redis = self.admit().await?;
+        self.plugin.near_cache.written(&[&key]);
+        let done = redis.cache_invalidate_tag(&key).await;
+        self.plugin.near_cache.written(&[&key]);
+        Ok(done?)
     }
 }
 

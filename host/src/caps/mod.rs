@@ -9,6 +9,7 @@ mod kv;
 pub(crate) mod limiter;
 pub(crate) mod lock;
 pub(crate) mod log;
+pub mod near_cache;
 pub(crate) mod outbound_http;
 mod pubsub;
 mod queue;

@@ -22,10 +22,14 @@ use super::{CommandResult, Redis};
 pub enum CacheLookup {
     /// A value inside its fresh time to live; `granted`: XFetch chose this
     /// caller for an early refresh and it holds the lease since `now_ms`.
+    /// `fresh_left_ms`: how much of its fresh time was left when read;
+    /// `delta_ms`: how long its last fill took (for the near cache).
     Fresh {
         value: Option<Vec<u8>>,
         granted: bool,
         now_ms: u64,
+        fresh_left_ms: u64,
+        delta_ms: u64,
     },
     /// A value inside its stale time to live; `granted`: this caller holds
     /// the refresh lease since `now_ms`.
@@ -89,16 +93,24 @@ impl Redis {
         random: f64,
         will_wait: bool,
     ) -> CommandResult<CacheLookup> {
-        let (kind, value, negative, granted, n): (i64, Vec<u8>, i64, i64, i64) =
-            entry_script(&self.scripts.cache_lookup, keys)
-                .arg(tags)
-                .arg(lease_id)
-                .arg(lease_ttl_ms)
-                .arg(beta.to_string())
-                .arg(random.to_string())
-                .arg(if will_wait { "1" } else { "0" })
-                .invoke_async(&mut self.conn.clone())
-                .await?;
+        #[allow(clippy::type_complexity)]
+        let (kind, value, negative, granted, n, fresh_left, delta): (
+            i64,
+            Vec<u8>,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+        ) = entry_script(&self.scripts.cache_lookup, keys)
+            .arg(tags)
+            .arg(lease_id)
+            .arg(lease_ttl_ms)
+            .arg(beta.to_string())
+            .arg(random.to_string())
+            .arg(if will_wait { "1" } else { "0" })
+            .invoke_async(&mut self.conn.clone())
+            .await?;
         let value = (negative == 0).then_some(value);
         let now_ms = u64::try_from(n).unwrap_or(0);
         Ok(match kind {
@@ -106,6 +118,8 @@ impl Redis {
                 value,
                 granted: granted == 1,
                 now_ms,
+                fresh_left_ms: u64::try_from(fresh_left).unwrap_or(0),
+                delta_ms: u64::try_from(delta).unwrap_or(0),
             },
             2 => CacheLookup::Stale {
                 value,

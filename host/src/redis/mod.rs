@@ -24,6 +24,7 @@ pub mod queue;
 pub mod scripts;
 pub mod server;
 pub mod storage;
+pub mod tracking;
 
 pub use limiter::LimiterReply;
 pub use lock::{AcquireReply, LockHolder};
@@ -371,15 +372,32 @@ impl Redis {
     pub(crate) async fn cluster_nodes(
         &self,
     ) -> redis::RedisResult<Option<Vec<redis::ConnectionInfo>>> {
-        self.cluster_nodes_where(|_| true).await
+        self.cluster_nodes_where(|flags| !flags.contains("fail"))
+            .await
     }
 
     /// [`Self::cluster_nodes`], only the primaries.
     pub(crate) async fn cluster_primaries(
         &self,
     ) -> redis::RedisResult<Option<Vec<redis::ConnectionInfo>>> {
-        self.cluster_nodes_where(|flags| flags.split(',').any(|f| f == "master"))
-            .await
+        self.cluster_nodes_where(|flags| {
+            !flags.contains("fail") && flags.split(',').any(|f| f == "master")
+        })
+        .await
+    }
+
+    /// [`Self::cluster_primaries`], including primaries only suspected to
+    /// have failed (`fail?`): near-cache tracking must cover every node
+    /// that may still take writes, so it waits for them rather than
+    /// leaving them out (see `tracking`).
+    pub(crate) async fn cluster_primaries_not_failed(
+        &self,
+    ) -> redis::RedisResult<Option<Vec<redis::ConnectionInfo>>> {
+        self.cluster_nodes_where(|flags| {
+            let flags: Vec<&str> = flags.split(',').collect();
+            flags.contains(&"master") && !flags.contains(&"fail")
+        })
+        .await
     }
 
     async fn cluster_nodes_where(
@@ -400,11 +418,8 @@ impl Redis {
             let (Some(addr), Some(flags)) = (fields.nth(1), fields.next()) else {
                 continue;
             };
-            if flags.contains("fail")
-                || flags.contains("noaddr")
-                || flags.contains("handshake")
-                || !keep(flags)
-            {
+            // `keep` decides about `fail` and `fail?`.
+            if flags.contains("noaddr") || flags.contains("handshake") || !keep(flags) {
                 continue;
             }
             // `ip:port@cport[,hostname]`

@@ -15,6 +15,12 @@
 //! | `redloom_queue_deferred_total` | counter | `plugin` |
 //! | `redloom_log_dropped_total` | counter | `plugin` |
 //! | `redloom_background_invocations_total` | counter | `plugin` |
+//! | `redloom_near_cache_hits_total` | counter | `plugin` |
+//! | `redloom_near_cache_misses_total` | counter | `plugin` |
+//! | `redloom_near_cache_invalidations_total` | counter | `plugin` |
+//! | `redloom_near_cache_evictions_total` | counter | `plugin` |
+//! | `redloom_near_cache_tracking_lost_total` | counter | `plugin` |
+//! | `redloom_near_cache_bytes` | gauge | `plugin` |
 //! | `redloom_invocation_duration_seconds` | histogram | `plugin` |
 //! | `redloom_plugins_loaded` | gauge | |
 //! | `redloom_redis_up` | gauge | (1 when the last `PING` answered) |
@@ -173,6 +179,46 @@ impl Collector for HostCollector {
             "Invocations run on the low-priority background runtime after computing for long (or because the plugin recently did).",
             per_plugin(&|s| s.background as f64),
         )?;
+        counter(
+            &mut encoder,
+            "redloom_near_cache_hits",
+            "Cache lookups answered from the host's near cache, without Redis.",
+            per_plugin(&|s| s.near_cache.hits as f64),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_near_cache_misses",
+            "Cache lookups that could have used the near cache but went to Redis.",
+            per_plugin(&|s| s.near_cache.misses as f64),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_near_cache_invalidations",
+            "Near-cache entries dropped because their keys were written (or tracking was lost).",
+            per_plugin(&|s| s.near_cache.invalidations as f64),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_near_cache_evictions",
+            "Near-cache entries evicted to stay within near-cache-max-bytes.",
+            per_plugin(&|s| s.near_cache.evictions as f64),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_near_cache_tracking_lost",
+            "Times the near cache's invalidation (tracking) connection was lost; each flushed the near cache until tracking was back.",
+            per_plugin(&|s| s.near_cache.tracking_lost as f64),
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "redloom_near_cache_bytes",
+            "Bytes the near cache holds now, as counted against near-cache-max-bytes.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in &plugins {
+            let v = i64::try_from(p.stats.near_cache.bytes).unwrap_or(i64::MAX);
+            ConstGauge::new(v).encode(family.encode_family(&[("plugin", p.name.to_string())])?)?;
+        }
 
         let mut family = encoder.encode_descriptor(
             "redloom_invocation_duration_seconds",

@@ -5,7 +5,10 @@
 //! invoke input `OP:ARG`:
 //! - `noop`: returns nothing, touches no capability;
 //! - `cache:KEY`: cache-aside, `Cache::get_or_fill` with a 10 min fresh time
-//!   and a 128-byte value (a hit when KEY is warm, a miss + fill when not);
+//!   and a 128-byte value (a hit when KEY is warm, a miss + fill when not),
+//!   always from Redis (`near_cache(false)`), like the native side;
+//! - `cache-near:KEY`: the same with the host's near cache (a warm key is
+//!   then a hit in host memory);
 //! - `limit:KEY`: `limiter::check` of the manifest's `bench` policy;
 //! - `lock:NAME`: acquire (wait up to 1 s) and release, uncontended;
 //! - `wait-lock:NAME`: `INCR arrived:NAME`, then acquire with a 20 s wait
@@ -35,8 +38,8 @@ impl Invoke for Bench {
         let (op, arg) = text.split_once(':').unwrap_or((text, ""));
         match op {
             "noop" => Ok(Vec::new()),
-            "cache" => {
-                let policy = Policy::ttl(Duration::from_secs(600));
+            "cache" | "cache-near" => {
+                let policy = Policy::ttl(Duration::from_secs(600)).near_cache(op == "cache-near");
                 Cache::get_or_fill(arg, &policy, || Ok(VALUE.to_vec()))
             }
             "limit" => {

@@ -7,7 +7,8 @@
 //!
 //! Policy fields (every op that takes a policy): `fresh_ms` (default 60000),
 //! `stale_ms` (0), `negative_ms` (none), `tags` ([]), `lease_ms` (10000),
-//! `wait_ms` (5000), `beta` (0).
+//! `wait_ms` (5000), `beta` (0), `near` (true: the lookup may use the
+//! host's near cache).
 //!
 //! | op | fields | `ok` value |
 //! |---|---|---|
@@ -26,6 +27,8 @@
 //! | `sleep` | `ms` | null |
 //! | `incr` | `key` (a `kv` key) | the new value (`kv::increment` by 1): tells the test this step was reached |
 //! | `await_key` | `key` (a `kv` key), `timeout_ms`? (default 60000) | true once `key` exists (polled every 10 ms); a `timeout` error if it never does: holds the invocation until the test says so |
+//! | `set_range` | `key` (a prefix), `n`, `value`, policy | null: `set` of `KEY0` … `KEY{n-1}` |
+//! | `lookup_range` | `key` (a prefix), `n`, policy | how many of `KEY0` … `KEY{n-1}` were fresh hits |
 //! | `trap` | | — (the instance traps) |
 //!
 //! `value` may be replaced by `repeat` (`{"value": "x", "repeat": n}` is
@@ -83,7 +86,8 @@ fn policy(op: &Value) -> Policy {
         .stale(ms_field(op, "stale_ms", 0))
         .lease(ms_field(op, "lease_ms", 10_000))
         .wait(ms_field(op, "wait_ms", 5_000))
-        .early_refresh(op["beta"].as_f64().unwrap_or(0.0));
+        .early_refresh(op["beta"].as_f64().unwrap_or(0.0))
+        .near_cache(op["near"].as_bool().unwrap_or(true));
     if let Some(n) = op["negative_ms"].as_u64() {
         p = p.negative(Duration::from_millis(n));
     }
@@ -241,6 +245,27 @@ fn run(op: &Value, leases: &mut HashMap<String, Lease>) -> Result<Value> {
         "await_key" => {
             await_key(str_field(op, "key")?, ms_field(op, "timeout_ms", 60_000))?;
             Ok(json!(true))
+        }
+        "set_range" => {
+            let v = value(op);
+            for i in 0..op["n"].as_u64().unwrap_or(0) {
+                cache::set(&format!("{key}{i}"), v.as_deref(), &policy(op))?;
+            }
+            Ok(Value::Null)
+        }
+        "lookup_range" => {
+            let p = policy(op);
+            let mut fresh = 0;
+            for i in 0..op["n"].as_u64().unwrap_or(0) {
+                match cache::lookup(&format!("{key}{i}"), &p)? {
+                    Lookup::Fresh(_) => fresh += 1,
+                    Lookup::Miss(l) => {
+                        cache::abandon(&format!("{key}{i}"), l)?;
+                    }
+                    _ => {}
+                }
+            }
+            Ok(json!(fresh))
         }
         "trap" => panic!("cache-probe: trap requested"),
         other => Err(Error::invalid(format!("unknown op `{other}`"))),
