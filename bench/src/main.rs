@@ -47,7 +47,8 @@ use crate::coldstart::Subject;
 use crate::measure::{Load, Samples, op};
 use crate::patterns::{Bench, Pattern};
 use crate::report::{
-    Machine, Overhead, PatternRow, Report, ScalingRow, Settings, Target, markdown, svg,
+    Machine, Overhead, PatternRow, RedisBenchmarkRow, Report, ScalingRow, Settings, Target,
+    markdown, svg,
 };
 
 #[derive(Debug, Parser)]
@@ -441,7 +442,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     drop(b);
     server.stop().await;
 
-    let targets = targets(&patterns, &overhead, &cold_start, &fairness, &scaling);
+    let targets = targets(
+        &patterns,
+        &overhead,
+        &cold_start,
+        &fairness,
+        &scaling,
+        &redis_benchmark,
+    );
     let report = Report {
         schema: report::SCHEMA,
         mode: if cli.quick { "quick" } else { "full" },
@@ -755,6 +763,7 @@ fn targets(
     cold: &[coldstart::ColdStart],
     fairness: &fairness::Fairness,
     scaling: &[ScalingRow],
+    redis_benchmark: &[RedisBenchmarkRow],
 ) -> Vec<Target> {
     let mut t = Vec::new();
     for p in patterns {
@@ -785,6 +794,21 @@ fn targets(
         o.reuse.p50_us,
         1.5,
     ));
+    // A near-cache hit answers from host memory: it should beat Redis's
+    // own fastest command, measured by Redis's own client, by 2×.
+    let near = patterns
+        .iter()
+        .find(|p| p.pattern == Pattern::CacheHitNear.name() && p.concurrency == 32);
+    let get = redis_benchmark
+        .iter()
+        .find(|r| r.command == "GET" && r.concurrency == 32);
+    if let (Some(near), Some(get)) = (near, get) {
+        t.push(Target::at_least(
+            "cache-hit-near @32 / redis-benchmark GET @32 throughput",
+            near.plugin.throughput / get.throughput,
+            2.0,
+        ));
+    }
     let at = |c: usize| {
         scaling
             .iter()
