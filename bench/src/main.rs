@@ -320,8 +320,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         host,
         b,
     } = Setup::start(&probe, &examples).await?;
+    // No response timeout: FLUSHDB after the cache-miss-fill rows frees
+    // millions of keys and takes seconds (redis-rs would give up at 500 ms).
     let mut admin = redis::Client::open(url.as_str())?
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
         .await?;
 
     // Memory first, while this process is quiet (the child does the work).
