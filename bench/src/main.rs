@@ -44,6 +44,11 @@ use redloom::redis::server::{PrivateRedis, ServerOptions};
 use redloom::redis::{Redis, RedisOptions};
 
 use crate::coldstart::Subject;
+
+/// The allocator the `redloom` binary ships with (see host/src/main.rs), so
+/// the host measured here is the host users run.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use crate::measure::{Load, Samples, op};
 use crate::patterns::{Bench, Pattern};
 use crate::report::{
