@@ -2,7 +2,7 @@
 
 /// mimalloc rather than glibc's malloc: an invocation allocates and frees
 /// on different tokio workers, and glibc's arenas made that ~15 % of the
-/// call path's CPU, with lock waits (docs/bench/README.md, issue 18).
+/// CPU samples of a benchmark run, with lock waits (docs/bench/README.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
