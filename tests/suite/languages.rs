@@ -153,7 +153,8 @@ fn build(p: &LangPlugin) -> PathBuf {
             Command::new(root.join(p.dir).join("build"))
                 .arg(&tmp)
                 .current_dir(&root)
-                .env("CARGO", env!("CARGO")),
+                .env("CARGO", env!("CARGO"))
+                .env_remove("CARGO_MANIFEST_DIR"),
             Duration::from_secs(900),
         );
         assert!(
