@@ -701,9 +701,8 @@ pub fn plugin(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let mut cmd = Command::new(workspace_root().join("scripts/build-plugins"));
         cmd.current_dir(workspace_root())
-            .env("CARGO", env!("CARGO"))
-            .env_remove("CARGO_MANIFEST_DIR");
-        let out = run_with_timeout(&mut cmd, Duration::from_secs(900));
+            .env("CARGO", env!("CARGO"));
+        let out = run_with_timeout(nested_cargo(&mut cmd), Duration::from_secs(900));
         assert!(
             out.status.success(),
             "scripts/build-plugins failed:\n{}",
@@ -722,19 +721,15 @@ pub fn redloom_bin() -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let out = run_with_timeout(
-            Command::new(env!("CARGO"))
-                .current_dir(workspace_root())
-                // `--workspace`: the same feature resolution as `cargo test
-                // --workspace`, so this does not rebuild redis, rustls and
-                // the host library in another configuration (and the next
-                // test build does not rebuild them back).
-                .args(["build", "--quiet", "--workspace", "--bin", "redloom"])
-                // cargo gives the test process CARGO_MANIFEST_DIR; ring's
-                // build script tracks it, so a nested build that inherits it
-                // reruns ring's build (and rebuilds rustls, redis and the
-                // host after it) here, and again in the next `cargo clippy`
-                // or `cargo test`: ≈ 20 s of every warm `scripts/test`.
-                .env_remove("CARGO_MANIFEST_DIR"),
+            nested_cargo(
+                Command::new(env!("CARGO"))
+                    .current_dir(workspace_root())
+                    // `--workspace`: the same feature resolution as `cargo
+                    // test --workspace`, so this does not rebuild redis,
+                    // rustls and the host library in another configuration
+                    // (and the next test build does not rebuild them back).
+                    .args(["build", "--quiet", "--workspace", "--bin", "redloom"]),
+            ),
             Duration::from_secs(900),
         );
         assert!(
@@ -744,6 +739,37 @@ pub fn redloom_bin() -> PathBuf {
         );
     });
     target_dir().join("debug/redloom")
+}
+
+/// Prepares `cmd`, which runs cargo (directly or through a build script), to
+/// build as a top-level `cargo` would: without the variables cargo sets for
+/// the test process (`CARGO_PKG_*`, `CARGO_MANIFEST_*`, `CARGO_CRATE_NAME`,
+/// …).
+///
+/// ring's build script tracks `CARGO_PKG_NAME` and `CARGO_MANIFEST_DIR`: a
+/// nested build that inherits the test's values reruns it (and rebuilds
+/// rustls, redis and the host after it), and the next `cargo test` or
+/// `cargo clippy` rebuilds them back — about 20 s of every warm
+/// `scripts/test`, twice. Variables the user set (`CARGO_HOME`,
+/// `CARGO_TARGET_DIR`, `CARGO_BUILD_*`, …) are kept.
+pub fn nested_cargo(cmd: &mut Command) -> &mut Command {
+    const SET_FOR_TESTS: [&str; 8] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "CARGO_CFG_",
+    ];
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if SET_FOR_TESTS.iter().any(|p| name.starts_with(p)) {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
 }
 
 /// Runs `cmd` to completion, killing it after `timeout` (the test then fails

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use redloom_tests::{plugin, run_with_timeout, target_dir, workspace_root};
+use redloom_tests::{nested_cargo, plugin, run_with_timeout, target_dir, workspace_root};
 use serde_json::Value;
 
 /// Patterns and concurrencies of the side-by-side table.
@@ -33,12 +33,13 @@ const HEAVY: [&str; 2] = ["javascript", "python"];
 fn quick_run_reports_every_section() {
     let wasm_dir = plugin("bench-probe").parent().unwrap().to_path_buf();
     let built = run_with_timeout(
-        Command::new(env!("CARGO"))
-            .current_dir(workspace_root())
-            // `--workspace` and no CARGO_MANIFEST_DIR, as for the `redloom`
-            // binary (`redloom_bin`): nothing rebuilt in another configuration.
-            .args(["build", "--quiet", "--workspace", "--bin", "redloom-bench"])
-            .env_remove("CARGO_MANIFEST_DIR"),
+        // `--workspace` and `nested_cargo`, as for the `redloom` binary
+        // (`redloom_bin`): nothing rebuilt in another configuration.
+        nested_cargo(
+            Command::new(env!("CARGO"))
+                .current_dir(workspace_root())
+                .args(["build", "--quiet", "--workspace", "--bin", "redloom-bench"]),
+        ),
         Duration::from_secs(900),
     );
     assert!(

@@ -28,7 +28,8 @@ use redloom::limiter::{Limits, Policies, Rate};
 use redloom::namespace::PluginName;
 use redloom::plugin::{InvokeError, Plugin, PluginSpec};
 use redloom_tests::{
-    RedisServer, host_options, redloom_bin, run_with_timeout, spec, target_dir, workspace_root,
+    RedisServer, host_options, nested_cargo, redloom_bin, run_with_timeout, spec, target_dir,
+    workspace_root,
 };
 use serde_json::{Value, json};
 
@@ -150,11 +151,12 @@ fn build(p: &LangPlugin) -> PathBuf {
         let tmp = out.with_extension("wasm.tmp");
         let started = Instant::now();
         let built = run_with_timeout(
-            Command::new(root.join(p.dir).join("build"))
-                .arg(&tmp)
-                .current_dir(&root)
-                .env("CARGO", env!("CARGO"))
-                .env_remove("CARGO_MANIFEST_DIR"),
+            nested_cargo(
+                Command::new(root.join(p.dir).join("build"))
+                    .arg(&tmp)
+                    .current_dir(&root)
+                    .env("CARGO", env!("CARGO")),
+            ),
             Duration::from_secs(900),
         );
         assert!(
@@ -680,7 +682,8 @@ fn new_project_passes_its_test(lang: &str) {
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("./test"), "{summary}");
     let mut test = Command::new(dir.join("test"));
-    test.current_dir(&dir)
+    nested_cargo(&mut test)
+        .current_dir(&dir)
         .env("REDLOOM", &bin)
         .env("CARGO_TARGET_DIR", state.join("cargo-target"))
         // The project installs its own componentize-js (`npm ci` from its
