@@ -20,21 +20,3 @@ pub use self::exports::redloom::plugin::{
 pub use self::redloom::plugin::{
     config, http_types, kv, limiter, lock, log, outbound_http, pubsub, queue, types,
 };
-
-/// The export name of the `invoke` handler interface.
-pub const INVOKE_EXPORT: &str = "redloom:plugin/invoke@0.2.0";
-
-/// The export name of the `http-handler` interface.
-pub const HTTP_EXPORT: &str = "redloom:plugin/http-handler@0.2.0";
-
-/// The export name of the `message-handler` interface.
-pub const MESSAGE_EXPORT: &str = "redloom:plugin/message-handler@0.2.0";
-
-/// The export name of the `timer-handler` interface.
-pub const TIMER_EXPORT: &str = "redloom:plugin/timer-handler@0.2.0";
-
-/// The export name of the `queue-handler` interface.
-pub const QUEUE_EXPORT: &str = "redloom:plugin/queue-handler@0.2.0";
-
-/// The WIT package the host speaks, as it appears in import and export names.
-pub const WIT_PACKAGE: &str = "redloom:plugin@0.2.0";

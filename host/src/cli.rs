@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::engine::{Runtime, RuntimeOptions};
+use crate::handler::HandlerKind;
 use crate::host::{Host, HostInvokeError, HostOptions, StartupError};
 use crate::namespace::PluginName;
 use crate::plugin::{InvokeError, LoadError, Plugin, PluginSpec};
@@ -602,7 +603,8 @@ async fn check(wasm: &Path, options: &HostOptions) -> Result<(), Failure> {
             source,
         })?;
     let r = plugin.report();
-    let handlers = plugin.handlers().names();
+    let handlers = plugin.handlers().kinds();
+    let names: Vec<&str> = handlers.iter().map(|h| h.name()).collect();
     let capabilities: Vec<&str> = r
         .imports
         .iter()
@@ -619,7 +621,7 @@ async fn check(wasm: &Path, options: &HostOptions) -> Result<(), Failure> {
         bytesize::ByteSize(r.size as u64)
     );
     outln!(text, "  world:        {}", world_of(&handlers));
-    outln!(text, "  handlers:     {}", list_or_none(&handlers));
+    outln!(text, "  handlers:     {}", list_or_none(&names));
     outln!(text, "  capabilities: {}", list_or_none(&capabilities));
     outln!(text, "  exports:      {}", list_or_none(&r.exports));
     outln!(text, "  imports:      {}", list_or_none(&r.imports));
@@ -635,20 +637,8 @@ async fn check(wasm: &Path, options: &HostOptions) -> Result<(), Failure> {
 /// The world in `wit/worlds.wit` that exports exactly these handlers; a
 /// component that exports several handlers was built from a world of its own
 /// (the SDK's `export!` makes one), so it is named by the worlds it combines.
-fn world_of(handlers: &[&str]) -> String {
-    let worlds: Vec<String> = handlers
-        .iter()
-        .map(|h| {
-            let world = match *h {
-                "http" => "http",
-                "message" => "message",
-                "timer" => "timer",
-                "queue" => "queue",
-                _ => "invoke",
-            };
-            format!("redloom:plugin/{world}-plugin")
-        })
-        .collect();
+fn world_of(handlers: &[HandlerKind]) -> String {
+    let worlds: Vec<String> = handlers.iter().map(|h| h.world()).collect();
     match worlds.as_slice() {
         [] => "none (no handler export)".into(),
         [one] => one.clone(),
@@ -904,4 +894,21 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `redloom check` names the world a component was built from: one
+    /// handler's own world, or the worlds several handlers combine.
+    #[test]
+    fn world_of_names_the_handlers_worlds() {
+        assert_eq!(world_of(&[]), "none (no handler export)");
+        assert_eq!(world_of(&[HandlerKind::Http]), "redloom:plugin/http-plugin");
+        assert_eq!(
+            world_of(&[HandlerKind::Invoke, HandlerKind::Queue]),
+            "a combination of redloom:plugin/invoke-plugin + redloom:plugin/queue-plugin"
+        );
+    }
 }

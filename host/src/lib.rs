@@ -10,6 +10,8 @@
 //!   linker with every capability, and the compiled-plugin cache.
 //! - [`files`]: bounded reads of regular files named by configuration,
 //!   command line or admin API.
+//! - [`handler`]: the handlers a plugin can export ([`handler::HandlerKind`]):
+//!   names, export names, worlds.
 //! - [`plugin`]: loading and checking a component; running one invocation.
 //! - [`store`]: what a wasmtime `Store` holds for one instance.
 //! - [`quota`]: where each per-plugin quota is enforced, and what it covers.
@@ -37,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod files;
+pub mod handler;
 pub mod host;
 pub mod limiter;
 pub mod namespace;

@@ -28,12 +28,12 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use crate::bindings::http_types::{Request as HttpRequest, Response as HttpResponse};
 use crate::bindings::types::{Error as GuestError, Quota};
 use crate::bindings::{
-    HTTP_EXPORT, INVOKE_EXPORT, MESSAGE_EXPORT, QUEUE_EXPORT, TIMER_EXPORT, WIT_PACKAGE,
     http_handler, invoke_handler, message_handler, queue_handler, timer_handler,
 };
 use crate::caps::outbound_http::Origin;
 use crate::config::{Isolation, PluginConfig, Quotas, TriggerConfig};
 use crate::engine::{CacheOutcome, Runtime};
+use crate::handler::{HandlerKind, WIT_PACKAGE};
 use crate::namespace::{Namespace, PluginName};
 use crate::quota::{CpuMeter, HostShare, Metered, QuotaTrap};
 use crate::redis::Redis;
@@ -128,9 +128,10 @@ pub enum LoadError {
     )]
     Link { path: PathBuf, reason: String },
     #[error(
-        "{path} does not export {INVOKE_EXPORT} or another redloom handler, so it has no handler \
+        "{path} does not export {invoke} or another redloom handler, so it has no handler \
          redloom can call (its exports: {exports}); with redloom-sdk, add \
-         `redloom_sdk::export!(YourPlugin => [invoke]);`"
+         `redloom_sdk::export!(YourPlugin => [invoke]);`",
+        invoke = HandlerKind::Invoke.export()
     )]
     NoHandler { path: PathBuf, exports: String },
 }
@@ -155,7 +156,7 @@ pub enum InvokeError {
     #[error("plugin {plugin} has no `{handler}` handler")]
     NoHandler {
         plugin: PluginName,
-        handler: &'static str,
+        handler: HandlerKind,
     },
     #[error("plugin {plugin} could not be instantiated: {message}")]
     Instantiate { plugin: PluginName, message: String },
@@ -207,46 +208,155 @@ pub fn quota_name(q: Quota) -> &'static str {
     }
 }
 
-/// Handlers a component exports, found by export name.
+/// The handlers a component exports, found by export name at load.
 #[derive(Clone, Default)]
 pub struct Handlers {
-    pub invoke: Option<invoke_handler::GuestIndices>,
-    pub http: Option<http_handler::GuestIndices>,
-    pub message: Option<message_handler::GuestIndices>,
-    pub timer: Option<timer_handler::GuestIndices>,
-    pub queue: Option<queue_handler::GuestIndices>,
+    /// In [`HandlerKind::ALL`] order, one per exported handler.
+    exported: Vec<Indices>,
 }
 
 impl Handlers {
-    /// The handler names (`invoke`, `http`) this component exports.
+    /// Finds the handler interfaces among `exports` and type-checks each
+    /// against what the host calls.
+    fn find(pre: &InstancePre<State>, exports: &[String]) -> wasmtime::Result<Handlers> {
+        let exported = HandlerKind::ALL
+            .into_iter()
+            .filter(|k| exports.iter().any(|e| e == k.export()))
+            .map(|k| Indices::new(k, pre))
+            .collect::<wasmtime::Result<_>>()?;
+        Ok(Handlers { exported })
+    }
+
+    /// The handlers this component exports.
+    pub fn kinds(&self) -> Vec<HandlerKind> {
+        self.exported.iter().map(Indices::kind).collect()
+    }
+
+    /// Their names (`invoke`, `http`, …).
     pub fn names(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.invoke.is_some() {
-            v.push("invoke");
-        }
-        if self.http.is_some() {
-            v.push("http");
-        }
-        if self.message.is_some() {
-            v.push("message");
-        }
-        if self.timer.is_some() {
-            v.push("timer");
-        }
-        if self.queue.is_some() {
-            v.push("queue");
-        }
-        v
+        self.exported.iter().map(|i| i.kind().name()).collect()
+    }
+
+    /// Whether the component exports `kind`.
+    pub fn has(&self, kind: HandlerKind) -> bool {
+        self.exported.iter().any(|i| i.kind() == kind)
+    }
+
+    /// The handlers of one new instance, ready to call.
+    fn load(
+        &self,
+        store: &mut Store<State>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<Guests> {
+        let guests = self
+            .exported
+            .iter()
+            .map(|i| i.load(&mut *store, instance))
+            .collect::<wasmtime::Result<_>>()?;
+        Ok(Guests(guests))
     }
 }
 
-/// The handlers of one instance, type-checked and ready to call.
-struct Guests {
-    invoke: Option<invoke_handler::Guest>,
-    http: Option<http_handler::Guest>,
-    message: Option<message_handler::Guest>,
-    timer: Option<timer_handler::Guest>,
-    queue: Option<queue_handler::Guest>,
+/// Where one exported handler interface lives in the component (the
+/// bindings generate a type per interface, hence one variant each).
+#[derive(Clone)]
+enum Indices {
+    Invoke(invoke_handler::GuestIndices),
+    Http(http_handler::GuestIndices),
+    Message(message_handler::GuestIndices),
+    Timer(timer_handler::GuestIndices),
+    Queue(queue_handler::GuestIndices),
+}
+
+impl Indices {
+    fn new(kind: HandlerKind, pre: &InstancePre<State>) -> wasmtime::Result<Indices> {
+        Ok(match kind {
+            HandlerKind::Invoke => Indices::Invoke(invoke_handler::GuestIndices::new(pre)?),
+            HandlerKind::Http => Indices::Http(http_handler::GuestIndices::new(pre)?),
+            HandlerKind::Message => Indices::Message(message_handler::GuestIndices::new(pre)?),
+            HandlerKind::Timer => Indices::Timer(timer_handler::GuestIndices::new(pre)?),
+            HandlerKind::Queue => Indices::Queue(queue_handler::GuestIndices::new(pre)?),
+        })
+    }
+
+    fn kind(&self) -> HandlerKind {
+        match self {
+            Indices::Invoke(_) => HandlerKind::Invoke,
+            Indices::Http(_) => HandlerKind::Http,
+            Indices::Message(_) => HandlerKind::Message,
+            Indices::Timer(_) => HandlerKind::Timer,
+            Indices::Queue(_) => HandlerKind::Queue,
+        }
+    }
+
+    fn load(
+        &self,
+        store: &mut Store<State>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<Guest> {
+        Ok(match self {
+            Indices::Invoke(i) => Guest::Invoke(i.load(store, instance)?),
+            Indices::Http(i) => Guest::Http(i.load(store, instance)?),
+            Indices::Message(i) => Guest::Message(i.load(store, instance)?),
+            Indices::Timer(i) => Guest::Timer(i.load(store, instance)?),
+            Indices::Queue(i) => Guest::Queue(i.load(store, instance)?),
+        })
+    }
+}
+
+/// One handler of one instance, type-checked and ready to call.
+enum Guest {
+    Invoke(invoke_handler::Guest),
+    Http(http_handler::Guest),
+    Message(message_handler::Guest),
+    Timer(timer_handler::Guest),
+    Queue(queue_handler::Guest),
+}
+
+/// The handlers of one instance, in the order of [`Handlers`].
+struct Guests(Vec<Guest>);
+
+impl Guests {
+    /// Calls the handler `call` is for (checked to be exported before the
+    /// instance was taken).
+    async fn call(&self, store: &mut Store<State>, call: &OwnedCall) -> HandlerOutcome {
+        let guest = self.0.iter().find(|g| g.kind() == call.kind());
+        match (guest, call) {
+            (Some(Guest::Invoke(g)), OwnedCall::Invoke(input)) => g
+                .call_handle(store, input)
+                .await
+                .map(|r| r.map(Reply::Invoke)),
+            (Some(Guest::Http(g)), OwnedCall::Http(request)) => g
+                .call_handle(store, request)
+                .await
+                .map(|r| r.map(Reply::Http)),
+            (Some(Guest::Message(g)), OwnedCall::Message(message)) => g
+                .call_handle(store, message)
+                .await
+                .map(|r| r.map(|()| Reply::Done)),
+            (Some(Guest::Timer(g)), OwnedCall::Tick(tick)) => g
+                .call_handle(store, tick)
+                .await
+                .map(|r| r.map(|()| Reply::Done)),
+            (Some(Guest::Queue(g)), OwnedCall::Job(job)) => g
+                .call_handle(store, job)
+                .await
+                .map(|r| r.map(|()| Reply::Done)),
+            _ => unreachable!("{} is exported: checked before", call.kind()),
+        }
+    }
+}
+
+impl Guest {
+    fn kind(&self) -> HandlerKind {
+        match self {
+            Guest::Invoke(_) => HandlerKind::Invoke,
+            Guest::Http(_) => HandlerKind::Http,
+            Guest::Message(_) => HandlerKind::Message,
+            Guest::Timer(_) => HandlerKind::Timer,
+            Guest::Queue(_) => HandlerKind::Queue,
+        }
+    }
 }
 
 /// A pub/sub message or keyspace event for the message handler.
@@ -275,6 +385,18 @@ enum OwnedCall {
     Job(Job),
 }
 
+impl OwnedCall {
+    fn kind(&self) -> HandlerKind {
+        match self {
+            OwnedCall::Invoke(_) => HandlerKind::Invoke,
+            OwnedCall::Http(_) => HandlerKind::Http,
+            OwnedCall::Message(_) => HandlerKind::Message,
+            OwnedCall::Tick(_) => HandlerKind::Timer,
+            OwnedCall::Job(_) => HandlerKind::Queue,
+        }
+    }
+}
+
 impl Call<'_> {
     fn to_owned(&self) -> OwnedCall {
         match self {
@@ -299,13 +421,14 @@ pub enum Reply {
 }
 
 impl Call<'_> {
-    fn handler(&self) -> &'static str {
+    /// The handler this call is for.
+    pub fn kind(&self) -> HandlerKind {
         match self {
-            Call::Invoke(_) => "invoke",
-            Call::Http(_) => "http",
-            Call::Message(_) => "message",
-            Call::Tick(_) => "timer",
-            Call::Job(_) => "queue",
+            Call::Invoke(_) => HandlerKind::Invoke,
+            Call::Http(_) => HandlerKind::Http,
+            Call::Message(_) => HandlerKind::Message,
+            Call::Tick(_) => HandlerKind::Timer,
+            Call::Job(_) => HandlerKind::Queue,
         }
     }
 
@@ -419,30 +542,8 @@ impl Plugin {
             path: path.clone(),
             reason: format!("{e:#}"),
         };
-        let exported = |name: &str| exports.iter().any(|e| e == name);
-        let handlers = Handlers {
-            invoke: exported(INVOKE_EXPORT)
-                .then(|| invoke_handler::GuestIndices::new(&pre))
-                .transpose()
-                .map_err(invalid)?,
-            http: exported(HTTP_EXPORT)
-                .then(|| http_handler::GuestIndices::new(&pre))
-                .transpose()
-                .map_err(invalid)?,
-            message: exported(MESSAGE_EXPORT)
-                .then(|| message_handler::GuestIndices::new(&pre))
-                .transpose()
-                .map_err(invalid)?,
-            timer: exported(TIMER_EXPORT)
-                .then(|| timer_handler::GuestIndices::new(&pre))
-                .transpose()
-                .map_err(invalid)?,
-            queue: exported(QUEUE_EXPORT)
-                .then(|| queue_handler::GuestIndices::new(&pre))
-                .transpose()
-                .map_err(invalid)?,
-        };
-        if handlers.names().is_empty() {
+        let handlers = Handlers::find(&pre, &exports).map_err(invalid)?;
+        if handlers.kinds().is_empty() {
             return Err(LoadError::NoHandler {
                 path,
                 exports: if exports.is_empty() {
@@ -554,49 +655,11 @@ impl Plugin {
         let instance = Metered::new(std::pin::pin!(self.pre.instantiate_async(&mut store)), &cpu)
             .await
             .map_err(|e| self.instantiate_error(e))?;
-        self.load_guests(&mut store, &instance)
+        self.handlers
+            .load(&mut store, &instance)
             .map_err(|e| self.instantiate_error(e))?;
         check_cpu(store.data()).map_err(|e| self.instantiate_error(e))?;
         Ok(())
-    }
-
-    fn load_guests(
-        &self,
-        store: &mut Store<State>,
-        instance: &wasmtime::component::Instance,
-    ) -> wasmtime::Result<Guests> {
-        Ok(Guests {
-            invoke: self
-                .handlers
-                .invoke
-                .as_ref()
-                .map(|i| i.load(&mut *store, instance))
-                .transpose()?,
-            http: self
-                .handlers
-                .http
-                .as_ref()
-                .map(|i| i.load(&mut *store, instance))
-                .transpose()?,
-            message: self
-                .handlers
-                .message
-                .as_ref()
-                .map(|i| i.load(&mut *store, instance))
-                .transpose()?,
-            timer: self
-                .handlers
-                .timer
-                .as_ref()
-                .map(|i| i.load(&mut *store, instance))
-                .transpose()?,
-            queue: self
-                .handlers
-                .queue
-                .as_ref()
-                .map(|i| i.load(&mut *store, instance))
-                .transpose()?,
-        })
     }
 
     /// Calls the plugin's `invoke` handler with `input`.
@@ -657,17 +720,10 @@ impl Plugin {
         let quotas = self.context.quotas;
         let input_len = call.input_len();
         self.within("input", input_len, quotas.max_input)?;
-        let exported = match call {
-            Call::Invoke(_) => self.handlers.invoke.is_some(),
-            Call::Http(_) => self.handlers.http.is_some(),
-            Call::Message(_) => self.handlers.message.is_some(),
-            Call::Tick(_) => self.handlers.timer.is_some(),
-            Call::Job(_) => self.handlers.queue.is_some(),
-        };
-        if !exported {
+        if !self.handlers.has(call.kind()) {
             return Err(InvokeError::NoHandler {
                 plugin: self.name().clone(),
-                handler: call.handler(),
+                handler: call.kind(),
             });
         }
         let _admitted = self
@@ -801,7 +857,8 @@ impl Plugin {
                         .await
                         .map_err(|e| self.instantiate_error(e))?;
                     let guests = self
-                        .load_guests(&mut store, &instance)
+                        .handlers
+                        .load(&mut store, &instance)
                         .map_err(|e| self.instantiate_error(e))?;
                     Warm {
                         store,
@@ -815,43 +872,7 @@ impl Plugin {
             self.reset(&mut warm.store, &cpu, &cleanup, &migrate)
                 .map_err(|e| self.trap_error(e))?;
             let store = &mut warm.store;
-            let outcome = match &call {
-                OwnedCall::Invoke(input) => match &warm.guests.invoke {
-                    Some(g) => g
-                        .call_handle(store, input)
-                        .await
-                        .map(|r| r.map(Reply::Invoke)),
-                    None => unreachable!("checked before"),
-                },
-                OwnedCall::Http(request) => match &warm.guests.http {
-                    Some(g) => g
-                        .call_handle(store, request)
-                        .await
-                        .map(|r| r.map(Reply::Http)),
-                    None => unreachable!("checked before"),
-                },
-                OwnedCall::Message(message) => match &warm.guests.message {
-                    Some(g) => g
-                        .call_handle(store, message)
-                        .await
-                        .map(|r| r.map(|()| Reply::Done)),
-                    None => unreachable!("checked before"),
-                },
-                OwnedCall::Tick(tick) => match &warm.guests.timer {
-                    Some(g) => g
-                        .call_handle(store, tick)
-                        .await
-                        .map(|r| r.map(|()| Reply::Done)),
-                    None => unreachable!("checked before"),
-                },
-                OwnedCall::Job(job) => match &warm.guests.queue {
-                    Some(g) => g
-                        .call_handle(store, job)
-                        .await
-                        .map(|r| r.map(|()| Reply::Done)),
-                    None => unreachable!("checked before"),
-                },
-            };
+            let outcome = warm.guests.call(store, &call).await;
             Ok::<_, InvokeError>((warm, outcome))
         };
         tokio::time::timeout(wall, Metered::new(std::pin::pin!(body), &cpu)).await

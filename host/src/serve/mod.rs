@@ -32,6 +32,7 @@ pub use listener::{OPEN_FILES_RESERVE, raise_open_files_limit};
 pub use routes::{Match, RouteTable};
 
 use crate::config::{AdminAuth, Config};
+use crate::handler::HandlerKind;
 use crate::host::{Host, ReloadError};
 use crate::namespace::PluginName;
 use crate::plugin::{LoadError, PluginSpec};
@@ -59,13 +60,13 @@ impl App {
     }
 
     /// Every trigger the configuration binds to `plugin` needs its handler.
-    fn check_routes(&self, plugin: &PluginName, handlers: &[&str]) -> Result<(), String> {
+    fn check_routes(&self, plugin: &PluginName, handlers: &[HandlerKind]) -> Result<(), String> {
         for (p, handler, what) in triggers::required_handlers(&self.config) {
             if &p == plugin && !handlers.contains(&handler) {
                 return Err(format!(
                     "{plugin} must export {} because of {what} in the configuration \
                      (with redloom-sdk: `export!(YourPlugin => [{handler}])`)",
-                    triggers::export_of(handler)
+                    handler.export()
                 ));
             }
         }
@@ -77,7 +78,7 @@ impl App {
     async fn load_checked(&self, spec: PluginSpec) -> Result<(), String> {
         let name = spec.name.clone();
         self.host
-            .load_checked(spec, |p| self.check_routes(&name, &p.handlers().names()))
+            .load_checked(spec, |p| self.check_routes(&name, &p.handlers().kinds()))
             .await
             .map(drop)
             .map_err(|e| admin_message(&e))
@@ -89,7 +90,7 @@ impl App {
         wasm: Option<PathBuf>,
         settings: Option<std::collections::BTreeMap<String, String>>,
     ) -> Result<(), (StatusCode, String)> {
-        let check = |p: &crate::plugin::Plugin| self.check_routes(name, &p.handlers().names());
+        let check = |p: &crate::plugin::Plugin| self.check_routes(name, &p.handlers().kinds());
         match self.host.reload(name, wasm, settings, check).await {
             Ok(_) => Ok(()),
             Err(ReloadError::UnknownPlugin(_)) => Err((
@@ -204,7 +205,7 @@ impl Server {
             let handlers = app
                 .host
                 .plugin(name)
-                .map(|p| p.handlers().names())
+                .map(|p| p.handlers().kinds())
                 .unwrap_or_default();
             app.check_routes(name, &handlers)
                 .map_err(ServeError::Routes)?;

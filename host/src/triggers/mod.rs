@@ -23,44 +23,46 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::handler::HandlerKind;
 use crate::host::Host;
 use crate::namespace::PluginName;
 
 /// Which handler each configured trigger needs, for the load-time check:
 /// `(plugin, handler, what binds it)`.
-pub fn required_handlers(config: &Config) -> Vec<(PluginName, &'static str, String)> {
+pub fn required_handlers(config: &Config) -> Vec<(PluginName, HandlerKind, String)> {
     let mut out = Vec::new();
     for r in &config.routes {
         if let Ok(n) = PluginName::parse(&r.plugin) {
-            out.push((n, "http", format!("the route {}", r.path)));
+            out.push((n, HandlerKind::Http, format!("the route {}", r.path)));
         }
     }
     for (name, p) in &config.plugins {
         if !p.triggers.subscriptions.is_empty() {
-            out.push((name.clone(), "message", "its subscriptions".to_string()));
+            out.push((
+                name.clone(),
+                HandlerKind::Message,
+                "its subscriptions".to_string(),
+            ));
         }
         if !p.triggers.keyspace_events.is_empty() {
-            out.push((name.clone(), "message", "its keyspace-events".to_string()));
+            out.push((
+                name.clone(),
+                HandlerKind::Message,
+                "its keyspace-events".to_string(),
+            ));
         }
         if !p.triggers.timers.is_empty() {
-            out.push((name.clone(), "timer", "its timers".to_string()));
+            out.push((name.clone(), HandlerKind::Timer, "its timers".to_string()));
         }
         if !p.triggers.consumers.is_empty() {
-            out.push((name.clone(), "queue", "its consumers".to_string()));
+            out.push((
+                name.clone(),
+                HandlerKind::Queue,
+                "its consumers".to_string(),
+            ));
         }
     }
     out
-}
-
-/// The export a handler name stands for, for messages.
-pub fn export_of(handler: &str) -> &'static str {
-    match handler {
-        "http" => crate::bindings::HTTP_EXPORT,
-        "message" => crate::bindings::MESSAGE_EXPORT,
-        "timer" => crate::bindings::TIMER_EXPORT,
-        "queue" => crate::bindings::QUEUE_EXPORT,
-        _ => crate::bindings::INVOKE_EXPORT,
-    }
 }
 
 /// Background trigger tasks; dropping them aborts every task at once,
