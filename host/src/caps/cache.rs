@@ -77,14 +77,14 @@
 //! before they are sent and again after the reply.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::common::{Backoff, R, invalid, random_unit, unique_id};
 use crate::bindings::redloom::plugin::cache::{
     Hit, Host, Lease, LookupOptions, LookupResult, Ttls,
 };
@@ -121,12 +121,6 @@ pub const MAX_BACKOFF_NOTIFIED: Duration = Duration::from_millis(500);
 
 /// How long one connection attempt of the wake-up subscription may take.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-type R<T> = wasmtime::Result<Result<T, Error>>;
-
-fn invalid(message: impl Into<String>) -> Error {
-    Error::InvalidArgument(message.into())
-}
 
 // ---- flights ----------------------------------------------------------------
 
@@ -416,25 +410,6 @@ impl Drop for LeaderGuard {
 
 // ---- leases -------------------------------------------------------------------
 
-/// 64 random bits from the standard library's per-process random keys.
-fn random_u64() -> u64 {
-    static N: AtomicU64 = AtomicU64::new(0);
-    RandomState::new().hash_one(N.fetch_add(1, Ordering::Relaxed))
-}
-
-/// A uniform random number in (0, 1].
-fn random_unit() -> f64 {
-    ((random_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
-}
-
-/// A new lease id, unique across hosts: a random process id and a sequence.
-fn lease_id() -> String {
-    static HOST_ID: LazyLock<String> =
-        LazyLock::new(|| format!("{:016x}{:016x}", random_u64(), random_u64()));
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", *HOST_ID, SEQ.fetch_add(1, Ordering::Relaxed))
-}
-
 /// The guest-visible token: `ID|GRANTED_MS|TAG_SNAPSHOT`.
 fn token(id: &str, granted_ms: u64, tags: &str) -> Lease {
     Lease {
@@ -489,24 +464,6 @@ fn check_ttls(ttls: Ttls) -> Result<Ttls, Error> {
 
 fn hit(value: Option<Vec<u8>>, refresh: Option<Lease>) -> Hit {
     Hit { value, refresh }
-}
-
-/// Jittered exponential backoff: each pause from the upper half of a cap
-/// doubling from [`FIRST_BACKOFF`] to `max` ([`MAX_BACKOFF`], or
-/// [`MAX_BACKOFF_NOTIFIED`] while wake-ups arrive).
-struct Backoff {
-    cap: Duration,
-}
-
-impl Backoff {
-    fn next_pause(&mut self, max: Duration) -> Duration {
-        let cap = self.cap.min(max);
-        let half = cap / 2;
-        let span = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        let pause = half + Duration::from_nanos(random_u64() % (span + 1));
-        self.cap = (cap * 2).min(max);
-        pause
-    }
 }
 
 // ---- the capability -------------------------------------------------------------
@@ -646,7 +603,7 @@ impl Caps {
         deadline: Instant,
         guard: Option<LeaderGuard>,
     ) -> Result<LookupResult, Error> {
-        let mut backoff = Backoff { cap: FIRST_BACKOFF };
+        let mut backoff = Backoff::new(FIRST_BACKOFF);
         let flights = self.plugin.cache_flights.clone();
         // Registered for the whole lookup, so a wake-up is never lost
         // between two looks; only by callers that will wait.
@@ -661,7 +618,7 @@ impl Caps {
                 None
             };
             let tag_snapshot = self.tag_snapshot(tags).await?;
-            let id = lease_id();
+            let id = unique_id();
             let will_wait = waiter.is_some() && Instant::now() < deadline;
             // Enabled before the lookup: a fill published after the script
             // set the waiter flag wakes this future even before it is polled.
@@ -1035,7 +992,7 @@ mod tests {
     /// once if the subscription drops.
     #[test]
     fn backoff_caps() {
-        let mut b = Backoff { cap: FIRST_BACKOFF };
+        let mut b = Backoff::new(FIRST_BACKOFF);
         let first = b.next_pause(MAX_BACKOFF);
         assert!(
             first >= FIRST_BACKOFF / 2 && first <= FIRST_BACKOFF,
@@ -1053,14 +1010,5 @@ mod tests {
         }
         assert!(most >= MAX_BACKOFF_NOTIFIED / 2, "{most:?}");
         assert!(b.next_pause(MAX_BACKOFF) <= MAX_BACKOFF);
-    }
-
-    /// Random units are in (0, 1].
-    #[test]
-    fn random_units() {
-        for _ in 0..1000 {
-            let r = random_unit();
-            assert!(r > 0.0 && r <= 1.0, "{r}");
-        }
     }
 }

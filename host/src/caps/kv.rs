@@ -7,12 +7,11 @@
 //! `storage`) and every value read through [`Caps::check_reply`]
 //! (`max-reply`).
 
+use super::common::R;
 use crate::bindings::kv::{Host, SetCondition, SetOptions};
 use crate::bindings::types::Error;
 use crate::redis;
 use crate::store::Caps;
-
-type R<T> = wasmtime::Result<Result<T, Error>>;
 
 fn positive_ttl(ttl_ms: u64) -> Result<u64, Error> {
     if ttl_ms == 0 {

@@ -32,12 +32,13 @@
 //! what the plugin holds, and follow an admitted acquire), and still counted.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::Resource;
 
+use super::common::{R, invalid, unique_id};
 use crate::bindings::limiter::{
     Acquisition, ConcurrencyLimits, Decision, GcraLimits, Host, HostLease, Lease,
     Limits as WitLimits, Rate as WitRate, TokenBucketLimits, WindowLimits,
@@ -118,28 +119,6 @@ fn release_at_end(slots: Arc<HeldSlots>) -> CleanupAction {
             }
         })
     })
-}
-
-/// A new lease id: this process's random id and a sequence number.
-fn lease_id() -> String {
-    static PROCESS: LazyLock<String> = LazyLock::new(|| {
-        let mut bytes = [0u8; 16];
-        if getrandom::getrandom(&mut bytes).is_err() {
-            // Fall back to the standard library's per-process random keys.
-            use std::hash::{BuildHasher, RandomState};
-            let a = RandomState::new().hash_one(std::process::id());
-            let b = RandomState::new().hash_one(a);
-            bytes[..8].copy_from_slice(&a.to_le_bytes());
-            bytes[8..].copy_from_slice(&b.to_le_bytes());
-        }
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    });
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", *PROCESS, SEQ.fetch_add(1, Ordering::Relaxed))
-}
-
-fn invalid(message: impl Into<String>) -> Error {
-    Error::InvalidArgument(message.into())
 }
 
 /// A duration in whole milliseconds, rounded up (as the SDK sends them).
@@ -300,7 +279,7 @@ impl Caps {
         let redis = self.admit().await?;
         let slots = Arc::new(HeldSlots {
             keys,
-            lease: lease_id(),
+            lease: unique_id(),
             count: cost,
             released: AtomicBool::new(false),
         });
@@ -408,13 +387,7 @@ impl Caps {
         {
             return Ok(redis);
         }
-        let redis = self
-            .redis
-            .clone()
-            .ok_or_else(|| Error::BackendUnavailable("this host runs without Redis".into()))?;
-        self.redis_ops += 1;
-        self.plugin.stats.redis_command();
-        Ok(redis)
+        self.release_connection()
     }
 
     fn lease_entry(&self, handle: &Resource<Lease>) -> wasmtime::Result<&LeaseEntry> {
@@ -498,8 +471,6 @@ impl Caps {
     }
 }
 
-type R<T> = wasmtime::Result<Result<T, Error>>;
-
 impl Host for Caps {
     async fn check(&mut self, policy: String, key: String, cost: u64) -> R<Decision> {
         Ok(self.limiter_check(&policy, &key, cost).await)
@@ -579,15 +550,6 @@ impl HostLease for Caps {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Lease ids are unique and share the process's random part.
-    #[test]
-    fn lease_ids_are_unique() {
-        let (a, b) = (lease_id(), lease_id());
-        assert_ne!(a, b);
-        assert_eq!(a.split('-').next(), b.split('-').next());
-        assert_eq!(a.split('-').next().unwrap().len(), 32);
-    }
 
     /// Every policy survives the round trip through its WIT form.
     #[test]

@@ -39,7 +39,6 @@
 //! task and count in the plugin's statistics, not against its quotas.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
@@ -49,6 +48,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use wasmtime::component::{Resource, ResourceTable};
 
+use super::common::{Backoff, R, invalid, unique_id};
 use crate::bindings::lock::{HolderInfo, Host, HostLock, Ownership};
 use crate::bindings::types::Error;
 use crate::namespace::LockKeys;
@@ -272,53 +272,7 @@ fn wake(key: &str) {
     }
 }
 
-/// Jittered exponential backoff: each pause is drawn from the upper half of
-/// a cap that doubles from [`FIRST_BACKOFF`] to [`MAX_BACKOFF`].
-struct Backoff {
-    cap: Duration,
-    rng: u64,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff {
-            cap: FIRST_BACKOFF,
-            rng: random_u64() | 1,
-        }
-    }
-
-    fn next_pause(&mut self) -> Duration {
-        // xorshift64: plenty for jitter.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let half = self.cap / 2;
-        let span = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        let pause = half + Duration::from_nanos(self.rng % (span + 1));
-        self.cap = (self.cap * 2).min(MAX_BACKOFF);
-        pause
-    }
-}
-
-/// 64 random bits from the standard library's per-process random keys.
-fn random_u64() -> u64 {
-    static N: AtomicU64 = AtomicU64::new(0);
-    RandomState::new().hash_one(N.fetch_add(1, Ordering::Relaxed))
-}
-
-/// A new owner id: this process's random id and a sequence number.
-fn owner_id() -> String {
-    static HOST_ID: LazyLock<String> =
-        LazyLock::new(|| format!("{:016x}{:016x}", random_u64(), random_u64()));
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", *HOST_ID, SEQ.fetch_add(1, Ordering::Relaxed))
-}
-
 // ---- the capability -------------------------------------------------------
-
-fn invalid(message: impl Into<String>) -> Error {
-    Error::InvalidArgument(message.into())
-}
 
 fn check_ttl(ttl_ms: u64) -> Result<u64, Error> {
     if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
@@ -351,20 +305,6 @@ impl Caps {
             .namespace
             .lock(name)
             .map_err(|e| invalid(format!("lock name: {e}")))
-    }
-
-    /// The connection for a release. A release is counted (`redis-ops`,
-    /// the plugin's command counter) but never refused and never waits for
-    /// the `redis-rate` bucket: it frees what the plugin holds, and there is
-    /// at most one per admitted acquire.
-    fn release_connection(&mut self) -> Result<Redis, Error> {
-        let redis = self
-            .redis
-            .clone()
-            .ok_or_else(|| Error::BackendUnavailable("this host runs without Redis".into()))?;
-        self.redis_ops += 1;
-        self.plugin.stats.redis_command();
-        Ok(redis)
     }
 
     /// Whether `owner` is an acquisition this instance still holds.
@@ -405,7 +345,7 @@ impl Caps {
             wake: format!("{url}\n{}", keys.lock),
             name: name.clone(),
             keys,
-            owner: owner_id(),
+            owner: unique_id(),
             ttl_ms: AtomicU64::new(ttl_ms),
             state: Mutex::default(),
         });
@@ -457,7 +397,7 @@ impl Caps {
         let started = Instant::now();
         let deadline = wait.map(|w| started + w.min(MAX_WAIT));
         let waiter = wait.map(|_| Waiter::new(&lease.wake));
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(FIRST_BACKOFF);
         loop {
             // Listen before trying, so a release between a failed attempt
             // and the pause is not missed.
@@ -494,7 +434,7 @@ impl Caps {
                     started.elapsed().as_millis()
                 ))));
             }
-            let mut pause = backoff.next_pause().min(deadline - now);
+            let mut pause = backoff.next_pause(MAX_BACKOFF).min(deadline - now);
             if let Some(left) = left {
                 // The lock expires then; try again right after.
                 pause = pause.min(Duration::from_millis(left + 1));
@@ -625,8 +565,6 @@ impl AttemptError {
     }
 }
 
-type R<T> = wasmtime::Result<Result<T, Error>>;
-
 impl Host for Caps {
     async fn acquire(
         &mut self,
@@ -699,8 +637,8 @@ mod tests {
     /// Backoff pauses grow, stay within their cap's upper half, and jitter.
     #[test]
     fn backoff_is_bounded_and_jittered() {
-        let mut b = Backoff::new();
-        let pauses: Vec<Duration> = (0..20).map(|_| b.next_pause()).collect();
+        let mut b = Backoff::new(FIRST_BACKOFF);
+        let pauses: Vec<Duration> = (0..20).map(|_| b.next_pause(MAX_BACKOFF)).collect();
         assert!(pauses[0] >= FIRST_BACKOFF / 2 && pauses[0] <= FIRST_BACKOFF);
         for p in &pauses {
             assert!(*p <= MAX_BACKOFF, "{p:?}");
@@ -713,21 +651,11 @@ mod tests {
         assert!(sorted.len() > 1, "no jitter: {pauses:?}");
     }
 
-    /// Owner ids are unique and carry the process's random id.
-    #[test]
-    fn owner_ids_are_unique() {
-        let a = owner_id();
-        let b = owner_id();
-        assert_ne!(a, b);
-        assert_eq!(a.split('-').next(), b.split('-').next());
-        assert_eq!(a.split('-').next().unwrap().len(), 32);
-    }
-
     /// A waiter registry entry lives exactly as long as its waiters, and a
     /// wake-up reaches a waiter that listens.
     #[tokio::test]
     async fn waiters_are_woken_and_cleaned_up() {
-        let key = format!("test\n{}", owner_id());
+        let key = format!("test\n{}", unique_id());
         let a = Waiter::new(&key);
         let b = Waiter::new(&key);
         let mut notified = Box::pin(a.notify.notified());

@@ -4,6 +4,7 @@
 //! [`crate::redis`], and every failure becomes a typed WIT `error`.
 
 pub(crate) mod cache;
+mod common;
 mod config;
 mod kv;
 pub(crate) mod limiter;
@@ -64,6 +65,20 @@ impl Caps {
                 )));
             }
         }
+        let redis = self
+            .redis
+            .clone()
+            .ok_or_else(|| Error::BackendUnavailable("this host runs without Redis".into()))?;
+        self.redis_ops += 1;
+        self.plugin.stats.redis_command();
+        Ok(redis)
+    }
+
+    /// The connection for a command that frees what the plugin holds (a
+    /// lock or limiter-slot release): counted (`redis-ops`, the plugin's
+    /// command counter) but never refused and never delayed by the
+    /// `redis-rate` bucket. There is at most one per admitted acquire.
+    pub(crate) fn release_connection(&mut self) -> Result<Redis, Error> {
         let redis = self
             .redis
             .clone()

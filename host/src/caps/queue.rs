@@ -2,6 +2,7 @@
 //! queues its manifest lists). Consumption is the queue trigger
 //! (`crate::triggers::queue`).
 
+use super::common::invalid;
 use crate::bindings::queue::{EnqueueOptions, Host};
 use crate::bindings::types::{Error, Quota};
 use crate::quota::QuotaTrap;
@@ -20,10 +21,6 @@ pub const MAX_ATTEMPTS: u32 = 1000;
 
 /// Longest dedupe id, in bytes.
 pub const MAX_DEDUPE_ID: usize = 256;
-
-fn invalid(m: impl Into<String>) -> Error {
-    Error::InvalidArgument(m.into())
-}
 
 impl Caps {
     /// Every argument is checked before the one script that writes runs, so
