@@ -65,13 +65,7 @@ impl Caps {
                 )));
             }
         }
-        let redis = self
-            .redis
-            .clone()
-            .ok_or_else(|| Error::BackendUnavailable("this host runs without Redis".into()))?;
-        self.redis_ops += 1;
-        self.plugin.stats.redis_command();
-        Ok(redis)
+        self.counted_connection()
     }
 
     /// The connection for a command that frees what the plugin holds (a
@@ -79,6 +73,11 @@ impl Caps {
     /// command counter) but never refused and never delayed by the
     /// `redis-rate` bucket. There is at most one per admitted acquire.
     pub(crate) fn release_connection(&mut self) -> Result<Redis, Error> {
+        self.counted_connection()
+    }
+
+    /// The connection, with the command counted.
+    fn counted_connection(&mut self) -> Result<Redis, Error> {
         let redis = self
             .redis
             .clone()
