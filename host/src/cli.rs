@@ -421,7 +421,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Ok(())
             }
             Err(e) => Err(Failure {
-                code: e.exit_code(),
+                code: match e {
+                    crate::scaffold::ScaffoldError::Io { .. } => exit::OTHER,
+                    _ => exit::USAGE,
+                },
                 message: e.to_string(),
                 hint: e.hint(),
             }),

@@ -13,6 +13,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::caps::outbound_http::Origin;
 use crate::namespace::PluginName;
+use crate::units::{bytes, duration};
+
+pub use crate::quota::Quotas;
 
 /// The name of the configuration file `redloom` looks for in the current directory.
 pub const DEFAULT_FILE: &str = "redloom.toml";
@@ -436,82 +439,6 @@ pub enum Missed {
     Skip,
     /// Run the most recent missed tick once, at once, then carry on.
     CatchUp,
-}
-
-/// Per-plugin limits, from `[plugins.NAME.quotas]`. Each has a safe
-/// default and a host-wide ceiling ([`ceilings`]); the README has the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quotas {
-    /// CPU time per invocation: time the invocation occupies a worker thread
-    /// (guest code and the host's work inside its host calls), not time
-    /// awaiting Redis or waiting for a worker thread.
-    pub cpu: Duration,
-    /// Wall-clock deadline per invocation, including time spent awaiting Redis.
-    pub wall_time: Duration,
-    /// Deterministic instruction budget per invocation (wasmtime fuel); `None`: off.
-    pub fuel: Option<u64>,
-    /// Linear memory per instance, in bytes.
-    pub memory: u64,
-    /// Table elements per table (function references).
-    pub table_elements: u64,
-    /// Core and component instances per plugin instance.
-    pub instances: u64,
-    /// Largest input accepted, in bytes.
-    pub max_input: u64,
-    /// Largest output returned, in bytes.
-    pub max_output: u64,
-    /// Most bytes one Redis reply may bring into the guest.
-    pub max_reply: u64,
-    /// Largest value one write may store or send: a kv value, a cache
-    /// entry, a queue payload, a published message.
-    pub max_write: u64,
-    /// Bytes of Redis memory the plugin's keys may use in all (sampled by
-    /// `serve`; see `storage`).
-    pub storage: u64,
-    /// Bytes the plugin may log (the `log` capability plus stdout and
-    /// stderr) per invocation; the rest is dropped and counted.
-    pub max_log: u64,
-    /// Bytes per second the plugin as a whole may log (one second of burst);
-    /// the rest is dropped and counted.
-    pub log_rate: u64,
-    /// Redis commands per invocation.
-    pub redis_ops: u64,
-    /// Redis commands per second for the plugin as a whole (token bucket; 0: unlimited).
-    pub redis_rate: u64,
-    /// Invocations of the plugin running at once.
-    pub concurrency: u32,
-    /// Invocations that may wait for a free slot; more are rejected at once.
-    pub queue: u32,
-    /// How long an invocation may wait for a slot before it is rejected.
-    pub queue_wait: Duration,
-    /// Deadline of one outbound HTTP request.
-    pub outbound_timeout: Duration,
-}
-
-impl Default for Quotas {
-    fn default() -> Self {
-        Quotas {
-            cpu: Duration::from_secs(2),
-            wall_time: Duration::from_secs(10),
-            fuel: None,
-            memory: 64 << 20,
-            table_elements: 20_000,
-            instances: 64,
-            max_input: 1 << 20,
-            max_output: 1 << 20,
-            max_reply: 1 << 20,
-            max_write: 1 << 20,
-            storage: 256 << 20,
-            max_log: 64 << 10,
-            log_rate: 256 << 10,
-            redis_ops: 1_000,
-            redis_rate: 10_000,
-            concurrency: 16,
-            queue: 64,
-            queue_wait: Duration::from_secs(1),
-            outbound_timeout: Duration::from_secs(5),
-        }
-    }
 }
 
 /// Host-wide ceilings: no plugin's quota may exceed these.
@@ -1457,61 +1384,6 @@ impl RawHost {
             ));
         }
         Ok(h)
-    }
-}
-
-/// Durations as humantime strings: `"500ms"`, `"10s"`, `"2m"`.
-pub(crate) mod duration {
-    use super::*;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        parse(&s).map_err(serde::de::Error::custom)
-    }
-
-    pub fn parse(s: &str) -> Result<Duration, String> {
-        humantime::parse_duration(s.trim()).map_err(|e| {
-            format!("expected a duration such as \"500ms\" or \"10s\", found {s:?} ({e})")
-        })
-    }
-
-    pub mod option {
-        use super::*;
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            super::deserialize(d).map(Some)
-        }
-    }
-}
-
-/// Byte sizes as integers or strings: `65536`, `"64KiB"`, `"64 MiB"`.
-pub(crate) mod bytes {
-    use super::*;
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum IntOrString {
-        Int(u64),
-        String(String),
-    }
-
-    pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        option(d).map(|v| v.unwrap_or_default())
-    }
-
-    pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        match IntOrString::deserialize(d)? {
-            IntOrString::Int(n) => Ok(Some(n)),
-            IntOrString::String(s) => parse(&s).map(Some).map_err(serde::de::Error::custom),
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<u64, String> {
-        s.trim()
-            .parse::<bytesize::ByteSize>()
-            .map(|b| b.as_u64())
-            .map_err(|_| {
-                format!("expected a size such as 65536, \"64KiB\" or \"16MiB\", found {s:?}")
-            })
     }
 }
 

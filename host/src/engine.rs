@@ -105,16 +105,6 @@ impl Drop for WarmSlot {
 /// has work. At nice 10 a thread gets about a tenth of a contended core.
 pub const BACKGROUND_NICE: i32 = 10;
 
-thread_local! {
-    /// Set on the [`Background`] runtime's threads.
-    static ON_BACKGROUND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether the current thread is one of the [`Background`] runtime's.
-pub fn on_background() -> bool {
-    ON_BACKGROUND.with(|b| b.get())
-}
-
 /// A second tokio runtime, at low OS priority, for CPU-heavy invocations
 /// (see `plugin.rs`, "Placement"): a guest that runs long moves here, so
 /// it cannot hold up short invocations of other plugins on the normal
@@ -132,7 +122,7 @@ impl Background {
             .thread_name("redloom-heavy")
             .enable_all()
             .on_thread_start(|| {
-                ON_BACKGROUND.with(|b| b.set(true));
+                crate::quota::mark_background_thread();
                 // SAFETY: plain syscalls on this thread's own id; lowering
                 // one's priority needs no privilege, and a failure only
                 // leaves the thread at normal priority.

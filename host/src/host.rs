@@ -219,15 +219,11 @@ impl Host {
             );
             // The pub/sub trigger subscribes as this user too.
             channels.extend(
-                crate::triggers::pubsub::acl_patterns(
-                    plugin.name(),
-                    &spec.triggers,
-                    self.redis.db(),
-                )
-                .map_err(|e| LoadError::Config {
-                    path: path.clone(),
-                    reason: format!("{e:#}"),
-                })?,
+                crate::subscriptions::acl_patterns(plugin.name(), &spec.triggers, self.redis.db())
+                    .map_err(|e| LoadError::Config {
+                        path: path.clone(),
+                        reason: format!("{e:#}"),
+                    })?,
             );
             self.redis
                 .for_acl_user(&user, plugin.namespace().prefix(), &channels)

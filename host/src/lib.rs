@@ -23,12 +23,15 @@
 //! - [`serve`]: `redloom serve`'s HTTP trigger, admin API, metrics and health.
 //! - [`limiter`]: rate-limit policies: algorithms, parameters and their bounds,
 //!   the manifest syntax.
+//! - [`subscriptions`]: a manifest's pub/sub subscriptions and keyspace
+//!   events as Redis channels and patterns (and the ACL rules they need).
 //! - [`triggers`]: pub/sub subscriptions, keyspace events and timers.
 //! - [`namespace`]: plugin names and the key namespace each plugin lives in.
 //! - [`redis`]: the only module that talks to Redis; Lua scripts from `lua/`;
 //!   the private `redis-server`.
 //! - [`sampler`]: `serve`'s measurement of each plugin's Redis memory (the
 //!   `storage` quota).
+//! - [`units`]: durations and byte sizes in configuration (serde helpers).
 //! - [`scaffold`]: `redloom new`, plugin projects in Rust, JavaScript, Python
 //!   and C from the templates in `host/templates/`.
 
@@ -51,4 +54,9 @@ pub mod scaffold;
 pub mod serve;
 pub mod stats;
 pub mod store;
+pub mod subscriptions;
 pub mod triggers;
+pub mod units;
+
+#[cfg(test)]
+mod layering;

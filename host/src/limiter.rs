@@ -480,7 +480,7 @@ pub struct RawPolicy {
     capacity: Option<u64>,
     #[serde(default)]
     slots: Option<u64>,
-    #[serde(default, with = "crate::config::duration::option")]
+    #[serde(default, with = "crate::units::duration::option")]
     lease: Option<Duration>,
 }
 

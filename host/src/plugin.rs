@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::bindings::http_types::{Request as HttpRequest, Response as HttpResponse};
 use crate::bindings::types::{Error as GuestError, Quota};
+use crate::bindings::{describe, quota_name};
 use crate::bindings::{
     http_handler, invoke_handler, message_handler, queue_handler, timer_handler,
 };
@@ -179,32 +180,6 @@ impl InvokeError {
             InvokeError::Quota { quota, .. } => Some(*quota),
             _ => None,
         }
-    }
-}
-
-/// A WIT error as one line.
-pub fn describe(e: &GuestError) -> String {
-    match e {
-        GuestError::QuotaExceeded(q) => format!("quota exceeded: {}", quota_name(*q)),
-        GuestError::BackendUnavailable(m) => format!("backend unavailable: {m}"),
-        GuestError::Timeout(m) => format!("timeout: {m}"),
-        GuestError::InvalidArgument(m) => format!("invalid argument: {m}"),
-        GuestError::Denied(m) => format!("denied: {m}"),
-        GuestError::Other(m) => m.clone(),
-    }
-}
-
-/// The manifest name of a quota.
-pub fn quota_name(q: Quota) -> &'static str {
-    match q {
-        Quota::Cpu => "cpu",
-        Quota::WallTime => "wall-time",
-        Quota::Memory => "memory",
-        Quota::RedisOps => "redis-ops",
-        Quota::RedisRate => "redis-rate",
-        Quota::Concurrency => "concurrency",
-        Quota::Payload => "payload",
-        Quota::Storage => "storage",
     }
 }
 
@@ -922,7 +897,7 @@ impl Plugin {
             // Ran long on the normal threads: ask to move to the background
             // runtime at this yield (see [`Placed`]).
             let ticks = data.ticks.fetch_add(1, Ordering::Relaxed) + 1;
-            if ticks >= MIGRATE_AFTER_TICKS && !crate::engine::on_background() {
+            if ticks >= MIGRATE_AFTER_TICKS && !crate::quota::on_background() {
                 data.migrate.store(true, Ordering::Relaxed);
             }
             Ok(UpdateDeadline::YieldCustom(
@@ -997,40 +972,6 @@ pub const MIGRATE_AFTER_TICKS: u32 = 5;
 /// its new invocations start on the background runtime directly.
 pub const HEAVY_FOR: Duration = Duration::from_secs(1);
 
-/// Where a plugin's invocations start (see [`Placed`]).
-#[derive(Debug)]
-pub struct Placement {
-    base: Instant,
-    /// Milliseconds since `base` until which the plugin counts as heavy.
-    heavy_until_ms: AtomicU64,
-}
-
-impl Default for Placement {
-    fn default() -> Self {
-        Placement {
-            base: Instant::now(),
-            heavy_until_ms: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Placement {
-    fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
-    }
-
-    fn heavy(&self) -> bool {
-        self.now_ms() < self.heavy_until_ms.load(Ordering::Relaxed)
-    }
-
-    fn moved(&self) {
-        self.heavy_until_ms.store(
-            self.now_ms() + HEAVY_FOR.as_millis() as u64,
-            Ordering::Relaxed,
-        );
-    }
-}
-
 type Job_<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// Runs an invocation where it should run, for fair CPU between plugins.
@@ -1071,7 +1012,7 @@ impl<T: Send + 'static> Placed<T> {
             background: background.clone(),
             moved: None,
         };
-        if context.placement.heavy() && !crate::engine::on_background() {
+        if context.placement.heavy() && !crate::quota::on_background() {
             placed.move_to_background();
         }
         placed
@@ -1100,7 +1041,7 @@ impl<T: Send + 'static> std::future::Future for Placed<T> {
                     if !self.migrate.load(Ordering::Relaxed) {
                         return Poll::Pending;
                     }
-                    self.context.placement.moved();
+                    self.context.placement.moved(HEAVY_FOR);
                     self.move_to_background();
                 }
             }

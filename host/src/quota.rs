@@ -29,7 +29,82 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::bindings::types::Quota;
-use crate::config::Quotas;
+
+/// Per-plugin limits, from `[plugins.NAME.quotas]`. Each has a safe
+/// default and a host-wide ceiling ([`crate::config::ceilings`]); the README has the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// CPU time per invocation: time the invocation occupies a worker thread
+    /// (guest code and the host's work inside its host calls), not time
+    /// awaiting Redis or waiting for a worker thread.
+    pub cpu: Duration,
+    /// Wall-clock deadline per invocation, including time spent awaiting Redis.
+    pub wall_time: Duration,
+    /// Deterministic instruction budget per invocation (wasmtime fuel); `None`: off.
+    pub fuel: Option<u64>,
+    /// Linear memory per instance, in bytes.
+    pub memory: u64,
+    /// Table elements per table (function references).
+    pub table_elements: u64,
+    /// Core and component instances per plugin instance.
+    pub instances: u64,
+    /// Largest input accepted, in bytes.
+    pub max_input: u64,
+    /// Largest output returned, in bytes.
+    pub max_output: u64,
+    /// Most bytes one Redis reply may bring into the guest.
+    pub max_reply: u64,
+    /// Largest value one write may store or send: a kv value, a cache
+    /// entry, a queue payload, a published message.
+    pub max_write: u64,
+    /// Bytes of Redis memory the plugin's keys may use in all (sampled by
+    /// `serve`; see `storage`).
+    pub storage: u64,
+    /// Bytes the plugin may log (the `log` capability plus stdout and
+    /// stderr) per invocation; the rest is dropped and counted.
+    pub max_log: u64,
+    /// Bytes per second the plugin as a whole may log (one second of burst);
+    /// the rest is dropped and counted.
+    pub log_rate: u64,
+    /// Redis commands per invocation.
+    pub redis_ops: u64,
+    /// Redis commands per second for the plugin as a whole (token bucket; 0: unlimited).
+    pub redis_rate: u64,
+    /// Invocations of the plugin running at once.
+    pub concurrency: u32,
+    /// Invocations that may wait for a free slot; more are rejected at once.
+    pub queue: u32,
+    /// How long an invocation may wait for a slot before it is rejected.
+    pub queue_wait: Duration,
+    /// Deadline of one outbound HTTP request.
+    pub outbound_timeout: Duration,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            cpu: Duration::from_secs(2),
+            wall_time: Duration::from_secs(10),
+            fuel: None,
+            memory: 64 << 20,
+            table_elements: 20_000,
+            instances: 64,
+            max_input: 1 << 20,
+            max_output: 1 << 20,
+            max_reply: 1 << 20,
+            max_write: 1 << 20,
+            storage: 256 << 20,
+            max_log: 64 << 10,
+            log_rate: 256 << 10,
+            redis_ops: 1_000,
+            redis_rate: 10_000,
+            concurrency: 16,
+            queue: 64,
+            queue_wait: Duration::from_secs(1),
+            outbound_timeout: Duration::from_secs(5),
+        }
+    }
+}
 
 /// Longest a Redis command waits for the plugin's rate bucket to refill;
 /// beyond that the command fails with `quota-exceeded(redis-rate)`.
@@ -38,7 +113,7 @@ pub const MAX_RATE_WAIT: Duration = Duration::from_millis(250);
 /// A trap raised because a quota ran out; `plugin.rs` turns it into a
 /// typed quota error.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{} quota exceeded: {detail}", crate::plugin::quota_name(*.quota))]
+#[error("{} quota exceeded: {detail}", crate::bindings::quota_name(*.quota))]
 pub struct QuotaTrap {
     pub quota: Quota,
     pub detail: String,
@@ -156,6 +231,24 @@ impl Default for CpuMeter {
     }
 }
 
+thread_local! {
+    /// Set on the threads of the engine's background runtime.
+    static ON_BACKGROUND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the current thread is one of the background runtime's (the
+/// low-priority threads heavy invocations move to, see `engine.rs`): CPU
+/// there is measured by the thread's own clock.
+pub fn on_background() -> bool {
+    ON_BACKGROUND.with(|b| b.get())
+}
+
+/// Marks the current thread as one of the background runtime's (called by
+/// the engine as each such thread starts).
+pub(crate) fn mark_background_thread() {
+    ON_BACKGROUND.with(|b| b.set(true));
+}
+
 /// The calling thread's CPU time in nanoseconds.
 fn thread_cpu_ns() -> u64 {
     let mut t = libc::timespec {
@@ -195,7 +288,7 @@ impl CpuMeter {
 
     /// A poll starts (on this thread).
     pub fn start(&self) {
-        let thread_clock = self.precise || crate::engine::on_background();
+        let thread_clock = self.precise || on_background();
         self.thread_clock.store(thread_clock, Ordering::Relaxed);
         self.since_ns
             .store(self.now(thread_clock), Ordering::Relaxed);
@@ -221,7 +314,7 @@ impl CpuMeter {
         // precise meter is read mid-poll by the epoch callback, on that
         // thread; an ordinary one's thread clock runs only on background
         // threads.
-        if since != u64::MAX && (!thread_clock || self.precise || crate::engine::on_background()) {
+        if since != u64::MAX && (!thread_clock || self.precise || on_background()) {
             ns += self.now(thread_clock).saturating_sub(since);
         }
         Duration::from_nanos(ns)
@@ -669,6 +762,43 @@ impl Drop for LeaveQueue<'_> {
         if let Some(t) = state.tenants.get_mut(&self.share.id) {
             t.waiting.retain(|(seq, _)| *seq != self.seq);
         }
+    }
+}
+
+/// Where a plugin's invocations start (see `Placed` in `plugin.rs`).
+#[derive(Debug)]
+pub struct Placement {
+    base: Instant,
+    /// Milliseconds since `base` until which the plugin counts as heavy.
+    heavy_until_ms: AtomicU64,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement {
+            base: Instant::now(),
+            heavy_until_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Placement {
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// Whether the plugin's invocations start on the background runtime.
+    pub(crate) fn heavy(&self) -> bool {
+        self.now_ms() < self.heavy_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// An invocation moved to the background runtime: the plugin's next
+    /// invocations start there for `heavy_for`.
+    pub(crate) fn moved(&self, heavy_for: Duration) {
+        self.heavy_until_ms.store(
+            self.now_ms() + heavy_for.as_millis() as u64,
+            Ordering::Relaxed,
+        );
     }
 }
 

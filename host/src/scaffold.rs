@@ -93,14 +93,6 @@ pub enum ScaffoldError {
 }
 
 impl ScaffoldError {
-    /// The process exit code (`cli::exit`).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            ScaffoldError::Io { .. } => crate::cli::exit::OTHER,
-            _ => crate::cli::exit::USAGE,
-        }
-    }
-
     /// What to do about it, when there is something to say.
     pub fn hint(&self) -> Option<String> {
         match self {

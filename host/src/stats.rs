@@ -103,7 +103,7 @@ pub struct Snapshot {
     pub wall_time_sum: Duration,
     /// The cache capability's near cache: hits, misses, invalidations,
     /// evictions and size (filled in by `Plugin::stats`).
-    pub near_cache: crate::near_cache::NearStats,
+    pub near_cache: NearStats,
 }
 
 fn quota_index(q: Quota) -> usize {
@@ -190,7 +190,7 @@ impl PluginStats {
             quota_rejections: QUOTAS
                 .iter()
                 .zip(&self.quota)
-                .map(|(q, c)| (crate::plugin::quota_name(*q), c.load(Relaxed)))
+                .map(|(q, c)| (crate::bindings::quota_name(*q), c.load(Relaxed)))
                 .collect(),
             guest_cpu: Duration::from_nanos(self.guest_cpu_ns.load(Relaxed)),
             redis_commands: self.redis_commands.load(Relaxed),
@@ -231,6 +231,28 @@ impl Snapshot {
             .find(|(k, _)| *k == name)
             .map_or(0, |(_, c)| *c)
     }
+}
+
+/// Counters and sizes of one near cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NearStats {
+    /// Lookups answered from host memory.
+    pub hits: u64,
+    /// Lookups that could use the near cache but went to Redis.
+    pub misses: u64,
+    /// Entries dropped because Redis (or this host) said their keys were
+    /// written, or because tracking was lost.
+    pub invalidations: u64,
+    /// Entries dropped to stay within `near-cache-max-bytes`.
+    pub evictions: u64,
+    /// Times tracking was lost while up (each flushed the near cache).
+    pub tracking_lost: u64,
+    /// Bytes held now (as counted against the bound).
+    pub bytes: u64,
+    /// Entries held now.
+    pub entries: u64,
+    /// Whether tracking is up (entries are served and kept).
+    pub serving: bool,
 }
 
 #[cfg(test)]

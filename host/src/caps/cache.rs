@@ -85,6 +85,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::common::{Backoff, R, invalid, random_unit, unique_id};
+use super::{Caps, Cleanup, PluginContext};
 use crate::bindings::redloom::plugin::cache::{
     Hit, Host, Lease, LookupOptions, LookupResult, Ttls,
 };
@@ -92,7 +93,6 @@ use crate::bindings::types::Error;
 use crate::namespace::CacheKeys;
 use crate::redis::cache::{CacheLookup, CacheValue};
 use crate::redis::{Redis, Subscription};
-use crate::store::{Caps, Cleanup, PluginContext};
 
 /// Longest lease: a lease only matters while its holder computes a value.
 pub const MAX_LEASE_TTL_MS: u64 = 60 * 60 * 1000;
@@ -901,7 +901,7 @@ fn give_up_at_end(
     plugin: Arc<PluginContext>,
     keys: CacheKeys,
     id: String,
-) -> crate::store::CleanupAction {
+) -> crate::caps::CleanupAction {
     Box::new(move |redis: Redis| {
         Box::pin(async move {
             plugin.stats.redis_command();

@@ -1,6 +1,6 @@
 //! What several capabilities share: the host-call result type, the
 //! `invalid-argument` shorthand, random numbers, unique ids and a jittered
-//! backoff. (Admission and charging live on [`Caps`](crate::store::Caps) in
+//! backoff. (Admission and charging live on [`Caps`](crate::caps::Caps) in
 //! `caps/mod.rs`.)
 
 use std::hash::{BuildHasher, RandomState};

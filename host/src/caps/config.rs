@@ -1,7 +1,7 @@
 //! `redloom:plugin/config`: the plugin's `settings` from its manifest entry.
 
+use super::Caps;
 use crate::bindings::config::Host;
-use crate::store::Caps;
 
 impl Host for Caps {
     async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {

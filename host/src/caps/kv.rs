@@ -7,11 +7,11 @@
 //! `storage`) and every value read through [`Caps::check_reply`]
 //! (`max-reply`).
 
+use super::Caps;
 use super::common::R;
 use crate::bindings::kv::{Host, SetCondition, SetOptions};
 use crate::bindings::types::Error;
 use crate::redis;
-use crate::store::Caps;
 
 fn positive_ttl(ttl_ms: u64) -> Result<u64, Error> {
     if ttl_ms == 0 {

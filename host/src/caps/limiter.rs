@@ -4,7 +4,7 @@
 //! # A check
 //!
 //! The policy comes from the plugin's manifest ([`crate::limiter::Policies`]
-//! on the [`PluginContext`](crate::store::PluginContext)); the key is mapped
+//! on the [`PluginContext`](crate::caps::PluginContext)); the key is mapped
 //! through [`Namespace::limiter`](crate::namespace::Namespace::limiter) (one
 //! hash tag per limited key). One `EVALSHA` of the algorithm's script
 //! (`lua/limiter_*.lua`) reads the key's override, reads Redis `TIME`,
@@ -39,6 +39,7 @@ use std::time::Duration;
 use wasmtime::component::Resource;
 
 use super::common::{R, invalid, unique_id};
+use super::{Caps, Cleanup, CleanupAction};
 use crate::bindings::limiter::{
     Acquisition, ConcurrencyLimits, Decision, GcraLimits, Host, HostLease, Lease,
     Limits as WitLimits, Rate as WitRate, TokenBucketLimits, WindowLimits,
@@ -47,7 +48,6 @@ use crate::bindings::types::Error;
 use crate::limiter::{Algorithm, Limits, Rate};
 use crate::namespace::LimiterKeys;
 use crate::redis::{CommandError, LimiterReply, Redis};
-use crate::store::{Caps, Cleanup, CleanupAction};
 
 /// Lease handles one instance may own at once (released ones count until
 /// the guest drops them), so a guest cannot grow the host's table without
@@ -539,7 +539,7 @@ impl HostLease for Caps {
             tracing::debug!(
                 plugin = %self.plugin.name,
                 "releasing dropped concurrency slots failed; retrying when the invocation ends: {}",
-                crate::plugin::describe(&e)
+                crate::bindings::describe(&e)
             );
         }
         self.leases.held.remove(&handle.rep());

@@ -49,11 +49,11 @@ use tokio::time::Instant;
 use wasmtime::component::{Resource, ResourceTable};
 
 use super::common::{Backoff, R, invalid, unique_id};
+use super::{Caps, Cleanup, PluginContext};
 use crate::bindings::lock::{HolderInfo, Host, HostLock, Ownership};
 use crate::bindings::types::Error;
 use crate::namespace::LockKeys;
 use crate::redis::{AcquireReply, CommandError, CommandResult, Redis};
-use crate::store::{Caps, Cleanup, PluginContext};
 
 /// Longest time to live. A lock never outlives the invocation that took it
 /// (wall time is at most 5 minutes), so a longer TTL would only delay
@@ -161,7 +161,7 @@ impl Lease {
 }
 
 /// The cleanup action of `lease`: stop renewing and release in Redis.
-fn release_at_end(lease: Arc<Lease>) -> crate::store::CleanupAction {
+fn release_at_end(lease: Arc<Lease>) -> crate::caps::CleanupAction {
     Box::new(move |redis: Redis| {
         Box::pin(async move {
             lease.stop_renewal();
@@ -565,21 +565,38 @@ impl AttemptError {
     }
 }
 
+/// The `lock` resource as the bindings type it. The instance's table holds
+/// a [`LockHandle`] under the same rep; these two convert at the boundary
+/// (the bindings are generated without knowing caps' types, so they stay
+/// below every other module).
+type WitLock = crate::bindings::lock::Lock;
+
+fn ours(handle: &Resource<WitLock>) -> Resource<LockHandle> {
+    if handle.owned() {
+        Resource::new_own(handle.rep())
+    } else {
+        Resource::new_borrow(handle.rep())
+    }
+}
+
+fn to_wit(handle: Resource<LockHandle>) -> Resource<WitLock> {
+    Resource::new_own(handle.rep())
+}
+
 impl Host for Caps {
-    async fn acquire(
-        &mut self,
-        name: String,
-        ttl_ms: u64,
-        wait_ms: u64,
-    ) -> R<Resource<LockHandle>> {
+    async fn acquire(&mut self, name: String, ttl_ms: u64, wait_ms: u64) -> R<Resource<WitLock>> {
         let wait = Some(Duration::from_millis(wait_ms));
         Ok(self.lock_acquire(name, ttl_ms, wait).await.and_then(|r| {
-            r.ok_or_else(|| Error::Other("the lock was neither taken nor timed out".into()))
+            r.map(to_wit)
+                .ok_or_else(|| Error::Other("the lock was neither taken nor timed out".into()))
         }))
     }
 
-    async fn try_acquire(&mut self, name: String, ttl_ms: u64) -> R<Option<Resource<LockHandle>>> {
-        Ok(self.lock_acquire(name, ttl_ms, None).await)
+    async fn try_acquire(&mut self, name: String, ttl_ms: u64) -> R<Option<Resource<WitLock>>> {
+        Ok(self
+            .lock_acquire(name, ttl_ms, None)
+            .await
+            .map(|r| r.map(to_wit)))
     }
 
     async fn holder(&mut self, name: String) -> R<Option<HolderInfo>> {
@@ -592,30 +609,30 @@ impl Host for Caps {
 }
 
 impl HostLock for Caps {
-    async fn name(&mut self, handle: Resource<LockHandle>) -> wasmtime::Result<String> {
-        Ok(self.lock_handle(&handle)?.name.clone())
+    async fn name(&mut self, handle: Resource<WitLock>) -> wasmtime::Result<String> {
+        Ok(self.lock_handle(&ours(&handle))?.name.clone())
     }
 
-    async fn fencing_token(&mut self, handle: Resource<LockHandle>) -> wasmtime::Result<u64> {
-        Ok(self.lock_handle(&handle)?.token)
+    async fn fencing_token(&mut self, handle: Resource<WitLock>) -> wasmtime::Result<u64> {
+        Ok(self.lock_handle(&ours(&handle))?.token)
     }
 
-    async fn release(&mut self, handle: Resource<LockHandle>) -> R<Ownership> {
-        self.lock_release(&handle).await
+    async fn release(&mut self, handle: Resource<WitLock>) -> R<Ownership> {
+        self.lock_release(&ours(&handle)).await
     }
 
-    async fn extend(&mut self, handle: Resource<LockHandle>, ttl_ms: u64) -> R<Ownership> {
-        self.lock_extend(&handle, ttl_ms).await
+    async fn extend(&mut self, handle: Resource<WitLock>, ttl_ms: u64) -> R<Ownership> {
+        self.lock_extend(&ours(&handle), ttl_ms).await
     }
 
-    async fn auto_renew(&mut self, handle: Resource<LockHandle>, enabled: bool) -> R<()> {
-        self.lock_auto_renew(&handle, enabled)
+    async fn auto_renew(&mut self, handle: Resource<WitLock>, enabled: bool) -> R<()> {
+        self.lock_auto_renew(&ours(&handle), enabled)
     }
 
     /// The guest dropped its handle: release the lock if it still holds it.
     /// A failed release is left to the invocation's cleanup; it never traps.
-    async fn drop(&mut self, handle: Resource<LockHandle>) -> wasmtime::Result<()> {
-        let h = self.locks.table.delete(handle)?;
+    async fn drop(&mut self, handle: Resource<WitLock>) -> wasmtime::Result<()> {
+        let h = self.locks.table.delete(ours(&handle))?;
         if !h.lease.is_released()
             && let Err(e) = self.release_lease(&h.lease, &h.cleanup, h.cleanup_id).await
         {
@@ -623,7 +640,7 @@ impl HostLock for Caps {
                 plugin = %self.plugin.name,
                 lock = %h.name,
                 "releasing a dropped lock failed; retrying when the invocation ends: {}",
-                crate::plugin::describe(&e)
+                crate::bindings::describe(&e)
             );
         }
         Ok(())

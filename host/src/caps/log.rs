@@ -16,8 +16,8 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::{Caps, PluginContext};
 use crate::bindings::log::{Host, Level};
-use crate::store::{Caps, PluginContext};
 
 /// Longest message logged; the rest is cut (at a character boundary).
 pub const MAX_MESSAGE_BYTES: usize = 8 << 10;

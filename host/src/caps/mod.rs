@@ -1,11 +1,12 @@
 //! Host implementations of the capability interfaces, one module per WIT
-//! interface. Each works on [`Caps`](crate::store::Caps): keys are mapped
+//! interface. Each works on [`Caps`](crate::caps::Caps): keys are mapped
 //! into the plugin's namespace here, Redis is reached only through
 //! [`crate::redis`], and every failure becomes a typed WIT `error`.
 
 pub(crate) mod cache;
 mod common;
 mod config;
+mod context;
 mod kv;
 pub(crate) mod limiter;
 pub(crate) mod lock;
@@ -18,7 +19,7 @@ mod queue;
 use crate::bindings::types::{self, Error, Quota};
 use crate::quota::{MAX_RATE_WAIT, QuotaTrap};
 use crate::redis::{CommandError, Redis};
-use crate::store::Caps;
+pub use context::{Caps, Cleanup, CleanupAction, OutboundPolicy, PluginContext, QueuePolicy};
 
 impl types::Host for Caps {}
 

@@ -116,27 +116,7 @@ impl Default for NearConfig {
     }
 }
 
-/// Counters and sizes of one near cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NearStats {
-    /// Lookups answered from host memory.
-    pub hits: u64,
-    /// Lookups that could use the near cache but went to Redis.
-    pub misses: u64,
-    /// Entries dropped because Redis (or this host) said their keys were
-    /// written, or because tracking was lost.
-    pub invalidations: u64,
-    /// Entries dropped to stay within `near-cache-max-bytes`.
-    pub evictions: u64,
-    /// Times tracking was lost while up (each flushed the near cache).
-    pub tracking_lost: u64,
-    /// Bytes held now (as counted against the bound).
-    pub bytes: u64,
-    /// Entries held now.
-    pub entries: u64,
-    /// Whether tracking is up (entries are served and kept).
-    pub serving: bool,
-}
+pub use crate::stats::NearStats;
 
 /// One plugin's near cache.
 pub struct NearCache {

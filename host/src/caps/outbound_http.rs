@@ -12,11 +12,11 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use super::Caps;
 use crate::bindings::http_types::{self, Response};
 use crate::bindings::outbound_http::{Host, OutgoingRequest};
 use crate::bindings::types::{Error, Quota};
 use crate::quota::QuotaTrap;
-use crate::store::Caps;
 
 /// An allowed origin.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,9 +1,9 @@
 //! `redloom:plugin/pubsub`: publish on the plugin's own channels, or on the
 //! shared channels its manifest lists.
 
+use super::Caps;
 use crate::bindings::pubsub::Host;
 use crate::bindings::types::Error;
-use crate::store::Caps;
 
 impl Caps {
     async fn publish(&mut self, channel: &str, payload: &[u8]) -> Result<u32, Error> {

@@ -2,12 +2,12 @@
 //! queues its manifest lists). Consumption is the queue trigger
 //! (`crate::triggers::queue`).
 
+use super::Caps;
 use super::common::invalid;
 use crate::bindings::queue::{EnqueueOptions, Host};
 use crate::bindings::types::{Error, Quota};
 use crate::quota::QuotaTrap;
 use crate::redis::queue::Enqueued;
-use crate::store::Caps;
 
 /// Default dedupe window: 24 hours.
 const DEFAULT_DEDUPE_WINDOW_MS: u64 = 24 * 3600 * 1000;

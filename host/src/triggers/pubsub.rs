@@ -53,33 +53,18 @@
 //! configured value (usually none) and would otherwise send no events at
 //! all.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, TriggerConfig};
+use crate::config::Config;
 use crate::host::Host;
-use crate::namespace::{Namespace, PluginName, SHARED_CHANNEL_PREFIX};
+use crate::namespace::PluginName;
 use crate::plugin::{Call, Message};
 use crate::redis::{CommandError, Subscription};
-
-/// How one Redis channel or pattern's messages reach its plugin.
-#[derive(Clone)]
-struct Target {
-    /// The pattern as the manifest gives it; `None` for a plain channel.
-    pattern: Option<String>,
-    /// Strips the Redis channel back to the plugin's name for it.
-    prefix: String,
-    /// For keyspace subscriptions: the events the plugin wants.
-    events: Option<Vec<String>>,
-}
-
-fn is_pattern(s: &str) -> bool {
-    s.contains(['*', '?', '['])
-}
+use crate::subscriptions::{Subscriptions, subscriptions};
 
 /// The running subscription trigger: each subscribed plugin's connection
 /// task, buffer and workers.
@@ -98,84 +83,6 @@ struct PluginWorkers {
 
 /// One plugin's bounded buffer, drained by its workers in turn.
 type Buffer = Arc<Mutex<mpsc::Receiver<Message>>>;
-
-/// What one plugin subscribes to, as Redis names it, and where each
-/// channel's or pattern's messages go.
-struct Subscriptions {
-    channels: BTreeMap<String, Vec<Target>>,
-    patterns: BTreeMap<String, Vec<Target>>,
-    /// The `notify-keyspace-events` flags the plugin needs ("" if none).
-    keyspace_flags: String,
-}
-
-/// Maps the manifest's `subscriptions` and `keyspace-events` of plugin
-/// `name` to Redis channels and patterns (`db`: the database number, for
-/// keyspace channels).
-fn subscriptions(name: &PluginName, t: &TriggerConfig, db: i64) -> anyhow::Result<Subscriptions> {
-    let mut out = Subscriptions {
-        channels: BTreeMap::new(),
-        patterns: BTreeMap::new(),
-        keyspace_flags: String::new(),
-    };
-    let ns = Namespace::new(name);
-    for sub in &t.subscriptions {
-        let shared = crate::namespace::is_shared(&t.shared_channels, sub);
-        let redis_name = ns
-            .channel(sub, shared)
-            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-        let prefix = if shared {
-            SHARED_CHANNEL_PREFIX.to_string()
-        } else {
-            ns.channel_prefix()
-        };
-        let pattern = is_pattern(sub);
-        let target = Target {
-            pattern: pattern.then(|| sub.clone()),
-            prefix,
-            events: None,
-        };
-        if pattern {
-            out.patterns.entry(redis_name).or_default().push(target);
-        } else {
-            out.channels.entry(redis_name).or_default().push(target);
-        }
-    }
-    if !t.keyspace_events.is_empty() {
-        for e in &t.keyspace_events {
-            let flag = match e.as_str() {
-                "expired" => "x",
-                "evicted" => "e",
-                "new" => "n",
-                _ => "$g",
-            };
-            out.keyspace_flags.push_str(flag);
-        }
-        let prefix = format!("__keyspace@{db}__:{}kv:", ns.prefix());
-        out.patterns
-            .entry(format!("{prefix}*"))
-            .or_default()
-            .push(Target {
-                pattern: Some("__keyspace__".into()),
-                prefix,
-                events: Some(t.keyspace_events.clone()),
-            });
-    }
-    Ok(out)
-}
-
-/// The channel rules (`&pattern`) the ACL user of plugin `name` needs on top
-/// of its own and shared channels, so its subscriber connection may
-/// `PSUBSCRIBE` to each pattern the manifest subscribes to (keyspace events
-/// included): Redis compares a `PSUBSCRIBE` pattern with the rules
-/// literally. Each rule also lets the user `PUBLISH` to the channels the
-/// pattern matches, which are channels the plugin hears already.
-pub fn acl_patterns(name: &PluginName, t: &TriggerConfig, db: i64) -> anyhow::Result<Vec<String>> {
-    Ok(subscriptions(name, t, db)?
-        .patterns
-        .into_keys()
-        .map(|p| format!("&{p}"))
-        .collect())
-}
 
 /// Spawns one subscriber connection and one worker pool per subscribed
 /// plugin (every plugin must be loaded: each subscribes like the plugin's
