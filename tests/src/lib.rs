@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use redloom::config::Config;
-use redloom::host::{Host, HostOptions};
+use redloom::host::{Host, HostInvokeError, HostOptions};
 use redloom::namespace::PluginName;
 use redloom::plugin::PluginSpec;
 use redloom::redis::RedisTarget;
@@ -818,6 +818,69 @@ pub async fn with_timeout_of<F: std::future::Future<Output = ()>>(limit: Duratio
     }
 }
 
+/// How long a test waits for a state it brought about (a guest reaching a
+/// step, a lock taken, a lease appearing or expiring): far longer than it
+/// takes even on a loaded machine, so only a real failure runs into it.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `check` every 5 ms until it returns `Ok`, for at most
+/// [`PATIENCE`]; then fails naming `what` and the last state `check`
+/// reported as `Err`.
+pub async fn until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(state) => assert!(
+                started.elapsed() < PATIENCE,
+                "{what}: still not after {PATIENCE:?} (last seen: {state})"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs a probe guest's program (`tests/guests/*-probe`: a JSON list of
+/// operations in, one JSON result per operation out) on plugin `plugin`.
+pub async fn run_probe(
+    host: &Host,
+    plugin: &str,
+    ops: serde_json::Value,
+) -> Result<Vec<serde_json::Value>, HostInvokeError> {
+    let out = host
+        .invoke(
+            &PluginName::parse(plugin).unwrap(),
+            ops.to_string().as_bytes(),
+        )
+        .await?;
+    Ok(serde_json::from_slice(&out).expect("a probe's output is JSON"))
+}
+
+/// [`run_probe`], failing the test if the invocation fails.
+pub async fn probe(host: &Host, plugin: &str, ops: serde_json::Value) -> Vec<serde_json::Value> {
+    run_probe(host, plugin, ops)
+        .await
+        .unwrap_or_else(|e| panic!("probe {plugin} failed: {e}"))
+}
+
+/// The value of a probe result `{"ok": …}`; fails on anything else.
+pub fn ok(v: &serde_json::Value) -> &serde_json::Value {
+    v.get("ok")
+        .unwrap_or_else(|| panic!("expected ok, got {v}"))
+}
+
+/// The error kind of a probe result `{"err": {"kind": …}}`; fails on
+/// anything else.
+pub fn err_kind(v: &serde_json::Value) -> &str {
+    v["err"]["kind"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected err, got {v}"))
+}
+
 /// A key name unique to this call, so tests never share keys.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -837,6 +900,14 @@ pub fn host_options(redis: &RedisServer, data: &Path) -> HostOptions {
     options.data_dir = data.to_path_buf();
     options.runtime.max_instances = 32;
     options
+}
+
+/// A host on `redis` with [`host_options`] but room for `max_instances`
+/// invocations at once, shared (several hosts, or a host kept by tasks).
+pub async fn shared_host(redis: &RedisServer, data: &Path, max_instances: u32) -> Arc<Host> {
+    let mut options = host_options(redis, data);
+    options.runtime.max_instances = max_instances;
+    Arc::new(Host::start(options).await.expect("host starts"))
 }
 
 /// A host on `redis` with [`host_options`].

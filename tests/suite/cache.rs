@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redloom::config::Config;
-use redloom::host::{Host, HostInvokeError, HostOptions};
+use redloom::host::{Host, HostInvokeError};
 use redloom::namespace::{Namespace, PluginName};
 use redloom::plugin::{InvokeError, PluginSpec};
+use redloom_tests::{PATIENCE, ok, probe, run_probe, shared_host, until};
 use redloom_tests::{RedisServer, TestConnection, get_i64, plugin, unique, with_timeout};
 use serde_json::{Value, json};
 
@@ -109,32 +110,6 @@ async fn origin() -> (SocketAddr, Arc<Origin>) {
     (addr, state)
 }
 
-/// How long a test waits for a state it brought about (a guest reaching a
-/// step, a lease appearing or expiring): far longer than it takes even on a
-/// loaded machine, so only a real failure runs into it.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Polls `check` every 10 ms until it returns `Ok`, for at most
-/// [`PATIENCE`]; then fails naming `what` and the last state `check`
-/// reported as `Err`.
-async fn until<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let started = Instant::now();
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(state) => assert!(
-                started.elapsed() < PATIENCE,
-                "{what}: still not after {PATIENCE:?} (last seen: {state})"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Waits until `key` exists.
 async fn until_exists(conn: &TestConnection, what: &str, key: &str) {
     until(what, || {
@@ -195,14 +170,6 @@ async fn release(conn: &TestConnection, plugin: &str, key: &str) {
     let _: () = conn.clone().set(kv_key(plugin, key), 1).await.unwrap();
 }
 
-async fn start_host(redis: &RedisServer, data: &Path) -> Arc<Host> {
-    let mut options = HostOptions::from_config(&Default::default());
-    options.redis_target = Some(redis.target());
-    options.data_dir = data.to_path_buf();
-    options.runtime.max_instances = 128;
-    Arc::new(Host::start(options).await.expect("host starts"))
-}
-
 /// Two hosts on `redis`, each with its own data folder (kept alive by the
 /// returned guards) and `spec` loaded.
 async fn two_hosts(
@@ -211,8 +178,8 @@ async fn two_hosts(
 ) -> ([tempfile::TempDir; 2], [Arc<Host>; 2]) {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let hosts = [
-        start_host(redis, dirs[0].path()).await,
-        start_host(redis, dirs[1].path()).await,
+        shared_host(redis, dirs[0].path(), 128).await,
+        shared_host(redis, dirs[1].path(), 128).await,
     ];
     for h in &hosts {
         h.load(spec.clone()).await.unwrap();
@@ -238,27 +205,6 @@ fn spec(name: &str, origin: SocketAddr) -> PluginSpec {
     s.quotas.queue = 1000;
     s.quotas.queue_wait = Duration::from_secs(60);
     s
-}
-
-async fn run(host: &Host, plugin: &str, ops: Value) -> Result<Vec<Value>, HostInvokeError> {
-    let out = host
-        .invoke(
-            &PluginName::parse(plugin).unwrap(),
-            ops.to_string().as_bytes(),
-        )
-        .await?;
-    Ok(serde_json::from_slice(&out).expect("cache-probe output is JSON"))
-}
-
-async fn probe(host: &Host, plugin: &str, ops: Value) -> Vec<Value> {
-    run(host, plugin, ops)
-        .await
-        .unwrap_or_else(|e| panic!("cache-probe {plugin} failed: {e}"))
-}
-
-fn ok(v: &Value) -> &Value {
-    v.get("ok")
-        .unwrap_or_else(|| panic!("expected ok, got {v}"))
 }
 
 fn err(v: &Value) -> (&str, &str) {
@@ -550,7 +496,7 @@ async fn one_host_coalesces_concurrent_lookups() {
         let redis = RedisServer::start().await;
         let d = tempfile::tempdir().unwrap();
         let (addr, origin) = origin().await;
-        let host = start_host(&redis, d.path()).await;
+        let host = shared_host(&redis, d.path(), 128).await;
         host.load(spec("coalesce", addr)).await.unwrap();
         let key = unique("cold");
         let started_key = unique("started");
@@ -613,7 +559,7 @@ async fn stale_while_revalidate() {
         let redis = RedisServer::start().await;
         let d = tempfile::tempdir().unwrap();
         let (addr, origin) = origin().await;
-        let host = start_host(&redis, d.path()).await;
+        let host = shared_host(&redis, d.path(), 128).await;
         host.load(spec("swr", addr)).await.unwrap();
         let key = unique("swr");
         origin.set(&key, "v1");
@@ -732,7 +678,7 @@ async fn expired_lease_of_a_dead_host_is_taken_over() {
         let redis = RedisServer::start().await;
         let d = tempfile::tempdir().unwrap();
         let (addr, _origin) = origin().await;
-        let host = start_host(&redis, d.path()).await;
+        let host = shared_host(&redis, d.path(), 128).await;
         host.load(spec("dead", addr)).await.unwrap();
         let key = unique("dead");
         let keys = Namespace::new(&PluginName::parse("dead").unwrap())
@@ -861,7 +807,7 @@ async fn dying_filler(
     let filler = {
         let host = host.clone();
         tokio::spawn(async move {
-            let r = run(&host, plugin, dies).await;
+            let r = run_probe(&host, plugin, dies).await;
             (r, Instant::now())
         })
     };
@@ -944,7 +890,7 @@ async fn filler_that_traps_or_times_out_is_replaced() {
                     {"op": "fetch", "key": key, "origin": url(addr, &key, 0), "wait_ms": 30_000},
                 ]);
                 tokio::spawn(async move {
-                    let out = run(&host, plugin, program).await;
+                    let out = run_probe(&host, plugin, program).await;
                     (out, Instant::now())
                 })
             };
@@ -1029,7 +975,7 @@ async fn many_waiters_take_over_from_a_dead_filler_once() {
                         },
                     ]);
                     tokio::spawn(async move {
-                        let out = run(&host, plugin, program).await;
+                        let out = run_probe(&host, plugin, program).await;
                         (out, Instant::now())
                     })
                 })
@@ -1085,7 +1031,7 @@ async fn stale_fills_are_rejected() {
         let conn = redis.client().await;
         let d = tempfile::tempdir().unwrap();
         let (addr, _origin) = origin().await;
-        let host = start_host(&redis, d.path()).await;
+        let host = shared_host(&redis, d.path(), 128).await;
         host.load(spec("fills", addr)).await.unwrap();
         let key = unique("slow");
         let (looked, go) = (unique("looked"), unique("go"));
@@ -1177,7 +1123,7 @@ async fn tag_and_key_invalidation() {
         let redis = RedisServer::start().await;
         let d = tempfile::tempdir().unwrap();
         let (addr, _origin) = origin().await;
-        let host = start_host(&redis, d.path()).await;
+        let host = shared_host(&redis, d.path(), 128).await;
         host.load(spec("tags", addr)).await.unwrap();
         let (tag, other) = (unique("t"), unique("u"));
         let keys: Vec<String> = (0..50).map(|i| unique(&format!("k{i}"))).collect();
@@ -1259,7 +1205,7 @@ async fn write_through_write_around_and_negative_caching() {
         let redis = RedisServer::start().await;
         let d = tempfile::tempdir().unwrap();
         let (addr, origin) = origin().await;
-        let host = start_host(&redis, d.path()).await;
+        let host = shared_host(&redis, d.path(), 128).await;
         host.load(spec("writes", addr)).await.unwrap();
         let k = unique("user");
         let u = url(addr, &k, 0);
@@ -1303,7 +1249,7 @@ async fn xfetch_early_refresh() {
         let redis = RedisServer::start().await;
         let d = tempfile::tempdir().unwrap();
         let (addr, _origin) = origin().await;
-        let host = start_host(&redis, d.path()).await;
+        let host = shared_host(&redis, d.path(), 128).await;
         host.load(spec("xfetch", addr)).await.unwrap();
         let k = unique("x");
         let out = probe(
@@ -1378,7 +1324,7 @@ async fn values_over_the_size_limit_are_rejected() {
         let redis = RedisServer::start().await;
         let d = tempfile::tempdir().unwrap();
         let (addr, _origin) = origin().await;
-        let host = start_host(&redis, d.path()).await;
+        let host = shared_host(&redis, d.path(), 128).await;
         let mut s = spec("sizes", addr);
         s.quotas.max_reply = 4096;
         host.load(s).await.unwrap();
@@ -1428,7 +1374,7 @@ async fn typed_json_values_round_trip() {
         let redis = RedisServer::start().await;
         let d = tempfile::tempdir().unwrap();
         let (addr, origin) = origin().await;
-        let host = start_host(&redis, d.path()).await;
+        let host = shared_host(&redis, d.path(), 128).await;
         host.load(spec("typed", addr)).await.unwrap();
         let ns = Namespace::new(&PluginName::parse("typed").unwrap());
         let mut conn = redis.client().await;

@@ -11,16 +11,12 @@ use std::time::{Duration, Instant};
 use redloom::config::Config;
 use redloom::host::{Host, HostOptions};
 use redloom::namespace::{Namespace, PluginName};
+use redloom_tests::PATIENCE;
 use redloom_tests::with_timeout;
 use redloom_tests::{
     RedisServer, ServeProcess, Served, plugin, redloom_bin, run_with_timeout, unique,
 };
 use serde_json::{Value, json};
-
-/// The longest a test here waits for something that should happen
-/// promptly (a failover, a rejoin, a delivery, messages processed): far
-/// beyond what a loaded machine needs, so only a real failure runs into it.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A manifest with one plugin per pattern, on `redis`, waiting for one
 /// replica on enqueues and lock acquisitions. The timeouts leave room for

@@ -14,30 +14,8 @@ use redloom::namespace::PluginName;
 use redloom::plugin::{InvokeError, LoadError, PluginSpec};
 use redloom_tests::with_timeout;
 use redloom_tests::{RedisServer, host, plugin, spec, unique};
+use redloom_tests::{err_kind, ok, probe};
 use serde_json::{Value, json};
-
-/// Runs a kv-probe program and returns its per-operation results.
-async fn probe(host: &Host, name: &str, ops: Value) -> Vec<Value> {
-    let out = host
-        .invoke(
-            &PluginName::parse(name).unwrap(),
-            ops.to_string().as_bytes(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("kv-probe {name} failed: {e}"));
-    serde_json::from_slice(&out).expect("kv-probe output is JSON")
-}
-
-fn ok(v: &Value) -> &Value {
-    v.get("ok")
-        .unwrap_or_else(|| panic!("expected ok, got {v}"))
-}
-
-fn err_kind(v: &Value) -> &str {
-    v["err"]["kind"]
-        .as_str()
-        .unwrap_or_else(|| panic!("expected err, got {v}"))
-}
 
 /// The example plugin's round trip through `invoke`, with its effect in Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,28 +8,20 @@
 //! connection) on one Redis.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redloom::config::Config;
-use redloom::host::{Host, HostInvokeError, HostOptions};
+use redloom::host::HostInvokeError;
 use redloom::limiter::{Limits, Policies, Rate};
 use redloom::namespace::PluginName;
 use redloom::plugin::{InvokeError, PluginSpec};
 use redloom_tests::with_timeout;
 use redloom_tests::{RedisServer, plugin, redloom_bin, unique};
+use redloom_tests::{ok, probe, shared_host};
 use serde_json::{Value, json};
 
 const SEC: Duration = Duration::from_secs(1);
-
-async fn start_host(redis: &RedisServer, data: &Path, max_instances: u32) -> Arc<Host> {
-    let mut options = HostOptions::from_config(&Default::default());
-    options.redis_target = Some(redis.target());
-    options.data_dir = data.to_path_buf();
-    options.runtime.max_instances = max_instances;
-    Arc::new(Host::start(options).await.expect("host starts"))
-}
 
 /// `crate_name` loaded as `name` with `policies`, room for `concurrency`
 /// invocations at once and a queue for 2000 more. The time quotas are far
@@ -60,23 +52,6 @@ fn spec_of(
 
 fn spec(name: &str, policies: &[(&str, Limits)]) -> PluginSpec {
     spec_of(name, "limiter-probe", policies, 32)
-}
-
-/// Runs a limiter-probe program and returns its per-operation results.
-async fn probe(host: &Host, plugin: &str, ops: Value) -> Vec<Value> {
-    let out = host
-        .invoke(
-            &PluginName::parse(plugin).unwrap(),
-            ops.to_string().as_bytes(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("limiter-probe {plugin} failed: {e}"));
-    serde_json::from_slice(&out).expect("limiter-probe output is JSON")
-}
-
-fn ok(v: &Value) -> &Value {
-    v.get("ok")
-        .unwrap_or_else(|| panic!("expected ok, got {v}"))
 }
 
 /// The error of a failed operation: `(kind, message)`.
@@ -133,8 +108,8 @@ async fn exactly_the_limit_across_two_hosts(limits: Limits) {
     let redis = RedisServer::start().await;
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let hosts = [
-        start_host(&redis, d1.path(), 64).await,
-        start_host(&redis, d2.path(), 64).await,
+        shared_host(&redis, d1.path(), 64).await,
+        shared_host(&redis, d2.path(), 64).await,
     ];
     for h in &hosts {
         h.load(spec_of("exact", "limiter-probe", &[("p", limits)], 64))
@@ -236,8 +211,8 @@ async fn concurrency_slots_are_exact_across_two_hosts() {
         let redis = RedisServer::start().await;
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let hosts = [
-            start_host(&redis, d1.path(), 32).await,
-            start_host(&redis, d2.path(), 32).await,
+            shared_host(&redis, d1.path(), 32).await,
+            shared_host(&redis, d2.path(), 32).await,
         ];
         // Each invocation waits (at most 120 s) for all 40 to have made
         // their checks; the leases (600 s) outlast that wait, so no slot
@@ -292,8 +267,8 @@ async fn concurrency_never_exceeds_its_slots_under_contention() {
         let redis = RedisServer::start().await;
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let hosts = [
-            start_host(&redis, d1.path(), 32).await,
-            start_host(&redis, d2.path(), 32).await,
+            shared_host(&redis, d1.path(), 32).await,
+            shared_host(&redis, d2.path(), 32).await,
         ];
         let policies = [("c", slots(3, 600 * SEC))];
         for h in &hosts {
@@ -476,7 +451,7 @@ async fn gcra_conforms_over_real_time() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path(), 8).await;
+        let host = shared_host(&redis, data.path(), 8).await;
         host.load(spec("pace", &[("g", gcra(20, SEC, 5))]))
             .await
             .unwrap();
@@ -508,7 +483,7 @@ async fn token_bucket_conforms_over_real_time() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path(), 8).await;
+        let host = shared_host(&redis, data.path(), 8).await;
         let policies = [("t", bucket(5, 20, SEC)), ("slow", bucket(1, 10, 30 * SEC))];
         host.load(spec("pace", &policies)).await.unwrap();
         let key = unique("k");
@@ -579,7 +554,7 @@ async fn sliding_window_refuses_the_double_burst_fixed_window_admits() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path(), 8).await;
+        let host = shared_host(&redis, data.path(), 8).await;
         let window = 3 * SEC;
         let policies = [("s", sliding(10, window)), ("f", fixed(10, window))];
         host.load(spec("edges", &policies)).await.unwrap();
@@ -660,7 +635,7 @@ async fn costs_peeks_and_the_last_unit() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path(), 8).await;
+        let host = shared_host(&redis, data.path(), 8).await;
         let policies = [
             ("gcra", gcra(3, DAY, 3)),
             ("tb", bucket(3, 3, DAY)),
@@ -731,7 +706,7 @@ async fn slots_come_back_when_the_invocation_ends() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path(), 8).await;
+        let host = shared_host(&redis, data.path(), 8).await;
         // A lease far longer than the test, so only the invocation's end
         // can free a slot; a wall-time quota that ends the spinning
         // invocation, yet is ample (1000×) for the others.
@@ -854,7 +829,7 @@ async fn a_killed_hosts_slot_comes_back_after_the_lease() {
         // data-dir too, so the child starts from the compiled cache instead
         // of compiling it again (tens of seconds on a loaded machine).
         let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path(), 8).await;
+        let host = shared_host(&redis, data.path(), 8).await;
         let lease = Duration::from_secs(5);
         host.load(spec("holder", &[("c", slots(1, lease))]))
             .await
@@ -969,8 +944,8 @@ async fn per_key_overrides_apply_at_once_on_every_host() {
         let redis = RedisServer::start().await;
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let hosts = [
-            start_host(&redis, d1.path(), 8).await,
-            start_host(&redis, d2.path(), 8).await,
+            shared_host(&redis, d1.path(), 8).await,
+            shared_host(&redis, d2.path(), 8).await,
         ];
         let policies = [
             ("api", gcra(3, DAY, 3)),
@@ -1114,7 +1089,7 @@ async fn invalid_parameters_give_clear_errors() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path(), 8).await;
+        let host = shared_host(&redis, data.path(), 8).await;
         let policies = [("api", gcra(10, SEC, 5)), ("win", sliding(10, SEC)), ("jobs", slots(2, SEC))];
         host.load(spec("strict", &policies)).await.unwrap();
         let set = |policy: &str, limits: Value| {
@@ -1186,7 +1161,7 @@ async fn each_limited_key_lives_in_one_slot() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path(), 8).await;
+        let host = shared_host(&redis, data.path(), 8).await;
         let policies = [
             ("gcra", gcra(3, DAY, 3)),
             ("tb", bucket(3, 3, DAY)),
@@ -1268,7 +1243,7 @@ async fn ip_rate_limit_example_answers_429_with_headers() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path(), 8).await;
+        let host = shared_host(&redis, data.path(), 8).await;
         let s = spec_of(
             "ip-rate-limit",
             "ip-rate-limit",

@@ -12,25 +12,17 @@
 //! sleeping and hoping; a lock that must stay held across other work has a
 //! time to live of a minute or more.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redloom::bindings::types::Error as GuestError;
-use redloom::host::{Host, HostInvokeError, HostOptions};
+use redloom::host::{Host, HostInvokeError};
 use redloom::namespace::{Namespace, PluginName};
 use redloom::plugin::{InvokeError, PluginSpec};
 use redloom_tests::{RedisServer, TestConnection, get_i64, plugin, unique, with_timeout};
+use redloom_tests::{err_kind, ok, probe, shared_host, until};
 use serde_json::{Value, json};
-
-async fn start_host(redis: &RedisServer, data: &Path) -> Arc<Host> {
-    let mut options = HostOptions::from_config(&Default::default());
-    options.redis_target = Some(redis.target());
-    options.data_dir = data.to_path_buf();
-    options.runtime.max_instances = 40;
-    Arc::new(Host::start(options).await.expect("host starts"))
-}
 
 /// `crate_name` loaded as `name`, with room for 32 concurrent invocations
 /// that each send many Redis commands.
@@ -48,61 +40,12 @@ fn spec(name: &str, crate_name: &str) -> PluginSpec {
     s
 }
 
-/// Runs a lock-probe program and returns its per-operation results.
-async fn probe(host: &Host, plugin: &str, ops: Value) -> Vec<Value> {
-    let out = host
-        .invoke(
-            &PluginName::parse(plugin).unwrap(),
-            ops.to_string().as_bytes(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("lock-probe {plugin} failed: {e}"));
-    serde_json::from_slice(&out).expect("lock-probe output is JSON")
-}
-
-fn ok(v: &Value) -> &Value {
-    v.get("ok")
-        .unwrap_or_else(|| panic!("expected ok, got {v}"))
-}
-
-fn err_kind(v: &Value) -> &str {
-    v["err"]["kind"]
-        .as_str()
-        .unwrap_or_else(|| panic!("expected err, got {v}"))
-}
-
 /// The Redis key of lock `name` of plugin `plugin`.
 fn lock_key(plugin: &str, name: &str) -> String {
     Namespace::new(&PluginName::parse(plugin).unwrap())
         .lock(name)
         .unwrap()
         .lock
-}
-
-/// How long a test waits for a state it brought about (a guest reaching a
-/// step, a lock being taken): far longer than it takes even on a loaded
-/// machine, so only a real failure runs into it.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Polls `check` every 5 ms until it returns `Ok`, for at most
-/// [`PATIENCE`]; then fails naming `what` and the last state `check`
-/// reported as `Err`.
-async fn until<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let started = Instant::now();
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(state) => assert!(
-                started.elapsed() < PATIENCE,
-                "{what}: still not after {PATIENCE:?} (last seen: {state})"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Polls until the lock key exists.
@@ -175,8 +118,8 @@ async fn mutual_exclusion_across_two_hosts() {
         let redis = RedisServer::start().await;
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let hosts = [
-            start_host(&redis, d1.path()).await,
-            start_host(&redis, d2.path()).await,
+            shared_host(&redis, d1.path(), 40).await,
+            shared_host(&redis, d2.path(), 40).await,
         ];
         let mut s = spec("counter", "lock-probe");
         s.quotas.wall_time = Duration::from_secs(240);
@@ -241,8 +184,8 @@ async fn fencing_tokens_increase_across_hosts() {
         let redis = RedisServer::start().await;
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let hosts = [
-            start_host(&redis, d1.path()).await,
-            start_host(&redis, d2.path()).await,
+            shared_host(&redis, d1.path(), 40).await,
+            shared_host(&redis, d2.path(), 40).await,
         ];
         for h in &hosts {
             h.load(spec("fenced", "lock-probe")).await.unwrap();
@@ -314,8 +257,8 @@ async fn expired_holder_cannot_release_or_extend() {
         let redis = RedisServer::start().await;
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (a, b) = (
-            start_host(&redis, d1.path()).await,
-            start_host(&redis, d2.path()).await,
+            shared_host(&redis, d1.path(), 40).await,
+            shared_host(&redis, d2.path(), 40).await,
         );
         a.load(spec("expiry", "lock-probe")).await.unwrap();
         b.load(spec("expiry", "lock-probe")).await.unwrap();
@@ -413,7 +356,7 @@ async fn locks_are_released_when_the_invocation_ends() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path()).await;
+        let host = shared_host(&redis, data.path(), 40).await;
         let p = host.load(spec("ender", "lock-probe")).await.unwrap();
         let mut s = spec("ender-quota", "lock-probe");
         s.quotas.wall_time = Duration::from_secs(2);
@@ -575,7 +518,7 @@ async fn waiting_acquire_wakes_on_release_and_gives_up_at_deadline() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path()).await;
+        let host = shared_host(&redis, data.path(), 40).await;
         host.load(spec("waiter", "lock-probe")).await.unwrap();
         let mut conn = redis.client().await;
 
@@ -769,7 +712,7 @@ async fn extend_and_auto_renew() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path()).await;
+        let host = shared_host(&redis, data.path(), 40).await;
         host.load(spec("renew", "lock-probe")).await.unwrap();
         let (a, b, c) = (unique("renewed"), unique("extended"), unique("lapsed"));
         let r = probe(
@@ -819,7 +762,7 @@ async fn diagnostics_and_errors() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path()).await;
+        let host = shared_host(&redis, data.path(), 40).await;
         host.load(spec("diag", "lock-probe")).await.unwrap();
         host.load(spec("diag-b", "lock-probe")).await.unwrap();
         let name = "jobs";
@@ -946,8 +889,8 @@ async fn reserve_inventory_fences_its_writes() {
         let redis = RedisServer::start().await;
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let hosts = [
-            start_host(&redis, d1.path()).await,
-            start_host(&redis, d2.path()).await,
+            shared_host(&redis, d1.path(), 40).await,
+            shared_host(&redis, d2.path(), 40).await,
         ];
         let mut s = spec("inventory", "reserve-inventory");
         s.settings.insert("lock-ttl-ms".into(), "60000".into());
@@ -1040,7 +983,7 @@ async fn release_wakes_a_waiter_at_once() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let data = tempfile::tempdir().unwrap();
-        let host = start_host(&redis, data.path()).await;
+        let host = shared_host(&redis, data.path(), 40).await;
         host.load(spec("handoff", "lock-probe")).await.unwrap();
         let mut conn = redis.client().await;
         let mut latencies = Vec::new();

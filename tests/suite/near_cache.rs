@@ -14,37 +14,24 @@
 //! printed), then asserts that the stale value is never served again.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redloom::config::Config;
-use redloom::host::{Host, HostOptions};
+use redloom::host::Host;
 use redloom::namespace::{Namespace, PluginName};
 use redloom::near_cache::NearStats;
 use redloom::plugin::PluginSpec;
+use redloom_tests::PATIENCE;
 use redloom_tests::{RedisServer, plugin, unique, with_timeout};
+use redloom_tests::{probe, shared_host};
 use serde_json::{Value, json};
-
-/// How long a test waits for what it brought about (a write becoming
-/// visible, tracking coming back): far longer than it takes on a loaded
-/// machine, far shorter than the hour a missed invalidation would leave a
-/// stale entry.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Lookups after the write became visible that must all be fresh.
 const AFTERWARDS: usize = 20;
 
 /// Entries live an hour: only invalidations end them during a test.
 const HOUR_MS: u64 = 3_600_000;
-
-async fn start_host(redis: &RedisServer, data: &Path) -> Arc<Host> {
-    let mut options = HostOptions::from_config(&Default::default());
-    options.redis_target = Some(redis.target());
-    options.data_dir = data.to_path_buf();
-    options.runtime.max_instances = 64;
-    Arc::new(Host::start(options).await.expect("host starts"))
-}
 
 /// The cache probe as plugin `name` with `extra` manifest lines (near-cache
 /// settings); its near entries live up to an hour unless `extra` says
@@ -64,17 +51,6 @@ fn spec(name: &str, extra: &str) -> PluginSpec {
     s.quotas.redis_rate = 0;
     s.quotas.concurrency = 32;
     s
-}
-
-async fn probe(host: &Host, plugin: &str, ops: Value) -> Vec<Value> {
-    let out = host
-        .invoke(
-            &PluginName::parse(plugin).unwrap(),
-            ops.to_string().as_bytes(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cache-probe {plugin} failed: {e}"));
-    serde_json::from_slice(&out).expect("cache-probe output is JSON")
 }
 
 /// One `lookup` of `key` (fresh for an hour, with `extra` policy fields):
@@ -242,8 +218,8 @@ async fn writes_by_other_clients_and_hosts_invalidate_near_entries() {
         let redis = RedisServer::start().await;
         let mut conn = redis.client().await;
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        let a = start_host(&redis, dirs[0].path()).await;
-        let b = start_host(&redis, dirs[1].path()).await;
+        let a = shared_host(&redis, dirs[0].path(), 64).await;
+        let b = shared_host(&redis, dirs[1].path(), 64).await;
         let p = "near";
         for h in [&a, &b] {
             h.load(spec(p, "")).await.unwrap();
@@ -313,7 +289,7 @@ async fn killed_tracking_connection_never_serves_stale_data() {
         let redis = RedisServer::start().await;
         let mut conn = redis.client().await;
         let dir = tempfile::tempdir().unwrap();
-        let a = start_host(&redis, dir.path()).await;
+        let a = shared_host(&redis, dir.path(), 64).await;
         let p = "nearkill";
         a.load(spec(p, "")).await.unwrap();
         let key = unique("k");
@@ -372,7 +348,7 @@ async fn redis_restart_flushes_the_near_cache() {
     with_timeout(async {
         let mut redis = RedisServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let a = start_host(&redis, dir.path()).await;
+        let a = shared_host(&redis, dir.path(), 64).await;
         let p = "nearrestart";
         a.load(spec(p, "")).await.unwrap();
         let key = unique("k");
@@ -419,7 +395,7 @@ async fn memory_bound_holds_under_a_million_keys() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let a = start_host(&redis, dir.path()).await;
+        let a = shared_host(&redis, dir.path(), 64).await;
 
         let small = "nearsmall";
         let bound = 64 << 10;
@@ -493,7 +469,7 @@ async fn opt_out_per_plugin_and_per_lookup() {
         let redis = RedisServer::start().await;
         let mut conn = redis.client().await;
         let dir = tempfile::tempdir().unwrap();
-        let a = start_host(&redis, dir.path()).await;
+        let a = shared_host(&redis, dir.path(), 64).await;
 
         let off = "nearoff";
         a.load(spec(off, "near-cache = false")).await.unwrap();
@@ -557,7 +533,7 @@ async fn stale_hits_come_from_redis_with_their_lease() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let a = start_host(&redis, dir.path()).await;
+        let a = shared_host(&redis, dir.path(), 64).await;
         let p = "nearstale";
         a.load(spec(p, "")).await.unwrap();
         let key = unique("k");
@@ -597,7 +573,7 @@ async fn acl_plugins_keep_their_acl_and_plugins_stay_apart() {
     with_timeout(async {
         let redis = RedisServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let a = start_host(&redis, dir.path()).await;
+        let a = shared_host(&redis, dir.path(), 64).await;
         let p = "nearacl";
         a.load(spec(p, "acl = true")).await.unwrap();
         let other = "nearother";
@@ -712,7 +688,7 @@ async fn tracking_follows_a_cluster_failover() {
         let mut redis = RedisServer::start_cluster_for_failover().await;
         let mut conn = redis.client().await;
         let dir = tempfile::tempdir().unwrap();
-        let a = start_host(&redis, dir.path()).await;
+        let a = shared_host(&redis, dir.path(), 64).await;
         let p = "nearfailover";
         a.load(spec(p, "")).await.unwrap();
         let key = unique("k");

@@ -10,14 +10,10 @@ use std::time::{Duration, Instant};
 use redloom::config::Config;
 use redloom::host::Host;
 use redloom::serve::{ServeError, Server};
+use redloom_tests::PATIENCE;
 use redloom_tests::with_timeout;
 use redloom_tests::{RedisServer, host_options, plugin};
 use reqwest::StatusCode;
-
-/// The longest a test here waits for something that should happen
-/// promptly (a request reaching the plugin, clients seeing a reload): far
-/// beyond what a loaded machine needs, so only a real failure runs into it.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A running `serve` on free ports; dropping `stop` shuts it down.
 /// A `serve` on a Redis and a folder of its own.

@@ -7,6 +7,7 @@ use redis::AsyncCommands;
 use redloom::config::Config;
 use redloom::host::Host;
 use redloom::namespace::PluginName;
+use redloom_tests::PATIENCE;
 use redloom_tests::with_timeout;
 use redloom_tests::{RedisServer, Served, TestConnection, get_i64, host_options, plugin, wait_for};
 
@@ -65,12 +66,6 @@ async fn publish(host: &Host, plugin: &str, channel: &str, payload: &str) -> u32
         .expect("publishes");
     String::from_utf8(out).unwrap().parse().unwrap()
 }
-
-/// The longest a test here waits for something that should happen
-/// promptly (a message handled, a tick run, a subscription made, a
-/// shutdown finished): far beyond what a loaded machine needs, so only a
-/// real failure runs into it.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Waits (up to [`PATIENCE`]) until the counter `key` reaches `want`, then
 /// asserts it is exactly `want`.

@@ -55,17 +55,7 @@ struct CacheProbe;
 
 impl Invoke for CacheProbe {
     fn invoke(input: Vec<u8>) -> Result<Vec<u8>> {
-        let ops: Vec<Value> = serde_json::from_slice(&input)
-            .map_err(|e| Error::invalid(format!("input is not a JSON array: {e}")))?;
-        let mut leases = HashMap::new();
-        let results: Vec<Value> = ops
-            .iter()
-            .map(|op| match run(op, &mut leases) {
-                Ok(value) => json!({ "ok": value }),
-                Err(e) => json!({ "err": { "kind": e.kind(), "message": e.message() } }),
-            })
-            .collect();
-        serde_json::to_vec(&results).map_err(|e| Error::other(format!("encoding results: {e}")))
+        probe_kit::run_program(&input, HashMap::new(), |op, leases| Ok(run(op, leases)?))
     }
 }
 

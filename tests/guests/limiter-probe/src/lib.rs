@@ -41,6 +41,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use probe_kit::{Fields, Step};
 use redloom_sdk::limiter::{self, Decision, Lease, Limits, Rate};
 use redloom_sdk::{Error, Invoke, Result, kv};
 use serde_json::{Value, json};
@@ -49,45 +50,12 @@ struct LimiterProbe;
 
 impl Invoke for LimiterProbe {
     fn invoke(input: Vec<u8>) -> Result<Vec<u8>> {
-        let ops: Value = serde_json::from_slice(&input)
-            .map_err(|e| Error::invalid(format!("input is not JSON: {e}")))?;
-        let Value::Array(ops) = ops else {
-            return Err(Error::invalid("input must be a JSON array of operations"));
-        };
-        let mut leases: HashMap<String, Lease> = HashMap::new();
-        let results: Vec<Value> = ops
-            .iter()
-            .enumerate()
-            .map(|(i, op)| match run(op, &mut leases) {
-                Ok(value) => json!({ "ok": value }),
-                Err(Step::Failed(e)) => {
-                    json!({ "err": { "kind": e.kind(), "message": e.message() } })
-                }
-                Err(Step::Bad(m)) => {
-                    json!({ "err": { "kind": "bad-op", "message": format!("operation {i}: {m}") } })
-                }
-            })
-            .collect();
-        drop(leases);
-        serde_json::to_vec(&results).map_err(|e| Error::other(format!("encoding results: {e}")))
+        // Handles still held drop before the reply is sent.
+        probe_kit::run_program(&input, HashMap::new(), run)
     }
 }
 
 redloom_sdk::export!(LimiterProbe => [invoke]);
-
-/// Why an operation produced no value.
-enum Step {
-    /// The capability returned an error.
-    Failed(Error),
-    /// The operation itself is malformed.
-    Bad(String),
-}
-
-impl From<Error> for Step {
-    fn from(e: Error) -> Self {
-        Step::Failed(e)
-    }
-}
 
 fn decision(d: &Decision) -> Value {
     json!({
@@ -299,32 +267,4 @@ fn take(leases: &mut HashMap<String, Lease>, id: &str) -> Result<Lease, Step> {
     leases
         .remove(id)
         .ok_or_else(|| Step::Bad(format!("no lease `{id}`")))
-}
-
-/// Typed access to an operation's fields.
-struct Fields<'a>(&'a Value);
-
-impl<'a> Fields<'a> {
-    fn str(&self, name: &str) -> Result<&'a str, Step> {
-        self.0[name]
-            .as_str()
-            .ok_or_else(|| Step::Bad(format!("`{name}` must be a string")))
-    }
-
-    fn u64(&self, name: &str) -> Result<u64, Step> {
-        self.0[name]
-            .as_u64()
-            .ok_or_else(|| Step::Bad(format!("`{name}` must be a non-negative integer")))
-    }
-
-    fn opt_u64(&self, name: &str) -> Result<Option<u64>, Step> {
-        match self.0.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(_) => self.u64(name).map(Some),
-        }
-    }
-
-    fn ms(&self, name: &str) -> Result<Duration, Step> {
-        self.u64(name).map(Duration::from_millis)
-    }
 }

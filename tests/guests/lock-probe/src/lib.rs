@@ -37,6 +37,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use probe_kit::{Fields, Step};
 use redloom_sdk::lock::{self, LockGuard, Ownership};
 use redloom_sdk::{Error, Invoke, Result, kv};
 use serde_json::{Value, json};
@@ -45,46 +46,12 @@ struct LockProbe;
 
 impl Invoke for LockProbe {
     fn invoke(input: Vec<u8>) -> Result<Vec<u8>> {
-        let ops: Value = serde_json::from_slice(&input)
-            .map_err(|e| Error::invalid(format!("input is not JSON: {e}")))?;
-        let Value::Array(ops) = ops else {
-            return Err(Error::invalid("input must be a JSON array of operations"));
-        };
-        let mut guards: HashMap<String, LockGuard> = HashMap::new();
-        let results: Vec<Value> = ops
-            .iter()
-            .enumerate()
-            .map(|(i, op)| match run(op, &mut guards) {
-                Ok(value) => json!({ "ok": value }),
-                Err(Step::Failed(e)) => {
-                    json!({ "err": { "kind": e.kind(), "message": e.message() } })
-                }
-                Err(Step::Bad(m)) => {
-                    json!({ "err": { "kind": "bad-op", "message": format!("operation {i}: {m}") } })
-                }
-            })
-            .collect();
-        // Guards still in the table drop here, before the reply is sent.
-        drop(guards);
-        serde_json::to_vec(&results).map_err(|e| Error::other(format!("encoding results: {e}")))
+        // Handles still held drop before the reply is sent.
+        probe_kit::run_program(&input, HashMap::new(), run)
     }
 }
 
 redloom_sdk::export!(LockProbe => [invoke]);
-
-/// Why an operation produced no value.
-enum Step {
-    /// The capability returned an error.
-    Failed(Error),
-    /// The operation itself is malformed.
-    Bad(String),
-}
-
-impl From<Error> for Step {
-    fn from(e: Error) -> Self {
-        Step::Failed(e)
-    }
-}
 
 fn run(op: &Value, guards: &mut HashMap<String, LockGuard>) -> Result<Value, Step> {
     let f = Fields(op);
@@ -95,7 +62,7 @@ fn run(op: &Value, guards: &mut HashMap<String, LockGuard>) -> Result<Value, Ste
             let guard = lock::acquire(name, f.ms("ttl_ms")?, f.ms("wait_ms")?)?;
             let waited = started.elapsed().as_millis() as u64;
             let token = guard.fencing_token();
-            guards.insert(f.id()?.to_owned(), guard);
+            guards.insert(guard_id(&f)?.to_owned(), guard);
             json!({ "token": token, "waited_ms": waited })
         }
         "try_acquire" => {
@@ -103,27 +70,27 @@ fn run(op: &Value, guards: &mut HashMap<String, LockGuard>) -> Result<Value, Ste
             match lock::try_acquire(name, f.ms("ttl_ms")?)? {
                 Some(guard) => {
                     let token = guard.fencing_token();
-                    guards.insert(f.id()?.to_owned(), guard);
+                    guards.insert(guard_id(&f)?.to_owned(), guard);
                     token.into()
                 }
                 None => Value::Null,
             }
         }
-        "release" => ownership(take(guards, f.id()?)?.release()?),
-        "extend" => ownership(get(guards, f.id()?)?.extend(f.ms("ttl_ms")?)?),
+        "release" => ownership(take(guards, guard_id(&f)?)?.release()?),
+        "extend" => ownership(get(guards, guard_id(&f)?)?.extend(f.ms("ttl_ms")?)?),
         "auto_renew" => {
             let enabled = op["enabled"]
                 .as_bool()
                 .ok_or_else(|| Step::Bad("`enabled` must be a boolean".into()))?;
-            get(guards, f.id()?)?.auto_renew(enabled)?;
+            get(guards, guard_id(&f)?)?.auto_renew(enabled)?;
             Value::Null
         }
         "drop" => {
-            drop(take(guards, f.id()?)?);
+            drop(take(guards, guard_id(&f)?)?);
             Value::Null
         }
         "forget" => {
-            std::mem::forget(take(guards, f.id()?)?);
+            std::mem::forget(take(guards, guard_id(&f)?)?);
             Value::Null
         }
         "holder" => match lock::holder(f.str("name")?)? {
@@ -216,31 +183,10 @@ fn take(guards: &mut HashMap<String, LockGuard>, id: &str) -> Result<LockGuard, 
         .ok_or_else(|| Step::Bad(format!("no guard `{id}`")))
 }
 
-/// Typed access to an operation's fields.
-struct Fields<'a>(&'a Value);
-
-impl<'a> Fields<'a> {
-    fn str(&self, name: &str) -> Result<&'a str, Step> {
-        self.0[name]
-            .as_str()
-            .ok_or_else(|| Step::Bad(format!("`{name}` must be a string")))
-    }
-
-    fn u64(&self, name: &str) -> Result<u64, Step> {
-        self.0[name]
-            .as_u64()
-            .ok_or_else(|| Step::Bad(format!("`{name}` must be a non-negative integer")))
-    }
-
-    fn ms(&self, name: &str) -> Result<Duration, Step> {
-        self.u64(name).map(Duration::from_millis)
-    }
-
-    /// The guard's id: `id`, or else the lock's `name`.
-    fn id(&self) -> Result<&'a str, Step> {
-        match self.0.get("id") {
-            Some(_) => self.str("id"),
-            None => self.str("name"),
-        }
+/// The guard's id: `id`, or else the lock's `name`.
+fn guard_id<'a>(f: &Fields<'a>) -> Result<&'a str, Step> {
+    match f.0.get("id") {
+        Some(_) => f.str("id"),
+        None => f.str("name"),
     }
 }
