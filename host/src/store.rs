@@ -32,7 +32,8 @@ pub struct State {
 
 impl State {
     pub fn new(plugin: Arc<PluginContext>, redis: Option<Redis>) -> State {
-        let log_used: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let caps = Caps::new(plugin.clone(), redis);
+        let log_used = &caps.log_used;
         let wasi = WasiCtxBuilder::new()
             .stdout(GuestOutput::new(plugin.clone(), log_used.clone(), "stdout"))
             .stderr(GuestOutput::new(plugin.clone(), log_used.clone(), "stderr"))
@@ -48,16 +49,7 @@ impl State {
             cpu: Arc::default(),
             migrate: Arc::default(),
             ticks: Default::default(),
-            caps: Caps {
-                plugin,
-                redis,
-                redis_ops: 0,
-                cleanup: Arc::default(),
-                breach: None,
-                locks: Default::default(),
-                leases: Default::default(),
-                log_used,
-            },
+            caps,
         }
     }
 }

@@ -14,9 +14,10 @@ use redloom::config::Config;
 use redloom::host::{Host, HostInvokeError, HostOptions};
 use redloom::namespace::PluginName;
 use redloom::plugin::PluginSpec;
-use redloom::redis::RedisTarget;
 use redloom::redis::server::{PrivateRedis, ServerOptions};
+use redloom::redis::{Redis, RedisOptions, RedisTarget};
 use redloom::serve::Server;
+use redloom::store::{Caps, PluginContext};
 
 /// Environment variable choosing the Redis the capability suites run
 /// against: unset or `standalone` for one server, `cluster` for a 6-node
@@ -900,6 +901,24 @@ pub fn host_options(redis: &RedisServer, data: &Path) -> HostOptions {
     options.data_dir = data.to_path_buf();
     options.runtime.max_instances = 32;
     options
+}
+
+/// One instance's capability state for a plugin called `name` with
+/// `quotas`, on its own connection to `redis`: drives a capability's host
+/// implementation (the WIT `Host` traits of `redloom::bindings`) without a
+/// guest (`suite/caps.rs`).
+pub async fn caps(redis: &RedisServer, name: &str, quotas: redloom::config::Quotas) -> Caps {
+    let options = RedisOptions::new(Duration::from_secs(10), Duration::from_secs(30));
+    let conn = Redis::connect_to(&redis.target(), options)
+        .await
+        .expect("connects to the test Redis");
+    let context = PluginContext::new(
+        PluginName::parse(name).unwrap(),
+        Default::default(),
+        quotas,
+        Vec::new(),
+    );
+    Caps::new(Arc::new(context), Some(conn))
 }
 
 /// A host on `redis` with [`host_options`] but room for `max_instances`

@@ -9,6 +9,7 @@
 mod attacks;
 mod bench;
 mod cache;
+mod caps;
 mod cli;
 mod cluster;
 mod foundation;

@@ -185,6 +185,42 @@ pub struct Caps {
     pub(crate) log_used: Arc<std::sync::atomic::AtomicU64>,
 }
 
+impl Caps {
+    /// One instance's capability state: plugin `plugin`, sending on
+    /// `redis`. `store::State` makes one per instance; a test can make one
+    /// to drive a capability's host implementation (the WIT `Host` traits
+    /// in `crate::bindings`) against a real Redis without a guest.
+    pub fn new(plugin: Arc<PluginContext>, redis: Option<Redis>) -> Caps {
+        Caps {
+            plugin,
+            redis,
+            redis_ops: 0,
+            cleanup: Arc::default(),
+            breach: None,
+            locks: Default::default(),
+            leases: Default::default(),
+            log_used: Arc::default(),
+        }
+    }
+
+    /// Redis commands sent so far (what the `redis-ops` quota counts).
+    pub fn redis_ops(&self) -> u64 {
+        self.redis_ops
+    }
+
+    /// The first quota broken in a capability call, if any: the invocation
+    /// would fail with it whatever the guest returned.
+    pub fn broken_quota(&self) -> Option<&QuotaTrap> {
+        self.breach.as_ref()
+    }
+
+    /// Runs what the invocation left to clean up (held locks and slots),
+    /// as the host does when an invocation ends.
+    pub async fn finish(&self) {
+        self.cleanup.run_all(self.redis.as_ref()).await;
+    }
+}
+
 /// A deferred action: given the Redis handle, a future that undoes something.
 pub type CleanupAction = Box<dyn FnOnce(Redis) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
