@@ -19,29 +19,3 @@ pub use self::exports::redloom::plugin::{
 pub use self::redloom::plugin::{
     config, http_types, kv, limiter, lock, log, outbound_http, pubsub, queue, types,
 };
-
-/// A WIT error as one line.
-pub fn describe(e: &types::Error) -> String {
-    match e {
-        types::Error::QuotaExceeded(q) => format!("quota exceeded: {}", quota_name(*q)),
-        types::Error::BackendUnavailable(m) => format!("backend unavailable: {m}"),
-        types::Error::Timeout(m) => format!("timeout: {m}"),
-        types::Error::InvalidArgument(m) => format!("invalid argument: {m}"),
-        types::Error::Denied(m) => format!("denied: {m}"),
-        types::Error::Other(m) => m.clone(),
-    }
-}
-
-/// The manifest name of a quota.
-pub fn quota_name(q: types::Quota) -> &'static str {
-    match q {
-        types::Quota::Cpu => "cpu",
-        types::Quota::WallTime => "wall-time",
-        types::Quota::Memory => "memory",
-        types::Quota::RedisOps => "redis-ops",
-        types::Quota::RedisRate => "redis-rate",
-        types::Quota::Concurrency => "concurrency",
-        types::Quota::Payload => "payload",
-        types::Quota::Storage => "storage",
-    }
-}

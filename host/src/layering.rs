@@ -12,15 +12,16 @@ use std::path::{Path, PathBuf};
 /// Lowest first. Modules of one layer do not use each other.
 const LAYERS: &[&[&str]] = &[
     // Leaves: no other module of the crate.
-    &["files", "handler", "units", "bindings"],
-    // Rate-limit policies; the key namespace; Redis (the only module that
-    // talks to it).
-    &["limiter"],
+    &["files", "handler", "units", "quota"],
+    // Counters; rate-limit policies; the key namespace; Redis (the only
+    // module that talks to it).
+    &["stats", "limiter"],
     &["namespace"],
     &["redis"],
-    // Quotas and counters, then the capabilities that charge them.
-    &["quota"],
-    &["stats"],
+    // The generated WIT bindings, above everything that must not see
+    // generated types (quotas, counters, Redis), below what wires them.
+    &["bindings"],
+    // The capabilities: the edge between the guest's types and the host's.
     &["caps"],
     // The configuration validates capability settings.
     &["config"],
@@ -147,8 +148,8 @@ fn a_backward_use_is_found() {
             "/// see [`crate::plugin`]\nuse crate::namespace::Namespace;\n",
         ),
         file(
-            "quota",
-            "fn f() { crate::near_cache::x(); crate::files::y(); }\n",
+            "stats",
+            "fn f() { crate::near_cache::x(); crate::quota::y(); }\n",
         ),
         file("brand_new", "\n"),
     ]);
@@ -156,7 +157,7 @@ fn a_backward_use_is_found() {
     assert_eq!(found.len(), 2, "{found:?}");
     assert!(found[0].starts_with("brand_new: "), "{found:?}");
     assert!(
-        found[1].starts_with("quota:1: quota (layer 4) uses caps"),
+        found[1].starts_with("stats:1: stats (layer 1) uses caps"),
         "{found:?}"
     );
 }

@@ -26,17 +26,17 @@ use wasmtime::component::{Component, InstancePre};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::bindings::http_types::{Request as HttpRequest, Response as HttpResponse};
-use crate::bindings::types::{Error as GuestError, Quota};
-use crate::bindings::{describe, quota_name};
+use crate::bindings::types::Error as GuestError;
 use crate::bindings::{
     http_handler, invoke_handler, message_handler, queue_handler, timer_handler,
 };
+use crate::caps::describe;
 use crate::caps::outbound_http::Origin;
 use crate::config::{Isolation, PluginConfig, Quotas, TriggerConfig};
 use crate::engine::{CacheOutcome, Runtime};
 use crate::handler::{HandlerKind, WIT_PACKAGE};
 use crate::namespace::{Namespace, PluginName};
-use crate::quota::{CpuMeter, HostShare, Metered, QuotaTrap};
+use crate::quota::{CpuMeter, HostShare, Metered, Quota, QuotaTrap};
 use crate::redis::Redis;
 use crate::stats::{Outcome, Snapshot};
 use crate::store::{Cleanup, PluginContext, State};
@@ -148,7 +148,7 @@ pub enum InvokeError {
     },
     #[error("plugin {plugin} trapped: {message}")]
     Trap { plugin: PluginName, message: String },
-    #[error("plugin {plugin} exceeded its {} quota: {detail}", quota_name(*.quota))]
+    #[error("plugin {plugin} exceeded its {} quota: {detail}", .quota.name())]
     Quota {
         plugin: PluginName,
         quota: Quota,

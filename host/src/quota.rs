@@ -28,7 +28,47 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::bindings::types::Quota;
+/// A quota a plugin can break. The WIT `quota` the guest sees is the same
+/// list; `caps` converts at its edge, so this module needs no bindings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Quota {
+    Cpu,
+    WallTime,
+    Memory,
+    RedisOps,
+    RedisRate,
+    Concurrency,
+    Payload,
+    Storage,
+}
+
+impl Quota {
+    /// Every quota, in the order reports list them.
+    pub const ALL: [Quota; 8] = [
+        Quota::Cpu,
+        Quota::WallTime,
+        Quota::Memory,
+        Quota::RedisOps,
+        Quota::RedisRate,
+        Quota::Concurrency,
+        Quota::Payload,
+        Quota::Storage,
+    ];
+
+    /// The quota's name in the manifest, errors and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quota::Cpu => "cpu",
+            Quota::WallTime => "wall-time",
+            Quota::Memory => "memory",
+            Quota::RedisOps => "redis-ops",
+            Quota::RedisRate => "redis-rate",
+            Quota::Concurrency => "concurrency",
+            Quota::Payload => "payload",
+            Quota::Storage => "storage",
+        }
+    }
+}
 
 /// Per-plugin limits, from `[plugins.NAME.quotas]`. Each has a safe
 /// default and a host-wide ceiling ([`crate::config::ceilings`]); the README has the table.
@@ -113,7 +153,7 @@ pub const MAX_RATE_WAIT: Duration = Duration::from_millis(250);
 /// A trap raised because a quota ran out; `plugin.rs` turns it into a
 /// typed quota error.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{} quota exceeded: {detail}", crate::bindings::quota_name(*.quota))]
+#[error("{} quota exceeded: {detail}", .quota.name())]
 pub struct QuotaTrap {
     pub quota: Quota,
     pub detail: String,

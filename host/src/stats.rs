@@ -5,19 +5,10 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::bindings::types::Quota;
+use crate::quota::Quota;
 
 /// Every quota, in the order counters and outputs list them.
-pub const QUOTAS: [Quota; 8] = [
-    Quota::Cpu,
-    Quota::WallTime,
-    Quota::Memory,
-    Quota::RedisOps,
-    Quota::RedisRate,
-    Quota::Concurrency,
-    Quota::Payload,
-    Quota::Storage,
-];
+pub const QUOTAS: [Quota; 8] = Quota::ALL;
 
 /// Upper bounds (seconds) of the wall-time histogram buckets; the last
 /// bucket, `+Inf`, is implicit.
@@ -190,7 +181,7 @@ impl PluginStats {
             quota_rejections: QUOTAS
                 .iter()
                 .zip(&self.quota)
-                .map(|(q, c)| (crate::bindings::quota_name(*q), c.load(Relaxed)))
+                .map(|(q, c)| (q.name(), c.load(Relaxed)))
                 .collect(),
             guest_cpu: Duration::from_nanos(self.guest_cpu_ns.load(Relaxed)),
             redis_commands: self.redis_commands.load(Relaxed),

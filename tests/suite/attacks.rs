@@ -259,7 +259,7 @@ async fn bare() -> Bare {
 }
 
 /// The quota an invocation failed on, or a panic naming what happened.
-fn quota_of(r: Result<Vec<u8>, redloom::host::HostInvokeError>) -> redloom::bindings::types::Quota {
+fn quota_of(r: Result<Vec<u8>, redloom::host::HostInvokeError>) -> redloom::quota::Quota {
     match r {
         Err(redloom::host::HostInvokeError::Invoke(e)) => e
             .quota()
@@ -283,7 +283,7 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 /// `cpu` quota, long before its wall-time deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_spent_in_host_calls_is_charged() {
-    use redloom::bindings::types::Quota;
+    use redloom::quota::Quota;
     with_timeout(async {
         let b = bare().await;
         let mut s = redloom_tests::spec("looper", "hostile");
@@ -400,7 +400,7 @@ async fn hung_up_http_requests_are_counted() {
 /// it may write again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_bounded_per_value_and_per_plugin() {
-    use redloom::bindings::types::Quota;
+    use redloom::quota::Quota;
     with_timeout(async {
         let b = bare().await;
         let mut s = redloom_tests::spec("filler", "hostile");
@@ -561,7 +561,7 @@ async fn log_volume_is_bounded() {
 /// clock) and a cancelled call (the moved job is aborted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_invocations_move_to_the_background() {
-    use redloom::bindings::types::Quota;
+    use redloom::quota::Quota;
     with_timeout(async {
         let b = bare().await;
         let mut s = redloom_tests::spec("heavy", "hostile");

@@ -78,7 +78,7 @@ async fn every_command_is_charged_to_redis_ops() {
         );
         assert_eq!(c.redis_ops(), 3);
         let broken = c.broken_quota().expect("the breach is recorded");
-        assert_eq!(broken.quota, Quota::RedisOps);
+        assert_eq!(broken.quota, redloom::quota::Quota::RedisOps);
     })
     .await;
 }

@@ -501,7 +501,7 @@ async fn heavy_runtimes_stop_at_wall_time() {
             assert!(
                 matches!(
                     &e,
-                    HostInvokeError::Invoke(e) if e.quota().is_some_and(|q| matches!(q, redloom::bindings::types::Quota::WallTime))
+                    HostInvokeError::Invoke(e) if e.quota().is_some_and(|q| matches!(q, redloom::quota::Quota::WallTime))
                 ),
                 "{name}: {e}"
             );

@@ -5,10 +5,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use redloom::bindings::types::Quota;
 use redloom::config::Config;
 use redloom::host::{Host, HostInvokeError};
 use redloom::namespace::{Namespace, PluginName};
+use redloom::quota::Quota;
 use redloom::redis::queue::QueueStats;
 use redloom_tests::with_timeout;
 use redloom_tests::{RedisServer, Served, get_i64, host_options, plugin, redloom_bin, wait_for};

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use redloom::bindings::types::Quota;
 use redloom::config::{Config, Quotas};
 use redloom::host::{Host, HostInvokeError};
 use redloom::namespace::PluginName;
 use redloom::plugin::{InvokeError, LoadError, PluginSpec};
+use redloom::quota::Quota;
 use redloom_tests::with_timeout;
 use redloom_tests::{
     RedisServer, get_i64, host, host_options, spec, unique, wait_for, workspace_root,

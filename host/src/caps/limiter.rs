@@ -539,7 +539,7 @@ impl HostLease for Caps {
             tracing::debug!(
                 plugin = %self.plugin.name,
                 "releasing dropped concurrency slots failed; retrying when the invocation ends: {}",
-                crate::bindings::describe(&e)
+                super::describe(&e)
             );
         }
         self.leases.held.remove(&handle.rep());

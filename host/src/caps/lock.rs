@@ -640,7 +640,7 @@ impl HostLock for Caps {
                 plugin = %self.plugin.name,
                 lock = %h.name,
                 "releasing a dropped lock failed; retrying when the invocation ends: {}",
-                crate::bindings::describe(&e)
+                super::describe(&e)
             );
         }
         Ok(())

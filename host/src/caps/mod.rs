@@ -16,7 +16,8 @@ pub(crate) mod outbound_http;
 mod pubsub;
 mod queue;
 
-use crate::bindings::types::{self, Error, Quota};
+use crate::bindings::types::{self, Error};
+use crate::quota::Quota;
 use crate::quota::{MAX_RATE_WAIT, QuotaTrap};
 use crate::redis::{CommandError, Redis};
 pub use context::{Caps, Cleanup, CleanupAction, OutboundPolicy, PluginContext, QueuePolicy};
@@ -33,6 +34,50 @@ impl From<CommandError> for Error {
     }
 }
 
+/// The guest's view of a quota.
+impl From<Quota> for types::Quota {
+    fn from(q: Quota) -> types::Quota {
+        match q {
+            Quota::Cpu => types::Quota::Cpu,
+            Quota::WallTime => types::Quota::WallTime,
+            Quota::Memory => types::Quota::Memory,
+            Quota::RedisOps => types::Quota::RedisOps,
+            Quota::RedisRate => types::Quota::RedisRate,
+            Quota::Concurrency => types::Quota::Concurrency,
+            Quota::Payload => types::Quota::Payload,
+            Quota::Storage => types::Quota::Storage,
+        }
+    }
+}
+
+/// The host's view of a quota a guest named (in an error it returned).
+impl From<types::Quota> for Quota {
+    fn from(q: types::Quota) -> Quota {
+        match q {
+            types::Quota::Cpu => Quota::Cpu,
+            types::Quota::WallTime => Quota::WallTime,
+            types::Quota::Memory => Quota::Memory,
+            types::Quota::RedisOps => Quota::RedisOps,
+            types::Quota::RedisRate => Quota::RedisRate,
+            types::Quota::Concurrency => Quota::Concurrency,
+            types::Quota::Payload => Quota::Payload,
+            types::Quota::Storage => Quota::Storage,
+        }
+    }
+}
+
+/// A WIT error as one line.
+pub fn describe(e: &Error) -> String {
+    match e {
+        Error::QuotaExceeded(q) => format!("quota exceeded: {}", Quota::from(*q).name()),
+        Error::BackendUnavailable(m) => format!("backend unavailable: {m}"),
+        Error::Timeout(m) => format!("timeout: {m}"),
+        Error::InvalidArgument(m) => format!("invalid argument: {m}"),
+        Error::Denied(m) => format!("denied: {m}"),
+        Error::Other(m) => m.clone(),
+    }
+}
+
 impl Caps {
     /// Charges one Redis command against the plugin's quotas (`redis-ops`
     /// per invocation, the shared `redis-rate` bucket) and returns the
@@ -40,7 +85,7 @@ impl Caps {
     /// through here, so the counters and quotas see all of them.
     pub(crate) async fn admit(&mut self) -> Result<Redis, Error> {
         if let Some(b) = &self.breach {
-            return Err(Error::QuotaExceeded(b.quota));
+            return Err(Error::QuotaExceeded(b.quota.into()));
         }
         let limit = self.plugin.quotas.redis_ops;
         if self.redis_ops >= limit {
@@ -141,6 +186,6 @@ impl Caps {
     pub(crate) fn breach(&mut self, trap: QuotaTrap) -> Error {
         let quota = trap.quota;
         self.breach.get_or_insert(trap);
-        Error::QuotaExceeded(quota)
+        Error::QuotaExceeded(quota.into())
     }
 }

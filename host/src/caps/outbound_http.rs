@@ -15,7 +15,8 @@ use std::time::Duration;
 use super::Caps;
 use crate::bindings::http_types::{self, Response};
 use crate::bindings::outbound_http::{Host, OutgoingRequest};
-use crate::bindings::types::{Error, Quota};
+use crate::bindings::types::Error;
+use crate::quota::Quota;
 use crate::quota::QuotaTrap;
 
 /// An allowed origin.

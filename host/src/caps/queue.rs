@@ -5,7 +5,8 @@
 use super::Caps;
 use super::common::invalid;
 use crate::bindings::queue::{EnqueueOptions, Host};
-use crate::bindings::types::{Error, Quota};
+use crate::bindings::types::Error;
+use crate::quota::Quota;
 use crate::quota::QuotaTrap;
 use crate::redis::queue::Enqueued;
 

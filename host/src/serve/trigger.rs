@@ -30,9 +30,9 @@ use super::App;
 use super::listener::BodyTimeout;
 use super::routes::Match;
 use crate::bindings::http_types::Request as HttpRequest;
-use crate::bindings::types::Quota;
 use crate::host::HostInvokeError;
 use crate::plugin::InvokeError;
+use crate::quota::Quota;
 
 /// Seconds a client should wait after a quota rejection.
 const RETRY_AFTER_SECS: &str = "1";
