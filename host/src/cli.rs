@@ -902,6 +902,59 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{CommandFactory, Parser};
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("redloom").chain(args.iter().copied()))
+    }
+
+    /// clap's own consistency checks on every command and argument.
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Global flags work after the subcommand; conflicting inputs and
+    /// unknown subcommands are usage errors.
+    #[test]
+    fn invocations_parse() {
+        let cli = parse(&["invoke", "x.wasm", "--input", "hi", "-v", "--no-cache"]).unwrap();
+        assert_eq!(cli.verbose, 1);
+        assert!(cli.no_cache);
+        match cli.command {
+            Command::Invoke { plugin, input, .. } => {
+                assert_eq!(plugin, "x.wasm");
+                assert_eq!(input.as_deref(), Some("hi"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let both = parse(&["invoke", "p", "--input", "a", "--input-file", "f"]).unwrap_err();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let unknown = parse(&["frobnicate"]).unwrap_err();
+        assert_eq!(unknown.kind(), clap::error::ErrorKind::InvalidSubcommand);
+    }
+
+    /// Queue commands take the queue, its plugin and the group (default
+    /// `workers`); replay wants one id or `--all`, not both.
+    #[test]
+    fn queue_commands_parse() {
+        let cli = parse(&["queue", "stats", "orders", "--plugin", "shop"]).unwrap();
+        match cli.command {
+            Command::Queue {
+                action: QueueAction::Stats(q),
+            } => {
+                assert_eq!((q.queue.as_str(), q.plugin.as_str()), ("orders", "shop"));
+                assert_eq!(q.group, "workers");
+                assert!(!q.shared);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let both = parse(&[
+            "queue", "replay", "orders", "--plugin", "shop", "--id", "1-0", "--all",
+        ])
+        .unwrap_err();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
 
     /// `redloom check` names the world a component was built from: one
     /// handler's own world, or the worlds several handlers combine.
