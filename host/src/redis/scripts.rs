@@ -10,166 +10,77 @@ use std::sync::OnceLock;
 use redis::Script;
 use redis::aio::ConnectionLike;
 
-/// One field per file in `lua/`.
-pub struct Scripts {
-    /// `lua/queue_enqueue.lua`
-    pub queue_enqueue: Script,
-    /// `lua/queue_promote.lua`
-    pub queue_promote: Script,
-    /// `lua/queue_ack.lua`
-    pub queue_ack: Script,
-    /// `lua/queue_fail.lua`
-    pub queue_fail: Script,
-    /// `lua/queue_replay.lua`
-    pub queue_replay: Script,
-    /// `lua/queue_defer.lua`
-    pub queue_defer: Script,
-    /// `lua/queue_reclaim.lua`
-    pub queue_reclaim: Script,
-    /// `lua/queue_prune_consumers.lua`
-    pub queue_prune_consumers: Script,
-    /// `lua/kv_cas.lua`
-    pub kv_cas: Script,
-    /// `lua/lock_acquire.lua`
-    pub lock_acquire: Script,
-    /// `lua/lock_release.lua`
-    pub lock_release: Script,
-    /// `lua/lock_extend.lua`
-    pub lock_extend: Script,
-    /// `lua/limiter_gcra.lua`
-    pub limiter_gcra: Script,
-    /// `lua/limiter_token_bucket.lua`
-    pub limiter_token_bucket: Script,
-    /// `lua/limiter_sliding_window.lua`
-    pub limiter_sliding_window: Script,
-    /// `lua/limiter_fixed_window.lua`
-    pub limiter_fixed_window: Script,
-    /// `lua/limiter_concurrency.lua`
-    pub limiter_concurrency: Script,
-    /// `lua/cache_lookup.lua`
-    pub cache_lookup: Script,
-    /// `lua/cache_fill.lua`
-    pub cache_fill: Script,
-    /// `lua/cache_set.lua`
-    pub cache_set: Script,
-    /// `lua/cache_abandon.lua`
-    pub cache_abandon: Script,
-    /// `lua/cache_invalidate.lua`
-    pub cache_invalidate: Script,
+/// Declares the scripts: a field of [`Scripts`] and an entry of
+/// [`SOURCES`] per name, each embedding `lua/<name>.lua`. Adding a script
+/// is its file and one name in the list below (and its KEYS in the
+/// one-slot test).
+macro_rules! scripts {
+    ($($name:ident),* $(,)?) => {
+        /// One field per file in `lua/`.
+        pub struct Scripts {
+            $(
+                #[doc = concat!("`lua/", stringify!($name), ".lua`")]
+                pub $name: Script,
+            )*
+        }
+
+        /// `(file name, source)` for every script, for loading and for
+        /// tests that check every script in `lua/`.
+        pub const SOURCES: &[(&str, &str)] = &[
+            $(
+                (
+                    concat!(stringify!($name), ".lua"),
+                    include_str!(concat!("../../../lua/", stringify!($name), ".lua")),
+                ),
+            )*
+        ];
+
+        impl Scripts {
+            fn hash_all() -> Scripts {
+                Scripts {
+                    $(
+                        $name: Script::new(include_str!(concat!(
+                            "../../../lua/",
+                            stringify!($name),
+                            ".lua"
+                        ))),
+                    )*
+                }
+            }
+        }
+    };
 }
 
-/// `(file name, source)` for every script, for loading and for tests that
-/// check every script in `lua/`.
-pub const SOURCES: &[(&str, &str)] = &[
-    (
-        "queue_enqueue.lua",
-        include_str!("../../../lua/queue_enqueue.lua"),
-    ),
-    (
-        "queue_promote.lua",
-        include_str!("../../../lua/queue_promote.lua"),
-    ),
-    ("queue_ack.lua", include_str!("../../../lua/queue_ack.lua")),
-    (
-        "queue_fail.lua",
-        include_str!("../../../lua/queue_fail.lua"),
-    ),
-    (
-        "queue_replay.lua",
-        include_str!("../../../lua/queue_replay.lua"),
-    ),
-    (
-        "queue_defer.lua",
-        include_str!("../../../lua/queue_defer.lua"),
-    ),
-    (
-        "queue_reclaim.lua",
-        include_str!("../../../lua/queue_reclaim.lua"),
-    ),
-    (
-        "queue_prune_consumers.lua",
-        include_str!("../../../lua/queue_prune_consumers.lua"),
-    ),
-    ("kv_cas.lua", include_str!("../../../lua/kv_cas.lua")),
-    (
-        "lock_acquire.lua",
-        include_str!("../../../lua/lock_acquire.lua"),
-    ),
-    (
-        "lock_release.lua",
-        include_str!("../../../lua/lock_release.lua"),
-    ),
-    (
-        "lock_extend.lua",
-        include_str!("../../../lua/lock_extend.lua"),
-    ),
-    (
-        "limiter_gcra.lua",
-        include_str!("../../../lua/limiter_gcra.lua"),
-    ),
-    (
-        "limiter_token_bucket.lua",
-        include_str!("../../../lua/limiter_token_bucket.lua"),
-    ),
-    (
-        "limiter_sliding_window.lua",
-        include_str!("../../../lua/limiter_sliding_window.lua"),
-    ),
-    (
-        "limiter_fixed_window.lua",
-        include_str!("../../../lua/limiter_fixed_window.lua"),
-    ),
-    (
-        "limiter_concurrency.lua",
-        include_str!("../../../lua/limiter_concurrency.lua"),
-    ),
-    (
-        "cache_lookup.lua",
-        include_str!("../../../lua/cache_lookup.lua"),
-    ),
-    (
-        "cache_fill.lua",
-        include_str!("../../../lua/cache_fill.lua"),
-    ),
-    ("cache_set.lua", include_str!("../../../lua/cache_set.lua")),
-    (
-        "cache_abandon.lua",
-        include_str!("../../../lua/cache_abandon.lua"),
-    ),
-    (
-        "cache_invalidate.lua",
-        include_str!("../../../lua/cache_invalidate.lua"),
-    ),
+scripts![
+    queue_enqueue,
+    queue_promote,
+    queue_ack,
+    queue_fail,
+    queue_replay,
+    queue_defer,
+    queue_reclaim,
+    queue_prune_consumers,
+    kv_cas,
+    lock_acquire,
+    lock_release,
+    lock_extend,
+    limiter_gcra,
+    limiter_token_bucket,
+    limiter_sliding_window,
+    limiter_fixed_window,
+    limiter_concurrency,
+    cache_lookup,
+    cache_fill,
+    cache_set,
+    cache_abandon,
+    cache_invalidate,
 ];
 
 impl Scripts {
     /// The process-wide scripts, hashed once.
     pub fn get() -> &'static Scripts {
         static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
-        SCRIPTS.get_or_init(|| Scripts {
-            queue_enqueue: Script::new(source("queue_enqueue.lua")),
-            queue_promote: Script::new(source("queue_promote.lua")),
-            queue_ack: Script::new(source("queue_ack.lua")),
-            queue_fail: Script::new(source("queue_fail.lua")),
-            queue_replay: Script::new(source("queue_replay.lua")),
-            queue_defer: Script::new(source("queue_defer.lua")),
-            queue_reclaim: Script::new(source("queue_reclaim.lua")),
-            queue_prune_consumers: Script::new(source("queue_prune_consumers.lua")),
-            kv_cas: Script::new(source("kv_cas.lua")),
-            lock_acquire: Script::new(source("lock_acquire.lua")),
-            lock_release: Script::new(source("lock_release.lua")),
-            lock_extend: Script::new(source("lock_extend.lua")),
-            limiter_gcra: Script::new(source("limiter_gcra.lua")),
-            limiter_token_bucket: Script::new(source("limiter_token_bucket.lua")),
-            limiter_sliding_window: Script::new(source("limiter_sliding_window.lua")),
-            limiter_fixed_window: Script::new(source("limiter_fixed_window.lua")),
-            limiter_concurrency: Script::new(source("limiter_concurrency.lua")),
-            cache_lookup: Script::new(source("cache_lookup.lua")),
-            cache_fill: Script::new(source("cache_fill.lua")),
-            cache_set: Script::new(source("cache_set.lua")),
-            cache_abandon: Script::new(source("cache_abandon.lua")),
-            cache_invalidate: Script::new(source("cache_invalidate.lua")),
-        })
+        SCRIPTS.get_or_init(Scripts::hash_all)
     }
 
     /// `SCRIPT LOAD`s every script.
@@ -183,14 +94,6 @@ impl Scripts {
         }
         Ok(())
     }
-}
-
-fn source(name: &str) -> &'static str {
-    SOURCES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, s)| *s)
-        .unwrap_or_else(|| panic!("lua/{name} is not in scripts::SOURCES"))
 }
 
 #[cfg(test)]
