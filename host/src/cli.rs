@@ -150,11 +150,12 @@ enum Command {
     /// Manage the plugins of a running `redloom serve` through its admin API.
     Plugin {
         /// The admin API [default: http://<[admin] listen>].
-        #[arg(long, env = "REDLOOM_ADMIN_URL", value_name = "URL")]
+        #[arg(long, global = true, env = "REDLOOM_ADMIN_URL", value_name = "URL")]
         admin: Option<String>,
         /// Bearer token for the admin API.
         #[arg(
             long,
+            global = true,
             env = "REDLOOM_ADMIN_TOKEN",
             value_name = "TOKEN",
             hide_env_values = true
@@ -536,12 +537,15 @@ async fn invoke(
         if stats {
             print_stats(&plugin.stats());
         }
-        result.map_err(|e| {
-            let f = Failure::new(exit::PLUGIN_FAILED, &e);
-            match e {
-                HostInvokeError::Invoke(InvokeError::Quota { .. }) => f.hint(QUOTA_HINT),
-                _ => f,
+        result.map_err(|e| match e {
+            HostInvokeError::Invoke(InvokeError::Quota { .. }) => {
+                Failure::new(exit::PLUGIN_FAILED, &e).hint(QUOTA_HINT)
             }
+            // Nothing ran: the component cannot serve `invoke` (a load
+            // problem, as the README's exit codes say).
+            HostInvokeError::Invoke(InvokeError::NoHandler { .. }) => Failure::new(exit::LOAD, &e)
+                .hint("with redloom-sdk: `redloom_sdk::export!(YourPlugin => [invoke]);`"),
+            _ => Failure::new(exit::PLUGIN_FAILED, &e),
         })
     }
     .await;
@@ -932,6 +936,28 @@ mod tests {
         assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
         let unknown = parse(&["frobnicate"]).unwrap_err();
         assert_eq!(unknown.kind(), clap::error::ErrorKind::InvalidSubcommand);
+    }
+
+    /// `--admin` and `--token` may follow the plugin action, as the README
+    /// writes them (`redloom plugin list --admin URL`), or precede it.
+    #[test]
+    fn plugin_admin_flags_go_before_or_after_the_action() {
+        for args in [
+            &["plugin", "list", "--admin", "http://h:1", "--token", "t"][..],
+            &["plugin", "--admin", "http://h:1", "--token", "t", "list"][..],
+        ] {
+            match parse(args).unwrap().command {
+                Command::Plugin {
+                    admin,
+                    token,
+                    action: PluginAction::List,
+                } => {
+                    assert_eq!(admin.as_deref(), Some("http://h:1"), "{args:?}");
+                    assert_eq!(token.as_deref(), Some("t"), "{args:?}");
+                }
+                other => panic!("{args:?} parsed as {other:?}"),
+            }
+        }
     }
 
     /// Queue commands take the queue, its plugin and the group (default

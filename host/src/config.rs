@@ -791,35 +791,12 @@ impl Config {
                 check_rate_limit(&name, &limiters, c)
                     .map_err(|(field, m)| at(&format!("{key}.consumers.{q}.{field}"), m))?;
             }
-            let near_cache = crate::near_cache::NearConfig {
-                enabled: p.near_cache.unwrap_or(true),
-                max_bytes: match p.near_cache_max_bytes {
-                    None => crate::near_cache::DEFAULT_MAX_BYTES,
-                    Some(n) if (1..=crate::near_cache::MAX_BYTES_CEILING).contains(&n) => n,
-                    Some(n) => {
-                        return Err(at(
-                            &format!("{key}.near-cache-max-bytes"),
-                            format!(
-                                "{n} is out of range: from 1 to {} bytes (turn the near cache off with near-cache = false)",
-                                crate::near_cache::MAX_BYTES_CEILING
-                            ),
-                        ));
-                    }
-                },
-                max_age: match p.near_cache_max_age {
-                    None => crate::near_cache::MAX_AGE,
-                    Some(d) if !d.is_zero() && d <= crate::near_cache::MAX_AGE_CEILING => d,
-                    Some(d) => {
-                        return Err(at(
-                            &format!("{key}.near-cache-max-age"),
-                            format!(
-                                "{d:?} is out of range: above 0 and at most {:?}",
-                                crate::near_cache::MAX_AGE_CEILING
-                            ),
-                        ));
-                    }
-                },
-            };
+            let near_cache = crate::near_cache::NearConfig::resolve(
+                p.near_cache,
+                p.near_cache_max_bytes,
+                p.near_cache_max_age,
+            )
+            .map_err(|(k, m)| at(&format!("{key}.{k}"), m))?;
             let isolation = Isolation::resolve(
                 &key,
                 p.isolation.as_deref(),

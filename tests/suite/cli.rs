@@ -48,6 +48,27 @@ async fn invoke_prints_output() {
     assert_eq!(v["page"], page.as_str());
 }
 
+/// `invoke` on a component without an `invoke` handler (an HTTP-only
+/// plugin) runs nothing and exits 3, the load-error code, with the
+/// `export!` line to add.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_without_an_invoke_handler_is_a_load_error() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(redloom(dir.path())
+        .arg("invoke")
+        .arg(plugin("http-probe"))
+        .args(["--redis-url", redis.url(), "--input", "x"]));
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 3, "stderr: {stderr}");
+    assert!(stderr.contains("has no `invoke` handler"), "{stderr}");
+    assert!(
+        stderr.contains("export!(YourPlugin => [invoke])"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "stdout: {}", text(&out.stdout));
+}
+
 /// Without a Redis URL, `invoke` starts a private redis-server with AOF in
 /// the data folder, stops it on exit, and the data survives to the next run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,6 +116,46 @@ impl Default for NearConfig {
     }
 }
 
+impl NearConfig {
+    /// The manifest's settings, defaults filled in and checked against
+    /// their bounds; an error names the manifest key (`near-cache-max-bytes`
+    /// or `near-cache-max-age`) and the allowed range.
+    pub fn resolve(
+        enabled: Option<bool>,
+        max_bytes: Option<u64>,
+        max_age: Option<Duration>,
+    ) -> Result<NearConfig, (&'static str, String)> {
+        let max_bytes = match max_bytes {
+            None => DEFAULT_MAX_BYTES,
+            Some(n) if (1..=MAX_BYTES_CEILING).contains(&n) => n,
+            Some(n) => {
+                return Err((
+                    "near-cache-max-bytes",
+                    format!(
+                        "{n} is out of range: from 1 to {MAX_BYTES_CEILING} bytes (turn the near \
+                         cache off with near-cache = false)"
+                    ),
+                ));
+            }
+        };
+        let max_age = match max_age {
+            None => MAX_AGE,
+            Some(d) if !d.is_zero() && d <= MAX_AGE_CEILING => d,
+            Some(d) => {
+                return Err((
+                    "near-cache-max-age",
+                    format!("{d:?} is out of range: above 0 and at most {MAX_AGE_CEILING:?}"),
+                ));
+            }
+        };
+        Ok(NearConfig {
+            enabled: enabled.unwrap_or(true),
+            max_bytes,
+            max_age,
+        })
+    }
+}
+
 pub use crate::stats::NearStats;
 
 /// One plugin's near cache.
