@@ -76,7 +76,7 @@ impl Redis {
     /// channels under `prefix` plus the `shared` rules (shared channels
     /// and queues, see [`crate::namespace::shared_acl_patterns`], and the
     /// patterns its pub/sub trigger subscribes to, see
-    /// [`crate::triggers::pubsub::acl_patterns`]), and returns a connection
+    /// [`crate::subscriptions::acl_patterns`]), and returns a connection
     /// authenticated as it.
     ///
     /// The user gets a fresh random password each time; earlier passwords
