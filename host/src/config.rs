@@ -774,7 +774,12 @@ impl Config {
             })?
         };
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let at = |key: &str, msg: String| ConfigError(format!("{file}: {key}: {msg}"));
+        // Errors found after parsing name the line too (of the key's value,
+        // or of the deepest table on its path that is in the file).
+        let at = |key: &str, msg: String| {
+            let line = line_of(text, key).map_or(String::new(), |l| format!(":{l}"));
+            ConfigError(format!("{file}{line}: {key}: {msg}"))
+        };
 
         let host = match raw.host {
             Some(h) => h.resolve().map_err(|(k, m)| at(&k, m))?,
@@ -1034,6 +1039,43 @@ pub fn check_redis_url(url: &str) -> Result<(), String> {
     redis::Client::open(url)
         .map(drop)
         .map_err(|e| format!("invalid Redis URL: {e}"))
+}
+
+/// The line in `text` of the value at the dotted `key`
+/// (`plugins.NAME.quotas.cpu`; an index like `routes[2]` picks an array
+/// element), or of the deepest table on its path that the file has; `None`
+/// if not even the first part is there (a default, not written).
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let line = |at: usize| text[..at.min(text.len())].matches('\n').count() + 1;
+    let mut table: &DeTable = doc.get_ref();
+    let mut found = None;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some((_, value)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name) else {
+            break;
+        };
+        found = Some(value.span().start);
+        let mut value = value;
+        if let (Some(i), DeValue::Array(items)) = (index, value.get_ref()) {
+            match items.get(i) {
+                Some(item) => {
+                    found = Some(item.span().start);
+                    value = item;
+                }
+                None => break,
+            }
+        }
+        match value.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => break,
+        }
+    }
+    found.map(line)
 }
 
 fn toml_error(file: &str, text: &str, key: Option<&str>, e: &toml::de::Error) -> ConfigError {
@@ -1370,6 +1412,34 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/redloom/redloom.toml"))
+    }
+
+    /// Errors found after parsing name the line of the key's value (or of
+    /// its table, when the key itself is not written).
+    #[test]
+    fn checks_after_parsing_name_the_line() {
+        let e = parse("[plugins.a]\nwasm = \"a.wasm\"\n\n[plugins.a.quotas]\ncpu = \"1h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/redloom/redloom.toml:5: plugins.a.quotas.cpu: "),
+            "{e}"
+        );
+        let e = parse("\n[plugins.a]\nwasm = \"a.wasm\"\nnear-cache-max-bytes = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/redloom/redloom.toml:4: plugins.a.near-cache-max-bytes: "),
+            "{e}"
+        );
+        assert_eq!(
+            line_of(
+                "[[routes]]\npath = \"/a\"\n[[routes]]\npath = \"/b\"\n",
+                "routes[1].path"
+            ),
+            Some(4)
+        );
+        assert_eq!(line_of("a = 1\n", "b.c"), None);
     }
 
     /// Near-cache settings: on with the defaults unless set; out-of-range
