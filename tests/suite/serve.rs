@@ -137,6 +137,10 @@ path = "/error"
 plugin = "probe"
 [[routes]]
 method = "GET"
+path = "/error/:kind"
+plugin = "probe"
+[[routes]]
+method = "GET"
 path = "/panic"
 plugin = "probe"
 [[routes]]
@@ -262,17 +266,28 @@ async fn routing_and_params() {
     .await;
 }
 
-/// Plugin errors and traps are 500s that reveal nothing; a body over the
-/// plugin's max-input is 413; beyond its concurrency, 429 with Retry-After.
+/// Plugin errors and traps are 500s that reveal nothing, except a
+/// backend-unavailable or timeout error (503 with Retry-After); a body
+/// over the plugin's max-input is 413; beyond its concurrency, 429 with
+/// Retry-After.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_limits_and_quota_statuses() {
     with_timeout(async {
         let config = probe_config("").replace("queue = 0", &format!("queue = 0\n{HOLD_QUOTAS}"));
         let s = serve(&config).await;
         let c = client();
-        for path in ["/error", "/panic"] {
+        for path in ["/error", "/panic", "/error/invalid"] {
             let r = c.get(s.url(path)).send().await.unwrap();
             assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR, "{path}");
+            let body = r.text().await.unwrap();
+            assert!(!body.contains("secret"), "{path} leaked: {body}");
+        }
+        // A handler that gives up on a backend outage or timeout (the
+        // capability's error, returned as is): 503 with Retry-After.
+        for path in ["/error/backend", "/error/timeout"] {
+            let r = c.get(s.url(path)).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            assert!(r.headers().contains_key("retry-after"), "{path}: {r:?}");
             let body = r.text().await.unwrap();
             assert!(!body.contains("secret"), "{path} leaked: {body}");
         }

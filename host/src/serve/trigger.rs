@@ -30,6 +30,7 @@ use super::App;
 use super::listener::BodyTimeout;
 use super::routes::Match;
 use crate::bindings::http_types::Request as HttpRequest;
+use crate::bindings::types::Error as GuestError;
 use crate::host::HostInvokeError;
 use crate::plugin::InvokeError;
 use crate::quota::Quota;
@@ -153,6 +154,14 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request<Body>) -> Resp
                     }
                     _ => retry_later(StatusCode::SERVICE_UNAVAILABLE, "service unavailable"),
                 },
+                // The handler gave up because Redis (or an origin) is down
+                // or slow, and returned the capability's error as is (or
+                // through the SDK's `?`): the service is unavailable, and
+                // trying again later may work.
+                InvokeError::Guest {
+                    error: GuestError::BackendUnavailable(_) | GuestError::Timeout(_),
+                    ..
+                } => retry_later(StatusCode::SERVICE_UNAVAILABLE, "service unavailable"),
                 _ => plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
             }
         }

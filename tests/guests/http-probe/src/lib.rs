@@ -7,6 +7,7 @@
 //! | `/burn/:ms` | runs guest code for `ms` milliseconds, then 200 `done` |
 //! | `/version` | 200, the `version` setting |
 //! | `/error` | the plugin's error (the host answers 500) |
+//! | `/error/:kind` | the plugin returns that kind of error: `backend` (backend-unavailable), `timeout`, `invalid` (invalid-argument) |
 //! | `/panic` | a trap (500) |
 //! | `/fetch?url=U` | outbound GET of `U`: 200 with the origin's status and body, or 502 with the error as `kind: message` (`denied: ...`, `timeout: ...`) |
 //! | `/hold/:name` | `SET started:<name> 1`, then waits (checking every 100 ms, at most 60 s) until the kv key `release:<name>` exists, then 200 `done` (504 if it never appeared) |
@@ -80,6 +81,13 @@ impl Http for Probe {
         if let Some(kib) = path.strip_prefix("/big-header/") {
             let kib: usize = kib.parse().map_err(|_| Error::invalid("bad kib"))?;
             return Ok(Response::text(200, "ok").with_header("x-big", "b".repeat(kib << 10)));
+        }
+        if let Some(kind) = path.strip_prefix("/error/") {
+            return Err(match kind {
+                "backend" => Error::BackendUnavailable("secret: redis is down".into()),
+                "timeout" => Error::Timeout("secret: redis did not answer".into()),
+                _ => Error::invalid("secret: bad input"),
+            });
         }
         if let Some(code) = path.strip_prefix("/status/") {
             let code: u16 = code.parse().map_err(|_| Error::invalid("bad code"))?;
