@@ -1,10 +1,14 @@
 //! Write redloom plugins in Rust.
 //!
-//! A plugin is a WebAssembly component. The host calls one of its *handlers*
-//! (for now the generic [`Invoke`] handler) and the plugin uses the host's
-//! *capabilities* — Redis-backed storage ([`kv`]), distributed locks
-//! ([`lock`]), logging ([`log`]) and its own settings ([`config`]) — through
-//! the functions in this crate. Every capability
+//! A plugin is a WebAssembly component. The host calls its *handlers* —
+//! [`Invoke`] (`redloom invoke`), [`Http`] (routes of `redloom serve`),
+//! [`OnMessage`] (pub/sub messages and keyspace events), [`OnTick`]
+//! (timers) and [`OnJob`] (queue consumers) — and the plugin uses the
+//! host's *capabilities* — Redis-backed storage ([`kv`]), caching
+//! ([`cache`]), distributed locks ([`lock`]), rate limits ([`limiter`]),
+//! work queues ([`queue`]), pub/sub ([`pubsub`]), outbound HTTP
+//! ([`http`]), logging ([`log`]) and its own settings ([`config`]) —
+//! through the functions in this crate. Every capability
 //! call that can fail returns this crate's [`Error`], which tells a transient
 //! backend problem from a quota, a timeout or the plugin's own mistake.
 //!
@@ -44,7 +48,8 @@
 //!
 //! - [`export!`] turns a type into the plugin's handlers. It names the
 //!   handlers to export, and the component exports exactly those.
-//! - [`Invoke`]: the handler traits a plugin type implements.
+//! - [`Invoke`], [`Http`], [`OnMessage`], [`OnTick`], [`OnJob`]: the
+//!   handler traits a plugin type implements, one per handler it exports.
 //! - [`kv`]: get / set (TTL, if-absent / if-present) / delete / exists /
 //!   increment / expire / get-many / compare-and-swap in the plugin's own key
 //!   namespace.
@@ -100,9 +105,16 @@ pub use handlers::{Http, Invoke, OnJob, OnMessage, OnTick};
 /// nothing else, so the host can tell from the component which triggers the
 /// plugin supports. Call it once per plugin crate, at module level.
 ///
-/// | handler | trait | WIT export |
-/// |---|---|---|
-/// | `invoke` | [`Invoke`] | `redloom:plugin/invoke@0.2.0` |
+/// | handler | trait | WIT export | called by |
+/// |---|---|---|---|
+/// | `invoke` | [`Invoke`] | `redloom:plugin/invoke@0.2.0` | `redloom invoke` |
+/// | `http` | [`Http`] | `redloom:plugin/http-handler@0.2.0` | `[[routes]]` of `redloom serve` |
+/// | `message` | [`OnMessage`] | `redloom:plugin/message-handler@0.2.0` | `subscriptions`, `keyspace-events` |
+/// | `timer` | [`OnTick`] | `redloom:plugin/timer-handler@0.2.0` | `[plugins.NAME.timers.TIMER]` |
+/// | `queue` | [`OnJob`] | `redloom:plugin/queue-handler@0.2.0` | `[plugins.NAME.consumers.QUEUE]` |
+///
+/// A plugin that serves HTTP and consumes a queue implements both traits
+/// and names both: `export!(Shop => [http, queue])`.
 ///
 /// ```no_run
 /// use redloom_sdk::{Invoke, Result};
