@@ -40,8 +40,8 @@
 //! user's channel rules, so a plugin's `&rl:<plugin>:*` does not let it
 //! subscribe to the pattern `rl:<plugin>:ch:room:*`. The plugin's ACL user
 //! therefore gets one `&` rule per pattern it subscribes to
-//! ([`acl_patterns`](crate::subscriptions::acl_patterns)); plain channels are covered by its own and shared
-//! channel rules.
+//! ([`acl_patterns`](crate::subscriptions::acl_patterns)); plain channels
+//! are covered by its own and shared channel rules.
 //!
 //! Keyspace events (`keyspace-events`) ride the plugin's connection: the
 //! host subscribes to `__keyspace@DB__:rl:<plugin>:kv:*` and, only when some
