@@ -708,3 +708,35 @@ async fn tls_cluster_with_client_certificates() {
     })
     .await;
 }
+
+/// `/metrics`' Redis figures on a Cluster are summed over the primaries:
+/// the used memory of all three is more than any one node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_info_sums_over_the_primaries() {
+    with_timeout(async {
+        let redis = RedisServer::start_cluster().await;
+        let options =
+            redloom::redis::RedisOptions::new(Duration::from_secs(10), Duration::from_secs(30));
+        let conn = redloom::redis::Redis::connect_to(&redis.target(), options)
+            .await
+            .unwrap();
+        let info = conn.server_info().await.unwrap();
+        assert_eq!(info.maxmemory_policy, "noeviction", "{info:?}");
+        // One node on its own (a standalone connection to it) reports
+        // only its memory.
+        let node = redloom::redis::Redis::connect(
+            &redis.node_urls()[0],
+            redloom::redis::RedisOptions::new(Duration::from_secs(10), Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+        let mine = node.server_info().await.unwrap();
+        assert!(
+            info.used_memory > mine.used_memory && mine.used_memory > 0,
+            "cluster {} vs one node {}",
+            info.used_memory,
+            mine.used_memory
+        );
+    })
+    .await;
+}

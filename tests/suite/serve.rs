@@ -643,6 +643,50 @@ async fn metrics_health_and_token() {
             "{text}"
         );
         assert!(text.contains("redloom_redis_up 1"), "{text}");
+        // Redis's own figures, from INFO at the scrape.
+        let gauge = |text: &str, name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        };
+        assert!(
+            gauge(&text, "redloom_redis_used_memory_bytes") > 0.0,
+            "{text}"
+        );
+        assert_eq!(gauge(&text, "redloom_redis_maxmemory_bytes"), 0.0, "{text}");
+        let hits = gauge(&text, "redloom_redis_keyspace_hits_total");
+        let misses = gauge(&text, "redloom_redis_keyspace_misses_total");
+        let mut conn = s.redis.client().await;
+        let key = redloom_tests::unique("metrics-hit");
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: i64 = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: Option<i64> = redis::cmd("GET")
+            .arg(format!("{key}-absent"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let text = metrics().await;
+        assert!(
+            gauge(&text, "redloom_redis_keyspace_hits_total") > hits,
+            "{text}"
+        );
+        assert!(
+            gauge(&text, "redloom_redis_keyspace_misses_total") > misses,
+            "{text}"
+        );
+        assert!(
+            text.contains("redloom_redis_evicted_keys_total 0"),
+            "{text}"
+        );
 
         assert_eq!(
             c.get(s.admin_url("/healthz"))
@@ -1333,6 +1377,45 @@ async fn get_user_cached_stale_while_revalidate() {
         );
         assert_eq!(hits.load(Ordering::SeqCst), 2);
         s.shutdown().await;
+    })
+    .await;
+}
+
+/// `serve` warns at start when a plugin uses the cache on a Redis that
+/// will not evict (`noeviction`, the default), naming the plugin; not when
+/// the policy evicts, and not when no plugin uses the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warns_when_the_cache_runs_on_a_redis_that_does_not_evict() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let host = redloom_tests::host(&redis, dir.path()).await;
+        host.load(redloom_tests::spec("counter", "kv-probe"))
+            .await
+            .unwrap();
+        assert_eq!(redloom::serve::cache_eviction_warning(&host).await, None);
+        host.load(redloom_tests::spec("pages", "cache-probe"))
+            .await
+            .unwrap();
+        let warning = redloom::serve::cache_eviction_warning(&host)
+            .await
+            .expect("a warning on noeviction");
+        assert!(
+            warning.contains("plugins pages use the cache")
+                && warning.contains("noeviction")
+                && !warning.contains("counter"),
+            "{warning}"
+        );
+        let mut conn = redis.client().await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg("allkeys-lru")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(redloom::serve::cache_eviction_warning(&host).await, None);
+        host.shutdown().await;
     })
     .await;
 }

@@ -18,6 +18,7 @@
 
 pub mod acl;
 pub mod cache;
+pub mod info;
 mod limiter;
 mod lock;
 pub mod queue;

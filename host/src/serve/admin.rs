@@ -299,7 +299,11 @@ async fn unload(State(app): State<Arc<App>>, Path(name): Path<String>) -> Respon
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    app.check_redis().await;
+    if app.check_redis().await {
+        app.read_redis_info().await;
+    } else {
+        *app.redis_info.lock().expect("redis info poisoned") = None;
+    }
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &app.metrics) {
         return error(

@@ -24,12 +24,17 @@
 //! | `redloom_invocation_duration_seconds` | histogram | `plugin` |
 //! | `redloom_plugins_loaded` | gauge | |
 //! | `redloom_redis_up` | gauge | (1 when the last `PING` answered) |
+//! | `redloom_redis_used_memory_bytes` | gauge | (Redis `INFO`, summed over a Cluster's primaries; absent when `INFO` failed) |
+//! | `redloom_redis_maxmemory_bytes` | gauge | (0: no limit) |
+//! | `redloom_redis_evicted_keys_total` | counter | |
+//! | `redloom_redis_keyspace_hits_total` | counter | |
+//! | `redloom_redis_keyspace_misses_total` | counter | |
 //! | `redloom_connections` | gauge | `listener` (`http`, `admin`) |
 //! | `redloom_connection_timeouts_total` | counter | `listener`, `kind` (`header`, `idle`, `body`) |
 //! | `redloom_connection_limit_reached_total` | counter | `listener` |
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -39,6 +44,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::host::Host;
+use crate::redis::info::ServerInfo;
 use crate::stats::WALL_TIME_BUCKETS;
 
 /// Reads the host's counters at scrape time.
@@ -47,12 +53,23 @@ pub struct HostCollector {
     host: Arc<Host>,
     /// Set by the readiness probe and by each scrape's PING.
     pub redis_up: Arc<AtomicBool>,
+    /// Redis's own figures, read by each scrape before encoding (`None`
+    /// when `INFO` failed or timed out).
+    pub redis_info: Arc<Mutex<Option<ServerInfo>>>,
 }
 
 impl HostCollector {
-    pub fn registry(host: Arc<Host>, redis_up: Arc<AtomicBool>) -> Registry {
+    pub fn registry(
+        host: Arc<Host>,
+        redis_up: Arc<AtomicBool>,
+        redis_info: Arc<Mutex<Option<ServerInfo>>>,
+    ) -> Registry {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(HostCollector { host, redis_up }));
+        registry.register_collector(Box::new(HostCollector {
+            host,
+            redis_up,
+            redis_info,
+        }));
         registry
     }
 }
@@ -271,6 +288,47 @@ impl Collector for HostCollector {
             "1 when the host's last PING to Redis answered.",
             i64::from(self.redis_up.load(Ordering::Relaxed)),
         )?;
+        let info = self.redis_info.lock().expect("redis info poisoned").clone();
+        if let Some(info) = info {
+            gauge(
+                &mut encoder,
+                "redloom_redis_used_memory_bytes",
+                "Memory Redis uses (INFO used_memory; summed over a Cluster's primaries).",
+                i64::try_from(info.used_memory).unwrap_or(i64::MAX),
+            )?;
+            gauge(
+                &mut encoder,
+                "redloom_redis_maxmemory_bytes",
+                "Redis's memory limit (INFO maxmemory; 0: none).",
+                i64::try_from(info.maxmemory).unwrap_or(i64::MAX),
+            )?;
+            let total = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| -> Fmt {
+                ConstCounter::new(v as f64).encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    MetricType::Counter,
+                )?)
+            };
+            total(
+                &mut encoder,
+                "redloom_redis_evicted_keys",
+                "Keys Redis evicted to stay under maxmemory (INFO evicted_keys).",
+                info.evicted_keys,
+            )?;
+            total(
+                &mut encoder,
+                "redloom_redis_keyspace_hits",
+                "Redis lookups that found their key (INFO keyspace_hits).",
+                info.keyspace_hits,
+            )?;
+            total(
+                &mut encoder,
+                "redloom_redis_keyspace_misses",
+                "Redis lookups that did not find their key (INFO keyspace_misses).",
+                info.keyspace_misses,
+            )?;
+        }
         Ok(())
     }
 }

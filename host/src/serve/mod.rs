@@ -46,6 +46,7 @@ pub struct App {
     admin_token: Option<String>,
     metrics: Registry,
     redis_up: Arc<AtomicBool>,
+    redis_info: Arc<std::sync::Mutex<Option<crate::redis::info::ServerInfo>>>,
 }
 
 impl App {
@@ -57,6 +58,22 @@ impl App {
         );
         self.redis_up.store(up, Ordering::Relaxed);
         up
+    }
+
+    /// Reads Redis's `INFO` (bounded) for `/metrics`; `None` when it fails.
+    async fn read_redis_info(&self) {
+        let info =
+            match tokio::time::timeout(Duration::from_secs(2), self.host.redis().server_info())
+                .await
+            {
+                Ok(Ok(info)) => Some(info),
+                Ok(Err(e)) => {
+                    tracing::debug!("INFO for /metrics failed: {e}");
+                    None
+                }
+                Err(_) => None,
+            };
+        *self.redis_info.lock().expect("redis info poisoned") = info;
     }
 
     /// Every trigger the configuration binds to `plugin` needs its handler.
@@ -189,7 +206,9 @@ impl Server {
         let redis_up = Arc::new(AtomicBool::new(true));
         let http_stats = Arc::new(listener::ListenerStats::default());
         let admin_stats = Arc::new(listener::ListenerStats::default());
-        let mut registry = metrics::HostCollector::registry(host.clone(), redis_up.clone());
+        let redis_info = Arc::new(std::sync::Mutex::new(None));
+        let mut registry =
+            metrics::HostCollector::registry(host.clone(), redis_up.clone(), redis_info.clone());
         registry.register_collector(Box::new(metrics::ListenerCollector {
             listeners: vec![("http", http_stats.clone()), ("admin", admin_stats.clone())],
         }));
@@ -199,8 +218,12 @@ impl Server {
             routes,
             admin_token,
             redis_up,
+            redis_info,
             config: config.clone(),
         });
+        if let Some(warning) = cache_eviction_warning(&app.host).await {
+            tracing::warn!("{warning}");
+        }
         for name in app.config.plugins.keys() {
             let handlers = app
                 .host
@@ -316,4 +339,51 @@ fn check_open_files(config: &Config) -> Result<(), ServeError> {
         )));
     }
     Ok(())
+}
+
+/// The warning `serve` logs at start when a loaded plugin uses the `cache`
+/// capability and Redis will not evict (`maxmemory-policy noeviction`):
+/// at `maxmemory` Redis then refuses writes (OOM), so cache fills start to
+/// fail instead of old entries making room. `None` when no plugin uses the
+/// cache, the policy evicts, or `INFO` does not answer within 2 s.
+pub async fn cache_eviction_warning(host: &Host) -> Option<String> {
+    let mut users: Vec<String> = host
+        .plugin_names()
+        .into_iter()
+        .filter(|n| {
+            host.plugin(n).is_some_and(|p| {
+                p.report()
+                    .imports
+                    .iter()
+                    .any(|i| i.starts_with("redloom:plugin/cache@"))
+            })
+        })
+        .map(|n| n.to_string())
+        .collect();
+    if users.is_empty() {
+        return None;
+    }
+    users.sort();
+    let info = tokio::time::timeout(Duration::from_secs(2), host.redis().server_info())
+        .await
+        .ok()?
+        .ok()?;
+    if info.maxmemory_policy != "noeviction" {
+        return None;
+    }
+    let limit = if info.maxmemory == 0 {
+        "no maxmemory is set, so Redis grows until the machine runs out of memory".to_string()
+    } else {
+        format!(
+            "at maxmemory ({}) Redis refuses writes, so cache fills will fail instead of evicting old entries",
+            bytesize::ByteSize(info.maxmemory)
+        )
+    };
+    Some(format!(
+        "plugins {} use the cache, but Redis's maxmemory-policy is noeviction: {limit}; \
+         give the cache its own Redis with maxmemory and allkeys-lru, or set volatile-lru \
+         here (it evicts only keys with a TTL: cache entries, but also held locks and \
+         rate-limit state; for redloom's private server: [redis] private-maxmemory-policy)",
+        users.join(", ")
+    ))
 }
