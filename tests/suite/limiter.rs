@@ -1120,7 +1120,7 @@ async fn invalid_parameters_give_clear_errors() {
             assert!(message.contains(want), "{op}: {message:?} does not say {want:?}");
         }
 
-        // The manifest: one line naming the file and the key.
+        // The manifest: one line naming the file, the line and the key.
         let file = Path::new("/srv/redloom.toml");
         let parse = |limiters: &str| {
             Config::parse(&format!("[plugins.api]\nwasm = \"a.wasm\"\n{limiters}"), file)
@@ -1128,7 +1128,7 @@ async fn invalid_parameters_give_clear_errors() {
                 .to_string()
         };
         let e = parse("[plugins.api.limiters.login]\nalgorithm = \"fixed-window\"\nrate = \"0/min\"\n");
-        assert!(e.starts_with("/srv/redloom.toml: plugins.api.limiters.login.rate: "), "{e}");
+        assert!(e.starts_with("/srv/redloom.toml:5: plugins.api.limiters.login.rate: "), "{e}");
         assert!(e.contains("at least 1"), "{e}");
         let e = parse("[plugins.api.limiters.api]\nalgorithm = \"gcra\"\nrate = \"100/min\"\nburst = 0\n");
         assert!(e.contains("plugins.api.limiters.api.burst: must be at least 1"), "{e}");
