@@ -297,6 +297,41 @@ impl RedisServer {
         }
     }
 
+    /// `EVAL`/`EVALSHA` calls (read-only forms too) since start (or
+    /// `CONFIG RESETSTAT`), summed over every node, primaries and replicas.
+    /// Redis replicates a script as its effects, never as the call, so each
+    /// call counts once, on the node that ran it — even when a failover on a
+    /// loaded machine has since made that node a replica, which
+    /// [`RedisServer::command_calls`] would skip.
+    pub async fn script_calls(&self) -> u64 {
+        let mut calls = 0;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.is_none() {
+                continue;
+            }
+            let info: String = node_query(self.ports[i], &["INFO", "commandstats"])
+                .await
+                .unwrap();
+            for line in info.lines() {
+                let Some((name, rest)) = line
+                    .strip_prefix("cmdstat_")
+                    .and_then(|l| l.split_once(':'))
+                else {
+                    continue;
+                };
+                if !name.starts_with("eval") {
+                    continue;
+                }
+                calls += rest
+                    .strip_prefix("calls=")
+                    .and_then(|r| r.split(',').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        calls
+    }
+
     /// Calls of each data command since start (or `CONFIG RESETSTAT`),
     /// summed over the primaries (`INFO commandstats`): what clients sent,
     /// not what replicas replayed, and not [`housekeeping`].

@@ -226,18 +226,6 @@ fn held_url(addr: SocketAddr, key: &str, delay_ms: u64) -> String {
     format!("http://{addr}/v/{key}?hold=1&delay_ms={delay_ms}")
 }
 
-/// `EVAL`/`EVALSHA` calls so far (summed over a Cluster's primaries): every
-/// cache lookup, fill, set, abandon and invalidate is one.
-async fn script_calls(redis: &RedisServer) -> u64 {
-    redis
-        .command_calls()
-        .await
-        .iter()
-        .filter(|(name, _)| name.starts_with("eval"))
-        .map(|(_, n)| n)
-        .sum()
-}
-
 /// 200 concurrent lookups of a cold key, 100 on each of two hosts: the
 /// origin is called exactly once, every caller gets its value, and waiting
 /// costs a few Redis lookups per host, not a stream of them per caller.
@@ -263,7 +251,7 @@ async fn stampede_across_two_hosts_calls_the_origin_once() {
                 "fresh_ms": 600_000, "wait_ms": 60_000, "lease_ms": 600_000,
             },
         ]);
-        let scripts_before = script_calls(&redis).await;
+        let scripts_before = redis.script_calls().await;
         let started = Instant::now();
         let mut tasks = Vec::new();
         for i in 0..200 {
@@ -291,7 +279,7 @@ async fn stampede_across_two_hosts_calls_the_origin_once() {
                 .or_default() += 1;
         }
         let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap();
-        let scripts = script_calls(&redis).await - scripts_before;
+        let scripts = redis.script_calls().await - scripts_before;
         assert_eq!(
             origin.gets(),
             1,
@@ -533,14 +521,14 @@ async fn one_host_coalesces_concurrent_lookups() {
             assert_eq!(ok(&out[1])["value"], "v", "{out:?}");
         }
         assert_eq!(origin.gets(), 1, "origin calls for 50 coalesced lookups");
-        let calls = redis.command_calls().await;
-        let scripts = calls.get("evalsha").copied().unwrap_or(0);
+        let scripts = redis.script_calls().await;
         // One lookup and one fill, plus lookups by invocations that stalled
         // between counting themselves in and looking up until after the
         // fill (fresh hits); never one per caller.
         assert!(
             (2..=6).contains(&scripts),
-            "{scripts} scripts for 50 lookups: {calls:?}"
+            "{scripts} scripts for 50 lookups: {:?}",
+            redis.command_calls().await
         );
     })
     .await;

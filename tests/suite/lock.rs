@@ -83,7 +83,7 @@ async fn until_count(conn: &TestConnection, plugin: &str, key: &str, want: i64) 
 /// waiting acquire sends one per attempt.
 async fn until_evalsha(redis: &RedisServer, what: &str, want: u64) {
     until(what, || async move {
-        match evalsha_calls(redis).await {
+        match redis.script_calls().await {
             n if n >= want => Ok(()),
             n => Err(format!("{n} of {want} EVALSHA calls")),
         }
@@ -390,10 +390,10 @@ async fn locks_are_released_when_the_invocation_ends() {
         // renewal every 100 ms would show up about ten times in this second
         // (and a renewal task slowed down by a loaded machine at least
         // once); nothing else sends scripts meanwhile.
-        let calls = evalsha_calls(&redis).await;
+        let calls = redis.script_calls().await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(
-            evalsha_calls(&redis).await,
+            redis.script_calls().await,
             calls,
             "auto-renew kept running after the trap"
         );
@@ -543,7 +543,7 @@ async fn waiting_acquire_wakes_on_release_and_gives_up_at_deadline() {
             }
         });
         until_locked(&mut conn, &key).await;
-        let tries = evalsha_calls(&redis).await;
+        let tries = redis.script_calls().await;
         let waiter = tokio::spawn({
             let (host, name) = (host.clone(), name.clone());
             async move {
@@ -576,7 +576,7 @@ async fn waiting_acquire_wakes_on_release_and_gives_up_at_deadline() {
         let name = unique("foreign");
         let key = lock_key("waiter", &name);
         hold_elsewhere(&mut conn, &key, 60_000).await;
-        let tries = evalsha_calls(&redis).await;
+        let tries = redis.script_calls().await;
         let waiter = tokio::spawn({
             let (host, name) = (host.clone(), name.clone());
             async move {
@@ -674,16 +674,6 @@ fn unix_micros() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     i64::try_from(since.as_micros()).unwrap()
-}
-
-/// How many scripts Redis has run (`EVALSHA` calls).
-async fn evalsha_calls(redis: &RedisServer) -> u64 {
-    redis
-        .command_calls()
-        .await
-        .get("evalsha")
-        .copied()
-        .unwrap_or(0)
 }
 
 /// Writes a lock as another process would: owner `elsewhere`, `ttl_ms`.
@@ -1007,7 +997,7 @@ async fn release_wakes_a_waiter_at_once() {
                 }
             });
             until_locked(&mut conn, &lock_key("handoff", &name)).await;
-            let tries = evalsha_calls(&redis).await;
+            let tries = redis.script_calls().await;
             let waiter = tokio::spawn({
                 let (host, name) = (host.clone(), name.clone());
                 async move {

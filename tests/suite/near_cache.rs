@@ -475,13 +475,13 @@ async fn opt_out_per_plugin_and_per_lookup() {
         a.load(spec(off, "near-cache = false")).await.unwrap();
         let key = unique("k");
         set(&a, off, &key, "v1", &[]).await;
-        let before = evalsha_calls(&redis).await;
+        let before = redis.script_calls().await;
         for _ in 0..5 {
             let r = lookup(&a, off, &key, json!({})).await;
             assert!(is_fresh(&r, "v1"), "{r}");
         }
         assert!(
-            evalsha_calls(&redis).await - before >= 5,
+            redis.script_calls().await - before >= 5,
             "each lookup ran its script"
         );
         assert_eq!(
@@ -498,10 +498,10 @@ async fn opt_out_per_plugin_and_per_lookup() {
         set(&a, on, &key, "v1", &[]).await;
         warm(&a, on, &key, "v1", &[]).await;
         let hits = near(&a, on).hits;
-        let before = evalsha_calls(&redis).await;
+        let before = redis.script_calls().await;
         let r = lookup(&a, on, &key, json!({"near": false})).await;
         assert!(is_fresh(&r, "v1"), "{r}");
-        assert!(evalsha_calls(&redis).await > before, "went to Redis");
+        assert!(redis.script_calls().await > before, "went to Redis");
         let entry = ns(on).cache(&key).unwrap().entry;
         let _: () = conn.hset(&entry, "v", "v2").await.unwrap();
         let r = lookup(&a, on, &key, json!({"near": false})).await;
@@ -512,17 +512,6 @@ async fn opt_out_per_plugin_and_per_lookup() {
         assert_eq!(near(&a, on).hits, hits, "no near hit for near: false");
     })
     .await;
-}
-
-/// EVAL/EVALSHA calls so far (summed over a Cluster's primaries).
-async fn evalsha_calls(redis: &RedisServer) -> u64 {
-    redis
-        .command_calls()
-        .await
-        .iter()
-        .filter(|(name, _)| name.starts_with("eval"))
-        .map(|(_, n)| n)
-        .sum()
 }
 
 /// A near entry is kept only while fresh: once its fresh time is over the
