@@ -377,6 +377,21 @@ impl Redis {
             .await
     }
 
+    /// A connection of its own to one Cluster node (from
+    /// [`Self::cluster_primaries`]), with the host's timeouts: for commands
+    /// that must reach every primary (`INFO`, the storage sampler's `SCAN`).
+    pub(crate) async fn node_connection(
+        &self,
+        node: redis::ConnectionInfo,
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.options.connect_timeout))
+            .set_response_timeout(Some(self.options.response_timeout));
+        redis::Client::open(node)?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
     /// [`Self::cluster_nodes`], only the primaries.
     pub(crate) async fn cluster_primaries(
         &self,

@@ -30,13 +30,7 @@ impl Redis {
             Info::Cluster(_) => {
                 let nodes = self.cluster_primaries().await?.unwrap_or_default();
                 for node in nodes {
-                    let client = redis::Client::open(node)?;
-                    let config = redis::AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(self.options.connect_timeout))
-                        .set_response_timeout(Some(self.options.response_timeout));
-                    let mut conn = client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?;
+                    let mut conn = self.node_connection(node).await?;
                     sum_memory(&mut conn, &mut totals).await?;
                 }
             }
