@@ -12,6 +12,7 @@ use crate::config::{self, Config};
 use crate::engine::{Runtime, RuntimeOptions};
 use crate::handler::HandlerKind;
 use crate::host::{Host, HostInvokeError, HostOptions, StartupError};
+use crate::logging::LogFormat;
 use crate::namespace::PluginName;
 use crate::plugin::{InvokeError, LoadError, Plugin, PluginSpec};
 use crate::redis::RedisTarget;
@@ -102,6 +103,12 @@ pub struct Cli {
     /// Log more (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    /// How log records are written on standard error: `text` (one line
+    /// for people) or `json` (one JSON object per line, for collectors).
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text",
+          value_parser = LogFormat::parse)]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -299,7 +306,11 @@ const QUOTA_HINT: &str = "raise the quota under [plugins.NAME.quotas] in redloom
 /// Parses the command line, runs the command, and returns the exit code.
 pub fn main() -> u8 {
     let cli = Cli::parse();
-    init_logging(cli.verbose, matches!(cli.command, Command::Serve { .. }));
+    init_logging(
+        cli.verbose,
+        cli.log_format,
+        matches!(cli.command, Command::Serve { .. }),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -322,20 +333,14 @@ pub fn main() -> u8 {
     }
 }
 
-fn init_logging(verbose: u8, serving: bool) {
+fn init_logging(verbose: u8, format: LogFormat, serving: bool) {
     let default = match (verbose, serving) {
         (0, false) => "warn",
         (0, true) => "info",
         (1, _) => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    crate::logging::init(format, default);
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -936,6 +941,17 @@ mod tests {
         assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
         let unknown = parse(&["frobnicate"]).unwrap_err();
         assert_eq!(unknown.kind(), clap::error::ErrorKind::InvalidSubcommand);
+    }
+
+    /// `--log-format` is text unless asked, json after any subcommand, and
+    /// anything else is a usage error naming the choices.
+    #[test]
+    fn log_format_parses() {
+        assert_eq!(parse(&["serve"]).unwrap().log_format, LogFormat::Text);
+        let cli = parse(&["serve", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let bad = parse(&["--log-format", "xml", "serve"]).unwrap_err();
+        assert!(bad.to_string().contains("`text` or `json`"), "{bad}");
     }
 
     /// `--admin` and `--token` may follow the plugin action, as the README

@@ -16,6 +16,8 @@ const LAYERS: &[&[&str]] = &[
     // Counters; rate-limit policies; the key namespace; Redis (the only
     // module that talks to it).
     &["stats", "limiter"],
+    // The log format and the access log (uses the counters' outcomes).
+    &["logging"],
     &["namespace"],
     &["redis"],
     // The generated WIT bindings, above everything that must not see

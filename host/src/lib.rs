@@ -21,6 +21,8 @@
 //!   per WIT interface; [`near_cache`] (re-exported from it): the cache
 //!   capability's host-side near cache.
 //! - [`serve`]: `redloom serve`'s HTTP trigger, admin API, metrics and health.
+//! - [`logging`]: the log's format (text or JSON lines) and the access log
+//!   of HTTP requests and trigger invocations.
 //! - [`limiter`]: rate-limit policies: algorithms, parameters and their bounds,
 //!   the manifest syntax.
 //! - [`subscriptions`]: a manifest's pub/sub subscriptions and keyspace
@@ -45,6 +47,7 @@ pub mod files;
 pub mod handler;
 pub mod host;
 pub mod limiter;
+pub mod logging;
 pub mod namespace;
 pub mod plugin;
 pub mod quota;

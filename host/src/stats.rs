@@ -33,6 +33,21 @@ pub enum Outcome {
     Cancelled,
 }
 
+impl Outcome {
+    /// A short label: `ok`, `guest-error`, `trap`, `quota:<name>`,
+    /// `instantiate`, `cancelled` (the access log's `outcome`).
+    pub fn label(self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Outcome::Ok => "ok".into(),
+            Outcome::GuestError => "guest-error".into(),
+            Outcome::Trap => "trap".into(),
+            Outcome::Quota(q) => format!("quota:{}", q.name()).into(),
+            Outcome::Instantiate => "instantiate".into(),
+            Outcome::Cancelled => "cancelled".into(),
+        }
+    }
+}
+
 /// The error kinds counted, with their metric label.
 pub const ERROR_KINDS: [(&str, Outcome); 4] = [
     ("guest", Outcome::GuestError),

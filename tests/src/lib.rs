@@ -1071,12 +1071,17 @@ impl ServeProcess {
         let start = Instant::now();
         (p.admin, p.http) = loop {
             let text = p.log_text();
+            // `admin=ADDR` in the text format, `"admin":"ADDR"` in JSON.
             let field = |name: &str| {
                 text.split_whitespace()
-                    .find_map(|w| w.strip_prefix(name))
+                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                    .or_else(|| {
+                        let (_, rest) = text.split_once(&format!("\"{name}\":\""))?;
+                        rest.split('"').next()
+                    })
                     .map(str::to_string)
             };
-            if let (Some(admin), Some(http)) = (field("admin="), field("http=")) {
+            if let (Some(admin), Some(http)) = (field("admin"), field("http")) {
                 break (admin, http);
             }
             assert!(

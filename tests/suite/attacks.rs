@@ -515,6 +515,53 @@ fn log_lines_cannot_be_forged() {
     );
 }
 
+/// With `--log-format json`, the same forgery stays inside one record's
+/// `message`: every line is one JSON object, the plugin's records all name
+/// it (none names the victim), and each keeps the level it asked for.
+#[test]
+fn json_log_records_cannot_be_forged() {
+    let out = redloom_tests::run_with_timeout(
+        std::process::Command::new(redloom_tests::redloom_bin())
+            .args(["-v", "--log-format", "json", "--data-dir"])
+            .arg(tempfile::tempdir().unwrap().path())
+            .args(["invoke"])
+            .arg(plugin("hostile"))
+            .args(["--input", "log-forge"]),
+        Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let records: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    let plugin_records: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["target"] == "redloom::plugin")
+        .collect();
+    assert_eq!(
+        plugin_records.len(),
+        3,
+        "one log call, two stdout lines: {stderr}"
+    );
+    assert!(
+        plugin_records.iter().all(|r| r["plugin"] == "hostile"),
+        "{plugin_records:?}"
+    );
+    let logged: Vec<_> = plugin_records
+        .iter()
+        .filter(|r| r["stream"] == "log")
+        .collect();
+    assert_eq!(logged.len(), 1, "{stderr}");
+    assert_eq!(logged[0]["level"], "WARN", "{}", logged[0]);
+    let message = logged[0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("innocent\\n2026-12-05T00:00:00Z ERROR"),
+        "{message}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "a terminal escape:\n{stderr:?}");
+}
+
 /// An invocation may log `max-log` bytes and the plugin `log-rate` bytes
 /// per second; what is over is dropped and counted, not written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -582,3 +582,120 @@ async fn plugin_commands_manage_a_running_server() {
     );
     serve.stop().await;
 }
+
+/// The access records of `serve --log-format json` in `log`: every line of
+/// it must be a JSON object.
+fn access_records(log: &str) -> Vec<Value> {
+    log.lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l)
+                .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {l:?}"))
+        })
+        .filter(|v| v["target"] == "redloom::access")
+        .collect()
+}
+
+/// `serve --log-format json` writes one JSON object per line, with an
+/// access record for every HTTP request (routed or not, answered or hung
+/// up: 499) and every trigger invocation; a hostile path stays a field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_writes_json_access_records() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{redis}[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [plugins.probe]\nwasm = {probe:?}\n\
+         [plugins.probe.quotas]\nwall-time = \"120s\"\n\
+         [[routes]]\npath = \"/version\"\nplugin = \"probe\"\n\
+         [[routes]]\npath = \"/hold\"\nplugin = \"probe\"\n\
+         [plugins.clock]\nwasm = {clock:?}\n\
+         [plugins.clock.timers.beat]\nevery = \"100ms\"\n",
+        redis = redis.config_table(),
+        probe = plugin("http-probe").display().to_string(),
+        clock = plugin("event-probe").display().to_string(),
+    );
+    let serve = ServeProcess::start_with(&dir.path().join("serve"), &config, |c| {
+        c.args(["--log-format", "json"]);
+    })
+    .await;
+    let get = |path: &'static str| {
+        let http = serve.http.clone();
+        async move {
+            reqwest::get(format!("http://{http}{path}"))
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get("/version").await, 200);
+    assert_eq!(get("/nowhere").await, 404);
+    // A path that tries to end the record and forge a field of its own.
+    assert_eq!(get("/x%22,%22status%22:1%7D%0A").await, 404);
+    // A client that hangs up while its request runs.
+    let (mark, release) = (unique("mark"), unique("release"));
+    let mut conn = tokio::net::TcpStream::connect(&serve.http).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut conn,
+        format!("GET /hold?mark={mark}&release={release} HTTP/1.1\r\nhost: redloom\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut c = redis.client().await;
+    let running = redloom_tests::wait_for(
+        &mut c,
+        &format!("rl:probe:kv:{mark}"),
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(running, 1, "the held request runs");
+    drop(conn);
+
+    let records = redloom_tests::until("the access records", || async {
+        let records = access_records(&serve.log_text());
+        let http = |path: &str| {
+            records
+                .iter()
+                .any(|r| r["kind"] == "http" && r["path"] == path)
+        };
+        let tick = records.iter().any(|r| r["kind"] == "timer");
+        if http("/version") && http("/nowhere") && http("/hold") && tick {
+            Ok(records)
+        } else {
+            Err(format!("{records:?}"))
+        }
+    })
+    .await;
+    let find = |path: &str| {
+        records
+            .iter()
+            .find(|r| r["kind"] == "http" && r["path"] == path)
+            .unwrap_or_else(|| panic!("no record of {path}: {records:?}"))
+    };
+    let ok = find("/version");
+    assert_eq!(ok["method"], "GET", "{ok}");
+    assert_eq!(ok["status"], 200, "{ok}");
+    assert_eq!(ok["plugin"], "probe", "{ok}");
+    assert_eq!(ok["level"], "INFO", "{ok}");
+    assert!(ok["duration_us"].as_u64().is_some(), "{ok}");
+    assert!(
+        ok["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{ok}"
+    );
+    let missing = find("/nowhere");
+    assert_eq!(
+        (&missing["status"], &missing["plugin"]),
+        (&Value::from(404), &Value::from("-"))
+    );
+    let forged = find("/x%22,%22status%22:1%7D%0A");
+    assert_eq!(forged["status"], 404, "{forged}");
+    let hung_up = find("/hold");
+    assert_eq!(hung_up["status"], 499, "{hung_up}");
+    let tick = records.iter().find(|r| r["kind"] == "timer").unwrap();
+    assert_eq!(tick["plugin"], "clock", "{tick}");
+    assert_eq!(tick["source"], "timer beat", "{tick}");
+    assert_eq!(tick["outcome"], "ok", "{tick}");
+    serve.stop().await;
+}

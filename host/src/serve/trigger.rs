@@ -21,6 +21,7 @@
 //! Headers count towards the plugin's `max-output`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::{Body, to_bytes};
 use axum::extract::State;
@@ -32,6 +33,7 @@ use super::routes::Match;
 use crate::bindings::http_types::Request as HttpRequest;
 use crate::bindings::types::Error as GuestError;
 use crate::host::HostInvokeError;
+use crate::namespace::PluginName;
 use crate::plugin::InvokeError;
 use crate::quota::Quota;
 
@@ -52,10 +54,56 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request<Body>) -> Resp
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
+    let mut access = Access {
+        started: Instant::now(),
+        method: request.method().clone(),
+        path: request.uri().path().to_string(),
+        client: client_addr,
+        plugin: None,
+        status: None,
+    };
+    let response = respond(&app, request, &mut access).await;
+    access.status = Some(response.status().as_u16());
+    response
+}
+
+/// The access-log record of one request, written when dropped: with the
+/// status sent, or [`CLIENT_CLOSED`] if the client went away first.
+struct Access {
+    started: Instant,
+    method: axum::http::Method,
+    path: String,
+    client: String,
+    plugin: Option<PluginName>,
+    status: Option<u16>,
+}
+
+/// The status logged for a request whose client hung up before the answer
+/// (nginx's convention; never sent).
+pub const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for Access {
+    fn drop(&mut self) {
+        crate::logging::http(
+            self.method.as_str(),
+            &self.path,
+            self.status.unwrap_or(CLIENT_CLOSED),
+            self.plugin.as_ref().map(PluginName::as_str),
+            self.started.elapsed(),
+            &self.client,
+        );
+    }
+}
+
+async fn respond(app: &App, request: Request<Body>, access: &mut Access) -> Response<Body> {
+    let client_addr = access.client.clone();
     let (parts, body) = request.into_parts();
-    let path = parts.uri.path().to_string();
+    let path = access.path.clone();
     let (plugin, params) = match app.routes.lookup(parts.method.as_str(), &path) {
-        Match::Found { plugin, params } => (plugin, params),
+        Match::Found { plugin, params } => {
+            access.plugin = Some(plugin.clone());
+            (plugin, params)
+        }
         Match::MethodNotAllowed => {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         }

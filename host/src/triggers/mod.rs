@@ -24,8 +24,10 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::handler::HandlerKind;
-use crate::host::Host;
+use crate::host::{Host, HostInvokeError};
 use crate::namespace::PluginName;
+use crate::plugin::{Call, Reply};
+use crate::stats::Outcome;
 
 /// Which handler each configured trigger needs, for the load-time check:
 /// `(plugin, handler, what binds it)`.
@@ -137,6 +139,56 @@ impl Drop for Triggers {
             t.abort();
         }
         self.sampler.abort();
+    }
+}
+
+/// Calls `plugin` for a trigger through [`Host::call`], and writes the
+/// invocation's access record ([`crate::logging::invocation`]) when it
+/// ends, or as `cancelled` if the call is dropped first (shutdown).
+/// `source` says what triggered it.
+pub async fn call(
+    host: &Host,
+    plugin: &PluginName,
+    call: Call<'_>,
+    source: &str,
+) -> Result<Reply, HostInvokeError> {
+    let mut access = Access {
+        started: std::time::Instant::now(),
+        plugin,
+        handler: call.kind(),
+        source,
+        outcome: None,
+    };
+    let result = host.call(plugin, call).await;
+    access.outcome = Some(match &result {
+        Ok(_) => Outcome::Ok.label(),
+        Err(HostInvokeError::Invoke(e)) => e.outcome().label(),
+        Err(HostInvokeError::UnknownPlugin(_)) => "not-loaded".into(),
+    });
+    result
+}
+
+struct Access<'a> {
+    started: std::time::Instant,
+    plugin: &'a PluginName,
+    handler: HandlerKind,
+    source: &'a str,
+    outcome: Option<std::borrow::Cow<'static, str>>,
+}
+
+impl Drop for Access<'_> {
+    fn drop(&mut self) {
+        let outcome = self
+            .outcome
+            .take()
+            .unwrap_or_else(|| Outcome::Cancelled.label());
+        crate::logging::invocation(
+            self.plugin.as_str(),
+            self.handler,
+            self.source,
+            &outcome,
+            self.started.elapsed(),
+        );
     }
 }
 

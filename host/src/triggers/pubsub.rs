@@ -375,7 +375,9 @@ fn workers(
                     let Some(message) = next else {
                         return;
                     };
-                    if let Err(e) = host.call(&plugin, Call::Message(&message)).await {
+                    let source = format!("channel {}", message.channel);
+                    let call = Call::Message(&message);
+                    if let Err(e) = super::call(&host, &plugin, call, &source).await {
                         tracing::warn!(%plugin, channel = %message.channel, "message handler failed: {e}");
                     }
                 }

@@ -452,7 +452,8 @@ impl Shared {
                 Err(error) => return self.fail(&entry.entry_id, &job.id, attempt, error).await,
             }
         }
-        match self.host.call(&self.plugin, Call::Job(&job)).await {
+        let source = format!("queue {} message {}", self.queue, job.id);
+        match super::call(&self.host, &self.plugin, Call::Job(&job), &source).await {
             Ok(_) => {
                 if let Err(e) = redis
                     .queue_ack(&self.keys, &self.config.group, &entry.entry_id)

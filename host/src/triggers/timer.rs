@@ -196,7 +196,8 @@ async fn fire(host: &Host, plugin: &PluginName, timer: &str, t: &TimerConfig, du
         timer: timer.to_string(),
         scheduled_ms: due,
     };
-    if let Err(e) = host.call(plugin, Call::Tick(&tick)).await {
+    let source = format!("timer {timer}");
+    if let Err(e) = super::call(host, plugin, Call::Tick(&tick), &source).await {
         tracing::warn!(%plugin, timer, "timer handler failed: {e}");
     }
 }
