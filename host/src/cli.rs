@@ -576,7 +576,8 @@ fn print_stats(s: &crate::stats::Snapshot) {
         eprintln!("quota_rejections{{quota=\"{quota}\"}} {n}");
     }
     eprintln!("guest_cpu_seconds {:.6}", s.guest_cpu.as_secs_f64());
-    eprintln!("wall_time_seconds {:.6}", s.wall_time_sum.as_secs_f64());
+    let wall: std::time::Duration = s.wall_time.iter().map(|(_, w)| w.sum).sum();
+    eprintln!("wall_time_seconds {:.6}", wall.as_secs_f64());
     eprintln!("redis_commands {}", s.redis_commands);
     eprintln!("log_dropped {}", s.dropped_log);
     let n = &s.near_cache;

@@ -674,6 +674,7 @@ impl Plugin {
     ) -> Result<Reply, InvokeError> {
         let mut record = Record {
             context: &self.context,
+            handler: call.kind(),
             started: Instant::now(),
             cpu: Arc::new(CpuMeter::default()),
             outcome: None,
@@ -1068,6 +1069,7 @@ impl<T: Send + 'static> Drop for Placed<T> {
 /// once known, as `cancelled` if the call's future was dropped first.
 struct Record<'a> {
     context: &'a PluginContext,
+    handler: HandlerKind,
     started: Instant,
     cpu: Arc<CpuMeter>,
     outcome: Option<Outcome>,
@@ -1076,9 +1078,12 @@ struct Record<'a> {
 impl Drop for Record<'_> {
     fn drop(&mut self) {
         let outcome = self.outcome.unwrap_or(Outcome::Cancelled);
-        self.context
-            .stats
-            .record(outcome, self.started.elapsed(), self.cpu.used());
+        self.context.stats.record(
+            self.handler,
+            outcome,
+            self.started.elapsed(),
+            self.cpu.used(),
+        );
     }
 }
 

@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::handler::HandlerKind;
 use crate::quota::Quota;
 
 /// Every quota, in the order counters and outputs list them.
@@ -56,6 +57,37 @@ pub const ERROR_KINDS: [(&str, Outcome); 4] = [
     ("cancelled", Outcome::Cancelled),
 ];
 
+/// What a cache lookup found, with its metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// A fresh value (from Redis or the near cache).
+    Fresh,
+    /// A stale value served while it is refreshed.
+    Stale,
+    /// Nothing: the caller holds the fill lease.
+    Miss,
+    /// Nothing: another caller was filling and the wait ran out.
+    Filling,
+}
+
+impl CacheResult {
+    pub const ALL: [CacheResult; 4] = [
+        CacheResult::Fresh,
+        CacheResult::Stale,
+        CacheResult::Miss,
+        CacheResult::Filling,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheResult::Fresh => "fresh",
+            CacheResult::Stale => "stale",
+            CacheResult::Miss => "miss",
+            CacheResult::Filling => "filling",
+        }
+    }
+}
+
 /// Counters of one plugin.
 #[derive(Debug, Default)]
 pub struct PluginStats {
@@ -71,8 +103,18 @@ pub struct PluginStats {
     deferred_messages: AtomicU64,
     dropped_log: AtomicU64,
     background: AtomicU64,
-    wall_buckets: [AtomicU64; 13],
-    wall_sum_ns: AtomicU64,
+    /// Per handler ([`HandlerKind::ALL`] order): wall-time histogram
+    /// buckets and sum.
+    wall_buckets: [[AtomicU64; 13]; HandlerKind::ALL.len()],
+    wall_sum_ns: [AtomicU64; HandlerKind::ALL.len()],
+    cache_lookups: [AtomicU64; CacheResult::ALL.len()],
+    cache_fills: AtomicU64,
+    /// Limiter checks and slot acquisitions: allowed, denied.
+    limiter: [AtomicU64; 2],
+    /// Lock acquisitions: taken, not taken (held elsewhere until the wait
+    /// ran out).
+    locks: [AtomicU64; 2],
+    lock_wait_ns: AtomicU64,
 }
 
 /// A consistent-enough copy of [`PluginStats`].
@@ -104,12 +146,38 @@ pub struct Snapshot {
     /// computing for long, or started there because the plugin recently did
     /// (see `plugin::Placed`).
     pub background: u64,
-    /// Cumulative counts per bucket of [`WALL_TIME_BUCKETS`], then `+Inf`.
-    pub wall_time_buckets: Vec<u64>,
-    pub wall_time_sum: Duration,
+    /// Per handler that was called at least once: cumulative counts per
+    /// bucket of [`WALL_TIME_BUCKETS`], then `+Inf`, and the sum.
+    pub wall_time: Vec<(HandlerKind, WallTime)>,
+    /// `(result, count)` for every [`CacheResult`].
+    pub cache_lookups: Vec<(&'static str, u64)>,
+    /// Values stored by cache fills.
+    pub cache_fills: u64,
+    /// `(decision, count)`: `allowed`, `denied` (limiter checks and slot
+    /// acquisitions).
+    pub limiter_decisions: Vec<(&'static str, u64)>,
+    /// `(result, count)`: `acquired`, `busy` (not taken within the wait).
+    pub lock_acquisitions: Vec<(&'static str, u64)>,
+    /// Time spent in lock acquisitions, taken or not.
+    pub lock_wait: Duration,
     /// The cache capability's near cache: hits, misses, invalidations,
     /// evictions and size (filled in by `Plugin::stats`).
     pub near_cache: NearStats,
+}
+
+/// One handler's wall-time histogram.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WallTime {
+    /// Cumulative counts per bucket of [`WALL_TIME_BUCKETS`], then `+Inf`.
+    pub buckets: Vec<u64>,
+    pub sum: Duration,
+}
+
+impl WallTime {
+    /// Calls counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.last().copied().unwrap_or(0)
+    }
 }
 
 fn quota_index(q: Quota) -> usize {
@@ -119,9 +187,22 @@ fn quota_index(q: Quota) -> usize {
         .expect("every quota is listed")
 }
 
+fn handler_index(h: HandlerKind) -> usize {
+    HandlerKind::ALL
+        .iter()
+        .position(|x| *x == h)
+        .expect("every handler is listed")
+}
+
 impl PluginStats {
-    /// Records one finished (or refused) invocation.
-    pub fn record(&self, outcome: Outcome, wall: Duration, guest_cpu: Duration) {
+    /// Records one finished (or refused) invocation of `handler`.
+    pub fn record(
+        &self,
+        handler: HandlerKind,
+        outcome: Outcome,
+        wall: Duration,
+        guest_cpu: Duration,
+    ) {
         self.invocations.fetch_add(1, Relaxed);
         match outcome {
             Outcome::Ok => {}
@@ -143,8 +224,35 @@ impl PluginStats {
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(WALL_TIME_BUCKETS.len());
-        self.wall_buckets[bucket].fetch_add(1, Relaxed);
-        self.wall_sum_ns.fetch_add(wall.as_nanos() as u64, Relaxed);
+        let h = handler_index(handler);
+        self.wall_buckets[h][bucket].fetch_add(1, Relaxed);
+        self.wall_sum_ns[h].fetch_add(wall.as_nanos() as u64, Relaxed);
+    }
+
+    /// Counts one cache lookup by what it found.
+    pub fn cache_lookup(&self, result: CacheResult) {
+        let i = CacheResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .expect("listed");
+        self.cache_lookups[i].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a value stored by a cache fill.
+    pub fn cache_fill(&self) {
+        self.cache_fills.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a limiter decision.
+    pub fn limiter_decision(&self, allowed: bool) {
+        self.limiter[usize::from(!allowed)].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a lock acquisition (taken or not) that took `waited`.
+    pub fn lock_acquisition(&self, acquired: bool, waited: Duration) {
+        self.locks[usize::from(!acquired)].fetch_add(1, Relaxed);
+        self.lock_wait_ns
+            .fetch_add(waited.as_nanos() as u64, Relaxed);
     }
 
     /// Counts one Redis command sent for the plugin.
@@ -185,7 +293,6 @@ impl PluginStats {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let mut cumulative = 0;
         Snapshot {
             invocations: self.invocations.load(Relaxed),
             errors: ERROR_KINDS
@@ -207,15 +314,40 @@ impl PluginStats {
             deferred_messages: self.deferred_messages.load(Relaxed),
             dropped_log: self.dropped_log.load(Relaxed),
             background: self.background.load(Relaxed),
-            wall_time_buckets: self
-                .wall_buckets
+            wall_time: HandlerKind::ALL
                 .iter()
-                .map(|b| {
-                    cumulative += b.load(Relaxed);
-                    cumulative
+                .zip(self.wall_buckets.iter().zip(&self.wall_sum_ns))
+                .filter_map(|(kind, (buckets, sum))| {
+                    let mut cumulative = 0;
+                    let buckets: Vec<u64> = buckets
+                        .iter()
+                        .map(|b| {
+                            cumulative += b.load(Relaxed);
+                            cumulative
+                        })
+                        .collect();
+                    let w = WallTime {
+                        buckets,
+                        sum: Duration::from_nanos(sum.load(Relaxed)),
+                    };
+                    (w.count() > 0).then_some((*kind, w))
                 })
                 .collect(),
-            wall_time_sum: Duration::from_nanos(self.wall_sum_ns.load(Relaxed)),
+            cache_lookups: CacheResult::ALL
+                .iter()
+                .zip(&self.cache_lookups)
+                .map(|(r, c)| (r.name(), c.load(Relaxed)))
+                .collect(),
+            cache_fills: self.cache_fills.load(Relaxed),
+            limiter_decisions: vec![
+                ("allowed", self.limiter[0].load(Relaxed)),
+                ("denied", self.limiter[1].load(Relaxed)),
+            ],
+            lock_acquisitions: vec![
+                ("acquired", self.locks[0].load(Relaxed)),
+                ("busy", self.locks[1].load(Relaxed)),
+            ],
+            lock_wait: Duration::from_nanos(self.lock_wait_ns.load(Relaxed)),
             near_cache: Default::default(),
         }
     }
@@ -270,12 +402,19 @@ mod tests {
     fn records_outcomes() {
         let s = PluginStats::default();
         s.record(
+            HandlerKind::Http,
             Outcome::Ok,
             Duration::from_micros(100),
             Duration::from_micros(50),
         );
-        s.record(Outcome::Trap, Duration::from_millis(3), Duration::ZERO);
         s.record(
+            HandlerKind::Http,
+            Outcome::Trap,
+            Duration::from_millis(3),
+            Duration::ZERO,
+        );
+        s.record(
+            HandlerKind::Queue,
             Outcome::Quota(Quota::Memory),
             Duration::from_secs(20),
             Duration::ZERO,
@@ -289,8 +428,43 @@ mod tests {
         assert_eq!(snap.rejections_of("cpu"), 0);
         assert_eq!(snap.redis_commands, 1);
         assert_eq!(snap.guest_cpu, Duration::from_micros(50));
-        assert_eq!(snap.wall_time_buckets[0], 1);
-        assert_eq!(snap.wall_time_buckets[4], 2, "3 ms is under the 5 ms bound");
-        assert_eq!(*snap.wall_time_buckets.last().unwrap(), 3);
+        let handlers: Vec<HandlerKind> = snap.wall_time.iter().map(|(h, _)| *h).collect();
+        assert_eq!(
+            handlers,
+            [HandlerKind::Http, HandlerKind::Queue],
+            "only handlers called"
+        );
+        let http = &snap.wall_time[0].1;
+        assert_eq!(http.buckets[0], 1);
+        assert_eq!(http.buckets[4], 2, "3 ms is under the 5 ms bound");
+        assert_eq!(http.count(), 2);
+        let queue = &snap.wall_time[1].1;
+        assert_eq!(
+            (queue.buckets[11], queue.count()),
+            (0, 1),
+            "20 s is over every bound"
+        );
+    }
+
+    /// Pattern counters land under their labels.
+    #[test]
+    fn records_patterns() {
+        let s = PluginStats::default();
+        s.cache_lookup(CacheResult::Stale);
+        s.cache_lookup(CacheResult::Stale);
+        s.cache_lookup(CacheResult::Miss);
+        s.cache_fill();
+        s.limiter_decision(false);
+        s.lock_acquisition(true, Duration::from_millis(2));
+        s.lock_acquisition(false, Duration::from_millis(3));
+        let snap = s.snapshot();
+        assert_eq!(
+            snap.cache_lookups,
+            [("fresh", 0), ("stale", 2), ("miss", 1), ("filling", 0)]
+        );
+        assert_eq!(snap.cache_fills, 1);
+        assert_eq!(snap.limiter_decisions, [("allowed", 0), ("denied", 1)]);
+        assert_eq!(snap.lock_acquisitions, [("acquired", 1), ("busy", 1)]);
+        assert_eq!(snap.lock_wait, Duration::from_millis(5));
     }
 }

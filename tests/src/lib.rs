@@ -1190,3 +1190,90 @@ pub async fn wait_for(conn: &mut TestConnection, key: &str, want: i64, within: D
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A private Prometheus (Debian's `prometheus`, installed by
+/// `scripts/setup`): scrapes `target`'s `/metrics` every second, evaluates
+/// `rules` every second, listens on a free loopback port, keeps its data in
+/// a temporary folder; killed on drop.
+pub struct Prometheus {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub async fn start(target: std::net::SocketAddr, rules: &Path) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 rule_files: [{rules:?}]\n\
+                 scrape_configs:\n  - job_name: redloom\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start prometheus ({e}); scripts/setup installs it (Debian's `prometheus`)")
+            });
+        let p = Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        until("prometheus answers", || async {
+            match reqwest::get(format!("{}/-/ready", p.url)).await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(r.status().to_string()),
+                Err(e) => Err(format!("{e}; log:\n{}", p.log())),
+            }
+        })
+        .await;
+        p
+    }
+
+    /// Prometheus's own log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// `GET /api/v1/<path>` with `query`: the answer's `data`; fails the
+    /// test on an error answer (a bad expression) with Prometheus's reason.
+    pub async fn api(&self, path: &str, query: &[(&str, &str)]) -> serde_json::Value {
+        let answer: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/{path}", self.url))
+            .query(query)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["status"], "success", "{path} {query:?}: {answer}");
+        answer["data"].clone()
+    }
+
+    /// The instant vector `expr` evaluates to now.
+    pub async fn query(&self, expr: &str) -> Vec<serde_json::Value> {
+        let data = self.api("query", &[("query", expr)]).await;
+        data["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

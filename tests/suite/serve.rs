@@ -1419,3 +1419,179 @@ async fn warns_when_the_cache_runs_on_a_redis_that_does_not_evict() {
     })
     .await;
 }
+
+/// Every query of the Grafana dashboard in `deploy/grafana/` and every
+/// alert rule in `deploy/prometheus/` work against a real Prometheus
+/// scraping a real `serve` that runs HTTP, cache, limiter, lock and queue
+/// traffic: each dashboard query returns data (the patterns' counters
+/// count what the traffic did), `promtool` accepts the rules and
+/// Prometheus evaluates every one of them without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_alerts_in_prometheus() {
+    with_timeout(async {
+        let root = redloom_tests::workspace_root();
+        let rules = root.join("deploy/prometheus/redloom-alerts.yml");
+        let check = redloom_tests::run_with_timeout(
+            std::process::Command::new("promtool")
+                .arg("check")
+                .arg("rules")
+                .arg(&rules),
+            Duration::from_secs(60),
+        );
+        assert!(
+            check.status.success(),
+            "promtool check rules:\n{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+
+        let (origin_addr, _) = origin().await;
+        let extra = format!(
+            r#"{cached}
+[plugins.ip-rate-limit]
+wasm = {limited:?}
+[plugins.ip-rate-limit.limiters.per-ip]
+algorithm = "gcra"
+rate = "1/hour"
+burst = 3
+[[routes]]
+method = "GET"
+path = "/search"
+plugin = "ip-rate-limit"
+[plugins.reserve-inventory]
+wasm = {inventory:?}
+[plugins.video-producer]
+wasm = {producer:?}
+shared-queues = ["video:ingest"]
+[[routes]]
+method = "POST"
+path = "/videos"
+plugin = "video-producer"
+[plugins.video-worker]
+wasm = {worker:?}
+shared-queues = ["video:ingest"]
+[plugins.video-worker.consumers."video:ingest"]
+"#,
+            cached = get_user_cached_config(origin_addr, 300),
+            limited = plugin("ip-rate-limit").display().to_string(),
+            inventory = plugin("reserve-inventory").display().to_string(),
+            producer = plugin("video-producer").display().to_string(),
+            worker = plugin("video-worker").display().to_string(),
+        );
+        let s = serve(&probe_config(&extra)).await;
+        let prometheus = redloom_tests::Prometheus::start(s.served.admin, &rules).await;
+
+        // Traffic for every panel: HTTP calls, cache misses and hits, limiter
+        // checks past the burst, locks taken, queue messages consumed.
+        let c = client();
+        for path in [
+            "/version",
+            "/cached/users/1",
+            "/cached/users/1",
+            "/cached/users/77",
+        ] {
+            let r = c.get(s.url(path)).send().await.unwrap();
+            assert!(r.status().as_u16() < 500, "{path}: {r:?}");
+        }
+        let mut denied = 0;
+        for _ in 0..5 {
+            let r = c.get(s.url("/search")).send().await.unwrap();
+            denied += usize::from(r.status() == StatusCode::TOO_MANY_REQUESTS);
+        }
+        assert_eq!(denied, 2, "a burst of 3");
+        let inventory = redloom::namespace::PluginName::parse("reserve-inventory").unwrap();
+        for input in [
+            r#"{"sku":"A1","restock":10}"#,
+            r#"{"sku":"A1","reserve":2,"order":"o-1"}"#,
+        ] {
+            s.served
+                .host
+                .invoke(&inventory, input.as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("{input}: {e}"));
+        }
+        for n in 0..3 {
+            let r = c
+                .post(s.url("/videos"))
+                .header("idempotency-key", format!("upload-{n}"))
+                .body(format!("s3://videos/{n}.mp4"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::ACCEPTED, "{r:?}");
+        }
+
+        // The counters say what happened (read through Prometheus).
+        let value = |v: &serde_json::Value| -> f64 { v["value"][1].as_str().unwrap().parse().unwrap() };
+        for (expr, want) in [
+            (r#"redloom_cache_lookups_total{plugin="get-user-cached",result="miss"}"#, 2.0),
+            (r#"redloom_cache_lookups_total{plugin="get-user-cached",result="fresh"}"#, 1.0),
+            (r#"redloom_limiter_decisions_total{plugin="ip-rate-limit",decision="denied"}"#, 2.0),
+            (r#"redloom_lock_acquisitions_total{plugin="reserve-inventory",result="acquired"}"#, 2.0),
+            (r#"redloom_invocation_duration_seconds_count{plugin="video-worker",handler="queue"}"#, 3.0),
+        ] {
+            redloom_tests::until(expr, || async {
+                match prometheus.query(expr).await.first().map(value) {
+                    Some(v) if v == want => Ok(()),
+                    other => Err(format!("{other:?}, want {want}")),
+                }
+            })
+            .await;
+        }
+
+        // Every dashboard query returns data. Grafana's variables: the rate
+        // window and "all plugins".
+        let dashboard: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("deploy/grafana/redloom.json")).unwrap(),
+        )
+        .unwrap();
+        let exprs: Vec<String> = dashboard["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+            .map(|t| t["expr"].as_str().unwrap().to_string())
+            .collect();
+        assert!(exprs.len() >= 25, "{} queries", exprs.len());
+        for expr in &exprs {
+            let q = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$plugin", ".*");
+            redloom_tests::until(&format!("data for {q}"), || async {
+                let result = prometheus.query(&q).await;
+                if result.is_empty() {
+                    Err("no series".to_string())
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        }
+
+        // Every rule is loaded and evaluates without an error.
+        let rule_count = std::fs::read_to_string(&rules)
+            .unwrap()
+            .matches("- alert:")
+            .count();
+        redloom_tests::until("every alert rule evaluated", || async {
+            let data = prometheus.api("rules", &[]).await;
+            let rules: Vec<serde_json::Value> = data["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                .collect();
+            let bad: Vec<&serde_json::Value> =
+                rules.iter().filter(|r| r["health"] != "ok").collect();
+            if rules.len() == rule_count && bad.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} of {rule_count} loaded; not ok: {bad:?}", rules.len()))
+            }
+        })
+        .await;
+        drop(prometheus);
+        s.shutdown().await;
+    })
+    .await;
+}

@@ -93,6 +93,7 @@ use crate::bindings::types::Error;
 use crate::namespace::CacheKeys;
 use crate::redis::cache::{CacheLookup, CacheValue};
 use crate::redis::{Redis, Subscription};
+use crate::stats::CacheResult;
 
 /// Longest lease: a lease only matters while its holder computes a value.
 pub const MAX_LEASE_TTL_MS: u64 = 60 * 60 * 1000;
@@ -925,7 +926,16 @@ fn give_up_at_end(
 
 impl Host for Caps {
     async fn lookup(&mut self, key: String, options: LookupOptions) -> R<LookupResult> {
-        Ok(self.cache_lookup(&key, options).await)
+        let found = self.cache_lookup(&key, options).await;
+        if let Ok(r) = &found {
+            self.plugin.stats.cache_lookup(match r {
+                LookupResult::Fresh(_) => CacheResult::Fresh,
+                LookupResult::Stale(_) => CacheResult::Stale,
+                LookupResult::Miss(_) => CacheResult::Miss,
+                LookupResult::Filling => CacheResult::Filling,
+            });
+        }
+        Ok(found)
     }
 
     async fn fill(
@@ -935,7 +945,11 @@ impl Host for Caps {
         value: Option<Vec<u8>>,
         ttls: Ttls,
     ) -> R<bool> {
-        Ok(self.cache_fill(&key, &lease, value.as_deref(), ttls).await)
+        let stored = self.cache_fill(&key, &lease, value.as_deref(), ttls).await;
+        if let Ok(true) = stored {
+            self.plugin.stats.cache_fill();
+        }
+        Ok(stored)
     }
 
     async fn abandon(&mut self, key: String, lease: Lease) -> R<bool> {

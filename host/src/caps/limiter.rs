@@ -473,11 +473,22 @@ impl Caps {
 
 impl Host for Caps {
     async fn check(&mut self, policy: String, key: String, cost: u64) -> R<Decision> {
-        Ok(self.limiter_check(&policy, &key, cost).await)
+        let decision = self.limiter_check(&policy, &key, cost).await;
+        // A peek (cost 0) decides nothing.
+        if let Ok(d) = &decision
+            && cost > 0
+        {
+            self.plugin.stats.limiter_decision(d.allowed);
+        }
+        Ok(decision)
     }
 
     async fn acquire(&mut self, policy: String, key: String, slots: u64) -> R<Acquisition> {
-        Ok(self.limiter_acquire(policy, key, slots).await)
+        let acquisition = self.limiter_acquire(policy, key, slots).await;
+        if let Ok(a) = &acquisition {
+            self.plugin.stats.limiter_decision(a.decision.allowed);
+        }
+        Ok(acquisition)
     }
 
     async fn policy_limits(&mut self, name: String) -> wasmtime::Result<Option<WitLimits>> {

@@ -320,6 +320,29 @@ impl Caps {
         Ok(self.locks.table.get(handle)?)
     }
 
+    /// [`Caps::lock_acquire`], counted in the plugin's lock counters:
+    /// taken, or busy (not taken: held elsewhere, or the wait ran out).
+    async fn counted_acquire(
+        &mut self,
+        name: String,
+        ttl_ms: u64,
+        wait: Wait,
+    ) -> Result<Option<Resource<LockHandle>>, Error> {
+        let started = std::time::Instant::now();
+        let result = self.lock_acquire(name, ttl_ms, wait).await;
+        let acquired = match &result {
+            Ok(Some(_)) => Some(true),
+            Ok(None) | Err(Error::Timeout(_)) => Some(false),
+            Err(_) => None,
+        };
+        if let Some(acquired) = acquired {
+            self.plugin
+                .stats
+                .lock_acquisition(acquired, started.elapsed());
+        }
+        result
+    }
+
     async fn lock_acquire(
         &mut self,
         name: String,
@@ -586,15 +609,18 @@ fn to_wit(handle: Resource<LockHandle>) -> Resource<WitLock> {
 impl Host for Caps {
     async fn acquire(&mut self, name: String, ttl_ms: u64, wait_ms: u64) -> R<Resource<WitLock>> {
         let wait = Some(Duration::from_millis(wait_ms));
-        Ok(self.lock_acquire(name, ttl_ms, wait).await.and_then(|r| {
-            r.map(to_wit)
-                .ok_or_else(|| Error::Other("the lock was neither taken nor timed out".into()))
-        }))
+        Ok(self
+            .counted_acquire(name, ttl_ms, wait)
+            .await
+            .and_then(|r| {
+                r.map(to_wit)
+                    .ok_or_else(|| Error::Other("the lock was neither taken nor timed out".into()))
+            }))
     }
 
     async fn try_acquire(&mut self, name: String, ttl_ms: u64) -> R<Option<Resource<WitLock>>> {
         Ok(self
-            .lock_acquire(name, ttl_ms, None)
+            .counted_acquire(name, ttl_ms, None)
             .await
             .map(|r| r.map(to_wit)))
     }

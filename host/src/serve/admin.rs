@@ -300,9 +300,13 @@ async fn unload(State(app): State<Arc<App>>, Path(name): Path<String>) -> Respon
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     if app.check_redis().await {
-        app.read_redis_info().await;
+        tokio::join!(app.read_redis_info(), app.read_queue_stats());
     } else {
         *app.redis_info.lock().expect("redis info poisoned") = None;
+        app.queue_stats
+            .lock()
+            .expect("queue stats poisoned")
+            .clear();
     }
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &app.metrics) {

@@ -21,7 +21,13 @@
 //! | `redloom_near_cache_evictions_total` | counter | `plugin` |
 //! | `redloom_near_cache_tracking_lost_total` | counter | `plugin` |
 //! | `redloom_near_cache_bytes` | gauge | `plugin` |
-//! | `redloom_invocation_duration_seconds` | histogram | `plugin` |
+//! | `redloom_invocation_duration_seconds` | histogram | `plugin`, `handler` |
+//! | `redloom_cache_lookups_total` | counter | `plugin`, `result` (`fresh`, `stale`, `miss`, `filling`) |
+//! | `redloom_cache_fills_total` | counter | `plugin` |
+//! | `redloom_limiter_decisions_total` | counter | `plugin`, `decision` (`allowed`, `denied`) |
+//! | `redloom_lock_acquisitions_total` | counter | `plugin`, `result` (`acquired`, `busy`) |
+//! | `redloom_lock_wait_seconds_total` | counter | `plugin` |
+//! | `redloom_queue_length`, `_pending`, `_lag`, `_scheduled`, `_dead_letters`, `_oldest_pending_seconds` | gauge | `plugin`, `queue` (each consumed queue, read from Redis at the scrape) |
 //! | `redloom_plugins_loaded` | gauge | |
 //! | `redloom_redis_up` | gauge | (1 when the last `PING` answered) |
 //! | `redloom_redis_used_memory_bytes` | gauge | (Redis `INFO`, summed over a Cluster's primaries; absent when `INFO` failed) |
@@ -45,6 +51,7 @@ use prometheus_client::registry::Registry;
 
 use crate::host::Host;
 use crate::redis::info::ServerInfo;
+use crate::redis::queue::QueueStats;
 use crate::stats::WALL_TIME_BUCKETS;
 
 /// Reads the host's counters at scrape time.
@@ -56,6 +63,16 @@ pub struct HostCollector {
     /// Redis's own figures, read by each scrape before encoding (`None`
     /// when `INFO` failed or timed out).
     pub redis_info: Arc<Mutex<Option<ServerInfo>>>,
+    /// The consumed queues' state, read by each scrape before encoding.
+    pub queue_stats: Arc<Mutex<Vec<QueueSample>>>,
+}
+
+/// One consumed queue's state at a scrape.
+#[derive(Debug, Clone)]
+pub struct QueueSample {
+    pub plugin: String,
+    pub queue: String,
+    pub stats: QueueStats,
 }
 
 impl HostCollector {
@@ -63,12 +80,14 @@ impl HostCollector {
         host: Arc<Host>,
         redis_up: Arc<AtomicBool>,
         redis_info: Arc<Mutex<Option<ServerInfo>>>,
+        queue_stats: Arc<Mutex<Vec<QueueSample>>>,
     ) -> Registry {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(HostCollector {
             host,
             redis_up,
             redis_info,
+            queue_stats,
         }));
         registry
     }
@@ -83,6 +102,9 @@ impl std::fmt::Debug for Host {
 }
 
 type Fmt = Result<(), std::fmt::Error>;
+
+/// A queue gauge: name, help, and its value from a queue's stats.
+type QueueGauge = (&'static str, &'static str, fn(&QueueStats) -> f64);
 
 impl Collector for HostCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Fmt {
@@ -239,34 +261,84 @@ impl Collector for HostCollector {
 
         let mut family = encoder.encode_descriptor(
             "redloom_invocation_duration_seconds",
-            "Wall time of handler calls.",
+            "Wall time of handler calls, per handler.",
             None,
             MetricType::Histogram,
         )?;
         for p in &plugins {
-            let cumulative = &p.stats.wall_time_buckets;
-            let mut previous = 0;
-            let buckets: Vec<(f64, u64)> = WALL_TIME_BUCKETS
-                .iter()
-                .copied()
-                .chain([f64::MAX])
-                .zip(cumulative)
-                .map(|(bound, c)| {
-                    let n = c - previous;
-                    previous = *c;
-                    (bound, n)
-                })
-                .collect();
-            let labels = vec![("plugin", p.name.to_string())];
-            family
-                .encode_family(&labels)?
-                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    p.stats.wall_time_sum.as_secs_f64(),
-                    *cumulative.last().unwrap_or(&0),
-                    &buckets,
-                    None,
-                )?;
+            for (handler, wall) in &p.stats.wall_time {
+                let mut previous = 0;
+                let buckets: Vec<(f64, u64)> = WALL_TIME_BUCKETS
+                    .iter()
+                    .copied()
+                    .chain([f64::MAX])
+                    .zip(&wall.buckets)
+                    .map(|(bound, c)| {
+                        let n = c - previous;
+                        previous = *c;
+                        (bound, n)
+                    })
+                    .collect();
+                let labels = vec![
+                    ("plugin", p.name.to_string()),
+                    ("handler", handler.name().to_string()),
+                ];
+                family
+                    .encode_family(&labels)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        wall.sum.as_secs_f64(),
+                        wall.count(),
+                        &buckets,
+                        None,
+                    )?;
+            }
         }
+
+        let labelled =
+            |label: &'static str,
+             f: &dyn Fn(&crate::stats::Snapshot) -> &Vec<(&'static str, u64)>| {
+                plugins
+                    .iter()
+                    .flat_map(|p| {
+                        f(&p.stats).iter().map(move |(v, n)| {
+                            (
+                                vec![("plugin", p.name.to_string()), (label, v.to_string())],
+                                *n as f64,
+                            )
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            };
+        counter(
+            &mut encoder,
+            "redloom_cache_lookups",
+            "Cache lookups by what they found: fresh, stale (served while refreshed), miss (the caller fills), filling (another caller was filling past the wait).",
+            labelled("result", &|s| &s.cache_lookups),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_cache_fills",
+            "Values stored by cache fills.",
+            per_plugin(&|s| s.cache_fills as f64),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_limiter_decisions",
+            "Rate-limit checks and slot acquisitions, allowed or denied.",
+            labelled("decision", &|s| &s.limiter_decisions),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_lock_acquisitions",
+            "Lock acquisitions: acquired, or busy (held elsewhere until the wait ran out).",
+            labelled("result", &|s| &s.lock_acquisitions),
+        )?;
+        counter(
+            &mut encoder,
+            "redloom_lock_wait_seconds",
+            "Time spent acquiring locks, taken or not.",
+            per_plugin(&|s| s.lock_wait.as_secs_f64()),
+        )?;
 
         let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64| -> Fmt {
             ConstGauge::new(v).encode(encoder.encode_descriptor(
@@ -288,6 +360,50 @@ impl Collector for HostCollector {
             "1 when the host's last PING to Redis answered.",
             i64::from(self.redis_up.load(Ordering::Relaxed)),
         )?;
+        let queues = self
+            .queue_stats
+            .lock()
+            .expect("queue stats poisoned")
+            .clone();
+        let queue_gauges: [QueueGauge; 6] = [
+            (
+                "redloom_queue_length",
+                "Messages in the queue's stream, delivered or not.",
+                |s| s.length as f64,
+            ),
+            (
+                "redloom_queue_pending",
+                "Messages delivered to the consumer group and not yet acknowledged.",
+                |s| s.pending as f64,
+            ),
+            (
+                "redloom_queue_lag",
+                "Messages not yet delivered to the consumer group.",
+                |s| s.lag as f64,
+            ),
+            (
+                "redloom_queue_scheduled",
+                "Delayed messages and scheduled retries.",
+                |s| s.scheduled as f64,
+            ),
+            (
+                "redloom_queue_dead_letters",
+                "Messages in the queue's dead letters.",
+                |s| s.dead_letters as f64,
+            ),
+            (
+                "redloom_queue_oldest_pending_seconds",
+                "Time since the oldest pending message was delivered.",
+                |s| s.oldest_pending_ms as f64 / 1000.0,
+            ),
+        ];
+        for (name, help, value) in queue_gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for q in &queues {
+                let labels = [("plugin", q.plugin.as_str()), ("queue", q.queue.as_str())];
+                ConstGauge::new(value(&q.stats)).encode(family.encode_family(&labels)?)?;
+            }
+        }
         let info = self.redis_info.lock().expect("redis info poisoned").clone();
         if let Some(info) = info {
             gauge(

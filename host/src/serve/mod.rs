@@ -38,6 +38,10 @@ use crate::namespace::PluginName;
 use crate::plugin::{LoadError, PluginSpec};
 use crate::triggers::{self, Triggers};
 
+/// How long a `/metrics` scrape may spend reading the consumed queues'
+/// state from Redis (all of them together).
+pub const QUEUE_STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Shared state of both listeners.
 pub struct App {
     host: Arc<Host>,
@@ -47,6 +51,7 @@ pub struct App {
     metrics: Registry,
     redis_up: Arc<AtomicBool>,
     redis_info: Arc<std::sync::Mutex<Option<crate::redis::info::ServerInfo>>>,
+    queue_stats: Arc<std::sync::Mutex<Vec<metrics::QueueSample>>>,
 }
 
 impl App {
@@ -74,6 +79,40 @@ impl App {
                 Err(_) => None,
             };
         *self.redis_info.lock().expect("redis info poisoned") = info;
+    }
+
+    /// Reads the state of every consumed queue (bounded: [`QUEUE_STATS_TIMEOUT`]
+    /// for all of them) for `/metrics`; a queue that cannot be read is left
+    /// out of this scrape.
+    async fn read_queue_stats(&self) {
+        let redis = self.host.redis();
+        let read = async {
+            let mut samples = Vec::new();
+            for (plugin, p) in &self.config.plugins {
+                for (queue, c) in &p.triggers.consumers {
+                    let shared = crate::namespace::is_shared(&p.triggers.shared_queues, queue);
+                    let Ok(keys) = crate::namespace::Namespace::new(plugin).queue(queue, shared)
+                    else {
+                        continue;
+                    };
+                    match redis.queue_stats(&keys, &c.group).await {
+                        Ok(stats) => samples.push(metrics::QueueSample {
+                            plugin: plugin.to_string(),
+                            queue: queue.clone(),
+                            stats,
+                        }),
+                        Err(e) => {
+                            tracing::debug!(%plugin, queue, "queue stats for /metrics failed: {e}")
+                        }
+                    }
+                }
+            }
+            samples
+        };
+        let samples = tokio::time::timeout(QUEUE_STATS_TIMEOUT, read)
+            .await
+            .unwrap_or_default();
+        *self.queue_stats.lock().expect("queue stats poisoned") = samples;
     }
 
     /// Every trigger the configuration binds to `plugin` needs its handler.
@@ -207,8 +246,13 @@ impl Server {
         let http_stats = Arc::new(listener::ListenerStats::default());
         let admin_stats = Arc::new(listener::ListenerStats::default());
         let redis_info = Arc::new(std::sync::Mutex::new(None));
-        let mut registry =
-            metrics::HostCollector::registry(host.clone(), redis_up.clone(), redis_info.clone());
+        let queue_stats = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut registry = metrics::HostCollector::registry(
+            host.clone(),
+            redis_up.clone(),
+            redis_info.clone(),
+            queue_stats.clone(),
+        );
         registry.register_collector(Box::new(metrics::ListenerCollector {
             listeners: vec![("http", http_stats.clone()), ("admin", admin_stats.clone())],
         }));
@@ -219,6 +263,7 @@ impl Server {
             admin_token,
             redis_up,
             redis_info,
+            queue_stats,
             config: config.clone(),
         });
         if let Some(warning) = cache_eviction_warning(&app.host).await {
