@@ -170,7 +170,7 @@ impl RedisServer {
                         free_port().to_string(),
                     ]);
                 }
-                tokio::spawn(async move { start_node(&folder, None, args).await })
+                tokio::spawn(async move { start_cluster_node(&folder, args).await })
             })
             .collect();
         let mut nodes = Vec::new();
@@ -591,15 +591,52 @@ async fn start_node(folder: &Path, port: Option<u16>, extra_args: Vec<String>) -
         .expect("start redis-server (is it installed? see README)")
 }
 
-/// A free loopback port at or below 55535: a Cluster node's bus listens
+/// A cluster node on a port of its own ([`free_port`]), trying another
+/// port if the one it got was taken before the server bound it.
+async fn start_cluster_node(folder: &Path, extra_args: Vec<String>) -> PrivateRedis {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let mut options = ServerOptions::new(folder);
+        options.persistence = false;
+        options.port = Some(free_port());
+        options.extra_args = extra_args.clone();
+        match PrivateRedis::start(options).await {
+            Ok(node) => return node,
+            Err(e) => last = e.to_string(),
+        }
+    }
+    panic!("start a cluster node (is redis-server installed? see README): {last}");
+}
+
+/// A free loopback port at or below 55535 (a Cluster node's bus listens
 /// 10000 above its port unless told otherwise, and redis-server refuses a
-/// higher one.
+/// higher one) whose bus port is free too, and that this test process has
+/// never handed out before, nor as a bus port.
+///
+/// Never twice: when a test kills a Cluster node for good, the rest of its
+/// cluster keeps calling the dead node's bus port; a new cluster of another
+/// test that got the same port would be called by strangers while its
+/// nodes meet (a `redis-cli --cluster create` was seen waiting forever for
+/// its nodes to join, with a node of another test in their view).
 fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     for _ in 0..1000 {
         let port = redloom::redis::server::free_port().expect("a free port");
-        if port <= 55_535 {
-            return port;
+        if port > 55_535 {
+            continue;
         }
+        let bus = port + 10_000;
+        let mut handed_out = HANDED_OUT.lock().expect("ports poisoned");
+        if handed_out.contains(&port)
+            || handed_out.contains(&bus)
+            || std::net::TcpListener::bind(("127.0.0.1", bus)).is_err()
+        {
+            continue;
+        }
+        handed_out.insert(port);
+        handed_out.insert(bus);
+        return port;
     }
     panic!("no free port at or below 55535");
 }
