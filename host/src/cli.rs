@@ -114,6 +114,172 @@ pub struct Cli {
     command: Command,
 }
 
+/// Which handler `invoke` calls: `invoke` unless one of these is given.
+/// The input (`--input`, `--input-file`) is the request body, the message
+/// or the job's payload.
+#[derive(Debug, Default, clap::Args)]
+struct HandlerArgs {
+    /// Call the HTTP handler with a request `METHOD PATH` (`'POST
+    /// /orders?x=1'`); prints the status and headers on stderr, the body
+    /// on stdout.
+    #[arg(long, value_name = "METHOD PATH", conflicts_with_all = ["message", "job", "tick"])]
+    http: Option<String>,
+    /// A header of the request (`--http`) or job (`--job`), `NAME:VALUE`
+    /// (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "NAME:VALUE")]
+    headers: Vec<String>,
+    /// A route parameter of the request, `NAME=VALUE` (repeatable); those of
+    /// the configuration's matching `[[routes]]` entry are filled in.
+    #[arg(long = "param", value_name = "NAME=VALUE", requires = "http")]
+    params: Vec<String>,
+    /// Call the message handler with a message on CHANNEL.
+    #[arg(long, value_name = "CHANNEL", conflicts_with_all = ["job", "tick"])]
+    message: Option<String>,
+    /// Call the queue handler with a job of QUEUE (its id made up).
+    #[arg(long, value_name = "QUEUE", conflicts_with = "tick")]
+    job: Option<String>,
+    /// The job's attempt number.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "job")]
+    attempt: u32,
+    /// Call the timer handler with a tick of TIMER, scheduled now.
+    #[arg(long, value_name = "TIMER")]
+    tick: Option<String>,
+}
+
+/// What `invoke` sends, owning its input.
+#[derive(Debug)]
+enum CliCall {
+    Invoke(Vec<u8>),
+    Http(crate::bindings::http_types::Request),
+    Message(crate::plugin::Message),
+    Job(crate::plugin::Job),
+    Tick(crate::plugin::Tick),
+}
+
+impl CliCall {
+    fn as_call(&self) -> crate::plugin::Call<'_> {
+        use crate::plugin::Call;
+        match self {
+            CliCall::Invoke(i) => Call::Invoke(i),
+            CliCall::Http(r) => Call::Http(r),
+            CliCall::Message(m) => Call::Message(m),
+            CliCall::Job(j) => Call::Job(j),
+            CliCall::Tick(t) => Call::Tick(t),
+        }
+    }
+}
+
+/// `NAME:VALUE` or `NAME=VALUE` pairs from the command line.
+fn pairs(flag: &str, sep: char, items: &[String]) -> Result<Vec<(String, String)>, Failure> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once(sep)
+                .map(|(k, v)| (k.trim().to_string(), v.trim_start().to_string()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| {
+                    let form = if sep == ':' {
+                        "NAME:VALUE"
+                    } else {
+                        "NAME=VALUE"
+                    };
+                    Failure::new(exit::USAGE, format!("{flag} `{item}`: expected {form}"))
+                })
+        })
+        .collect()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl HandlerArgs {
+    /// The call these flags ask for, carrying `input`; `plugin` and the
+    /// configuration's routes fill in an HTTP request's route parameters.
+    fn call(
+        self,
+        config: &Config,
+        plugin: &PluginName,
+        input: Vec<u8>,
+    ) -> Result<CliCall, Failure> {
+        if !self.headers.is_empty() && self.http.is_none() && self.job.is_none() {
+            return Err(Failure::new(
+                exit::USAGE,
+                "--header is for --http requests and --job messages",
+            ));
+        }
+        let headers = pairs("--header", ':', &self.headers)?;
+        if let Some(request) = self.http {
+            let (method, target) = request
+                .trim()
+                .split_once(' ')
+                .map(|(m, t)| (m.trim().to_ascii_uppercase(), t.trim().to_string()))
+                .filter(|(m, t)| !m.is_empty() && t.starts_with('/'))
+                .ok_or_else(|| {
+                    Failure::new(
+                        exit::USAGE,
+                        format!("--http `{request}`: expected METHOD PATH, e.g. 'GET /users/7'"),
+                    )
+                })?;
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p.to_string(), crate::serve::form_urlencoded(q)),
+                None => (target, Vec::new()),
+            };
+            let mut params = match crate::serve::RouteTable::new(&config.routes)
+                .map(|t| t.lookup(&method, &path))
+            {
+                Ok(crate::serve::Match::Found { plugin: p, params }) if &p == plugin => params,
+                _ => Vec::new(),
+            };
+            for (k, v) in pairs("--param", '=', &self.params)? {
+                match params.iter_mut().find(|(name, _)| *name == k) {
+                    Some(p) => p.1 = v,
+                    None => params.push((k, v)),
+                }
+            }
+            return Ok(CliCall::Http(crate::bindings::http_types::Request {
+                method,
+                path,
+                params,
+                query,
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .collect(),
+                body: input,
+                client_addr: "127.0.0.1:0".to_string(),
+            }));
+        }
+        if let Some(channel) = self.message {
+            return Ok(CliCall::Message(crate::plugin::Message {
+                channel,
+                pattern: None,
+                payload: input,
+            }));
+        }
+        if let Some(queue) = self.job {
+            let now = unix_ms();
+            return Ok(CliCall::Job(crate::plugin::Job {
+                queue,
+                id: format!("{now}-0"),
+                payload: input,
+                headers,
+                attempt: self.attempt,
+                enqueued_ms: now,
+            }));
+        }
+        if let Some(timer) = self.tick {
+            return Ok(CliCall::Tick(crate::plugin::Tick {
+                timer,
+                scheduled_ms: unix_ms(),
+            }));
+        }
+        Ok(CliCall::Invoke(input))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one invocation of a plugin and print its output.
@@ -132,6 +298,8 @@ enum Command {
         /// Print the plugin's counters for this run on stderr.
         #[arg(long)]
         stats: bool,
+        #[command(flatten)]
+        handler: HandlerArgs,
     },
     /// Check that a file is a plugin this host can run, and show what it
     /// exports and imports. Needs no Redis.
@@ -382,10 +550,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             input_file,
             settings,
             stats,
+            handler,
         } => {
             let spec = plugin_spec(&config, &plugin, &settings)?;
             let input = read_input(input, input_file, spec.quotas.max_input)?;
-            invoke(options, spec, &input, stats).await
+            let call = handler.call(&config, &spec.name, input)?;
+            invoke(options, spec, call, stats).await
         }
         Command::Serve {
             listen,
@@ -532,13 +702,13 @@ fn read_input(input: Option<String>, file: Option<PathBuf>, max: u64) -> Result<
 async fn invoke(
     options: HostOptions,
     spec: PluginSpec,
-    input: &[u8],
+    call: CliCall,
     stats: bool,
 ) -> Result<(), Failure> {
     let host = Host::start(options).await?;
     let result = async {
         let plugin = host.load(spec).await?;
-        let result = host.invoke(plugin.name(), input).await;
+        let result = host.call(plugin.name(), call.as_call()).await;
         if stats {
             print_stats(&plugin.stats());
         }
@@ -546,16 +716,34 @@ async fn invoke(
             HostInvokeError::Invoke(InvokeError::Quota { .. }) => {
                 Failure::new(exit::PLUGIN_FAILED, &e).hint(QUOTA_HINT)
             }
-            // Nothing ran: the component cannot serve `invoke` (a load
+            // Nothing ran: the component cannot serve this handler (a load
             // problem, as the README's exit codes say).
-            HostInvokeError::Invoke(InvokeError::NoHandler { .. }) => Failure::new(exit::LOAD, &e)
-                .hint("with redloom-sdk: `redloom_sdk::export!(YourPlugin => [invoke]);`"),
+            HostInvokeError::Invoke(InvokeError::NoHandler { handler, .. }) => {
+                Failure::new(exit::LOAD, &e).hint(format!(
+                    "with redloom-sdk: `redloom_sdk::export!(YourPlugin => [{}]);`",
+                    handler.name()
+                ))
+            }
             _ => Failure::new(exit::PLUGIN_FAILED, &e),
         })
     }
     .await;
     host.shutdown().await;
-    let output = result?;
+    let output = match result? {
+        crate::plugin::Reply::Invoke(output) => output,
+        crate::plugin::Reply::Http(response) => {
+            eprintln!("HTTP {}", response.status);
+            for (name, value) in &response.headers {
+                eprintln!(
+                    "{}: {}",
+                    crate::caps::log::escape_controls(name),
+                    crate::caps::log::escape_controls(value)
+                );
+            }
+            response.body
+        }
+        crate::plugin::Reply::Done => return Ok(()),
+    };
     let mut out = std::io::stdout().lock();
     let written = out.write_all(&output).and_then(|()| {
         if out.is_terminal() && !output.ends_with(b"\n") {
@@ -942,6 +1130,59 @@ mod tests {
         assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
         let unknown = parse(&["frobnicate"]).unwrap_err();
         assert_eq!(unknown.kind(), clap::error::ErrorKind::InvalidSubcommand);
+    }
+
+    /// `invoke` takes one handler flag at most; headers need a request or
+    /// a job; a request line needs a method and a path.
+    #[test]
+    fn handler_flags_parse() {
+        let config = Config::default();
+        let name = PluginName::parse("p").unwrap();
+        let call = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Invoke { handler, .. } => handler.call(&config, &name, b"in".to_vec()),
+            other => panic!("parsed as {other:?}"),
+        };
+        match call(&["invoke", "p", "--http", "put /a?b=c", "-H", "X-A: 1"]).unwrap() {
+            CliCall::Http(r) => {
+                assert_eq!((r.method.as_str(), r.path.as_str()), ("PUT", "/a"));
+                assert_eq!(r.query, [("b".to_string(), "c".to_string())]);
+                assert_eq!(r.headers, [("x-a".to_string(), "1".to_string())]);
+                assert_eq!(r.body, b"in");
+            }
+            other => panic!("{other:?}"),
+        }
+        match call(&["invoke", "p", "--job", "q", "--attempt", "4", "-H", "k:v"]).unwrap() {
+            CliCall::Job(j) => {
+                assert_eq!((j.queue.as_str(), j.attempt), ("q", 4));
+                assert_eq!(j.headers, [("k".to_string(), "v".to_string())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            call(&["invoke", "p"]).unwrap(),
+            CliCall::Invoke(_)
+        ));
+        assert!(matches!(
+            call(&["invoke", "p", "--tick", "t"]).unwrap(),
+            CliCall::Tick(t) if t.timer == "t"
+        ));
+        for bad in [
+            &["invoke", "p", "--http", "GET"][..],
+            &["invoke", "p", "--http", "GET nope"],
+            &["invoke", "p", "-H", "k:v"],
+            &["invoke", "p", "--http", "GET /", "-H", "novalue"],
+        ] {
+            let e = call(bad).unwrap_err();
+            assert_eq!(e.code, exit::USAGE, "{bad:?}: {}", e.message);
+        }
+        for conflicting in [
+            &["invoke", "p", "--http", "GET /", "--job", "q"][..],
+            &["invoke", "p", "--message", "c", "--tick", "t"],
+            &["invoke", "p", "--param", "a=b"],
+            &["invoke", "p", "--attempt", "2"],
+        ] {
+            assert!(parse(conflicting).is_err(), "{conflicting:?}");
+        }
     }
 
     /// `--log-format` is text unless asked, json after any subcommand, and

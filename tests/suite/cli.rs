@@ -699,3 +699,110 @@ async fn serve_writes_json_access_records() {
     assert_eq!(tick["outcome"], "ok", "{tick}");
     serve.stop().await;
 }
+
+/// `invoke` drives every handler, not just `invoke`: an HTTP request (route
+/// parameters filled from the configuration's `[[routes]]`, query, headers,
+/// body; status and headers on stderr, body on stdout), a pub/sub message,
+/// a timer tick and a queue job, each with the capabilities it has under
+/// `serve` (their effects are read in Redis). A handler the component does
+/// not export is a load error naming the `export!` to add; a malformed
+/// request line is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_drives_every_handler() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("redloom.toml"),
+        format!(
+            "{redis}[plugins.probe]\nwasm = {probe:?}\n\
+             [plugins.events]\nwasm = {events:?}\n\
+             [plugins.worker]\nwasm = {worker:?}\n\
+             [[routes]]\nmethod = \"POST\"\npath = \"/echo/:a/*rest\"\nplugin = \"probe\"\n",
+            redis = redis.config_table(),
+            probe = plugin("http-probe").display().to_string(),
+            events = plugin("event-probe").display().to_string(),
+            worker = plugin("video-worker").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let invoke = |args: &[&str]| {
+        let out = run(redloom(dir.path()).arg("invoke").args(args));
+        (code(&out), text(&out.stdout), text(&out.stderr))
+    };
+
+    let (status, stdout, stderr) = invoke(&[
+        "probe",
+        "--http",
+        "POST /echo/x/y/z?q=1&r=a+b",
+        "-H",
+        "X-Test: yes",
+        "--input",
+        "hello",
+    ]);
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        "POST /echo/x/y/z\nparam a=x\nparam rest=y/z\nquery q=1\nquery r=a b\n\
+         header x-test=yes\nbody 5\n"
+    );
+    assert!(stderr.contains("HTTP 200\n"), "{stderr}");
+    assert!(stderr.contains("x-probe: yes\n"), "{stderr}");
+    // Given by hand, a parameter replaces the route's.
+    let (status, stdout, stderr) =
+        invoke(&["probe", "--http", "POST /echo/x/y", "--param", "a=override"]);
+    assert_eq!(status, 0, "{stderr}");
+    assert!(
+        stdout.contains("param a=override\nparam rest=y\n"),
+        "{stdout}"
+    );
+
+    let mut c = redis.client().await;
+    let get = |key: &str| redis::cmd("GET").arg(format!("rl:{key}")).to_owned();
+    let (status, _, stderr) = invoke(&["events", "--message", "news", "--input", "hi"]);
+    assert_eq!(status, 0, "{stderr}");
+    let last: Option<String> = get("events:kv:last:news")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(last.as_deref(), Some("hi"));
+    let (status, _, stderr) = invoke(&["events", "--tick", "beat"]);
+    assert_eq!(status, 0, "{stderr}");
+    let ticks: Option<i64> = get("events:kv:ticks:beat")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(ticks, Some(1));
+    let (status, _, stderr) =
+        invoke(&["worker", "--job", "video:ingest", "--input", "s3://v/a.mp4"]);
+    assert_eq!(status, 0, "{stderr}");
+    let processed: Option<i64> = get("worker:kv:processed")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(processed, Some(1));
+    // The handler's failure is the plugin's: exit 1 with its error.
+    let (status, _, stderr) = invoke(&[
+        "worker",
+        "--job",
+        "video:ingest",
+        "--attempt",
+        "3",
+        "--input",
+        "s3://v/broken.mp4",
+    ]);
+    assert_eq!(status, 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot transcode s3://v/broken.mp4"),
+        "{stderr}"
+    );
+
+    let (status, _, stderr) = invoke(&["worker", "--http", "GET /"]);
+    assert_eq!(status, 3, "{stderr}");
+    assert!(stderr.contains("export!(YourPlugin => [http])"), "{stderr}");
+    let (status, _, stderr) = invoke(&["probe", "--http", "/no-method"]);
+    assert_eq!(status, 2, "{stderr}");
+    assert!(stderr.contains("expected METHOD PATH"), "{stderr}");
+    let (status, _, stderr) = invoke(&["events", "--message", "a", "--tick", "b"]);
+    assert_eq!(status, 2, "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}

@@ -30,6 +30,7 @@ use prometheus_client::registry::Registry;
 pub use admin::{LoadedJson, PluginJson, PluginState};
 pub use listener::{OPEN_FILES_RESERVE, raise_open_files_limit};
 pub use routes::{Match, RouteTable};
+pub use trigger::form_urlencoded;
 
 use crate::config::{AdminAuth, Config};
 use crate::handler::HandlerKind;

@@ -239,7 +239,7 @@ fn is_connection_level(name: &HeaderName) -> bool {
 }
 
 /// `a=1&b=%20x` → pairs, percent- and plus-decoded.
-fn form_urlencoded(query: &str) -> Vec<(String, String)> {
+pub fn form_urlencoded(query: &str) -> Vec<(String, String)> {
     reqwest::Url::parse(&format!("http://q/?{query}"))
         .map(|u| {
             u.query_pairs()
