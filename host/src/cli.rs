@@ -419,6 +419,13 @@ enum PluginAction {
         #[arg(long, value_name = "FILE")]
         wasm: Option<PathBuf>,
     },
+    /// Push a component to an OCI registry as a Wasm artifact
+    /// (`oci://REGISTRY/REPOSITORY:TAG`); prints its digest. Needs no server.
+    Push {
+        file: PathBuf,
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
 }
 
 /// A failure on its way to the terminal.
@@ -539,6 +546,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
     if let Some(dir) = &cli.data_dir {
         options.data_dir = dir.clone();
+        if config.source.is_none() {
+            options.oci_lock = dir.join(crate::oci::LOCK_FILE);
+        }
     }
     options.compile_cache = !cli.no_cache;
 
@@ -635,6 +645,18 @@ fn plugin_spec(config: &Config, plugin: &str, settings: &[String]) -> Result<Plu
     });
     let mut spec = match configured {
         Some(spec) => spec,
+        None if crate::oci::is_reference(plugin) => {
+            let reference = crate::oci::parse(plugin).map_err(|e| Failure::new(exit::USAGE, e))?;
+            let mut spec = PluginSpec::from_path(Path::new(plugin));
+            // Named after the repository's last segment (`…/team/probe:v1`: probe).
+            let last = reference
+                .repository()
+                .rsplit('/')
+                .next()
+                .unwrap_or("plugin");
+            spec.name = PluginName::from_file_stem(last);
+            spec
+        }
         None if Path::new(plugin).exists() || plugin.ends_with(".wasm") => {
             PluginSpec::from_path(Path::new(plugin))
         }
@@ -795,7 +817,13 @@ async fn check(wasm: &Path, options: &HostOptions) -> Result<(), Failure> {
     }
     let runtime =
         Runtime::new(runtime_options).map_err(|e| Failure::new(exit::OTHER, format!("{e:#}")))?;
-    let plugin = Plugin::load(&runtime, PluginSpec::from_path(wasm))?;
+    let mut spec = PluginSpec::from_path(wasm);
+    if let Some(reference) = wasm.to_str().filter(|w| crate::oci::is_reference(w)) {
+        spec.wasm = crate::oci::fetch(reference, &options.data_dir, &options.oci_lock)
+            .await
+            .map_err(|e| Failure::new(exit::LOAD, e))?;
+    }
+    let plugin = Plugin::load(&runtime, spec)?;
     plugin
         .probe(None)
         .await
@@ -913,6 +941,18 @@ async fn plugin_admin(
     action: PluginAction,
 ) -> Result<(), Failure> {
     let client = reqwest::Client::new();
+    if let PluginAction::Push { file, reference } = &action {
+        let digest = crate::oci::push(file, reference).await.map_err(|e| {
+            let code = match e {
+                crate::oci::OciError::Reference(..) => exit::USAGE,
+                crate::oci::OciError::File { .. } => exit::LOAD,
+                _ => exit::OTHER,
+            };
+            Failure::new(code, e)
+        })?;
+        println!("{reference}@{digest}");
+        return Ok(());
+    }
     let base = admin.trim_end_matches('/');
     let request = match &action {
         PluginAction::List => client.get(format!("{base}/plugins")),
@@ -923,6 +963,7 @@ async fn plugin_admin(
         PluginAction::Reload { name, wasm } => client
             .post(format!("{base}/plugins/{name}/reload"))
             .json(&serde_json::json!({ "wasm": absolute(wasm.as_deref()) })),
+        PluginAction::Push { .. } => unreachable!("pushed above, without the admin API"),
     };
     let request = match token {
         Some(t) => request.bearer_auth(t),
@@ -1073,7 +1114,12 @@ async fn queue_command(options: HostOptions, action: QueueAction) -> Result<(), 
 
 /// The server resolves relative paths against its own folder, not ours.
 fn absolute(path: Option<&Path>) -> Option<PathBuf> {
-    path.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+    path.map(|p| {
+        if p.to_str().is_some_and(crate::oci::is_reference) {
+            return p.to_path_buf();
+        }
+        std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+    })
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

@@ -823,7 +823,11 @@ impl Config {
             plugins.insert(
                 name,
                 PluginConfig {
-                    wasm: base.join(p.wasm),
+                    wasm: if p.wasm.to_str().is_some_and(crate::oci::is_reference) {
+                        p.wasm
+                    } else {
+                        base.join(p.wasm)
+                    },
                     settings,
                     isolation,
                     quotas,

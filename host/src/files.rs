@@ -77,6 +77,22 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     file.write_all(text.as_bytes())
 }
 
+/// Replaces `path` with `bytes` at once: written to a temporary file in the
+/// same folder, then renamed over it, so a reader (or a crash) never sees
+/// half a file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("not a file path"))?;
+    let mut temporary = name.to_os_string();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = path.with_file_name(temporary);
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&temporary);
+    })
+}
+
 /// The first line of the small file at `path`, if it has a non-empty one
 /// (a stored secret).
 pub fn read_secret(path: &Path) -> Option<String> {

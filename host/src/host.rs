@@ -26,6 +26,10 @@ pub struct HostOptions {
     /// Cache compiled plugins under `data_dir/cache`.
     pub compile_cache: bool,
     pub runtime: RuntimeOptions,
+    /// The lock file pinning `oci://` plugins to digests ([`crate::oci`]):
+    /// `redloom.lock` next to the configuration file, or in `data_dir`
+    /// without one.
+    pub oci_lock: PathBuf,
 }
 
 impl HostOptions {
@@ -35,6 +39,12 @@ impl HostOptions {
             redis: config.redis.clone(),
             data_dir: config.data_dir.clone(),
             compile_cache: true,
+            oci_lock: config
+                .source
+                .as_deref()
+                .and_then(std::path::Path::parent)
+                .unwrap_or(&config.data_dir)
+                .join(crate::oci::LOCK_FILE),
             runtime: RuntimeOptions {
                 max_instances: config.host.max_instances,
                 fuel: config.plugins.values().any(|p| p.quotas.fuel.is_some()),
@@ -81,6 +91,7 @@ pub struct PluginInfo {
 pub struct Host {
     /// The data folder (compile cache, private Redis, admin token).
     data_dir: PathBuf,
+    oci_lock: PathBuf,
     runtime: Runtime,
     redis: Redis,
     plugins: RwLock<BTreeMap<PluginName, Arc<Loaded>>>,
@@ -166,6 +177,7 @@ impl Host {
         .map_err(StartupError::Redis)?;
         Ok(Host {
             data_dir: options.data_dir.clone(),
+            oci_lock: options.oci_lock.clone(),
             runtime,
             redis,
             plugins: RwLock::new(BTreeMap::new()),
@@ -210,7 +222,15 @@ impl Host {
     ) -> Result<Arc<Plugin>, LoadError> {
         let path = spec.wasm.clone();
         let acl = spec.acl;
-        let plugin = Plugin::load(&self.runtime, spec.clone())?;
+        // An `oci://` plugin loads from its pulled (or cached) file; the
+        // spec keeps the reference, so a reload resolves it again.
+        let mut local = spec.clone();
+        if let Some(reference) = path.to_str().filter(|w| crate::oci::is_reference(w)) {
+            local.wasm = crate::oci::fetch(reference, &self.data_dir, &self.oci_lock)
+                .await
+                .map_err(|e| LoadError::Registry(e.to_string()))?;
+        }
+        let plugin = Plugin::load(&self.runtime, local)?;
         let redis = if acl {
             let user = format!("redloom-{}", plugin.name());
             let mut channels = crate::namespace::shared_acl_patterns(

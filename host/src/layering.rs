@@ -16,8 +16,9 @@ const LAYERS: &[&[&str]] = &[
     // Counters; rate-limit policies; the key namespace; Redis (the only
     // module that talks to it).
     &["stats", "limiter"],
-    // The log format and the access log (uses the counters' outcomes).
-    &["logging"],
+    // The log format and the access log (uses the counters' outcomes);
+    // plugins from OCI registries (uses `files`).
+    &["logging", "oci"],
     &["namespace"],
     &["redis"],
     // The generated WIT bindings, above everything that must not see

@@ -28,6 +28,8 @@
 //! - [`subscriptions`]: a manifest's pub/sub subscriptions and keyspace
 //!   events as Redis channels and patterns (and the ACL rules they need).
 //! - [`triggers`]: pub/sub subscriptions, keyspace events and timers.
+//! - [`oci`]: plugins from OCI registries (`oci://` references, push,
+//!   the lock file and the local cache).
 //! - [`namespace`]: plugin names and the key namespace each plugin lives in.
 //! - [`redis`]: the only module that talks to Redis; Lua scripts from `lua/`;
 //!   the private `redis-server`.
@@ -49,6 +51,7 @@ pub mod host;
 pub mod limiter;
 pub mod logging;
 pub mod namespace;
+pub mod oci;
 pub mod plugin;
 pub mod quota;
 pub mod redis;

@@ -101,6 +101,9 @@ impl PluginSpec {
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// An `oci://` plugin could not be pulled (see [`crate::oci`]).
+    #[error("{0}")]
+    Registry(String),
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,

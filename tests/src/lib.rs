@@ -974,6 +974,7 @@ pub fn host_options(redis: &RedisServer, data: &Path) -> HostOptions {
     let mut options = HostOptions::from_config(&Default::default());
     options.redis_target = Some(redis.target());
     options.data_dir = data.to_path_buf();
+    options.oci_lock = data.join(redloom::oci::LOCK_FILE);
     options.runtime.max_instances = 32;
     options
 }
@@ -1309,6 +1310,97 @@ impl Prometheus {
 }
 
 impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private OCI registry (Debian's `docker-registry`, installed by
+/// `scripts/setup`) on a free loopback port, its storage in a temporary
+/// folder; with `user` set, it wants that user's password
+/// ([`Registry::PASSWORD`]) by HTTP basic authentication. Killed on drop.
+pub struct Registry {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// The password of the test user.
+    pub const PASSWORD: &'static str = "redloom-test-password";
+    /// bcrypt (cost 4) of [`Registry::PASSWORD`], for the registry's htpasswd.
+    const PASSWORD_BCRYPT: &'static str =
+        "$2b$04$lsBywOgt0KM2G8Ewp/H8H.T0.SyzMj42qerRqMY7X6brpW7x9TRRi";
+
+    pub async fn start(user: Option<&str>) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {:?}\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data")
+        );
+        if let Some(user) = user {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{user}:{}\n", Self::PASSWORD_BCRYPT)).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: redloom-test\n    path: {htpasswd:?}\n"
+            ));
+        }
+        let file = dir.path().join("config.yml");
+        std::fs::write(&file, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start docker-registry ({e}); scripts/setup installs it (Debian's `docker-registry`)")
+            });
+        let r = Registry {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+            dir,
+        };
+        until("the registry answers", || async {
+            // 200, or 401 when it wants a password: either way it serves.
+            match reqwest::get(format!("http://{}/v2/", r.addr)).await {
+                Ok(resp) if resp.status().as_u16() == 200 || resp.status().as_u16() == 401 => {
+                    Ok(())
+                }
+                Ok(resp) => Err(resp.status().to_string()),
+                Err(e) => Err(format!(
+                    "{e}; log:\n{}",
+                    std::fs::read_to_string(r.dir.path().join("registry.log")).unwrap_or_default()
+                )),
+            }
+        })
+        .await;
+        r
+    }
+
+    /// A Docker configuration folder (for `DOCKER_CONFIG`) holding `user`'s
+    /// credentials for this registry, as `docker login` writes them.
+    pub fn docker_config(&self, user: &str) -> PathBuf {
+        use base64::Engine as _;
+        let folder = self.dir.path().join("docker");
+        std::fs::create_dir_all(&folder).unwrap();
+        let auth =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", Self::PASSWORD));
+        std::fs::write(
+            folder.join("config.json"),
+            serde_json::json!({"auths": {self.addr.clone(): {"auth": auth}}}).to_string(),
+        )
+        .unwrap();
+        folder
+    }
+}
+
+impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -18,6 +18,7 @@ mod languages;
 mod limiter;
 mod lock;
 mod near_cache;
+mod oci;
 mod pubsub_isolation;
 mod queue;
 mod queue_poison;
