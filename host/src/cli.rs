@@ -6,7 +6,7 @@
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::engine::{Runtime, RuntimeOptions};
@@ -103,6 +103,11 @@ pub struct Cli {
     /// Log more (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    /// How `plugin list`, `queue stats` and `queue dead-letters` print:
+    /// `table` for people, `json` for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
 
     /// How log records are written on standard error: `text` (one line
     /// for people) or `json` (one JSON object per line, for collectors).
@@ -355,6 +360,38 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         sdk: Option<PathBuf>,
     },
+    /// Print a shell completion script: `redloom completions bash >
+    /// /etc/bash_completion.d/redloom` (zsh: into a folder of `$fpath` as
+    /// `_redloom`; fish: `~/.config/fish/completions/redloom.fish`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// How table commands print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+/// A table with columns as wide as their widest cell, two spaces apart, no
+/// borders (`plugin list`, `queue dead-letters`).
+fn table(header: &[&str]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    for c in t.column_iter_mut() {
+        c.set_padding((0, 2));
+    }
+    t
+}
+
+/// `table` as text: one line per row, trailing spaces trimmed.
+fn table_text(t: &comfy_table::Table) -> String {
+    t.lines().map(|l| l.trim_end().to_string() + "\n").collect()
 }
 
 /// Which queue a `redloom queue` command works on.
@@ -580,7 +617,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             serve(options, config).await
         }
-        Command::Queue { action } => queue_command(options, action).await,
+        Command::Queue { action } => queue_command(options, action, cli.output).await,
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "redloom", &mut text);
+            emit(&String::from_utf8_lossy(&text))
+        }
         Command::Plugin {
             admin,
             token,
@@ -594,7 +636,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .or_else(|| {
                     crate::files::read_secret(&options.data_dir.join(config::ADMIN_TOKEN_FILE))
                 });
-            plugin_admin(&admin, token, action).await
+            plugin_admin(&admin, token, action, cli.output).await
         }
         Command::New {
             name,
@@ -939,6 +981,7 @@ async fn plugin_admin(
     admin: &str,
     token: Option<String>,
     action: PluginAction,
+    output: Output,
 ) -> Result<(), Failure> {
     let client = reqwest::Client::new();
     if let PluginAction::Push { file, reference } = &action {
@@ -998,12 +1041,13 @@ async fn plugin_admin(
         return Err(Failure::new(code, format!("{message} ({status})")));
     }
     match action {
+        PluginAction::List if output == Output::Json => {
+            let text = serde_json::to_string_pretty(&body).expect("JSON");
+            emit(&(text + "\n"))?;
+        }
         PluginAction::List => {
             let plugins = body.as_array().cloned().unwrap_or_default();
-            println!(
-                "{:<24} {:<9} {:<10} {:>12} {:>8}  WASM",
-                "NAME", "STATE", "HANDLERS", "INVOCATIONS", "ERRORS"
-            );
+            let mut t = table(&["NAME", "STATE", "HANDLERS", "INVOCATIONS", "ERRORS", "WASM"]);
             // An unloaded plugin has no handlers or counters: "-".
             let count = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
             for p in plugins {
@@ -1016,23 +1060,32 @@ async fn plugin_admin(
                         .collect::<Vec<_>>()
                         .join(",")
                 });
-                println!(
-                    "{:<24} {:<9} {:<10} {:>12} {:>8}  {}",
-                    p["name"].as_str().unwrap_or("?"),
-                    p["state"].as_str().unwrap_or("?"),
+                t.add_row(vec![
+                    p["name"].as_str().unwrap_or("?").to_string(),
+                    p["state"].as_str().unwrap_or("?").to_string(),
                     handlers,
                     count(p["invocations"].as_u64()),
                     count(errors),
-                    p["wasm"].as_str().unwrap_or("?")
-                );
+                    p["wasm"].as_str().unwrap_or("?").to_string(),
+                ]);
             }
+            for c in [3, 4] {
+                if let Some(col) = t.column_mut(c) {
+                    col.set_cell_alignment(comfy_table::CellAlignment::Right);
+                }
+            }
+            emit(&table_text(&t))?;
         }
         _ => println!("{body}"),
     }
     Ok(())
 }
 
-async fn queue_command(options: HostOptions, action: QueueAction) -> Result<(), Failure> {
+async fn queue_command(
+    options: HostOptions,
+    action: QueueAction,
+    output: Output,
+) -> Result<(), Failure> {
     let args = match &action {
         QueueAction::Stats(a) | QueueAction::PurgeDeadLetters(a) => a,
         QueueAction::DeadLetters { queue, .. } | QueueAction::Replay { queue, .. } => queue,
@@ -1047,6 +1100,25 @@ async fn queue_command(options: HostOptions, action: QueueAction) -> Result<(), 
     let result = async {
         let mut text = String::new();
         match &action {
+            QueueAction::Stats(a) if output == Output::Json => {
+                let s = redis.queue_stats(&keys, &a.group).await.map_err(failed)?;
+                let json = serde_json::json!({
+                    "queue": a.queue,
+                    "stream": keys.stream,
+                    "length": s.length,
+                    "pending": s.pending,
+                    "consumers": s.consumers,
+                    "lag": s.lag,
+                    "oldest_pending_ms": s.oldest_pending_ms,
+                    "scheduled": s.scheduled,
+                    "dead_letters": s.dead_letters,
+                });
+                outln!(
+                    text,
+                    "{}",
+                    serde_json::to_string_pretty(&json).expect("JSON")
+                );
+            }
             QueueAction::Stats(a) => {
                 let s = redis.queue_stats(&keys, &a.group).await.map_err(failed)?;
                 outln!(text, "queue:              {} ({})", a.queue, keys.stream);
@@ -1063,24 +1135,37 @@ async fn queue_command(options: HostOptions, action: QueueAction) -> Result<(), 
                     .queue_dead_letters(&keys, *limit)
                     .await
                     .map_err(failed)?;
-                outln!(
-                    text,
-                    "{:<22} {:<24} {:>8} {:>14}  ERROR",
-                    "ENTRY",
-                    "ID",
-                    "ATTEMPTS",
-                    "FAILED (ms)"
-                );
-                for d in dead {
+                if output == Output::Json {
+                    let json: Vec<serde_json::Value> = dead
+                        .iter()
+                        .map(|d| {
+                            serde_json::json!({
+                                "entry": d.entry_id,
+                                "id": d.id,
+                                "attempts": d.attempts,
+                                "failed_ms": d.failed_ms,
+                                "error": d.error,
+                                "payload": String::from_utf8_lossy(&d.payload),
+                            })
+                        })
+                        .collect();
                     outln!(
                         text,
-                        "{:<22} {:<24} {:>8} {:>14}  {}",
-                        d.entry_id,
-                        d.id,
-                        d.attempts,
-                        d.failed_ms,
-                        d.error
+                        "{}",
+                        serde_json::to_string_pretty(&json).expect("JSON")
                     );
+                } else {
+                    let mut t = table(&["ENTRY", "ID", "ATTEMPTS", "FAILED (ms)", "ERROR"]);
+                    for d in dead {
+                        t.add_row(vec![
+                            d.entry_id,
+                            d.id,
+                            d.attempts.to_string(),
+                            d.failed_ms.to_string(),
+                            crate::caps::log::escape_controls(&d.error).into_owned(),
+                        ]);
+                    }
+                    text.push_str(&table_text(&t));
                 }
             }
             QueueAction::Replay { id, all, .. } => {
@@ -1146,7 +1231,7 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{CommandFactory, Parser};
+    use clap::Parser;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("redloom").chain(args.iter().copied()))
@@ -1229,6 +1314,41 @@ mod tests {
         ] {
             assert!(parse(conflicting).is_err(), "{conflicting:?}");
         }
+    }
+
+    /// A table's columns are as wide as their widest cell, so a long name
+    /// does not push the next column out of line.
+    #[test]
+    fn tables_line_up() {
+        let mut t = table(&["NAME", "STATE"]);
+        t.add_row(vec!["a-very-long-plugin-name-that-is-long", "loaded"]);
+        t.add_row(vec!["p", "unloaded"]);
+        let text = table_text(&t);
+        let starts: Vec<usize> = text
+            .lines()
+            .map(|l| l.rfind("  ").map_or(0, |i| i + 2))
+            .collect();
+        assert!(starts.windows(2).all(|w| w[0] == w[1]), "{text}");
+        assert!(text.starts_with("NAME"), "no left padding: {text:?}");
+    }
+
+    /// Completion scripts name the commands.
+    #[test]
+    fn completions_generate() {
+        for shell in ["bash", "zsh", "fish"] {
+            let cli = parse(&["completions", shell]).unwrap();
+            let Command::Completions { shell } = cli.command else {
+                panic!("parsed as {:?}", cli.command);
+            };
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "redloom", &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                text.contains("invoke") && text.contains("dead-letters"),
+                "{shell}"
+            );
+        }
+        assert!(parse(&["completions", "tcsh"]).is_err());
     }
 
     /// `--log-format` is text unless asked, json after any subcommand, and

@@ -557,6 +557,14 @@ async fn plugin_commands_manage_a_running_server() {
         .unwrap_or_else(|| panic!("{listing}"));
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(cols[..3], ["probe", "loaded", "invoke,http"], "{listing}");
+    let (status, json, stderr) = plugin_cmd(&["list", "--output", "json"]);
+    assert_eq!(status, 0, "{stderr}");
+    let json: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let probe = json
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "probe"))
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(probe["state"], "loaded", "{probe}");
     assert!(
         line.ends_with(&*cli.join("greeter.wasm").to_string_lossy()),
         "{line}"

@@ -667,6 +667,18 @@ backoff = "50ms"
             listing.contains("cannot transcode s3://videos/broken.mp4"),
             "{listing}"
         );
+        let out = cli(&["dead-letters", "--output", "json"]);
+        let dead: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        assert_eq!(dead[0]["payload"], "s3://videos/broken.mp4", "{dead}");
+        assert_eq!(dead[0]["attempts"], 2, "{dead}");
+        let out = cli(&["stats", "--output", "json"]);
+        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (&stats["dead_letters"], &stats["pending"]),
+            (&1.into(), &0.into()),
+            "{stats}"
+        );
         let out = cli(&["replay", "--all"]);
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
