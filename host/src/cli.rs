@@ -518,10 +518,24 @@ const QUOTA_HINT: &str = "raise the quota under [plugins.NAME.quotas] in redloom
 /// Parses the command line, runs the command, and returns the exit code.
 pub fn main() -> u8 {
     let cli = Cli::parse();
-    init_logging(
+    let fail = |f: Failure| {
+        eprintln!("error: {}", f.message);
+        if let Some(h) = f.hint {
+            eprintln!("hint: {h}");
+        }
+        f.code
+    };
+    let config = match load_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(f) => return fail(f),
+    };
+    // Before the async runtime: the trace exporter's blocking HTTP client
+    // must not be created or dropped on it.
+    let telemetry = init_logging(
         cli.verbose,
         cli.log_format,
         matches!(cli.command, Command::Serve { .. }),
+        &config.telemetry,
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -533,30 +547,35 @@ pub fn main() -> u8 {
             return exit::OTHER;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli, config)) {
         Ok(()) => exit::OK,
-        Err(f) => {
-            eprintln!("error: {}", f.message);
-            if let Some(h) = f.hint {
-                eprintln!("hint: {h}");
-            }
-            f.code
-        }
-    }
+        Err(f) => fail(f),
+    };
+    drop(runtime);
+    drop(telemetry);
+    code
 }
 
-fn init_logging(verbose: u8, format: LogFormat, serving: bool) {
+fn init_logging(
+    verbose: u8,
+    format: LogFormat,
+    serving: bool,
+    telemetry: &config::TelemetrySection,
+) -> crate::logging::TelemetryGuard {
     let default = match (verbose, serving) {
         (0, false) => "warn",
         (0, true) => "info",
         (1, _) => "debug",
         _ => "trace",
     };
-    crate::logging::init(format, default);
+    let telemetry = crate::logging::Telemetry {
+        endpoint: telemetry.otlp_endpoint.clone(),
+        service_name: telemetry.service_name.clone(),
+    };
+    crate::logging::init(format, default, &telemetry)
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let config = load_config(cli.config.as_deref())?;
+async fn run(cli: Cli, config: Config) -> Result<(), Failure> {
     let mut options = HostOptions::from_config(&config);
     if let Some(url) = &cli.redis_url {
         config::check_redis_url(url)

@@ -29,12 +29,26 @@ pub struct Config {
     pub host: HostSection,
     pub http: HttpSection,
     pub admin: AdminSection,
+    /// `[telemetry]`: where traces go (the `OTEL_*` variables override it).
+    pub telemetry: TelemetrySection,
     /// `[[routes]]`: HTTP routes to plugins, in file order.
     pub routes: Vec<Route>,
     /// Folder for the private Redis's data and the compiled-plugin cache.
     pub data_dir: PathBuf,
     /// Plugins by name, in name order.
     pub plugins: BTreeMap<PluginName, PluginConfig>,
+}
+
+/// The `[telemetry]` table: OpenTelemetry traces over OTLP/HTTP
+/// ([`crate::logging`]). Off unless an endpoint is set here or in
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TelemetrySection {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318`.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the traces [default: redloom].
+    pub service_name: Option<String>,
 }
 
 /// The `[redis]` table.
@@ -957,6 +971,7 @@ impl Config {
             host,
             http: raw.http,
             admin: raw.admin,
+            telemetry: raw.telemetry,
             routes: raw.routes,
             data_dir: base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from(".redloom"))),
             plugins,
@@ -1111,6 +1126,8 @@ struct RawConfig {
     http: HttpSection,
     #[serde(default)]
     admin: AdminSection,
+    #[serde(default)]
+    telemetry: TelemetrySection,
     #[serde(default)]
     routes: Vec<Route>,
     #[serde(default)]

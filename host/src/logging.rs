@@ -47,31 +47,212 @@ impl LogFormat {
     }
 }
 
+/// Where traces go: OpenTelemetry over OTLP/HTTP.
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    /// The collector's base URL (`/v1/traces` is added); `None`: no traces
+    /// unless `OTEL_EXPORTER_OTLP_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set.
+    pub endpoint: Option<String>,
+    /// `service.name` [default: `OTEL_SERVICE_NAME`, else redloom].
+    pub service_name: Option<String>,
+}
+
+/// The target of the spans exported as traces (invocations, requests,
+/// queue messages); capability calls are the bindings' own spans.
+pub const SPANS: &str = "redloom::otel";
+
+static TRACING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether traces are exported: spans are only made then.
+pub fn tracing_on() -> bool {
+    TRACING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Flushes and stops the trace exporter when dropped (at exit).
+pub struct TelemetryGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take()
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("warning: flushing traces at exit: {e}");
+        }
+    }
+}
+
 /// Installs the global log subscriber writing to standard error in
-/// `format`, filtered by `RUST_LOG` if set and by `default` otherwise.
-/// Does nothing if one is installed already (tests).
-pub fn init(format: LogFormat, default: &str) {
+/// `format`, filtered by `RUST_LOG` if set and by `default` otherwise, and
+/// the trace exporter if `telemetry` (or the `OTEL_*` variables) name a
+/// collector. Does nothing if one is installed already (tests).
+pub fn init(format: LogFormat, default: &str, telemetry: &Telemetry) -> TelemetryGuard {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt
             .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .try_init(),
+            .with_filter(filter)
+            .boxed(),
     };
+    let (otel, provider) = match tracer(telemetry) {
+        Ok(Some((layer, provider))) => (Some(layer), Some(provider)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("warning: traces are off: {e}");
+            (None, None)
+        }
+    };
+    let mut layers = vec![fmt];
+    layers.extend(otel);
+    let installed = tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .is_ok();
+    if installed && provider.is_some() {
+        TRACING.store(true, std::sync::atomic::Ordering::Relaxed);
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+    }
+    TelemetryGuard(provider.filter(|_| installed))
+}
+
+type OtelLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// The exporting layer, if a collector is configured: spans of [`SPANS`]
+/// and the capability calls' spans (`redloom::bindings`, trace level) go to
+/// it, nothing else.
+fn tracer(
+    telemetry: &Telemetry,
+) -> Result<Option<(OtelLayer, opentelemetry_sdk::trace::SdkTracerProvider)>, String> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    use tracing_subscriber::Layer as _;
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let traces_endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    let base = env("OTEL_EXPORTER_OTLP_ENDPOINT").or_else(|| telemetry.endpoint.clone());
+    let endpoint = match (traces_endpoint, base) {
+        (Some(full), _) => full,
+        (None, Some(base)) => format!("{}/v1/traces", base.trim_end_matches('/')),
+        (None, None) => return Ok(None),
+    };
+    let protocol = match env("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
+        None | Some("http/protobuf") => opentelemetry_otlp::Protocol::HttpBinary,
+        Some("http/json") => opentelemetry_otlp::Protocol::HttpJson,
+        Some(other) => {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={other}: only http/protobuf and http/json are supported"
+            ));
+        }
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(endpoint)
+        .with_protocol(protocol)
+        .build()
+        .map_err(|e| format!("the OTLP exporter: {e}"))?;
+    let service = env("OTEL_SERVICE_NAME")
+        .or_else(|| telemetry.service_name.clone())
+        .unwrap_or_else(|| "redloom".to_string());
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build();
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("redloom"))
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(SPANS, tracing::Level::INFO)
+                .with_target("redloom::bindings", tracing::Level::TRACE),
+        )
+        .boxed();
+    Ok(Some((layer, provider)))
+}
+
+/// The W3C `traceparent` (and `tracestate`) of the current span, as
+/// headers to carry in an outbound request or a queue message; empty when
+/// traces are off.
+pub fn trace_headers() -> Vec<(String, String)> {
+    if !tracing_on() {
+        return Vec::new();
+    }
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = tracing::Span::current().context();
+    let mut headers = Vec::new();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&context, &mut Injector(&mut headers))
+    });
+    headers
+}
+
+/// Makes `span` a child of the trace named by `headers`' `traceparent`, if
+/// there is one (an incoming request's, a queue message's).
+pub fn continue_trace<'a>(span: &tracing::Span, headers: impl Iterator<Item = (&'a str, &'a str)>) {
+    if !tracing_on() {
+        return;
+    }
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let headers: Vec<(&str, &str)> = headers.collect();
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extractor(&headers)));
+    let _ = span.set_parent(parent);
+}
+
+/// The trace id of `span` (hex), for access records; `None` when traces
+/// are off.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    if !tracing_on() {
+        return None;
+    }
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let id = span.context().span().span_context().trace_id();
+    (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
+}
+
+struct Injector<'a>(&'a mut Vec<(String, String)>);
+
+impl opentelemetry::propagation::Injector for Injector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_string(), value));
+    }
+}
+
+struct Extractor<'a>(&'a [(&'a str, &'a str)]);
+
+impl opentelemetry::propagation::Extractor for Extractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| *v)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| *k).collect()
+    }
 }
 
 /// One HTTP request answered by `serve`'s trigger listener: its method and
 /// path, the status sent, the plugin routed to (`None`: no route, or not
-/// loaded), how long it took, and the client's address.
+/// loaded), how long it took, the client's address, and the trace id when
+/// traces are on.
 pub fn http(
     method: &str,
     path: &str,
@@ -79,6 +260,7 @@ pub fn http(
     plugin: Option<&str>,
     took: Duration,
     client: &str,
+    trace_id: Option<&str>,
 ) {
     tracing::info!(
         target: ACCESS,
@@ -89,6 +271,7 @@ pub fn http(
         plugin = plugin.unwrap_or("-"),
         duration_us = micros(took),
         client,
+        trace_id,
         "{method} {path} {status}"
     );
 }
@@ -97,7 +280,14 @@ pub fn http(
 /// message): the plugin and handler, what triggered it (`source`: the
 /// channel, timer or queue and message id), how it ended (an
 /// [`Outcome::label`], or `not-loaded`) and how long it took.
-pub fn invocation(plugin: &str, handler: HandlerKind, source: &str, outcome: &str, took: Duration) {
+pub fn invocation(
+    plugin: &str,
+    handler: HandlerKind,
+    source: &str,
+    outcome: &str,
+    took: Duration,
+    trace_id: Option<&str>,
+) {
     tracing::info!(
         target: ACCESS,
         kind = handler.name(),
@@ -105,6 +295,7 @@ pub fn invocation(plugin: &str, handler: HandlerKind, source: &str, outcome: &st
         source,
         outcome,
         duration_us = micros(took),
+        trace_id,
         "{plugin} {} {outcome}",
         handler.name()
     );

@@ -682,11 +682,33 @@ impl Plugin {
             cpu: Arc::new(CpuMeter::default()),
             outcome: None,
         };
-        let result = self.call_metered(redis, call, &record.cpu).await;
-        record.outcome = Some(match &result {
+        // A span (exported as a trace) only when traces are on: the call
+        // path stays free of span bookkeeping otherwise. Its parent is the
+        // trigger's span (an HTTP request, a queue message), if any.
+        let span = if crate::logging::tracing_on() {
+            tracing::info_span!(
+                target: crate::logging::SPANS,
+                "invocation",
+                otel.name = format!("{} {}", self.name(), call.kind().name()),
+                plugin = %self.name(),
+                handler = call.kind().name(),
+                outcome = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let result = {
+            use tracing::Instrument as _;
+            self.call_metered(redis, call, &record.cpu)
+                .instrument(span.clone())
+                .await
+        };
+        let outcome = match &result {
             Ok(_) => Outcome::Ok,
             Err(e) => e.outcome(),
-        });
+        };
+        span.record("outcome", outcome.label().as_ref());
+        record.outcome = Some(outcome);
         result
     }
 

@@ -1406,3 +1406,103 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// An OTLP/HTTP trace receiver on a free loopback port: takes
+/// `POST /v1/traces` in the JSON encoding (`OTEL_EXPORTER_OTLP_PROTOCOL=
+/// http/json`) and keeps every span it is sent.
+pub struct OtlpReceiver {
+    /// `http://127.0.0.1:PORT`, for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub endpoint: String,
+    spans: Arc<std::sync::Mutex<Vec<ReceivedSpan>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// One span as an OTLP receiver decoded it.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    /// The resource's `service.name`.
+    pub service: String,
+    pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_span_id: String,
+    pub name: String,
+    /// String-valued attributes.
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+impl OtlpReceiver {
+    pub async fn start() -> OtlpReceiver {
+        let spans: Arc<std::sync::Mutex<Vec<ReceivedSpan>>> = Arc::default();
+        let kept = spans.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let kept = kept.clone();
+                async move {
+                    let request: serde_json::Value =
+                        serde_json::from_slice(&body).expect("an OTLP/JSON trace request");
+                    kept.lock().unwrap().extend(decode_spans(&request));
+                    axum::Json(serde_json::json!({}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        OtlpReceiver {
+            endpoint,
+            spans,
+            task,
+        }
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The spans of an `ExportTraceServiceRequest` in OTLP's JSON encoding.
+fn decode_spans(request: &serde_json::Value) -> Vec<ReceivedSpan> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let attributes = |v: &serde_json::Value| -> std::collections::BTreeMap<String, String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                Some((
+                    text(&a["key"]),
+                    a["value"]["stringValue"].as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for resource in request["resourceSpans"].as_array().into_iter().flatten() {
+        let service = attributes(&resource["resource"]["attributes"])
+            .remove("service.name")
+            .unwrap_or_default();
+        for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+            for span in scope["spans"].as_array().into_iter().flatten() {
+                out.push(ReceivedSpan {
+                    service: service.clone(),
+                    trace_id: text(&span["traceId"]),
+                    span_id: text(&span["spanId"]),
+                    parent_span_id: text(&span["parentSpanId"]),
+                    name: text(&span["name"]),
+                    attributes: attributes(&span["attributes"]),
+                });
+            }
+        }
+    }
+    out
+}

@@ -24,4 +24,5 @@ mod queue;
 mod queue_poison;
 mod quotas;
 mod serve;
+mod telemetry;
 mod triggers;

@@ -100,6 +100,17 @@ impl Caps {
         for (name, value) in &request.headers {
             builder = builder.header(name, value);
         }
+        // With traces on, the origin sees this call's trace context, unless
+        // the plugin set its own.
+        for (name, value) in crate::logging::trace_headers() {
+            if !request
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(&name))
+            {
+                builder = builder.header(name, value);
+            }
+        }
         self.plugin.stats.outbound_request();
         let mut response = builder.send().await.map_err(|e| send_error(&origin, e))?;
         let status = response.status().as_u16();

@@ -63,11 +63,17 @@ impl Caps {
                 "max-attempts {max_attempts} is not between 1 and {MAX_ATTEMPTS}"
             )));
         }
-        let headers: serde_json::Map<String, serde_json::Value> = options
+        let mut headers: serde_json::Map<String, serde_json::Value> = options
             .headers
             .into_iter()
             .map(|(k, v)| (k, serde_json::Value::String(v)))
             .collect();
+        // With traces on, the message carries this call's trace context
+        // (W3C `traceparent`), so its consumer's span joins the trace, on
+        // whichever host it runs. A header the plugin set itself wins.
+        for (k, v) in crate::logging::trace_headers() {
+            headers.entry(k).or_insert(serde_json::Value::String(v));
+        }
         let headers = serde_json::Value::Object(headers).to_string();
         self.check_write(keys.stream.len(), payload.len() + headers.len())?;
         let max_length = self.plugin.queues.max_length;

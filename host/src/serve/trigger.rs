@@ -54,6 +54,29 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request<Body>) -> Resp
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
+    // The request's span (a trace's server span when traces are on),
+    // continuing the client's trace from its `traceparent`.
+    let span = if crate::logging::tracing_on() {
+        let span = tracing::info_span!(
+            target: crate::logging::SPANS,
+            "http",
+            otel.name = format!("{} {}", request.method(), request.uri().path()),
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            url.path = request.uri().path(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        crate::logging::continue_trace(
+            &span,
+            request
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+        );
+        span
+    } else {
+        tracing::Span::none()
+    };
     let mut access = Access {
         started: Instant::now(),
         method: request.method().clone(),
@@ -61,8 +84,15 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request<Body>) -> Resp
         client: client_addr,
         plugin: None,
         status: None,
+        trace_id: crate::logging::trace_id(&span),
     };
-    let response = respond(&app, request, &mut access).await;
+    let response = {
+        use tracing::Instrument as _;
+        respond(&app, request, &mut access)
+            .instrument(span.clone())
+            .await
+    };
+    span.record("http.response.status_code", response.status().as_u16());
     access.status = Some(response.status().as_u16());
     response
 }
@@ -76,6 +106,7 @@ struct Access {
     client: String,
     plugin: Option<PluginName>,
     status: Option<u16>,
+    trace_id: Option<String>,
 }
 
 /// The status logged for a request whose client hung up before the answer
@@ -91,6 +122,7 @@ impl Drop for Access {
             self.plugin.as_ref().map(PluginName::as_str),
             self.started.elapsed(),
             &self.client,
+            self.trace_id.as_deref(),
         );
     }
 }

@@ -158,6 +158,7 @@ pub async fn call(
         handler: call.kind(),
         source,
         outcome: None,
+        trace_id: crate::logging::trace_id(&tracing::Span::current()),
     };
     let result = host.call(plugin, call).await;
     access.outcome = Some(match &result {
@@ -174,6 +175,7 @@ struct Access<'a> {
     handler: HandlerKind,
     source: &'a str,
     outcome: Option<std::borrow::Cow<'static, str>>,
+    trace_id: Option<String>,
 }
 
 impl Drop for Access<'_> {
@@ -188,6 +190,7 @@ impl Drop for Access<'_> {
             self.source,
             &outcome,
             self.started.elapsed(),
+            self.trace_id.as_deref(),
         );
     }
 }

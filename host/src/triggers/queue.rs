@@ -453,7 +453,33 @@ impl Shared {
             }
         }
         let source = format!("queue {} message {}", self.queue, job.id);
-        match super::call(&self.host, &self.plugin, Call::Job(&job), &source).await {
+        // The message's span (a consumer span when traces are on) continues
+        // the producer's trace from the `traceparent` it carries.
+        let span = if crate::logging::tracing_on() {
+            let span = tracing::info_span!(
+                target: crate::logging::SPANS,
+                "queue message",
+                otel.name = format!("{} process", self.queue),
+                otel.kind = "consumer",
+                messaging.destination.name = %self.queue,
+                messaging.message.id = %job.id,
+                attempt,
+            );
+            crate::logging::continue_trace(
+                &span,
+                job.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+            span
+        } else {
+            tracing::Span::none()
+        };
+        let called = {
+            use tracing::Instrument as _;
+            super::call(&self.host, &self.plugin, Call::Job(&job), &source)
+                .instrument(span)
+                .await
+        };
+        match called {
             Ok(_) => {
                 if let Err(e) = redis
                     .queue_ack(&self.keys, &self.config.group, &entry.entry_id)
