@@ -226,6 +226,44 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
 }
 
+/// What starts a pub/sub payload that carries a trace context: this
+/// marker, the W3C `traceparent`, a NUL, then the plugin's payload. Pub/sub
+/// has no headers, so with traces on a publish wraps its payload this way
+/// ([`wrap_payload`]) and every subscribing host unwraps it
+/// ([`unwrap_payload`]) before the plugin sees it, traces on or off.
+pub const TRACE_ENVELOPE: &[u8] = b"\0redloom-trace\0";
+
+/// `payload` wrapped with the current trace context, when traces are on.
+pub fn wrap_payload(payload: &[u8]) -> Option<Vec<u8>> {
+    let traceparent = trace_headers()
+        .into_iter()
+        .find(|(k, _)| k == "traceparent")?
+        .1;
+    let mut out = Vec::with_capacity(TRACE_ENVELOPE.len() + traceparent.len() + 1 + payload.len());
+    out.extend_from_slice(TRACE_ENVELOPE);
+    out.extend_from_slice(traceparent.as_bytes());
+    out.push(0);
+    out.extend_from_slice(payload);
+    Some(out)
+}
+
+/// The trace context and the plugin's payload of a pub/sub payload: as is
+/// when it carries no (well-formed) envelope.
+pub fn unwrap_payload(bytes: &[u8]) -> (Option<&str>, &[u8]) {
+    let unwrapped = bytes.strip_prefix(TRACE_ENVELOPE).and_then(|rest| {
+        let end = rest.iter().take(128).position(|b| *b == 0)?;
+        let traceparent = std::str::from_utf8(&rest[..end]).ok()?;
+        traceparent
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'-')
+            .then_some((traceparent, &rest[end + 1..]))
+    });
+    match unwrapped {
+        Some((tp, payload)) => (Some(tp), payload),
+        None => (None, bytes),
+    }
+}
+
 struct Injector<'a>(&'a mut Vec<(String, String)>);
 
 impl opentelemetry::propagation::Injector for Injector<'_> {
@@ -308,6 +346,23 @@ fn micros(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An envelope round-trips; a payload without one, or with a broken
+    /// one, is left as it is.
+    #[test]
+    fn envelopes_unwrap() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut wrapped = TRACE_ENVELOPE.to_vec();
+        wrapped.extend_from_slice(tp.as_bytes());
+        wrapped.push(0);
+        wrapped.extend_from_slice(b"hello\0world");
+        assert_eq!(unwrap_payload(&wrapped), (Some(tp), &b"hello\0world"[..]));
+        assert_eq!(unwrap_payload(b"plain"), (None, &b"plain"[..]));
+        let mut broken = TRACE_ENVELOPE.to_vec();
+        broken.extend_from_slice(b"not hex\0x");
+        assert_eq!(unwrap_payload(&broken), (None, broken.as_slice()));
+        assert_eq!(wrap_payload(b"x"), None, "traces are off in unit tests");
+    }
 
     #[test]
     fn formats_parse() {

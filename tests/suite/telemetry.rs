@@ -19,14 +19,19 @@ async fn one_trace_from_http_through_a_queue_to_another_host() {
             "{}[http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             redis.config_table()
         );
+        let chat = plugin("chat").display().to_string();
         let producer_config = format!(
             "{common}[plugins.video-producer]\nwasm = {:?}\nshared-queues = [\"video:ingest\"]\n\
-             [[routes]]\nmethod = \"POST\"\npath = \"/videos\"\nplugin = \"video-producer\"\n",
+             [[routes]]\nmethod = \"POST\"\npath = \"/videos\"\nplugin = \"video-producer\"\n\
+             [plugins.chat]\nwasm = {chat:?}\nshared-channels = [\"room:*\"]\n\
+             [[routes]]\nmethod = \"POST\"\npath = \"/rooms/:room\"\nplugin = \"chat\"\n",
             plugin("video-producer").display().to_string()
         );
         let consumer_config = format!(
             "{common}[plugins.video-worker]\nwasm = {:?}\nshared-queues = [\"video:ingest\"]\n\
-             [plugins.video-worker.consumers.\"video:ingest\"]\n",
+             [plugins.video-worker.consumers.\"video:ingest\"]\n\
+             [plugins.chat]\nwasm = {chat:?}\nshared-channels = [\"room:*\"]\n\
+             subscriptions = [\"room:*\"]\n",
             plugin("video-worker").display().to_string()
         );
         let traced = |service: &'static str| {
@@ -108,6 +113,67 @@ async fn one_trace_from_http_through_a_queue_to_another_host() {
         );
         assert_eq!(consumed.attributes["handler"], "queue");
         assert_ne!(server.span_id, client_span);
+
+        // Pub/sub: the message carries the trace too (in its envelope), and
+        // the subscriber sees the plugin's payload only.
+        let chat_trace = "0af7651916cd43dd8448eb211c80319c";
+        let r = reqwest::Client::new()
+            .post(format!("http://{}/rooms/lobby", producer.http))
+            .header("traceparent", format!("00-{chat_trace}-{client_span}-01"))
+            .body("hello")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let in_chat = |spans: &[ReceivedSpan], service: &str, name: &str, parent: &str| {
+            spans
+                .iter()
+                .find(|s| {
+                    s.service == service
+                        && s.trace_id == chat_trace
+                        && s.name == name
+                        && s.parent_span_id == parent
+                })
+                .cloned()
+        };
+        until("the pub/sub trace at the receiver", || async {
+            let spans = receiver.spans();
+            let chain = (|| {
+                let server = in_chat(&spans, "producer", "POST /rooms/lobby", client_span)?;
+                let invocation = in_chat(&spans, "producer", "chat http", &server.span_id)?;
+                let publish = spans.iter().find(|s| {
+                    s.parent_span_id == invocation.span_id
+                        && s.attributes.get("function").map(String::as_str) == Some("publish")
+                })?;
+                let message = in_chat(&spans, "consumer", "room:lobby process", &publish.span_id)?;
+                in_chat(&spans, "consumer", "chat message", &message.span_id)
+            })();
+            chain.map(|_| ()).ok_or_else(|| {
+                let seen: Vec<String> = spans
+                    .iter()
+                    .filter(|s| s.trace_id == chat_trace)
+                    .map(|s| {
+                        format!(
+                            "{}:{}({}<-{})",
+                            s.service, s.name, s.span_id, s.parent_span_id
+                        )
+                    })
+                    .collect();
+                format!("{seen:?}")
+            })
+        })
+        .await;
+        let mut c = redis.client().await;
+        let last: Option<Vec<u8>> = redis::cmd("GET")
+            .arg("rl:chat:kv:last:lobby")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(
+            last.as_deref(),
+            Some(&b"hello"[..]),
+            "the envelope is the host's"
+        );
 
         // The access records of both hosts name the trace.
         let logged = |p: &ServeProcess| p.log_text().contains(&format!("trace_id=\"{trace}\""));

@@ -16,6 +16,10 @@ impl Caps {
         // Stored nowhere, but a message travels to every subscriber's
         // connection: bounded like a stored value.
         self.check_write(0, payload.len())?;
+        // With traces on, the message carries this call's trace context
+        // (see `logging::TRACE_ENVELOPE`); subscribing hosts unwrap it.
+        let wrapped = crate::logging::wrap_payload(payload);
+        let payload = wrapped.as_deref().unwrap_or(payload);
         let n = self.admit().await?.publish(&channel, payload).await?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }

@@ -82,7 +82,13 @@ struct PluginWorkers {
 }
 
 /// One plugin's bounded buffer, drained by its workers in turn.
-type Buffer = Arc<Mutex<mpsc::Receiver<Message>>>;
+type Buffer = Arc<Mutex<mpsc::Receiver<Delivery>>>;
+
+/// A message for a plugin, with the publisher's trace context if it sent one.
+struct Delivery {
+    message: Message,
+    traceparent: Option<String>,
+}
 
 /// Spawns one subscriber connection and one worker pool per subscribed
 /// plugin (every plugin must be loaded: each subscribes like the plugin's
@@ -131,7 +137,7 @@ pub async fn start(
     let mut plugins = Vec::new();
     let mut readies = Vec::new();
     for (name, p, subs, redis) in planned {
-        let (tx, rx) = mpsc::channel::<Message>(p.triggers.subscription_buffer);
+        let (tx, rx) = mpsc::channel::<Delivery>(p.triggers.subscription_buffer);
         let buffer: Buffer = Arc::new(Mutex::new(rx));
         let routes = Arc::new(Routes {
             plugin: name.clone(),
@@ -221,7 +227,7 @@ impl Subscriber {
 struct Routes {
     plugin: PluginName,
     subs: Subscriptions,
-    queue: mpsc::Sender<Message>,
+    queue: mpsc::Sender<Delivery>,
 }
 
 /// How long `start` waits for the first subscriptions.
@@ -320,7 +326,8 @@ fn route(routes: &Routes, host: &Host, msg: &redis::Msg) {
     // here, before it is copied into the buffer: the buffer bounds messages
     // by count, so their size must be bounded too.
     let max = plugin.as_ref().map_or(u64::MAX, |p| p.quotas().max_input);
-    if msg.get_payload_bytes().len() as u64 > max {
+    let (traceparent, payload) = crate::logging::unwrap_payload(msg.get_payload_bytes());
+    if payload.len() as u64 > max {
         if let Some(p) = &plugin {
             p.count_dropped_message();
         }
@@ -331,7 +338,7 @@ fn route(routes: &Routes, host: &Host, msg: &redis::Msg) {
             .strip_prefix(&t.prefix)
             .unwrap_or(channel)
             .to_string();
-        let payload = msg.get_payload_bytes().to_vec();
+        let payload = payload.to_vec();
         if let Some(events) = &t.events
             && !events.iter().any(|e| e.as_bytes() == payload.as_slice())
         {
@@ -342,7 +349,11 @@ fn route(routes: &Routes, host: &Host, msg: &redis::Msg) {
             pattern: t.pattern.clone(),
             payload,
         };
-        if routes.queue.try_send(message).is_err()
+        let delivery = Delivery {
+            message,
+            traceparent: traceparent.map(str::to_string),
+        };
+        if routes.queue.try_send(delivery).is_err()
             && let Some(p) = &plugin
         {
             p.count_dropped_message();
@@ -372,12 +383,42 @@ fn workers(
                         _ = stopped.wait_for(|s| *s) => None,
                         m = async { buffer.lock().await.recv().await } => m,
                     };
-                    let Some(message) = next else {
+                    let Some(Delivery {
+                        message,
+                        traceparent,
+                    }) = next
+                    else {
                         return;
                     };
                     let source = format!("channel {}", message.channel);
+                    // The message's span (a consumer span when traces are
+                    // on) continues the publisher's trace, if it sent one.
+                    let span = if crate::logging::tracing_on() {
+                        let span = tracing::info_span!(
+                            target: crate::logging::SPANS,
+                            "pubsub message",
+                            otel.name = format!("{} process", message.channel),
+                            otel.kind = "consumer",
+                            messaging.destination.name = %message.channel,
+                        );
+                        if let Some(tp) = &traceparent {
+                            crate::logging::continue_trace(
+                                &span,
+                                std::iter::once(("traceparent", tp.as_str())),
+                            );
+                        }
+                        span
+                    } else {
+                        tracing::Span::none()
+                    };
                     let call = Call::Message(&message);
-                    if let Err(e) = super::call(&host, &plugin, call, &source).await {
+                    let called = {
+                        use tracing::Instrument as _;
+                        super::call(&host, &plugin, call, &source)
+                            .instrument(span)
+                            .await
+                    };
+                    if let Err(e) = called {
                         tracing::warn!(%plugin, channel = %message.channel, "message handler failed: {e}");
                     }
                 }
