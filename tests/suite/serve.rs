@@ -1573,7 +1573,7 @@ shared-queues = ["video:ingest"]
             .unwrap()
             .matches("- alert:")
             .count();
-        redloom_tests::until("every alert rule evaluated", || async {
+        let rules = redloom_tests::until("every alert rule evaluated", || async {
             let data = prometheus.api("rules", &[]).await;
             let rules: Vec<serde_json::Value> = data["groups"]
                 .as_array()
@@ -1584,12 +1584,18 @@ shared-queues = ["video:ingest"]
             let bad: Vec<&serde_json::Value> =
                 rules.iter().filter(|r| r["health"] != "ok").collect();
             if rules.len() == rule_count && bad.is_empty() {
-                Ok(())
+                Ok(rules)
             } else {
                 Err(format!("{} of {rule_count} loaded; not ok: {bad:?}", rules.len()))
             }
         })
         .await;
+        // Each alert's expression also answers a query of its own (empty
+        // unless it fires; `api` fails the test on an error answer).
+        for rule in &rules {
+            let expr = rule["query"].as_str().expect("a rule's query");
+            prometheus.query(expr).await;
+        }
         drop(prometheus);
         s.shutdown().await;
     })
