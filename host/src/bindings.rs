@@ -8,7 +8,7 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "redloom:plugin/any-plugin",
-    imports: { default: async | trappable | tracing },
+    imports: { default: async | trappable },
     exports: { default: async },
 });
 

@@ -685,29 +685,31 @@ impl Plugin {
         // A span (exported as a trace) only when traces are on: the call
         // path stays free of span bookkeeping otherwise. Its parent is the
         // trigger's span (an HTTP request, a queue message), if any.
-        let span = if crate::logging::tracing_on() {
-            tracing::info_span!(
+        let (result, span) = if crate::logging::tracing_on() {
+            use tracing::Instrument as _;
+            let span = tracing::info_span!(
                 target: crate::logging::SPANS,
                 "invocation",
                 otel.name = format!("{} {}", self.name(), call.kind().name()),
                 plugin = %self.name(),
                 handler = call.kind().name(),
                 outcome = tracing::field::Empty,
-            )
-        } else {
-            tracing::Span::none()
-        };
-        let result = {
-            use tracing::Instrument as _;
-            self.call_metered(redis, call, &record.cpu)
+            );
+            let result = self
+                .call_metered(redis, call, &record.cpu)
                 .instrument(span.clone())
-                .await
+                .await;
+            (result, Some(span))
+        } else {
+            (self.call_metered(redis, call, &record.cpu).await, None)
         };
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
             Err(e) => e.outcome(),
         };
-        span.record("outcome", outcome.label().as_ref());
+        if let Some(span) = span {
+            span.record("outcome", outcome.label().as_ref());
+        }
         record.outcome = Some(outcome);
         result
     }

@@ -926,7 +926,7 @@ fn give_up_at_end(
 
 impl Host for Caps {
     async fn lookup(&mut self, key: String, options: LookupOptions) -> R<LookupResult> {
-        let found = self.cache_lookup(&key, options).await;
+        let found = traced!("cache", "lookup", self.cache_lookup(&key, options));
         if let Ok(r) = &found {
             self.plugin.stats.cache_lookup(match r {
                 LookupResult::Fresh(_) => CacheResult::Fresh,
@@ -945,7 +945,11 @@ impl Host for Caps {
         value: Option<Vec<u8>>,
         ttls: Ttls,
     ) -> R<bool> {
-        let stored = self.cache_fill(&key, &lease, value.as_deref(), ttls).await;
+        let stored = traced!(
+            "cache",
+            "fill",
+            self.cache_fill(&key, &lease, value.as_deref(), ttls)
+        );
         if let Ok(true) = stored {
             self.plugin.stats.cache_fill();
         }
@@ -953,7 +957,11 @@ impl Host for Caps {
     }
 
     async fn abandon(&mut self, key: String, lease: Lease) -> R<bool> {
-        Ok(self.cache_abandon(&key, &lease).await)
+        Ok(traced!(
+            "cache",
+            "abandon",
+            self.cache_abandon(&key, &lease)
+        ))
     }
 
     async fn set(
@@ -963,15 +971,23 @@ impl Host for Caps {
         ttls: Ttls,
         tags: Vec<String>,
     ) -> R<()> {
-        Ok(self.cache_set(&key, value.as_deref(), ttls, &tags).await)
+        Ok(traced!(
+            "cache",
+            "set",
+            self.cache_set(&key, value.as_deref(), ttls, &tags)
+        ))
     }
 
     async fn invalidate(&mut self, key: String) -> R<bool> {
-        Ok(self.cache_invalidate(&key).await)
+        Ok(traced!("cache", "invalidate", self.cache_invalidate(&key)))
     }
 
     async fn invalidate_tag(&mut self, tag: String) -> R<()> {
-        Ok(self.cache_invalidate_tag(&tag).await)
+        Ok(traced!(
+            "cache",
+            "invalidate-tag",
+            self.cache_invalidate_tag(&tag)
+        ))
     }
 }
 

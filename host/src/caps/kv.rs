@@ -108,31 +108,31 @@ impl Caps {
 
 impl Host for Caps {
     async fn get(&mut self, key: String) -> R<Option<Vec<u8>>> {
-        Ok(self.kv_get(&key).await)
+        Ok(traced!("kv", "get", self.kv_get(&key)))
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, options: SetOptions) -> R<bool> {
-        Ok(self.kv_set(&key, &value, options).await)
+        Ok(traced!("kv", "set", self.kv_set(&key, &value, options)))
     }
 
     async fn delete(&mut self, key: String) -> R<bool> {
-        Ok(self.kv_delete(&key).await)
+        Ok(traced!("kv", "delete", self.kv_delete(&key)))
     }
 
     async fn exists(&mut self, key: String) -> R<bool> {
-        Ok(self.kv_exists(&key).await)
+        Ok(traced!("kv", "exists", self.kv_exists(&key)))
     }
 
     async fn increment(&mut self, key: String, delta: i64) -> R<i64> {
-        Ok(self.kv_increment(&key, delta).await)
+        Ok(traced!("kv", "increment", self.kv_increment(&key, delta)))
     }
 
     async fn expire(&mut self, key: String, ttl_ms: u64) -> R<bool> {
-        Ok(self.kv_expire(&key, ttl_ms).await)
+        Ok(traced!("kv", "expire", self.kv_expire(&key, ttl_ms)))
     }
 
     async fn get_many(&mut self, keys: Vec<String>) -> R<Vec<Option<Vec<u8>>>> {
-        Ok(self.kv_get_many(&keys).await)
+        Ok(traced!("kv", "get-many", self.kv_get_many(&keys)))
     }
 
     async fn compare_and_swap(
@@ -142,6 +142,10 @@ impl Host for Caps {
         new: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> R<bool> {
-        Ok(self.kv_cas(&key, expected.as_deref(), &new, ttl_ms).await)
+        Ok(traced!(
+            "kv",
+            "compare-and-swap",
+            self.kv_cas(&key, expected.as_deref(), &new, ttl_ms)
+        ))
     }
 }

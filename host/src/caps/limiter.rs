@@ -473,7 +473,7 @@ impl Caps {
 
 impl Host for Caps {
     async fn check(&mut self, policy: String, key: String, cost: u64) -> R<Decision> {
-        let decision = self.limiter_check(&policy, &key, cost).await;
+        let decision = traced!("limiter", "check", self.limiter_check(&policy, &key, cost));
         // A peek (cost 0) decides nothing.
         if let Ok(d) = &decision
             && cost > 0
@@ -484,7 +484,11 @@ impl Host for Caps {
     }
 
     async fn acquire(&mut self, policy: String, key: String, slots: u64) -> R<Acquisition> {
-        let acquisition = self.limiter_acquire(policy, key, slots).await;
+        let acquisition = traced!(
+            "limiter",
+            "acquire",
+            self.limiter_acquire(policy, key, slots)
+        );
         if let Ok(a) = &acquisition {
             self.plugin.stats.limiter_decision(a.decision.allowed);
         }
@@ -505,19 +509,35 @@ impl Host for Caps {
     }
 
     async fn set_override(&mut self, policy: String, key: String, limits: WitLimits) -> R<()> {
-        Ok(self.limiter_set_override(&policy, &key, limits).await)
+        Ok(traced!(
+            "limiter",
+            "set-override",
+            self.limiter_set_override(&policy, &key, limits)
+        ))
     }
 
     async fn get_override(&mut self, policy: String, key: String) -> R<Option<WitLimits>> {
-        Ok(self.limiter_get_override(&policy, &key).await)
+        Ok(traced!(
+            "limiter",
+            "get-override",
+            self.limiter_get_override(&policy, &key)
+        ))
     }
 
     async fn clear_override(&mut self, policy: String, key: String) -> R<bool> {
-        Ok(self.limiter_clear_override(&policy, &key).await)
+        Ok(traced!(
+            "limiter",
+            "clear-override",
+            self.limiter_clear_override(&policy, &key)
+        ))
     }
 
     async fn reset(&mut self, policy: String, key: String) -> R<bool> {
-        Ok(self.limiter_reset(&policy, &key).await)
+        Ok(traced!(
+            "limiter",
+            "reset",
+            self.limiter_reset(&policy, &key)
+        ))
     }
 }
 

@@ -609,28 +609,29 @@ fn to_wit(handle: Resource<LockHandle>) -> Resource<WitLock> {
 impl Host for Caps {
     async fn acquire(&mut self, name: String, ttl_ms: u64, wait_ms: u64) -> R<Resource<WitLock>> {
         let wait = Some(Duration::from_millis(wait_ms));
-        Ok(self
-            .counted_acquire(name, ttl_ms, wait)
-            .await
-            .and_then(|r| {
+        Ok(
+            traced!("lock", "acquire", self.counted_acquire(name, ttl_ms, wait)).and_then(|r| {
                 r.map(to_wit)
                     .ok_or_else(|| Error::Other("the lock was neither taken nor timed out".into()))
-            }))
+            }),
+        )
     }
 
     async fn try_acquire(&mut self, name: String, ttl_ms: u64) -> R<Option<Resource<WitLock>>> {
-        Ok(self
-            .counted_acquire(name, ttl_ms, None)
-            .await
-            .map(|r| r.map(to_wit)))
+        Ok(traced!(
+            "lock",
+            "try-acquire",
+            self.counted_acquire(name, ttl_ms, None)
+        )
+        .map(|r| r.map(to_wit)))
     }
 
     async fn holder(&mut self, name: String) -> R<Option<HolderInfo>> {
-        Ok(self.lock_holder(&name).await)
+        Ok(traced!("lock", "holder", self.lock_holder(&name)))
     }
 
     async fn is_locked(&mut self, name: String) -> R<bool> {
-        Ok(self.lock_is_locked(&name).await)
+        Ok(traced!("lock", "is-locked", self.lock_is_locked(&name)))
     }
 }
 
@@ -644,11 +645,11 @@ impl HostLock for Caps {
     }
 
     async fn release(&mut self, handle: Resource<WitLock>) -> R<Ownership> {
-        self.lock_release(&ours(&handle)).await
+        traced!("lock", "release", self.lock_release(&ours(&handle)))
     }
 
     async fn extend(&mut self, handle: Resource<WitLock>, ttl_ms: u64) -> R<Ownership> {
-        self.lock_extend(&ours(&handle), ttl_ms).await
+        traced!("lock", "extend", self.lock_extend(&ours(&handle), ttl_ms))
     }
 
     async fn auto_renew(&mut self, handle: Resource<WitLock>, enabled: bool) -> R<()> {

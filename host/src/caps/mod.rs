@@ -3,6 +3,34 @@
 //! into the plugin's namespace here, Redis is reached only through
 //! [`crate::redis`], and every failure becomes a typed WIT `error`.
 
+/// Awaits a capability call's future inside a span of its own (exported
+/// as a trace's child span: `module`, `function`, never the values) when
+/// traces are on; with them off the future is awaited as it is, no span
+/// and no wrapper.
+macro_rules! traced {
+    // `match`: temporaries in the call (`&ours(&handle)`) live until it
+    // has been awaited.
+    ($module:literal, $function:literal, $call:expr) => {
+        match $call {
+            call => {
+                if crate::logging::tracing_on() {
+                    use tracing::Instrument as _;
+                    call.instrument(tracing::info_span!(
+                        target: crate::logging::SPANS,
+                        "capability call",
+                        otel.name = concat!($module, ".", $function),
+                        module = $module,
+                        function = $function,
+                    ))
+                    .await
+                } else {
+                    call.await
+                }
+            }
+        }
+    };
+}
+
 pub(crate) mod cache;
 mod common;
 mod config;

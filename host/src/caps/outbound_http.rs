@@ -158,7 +158,7 @@ impl Host for Caps {
         &mut self,
         request: OutgoingRequest,
     ) -> wasmtime::Result<Result<Response, Error>> {
-        Ok(Caps::send(self, request).await)
+        Ok(traced!("outbound-http", "send", Caps::send(self, request)))
     }
 }
 

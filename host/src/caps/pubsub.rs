@@ -31,6 +31,10 @@ impl Host for Caps {
         channel: String,
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<u32, Error>> {
-        Ok(Caps::publish(self, &channel, &payload).await)
+        Ok(traced!(
+            "pubsub",
+            "publish",
+            Caps::publish(self, &channel, &payload)
+        ))
     }
 }

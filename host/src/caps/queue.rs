@@ -112,6 +112,10 @@ impl Host for Caps {
         payload: Vec<u8>,
         options: EnqueueOptions,
     ) -> wasmtime::Result<Result<String, Error>> {
-        Ok(Caps::enqueue(self, &queue, &payload, options).await)
+        Ok(traced!(
+            "queue",
+            "enqueue",
+            Caps::enqueue(self, &queue, &payload, options)
+        ))
     }
 }
