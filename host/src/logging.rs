@@ -58,8 +58,8 @@ pub struct Telemetry {
     pub service_name: Option<String>,
 }
 
-/// The target of the spans exported as traces (invocations, requests,
-/// queue messages); capability calls are the bindings' own spans.
+/// The target of the spans exported as traces: requests, queue and pub/sub
+/// messages, invocations, capability calls (`caps::traced!`).
 pub const SPANS: &str = "redloom::otel";
 
 static TRACING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -132,8 +132,8 @@ pub fn init(format: LogFormat, default: &str, telemetry: &Telemetry) -> Telemetr
 type OtelLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
 
 /// The exporting layer, if a collector is configured: spans of [`SPANS`]
-/// and the capability calls' spans (`redloom::bindings`, trace level) go to
-/// it, nothing else.
+/// (requests, messages, invocations, capability calls) go to it, nothing
+/// else.
 fn tracer(
     telemetry: &Telemetry,
 ) -> Result<Option<(OtelLayer, opentelemetry_sdk::trace::SdkTracerProvider)>, String> {
@@ -177,9 +177,7 @@ fn tracer(
     let layer = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("redloom"))
         .with_filter(
-            tracing_subscriber::filter::Targets::new()
-                .with_target(SPANS, tracing::Level::INFO)
-                .with_target("redloom::bindings", tracing::Level::TRACE),
+            tracing_subscriber::filter::Targets::new().with_target(SPANS, tracing::Level::INFO),
         )
         .boxed();
     Ok(Some((layer, provider)))
