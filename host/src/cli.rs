@@ -194,12 +194,6 @@ fn pairs(flag: &str, sep: char, items: &[String]) -> Result<Vec<(String, String)
         .collect()
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl HandlerArgs {
     /// The call these flags ask for, carrying `input`; `plugin` and the
     /// configuration's routes fill in an HTTP request's route parameters.
@@ -265,7 +259,7 @@ impl HandlerArgs {
             }));
         }
         if let Some(queue) = self.job {
-            let now = unix_ms();
+            let now = crate::units::unix_ms();
             return Ok(CliCall::Job(crate::plugin::Job {
                 queue,
                 id: format!("{now}-0"),
@@ -278,7 +272,7 @@ impl HandlerArgs {
         if let Some(timer) = self.tick {
             return Ok(CliCall::Tick(crate::plugin::Tick {
                 timer,
-                scheduled_ms: unix_ms(),
+                scheduled_ms: crate::units::unix_ms(),
             }));
         }
         Ok(CliCall::Invoke(input))

@@ -367,9 +367,8 @@ fn store(component: &Component, path: &Path) -> anyhow::Result<()> {
     let dir = path.parent().context("cache path has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let bytes = component.serialize().map_err(anyhow_from)?;
-    // Unique per process and artifact, so concurrent loads never share a temp file.
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    // Its temporary file is unique per process, so concurrent loads never
+    // share one.
+    crate::files::write_atomically(path, &bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -212,6 +212,36 @@ pub fn continue_trace<'a>(span: &tracing::Span, headers: impl Iterator<Item = (&
     let _ = span.set_parent(parent);
 }
 
+/// A consumer span for a message taken from `destination` (a queue or
+/// pub/sub channel), continuing the producer's trace from the message's
+/// `headers` (its `traceparent`); none when traces are off.
+pub fn consumer_span<'a>(
+    destination: &str,
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+) -> tracing::Span {
+    if !tracing_on() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: SPANS,
+        "message",
+        otel.name = format!("{destination} process"),
+        otel.kind = "consumer",
+        messaging.destination.name = destination,
+    );
+    continue_trace(&span, headers);
+    span
+}
+
+/// The trace id of the current span (hex), for access records; `None`
+/// when traces are off.
+pub fn current_trace_id() -> Option<String> {
+    if !tracing_on() {
+        return None;
+    }
+    trace_id(&tracing::Span::current())
+}
+
 /// The trace id of `span` (hex), for access records; `None` when traces
 /// are off.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {

@@ -467,22 +467,31 @@ async fn writes_are_bounded_per_value_and_per_plugin() {
     .await;
 }
 
-/// Control characters in a plugin's log message and stdout are escaped, so
-/// it cannot start a line of its own (and pretend to be another plugin's)
-/// or send terminal escapes; the message stays one record.
-#[test]
-fn log_lines_cannot_be_forged() {
+/// The standard error of `redloom -v ARGS invoke` of the hostile plugin's
+/// log-forging program, which must succeed.
+fn log_forge(args: &[&str]) -> String {
     let out = redloom_tests::run_with_timeout(
         std::process::Command::new(redloom_tests::redloom_bin())
-            .args(["-v", "--data-dir"])
+            .arg("-v")
+            .args(args)
+            .arg("--data-dir")
             .arg(tempfile::tempdir().unwrap().path())
             .args(["invoke"])
             .arg(plugin("hostile"))
             .args(["--input", "log-forge"]),
         Duration::from_secs(120),
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+/// Control characters in a plugin's log message and stdout are escaped, so
+/// it cannot start a line of its own (and pretend to be another plugin's)
+/// or send terminal escapes; the message stays one record.
+#[test]
+fn log_lines_cannot_be_forged() {
+    let stderr = log_forge(&[]);
     assert!(
         !stderr
             .lines()
@@ -520,17 +529,7 @@ fn log_lines_cannot_be_forged() {
 /// it (none names the victim), and each keeps the level it asked for.
 #[test]
 fn json_log_records_cannot_be_forged() {
-    let out = redloom_tests::run_with_timeout(
-        std::process::Command::new(redloom_tests::redloom_bin())
-            .args(["-v", "--log-format", "json", "--data-dir"])
-            .arg(tempfile::tempdir().unwrap().path())
-            .args(["invoke"])
-            .arg(plugin("hostile"))
-            .args(["--input", "log-forge"]),
-        Duration::from_secs(120),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let stderr = log_forge(&["--log-format", "json"]);
     let records: Vec<serde_json::Value> = stderr
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))

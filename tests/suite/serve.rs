@@ -809,19 +809,15 @@ async fn route_to_plugin_without_http_handler_is_refused() {
     .await;
 }
 
-/// The seed's per-IP limit over HTTP: `RateLimit-*` headers on every answer,
-/// 429 with `Retry-After` once a client's burst is spent; other clients and
-/// the direct (proxy-less) client are counted apart, and only trusted
-/// `x-forwarded-for` hops count.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ip_rate_limit_over_http() {
-    with_timeout(async {
-        let extra = format!(
-            r#"
+/// The ip-rate-limit example routed at `GET /search`, a burst of 3 per
+/// client and one more each hour, with `settings` (TOML lines).
+fn ip_rate_limit_config(settings: &str) -> String {
+    format!(
+        r#"
 [plugins.ip-rate-limit]
 wasm = {wasm:?}
 [plugins.ip-rate-limit.settings]
-trusted-proxies = 2
+{settings}
 [plugins.ip-rate-limit.limiters.per-ip]
 algorithm = "gcra"
 rate = "1/hour"
@@ -831,8 +827,18 @@ method = "GET"
 path = "/search"
 plugin = "ip-rate-limit"
 "#,
-            wasm = plugin("ip-rate-limit").display().to_string()
-        );
+        wasm = plugin("ip-rate-limit").display().to_string()
+    )
+}
+
+/// The seed's per-IP limit over HTTP: `RateLimit-*` headers on every answer,
+/// 429 with `Retry-After` once a client's burst is spent; other clients and
+/// the direct (proxy-less) client are counted apart, and only trusted
+/// `x-forwarded-for` hops count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_rate_limit_over_http() {
+    with_timeout(async {
+        let extra = ip_rate_limit_config("trusted-proxies = 2");
         let s = serve(&probe_config(&extra)).await;
         let c = client();
         let get = |ip: Option<&'static str>| {
@@ -1447,17 +1453,7 @@ async fn dashboard_and_alerts_in_prometheus() {
 
         let (origin_addr, _) = origin().await;
         let extra = format!(
-            r#"{cached}
-[plugins.ip-rate-limit]
-wasm = {limited:?}
-[plugins.ip-rate-limit.limiters.per-ip]
-algorithm = "gcra"
-rate = "1/hour"
-burst = 3
-[[routes]]
-method = "GET"
-path = "/search"
-plugin = "ip-rate-limit"
+            r#"{cached}{limited}
 [plugins.reserve-inventory]
 wasm = {inventory:?}
 [plugins.video-producer]
@@ -1473,7 +1469,7 @@ shared-queues = ["video:ingest"]
 [plugins.video-worker.consumers."video:ingest"]
 "#,
             cached = get_user_cached_config(origin_addr, 300),
-            limited = plugin("ip-rate-limit").display().to_string(),
+            limited = ip_rate_limit_config(""),
             inventory = plugin("reserve-inventory").display().to_string(),
             producer = plugin("video-producer").display().to_string(),
             worker = plugin("video-worker").display().to_string(),

@@ -63,15 +63,7 @@ async fn one_trace_from_http_through_a_queue_to_another_host() {
         assert_eq!(r.status(), 202);
 
         let find = |spans: &[ReceivedSpan], service: &str, name: &str, parent: &str| {
-            spans
-                .iter()
-                .find(|s| {
-                    s.service == service
-                        && s.trace_id == trace
-                        && s.name == name
-                        && s.parent_span_id == parent
-                })
-                .cloned()
+            span_of(spans, trace, service, name, parent)
         };
         let (server, invocation, enqueue, message, consumed) =
             until("the whole trace at the receiver", || async {
@@ -90,18 +82,7 @@ async fn one_trace_from_http_through_a_queue_to_another_host() {
                         find(&spans, "consumer", "video-worker queue", &message.span_id)?;
                     Some((server, invocation, enqueue.clone(), message, consumed))
                 })();
-                chain.ok_or_else(|| {
-                    let seen: Vec<String> = spans
-                        .iter()
-                        .map(|s| {
-                            format!(
-                                "{}:{}({}<-{})",
-                                s.service, s.name, s.span_id, s.parent_span_id
-                            )
-                        })
-                        .collect();
-                    format!("{seen:?}")
-                })
+                chain.ok_or_else(|| seen(&spans, trace))
             })
             .await;
         assert_eq!(invocation.attributes["plugin"], "video-producer");
@@ -126,15 +107,7 @@ async fn one_trace_from_http_through_a_queue_to_another_host() {
             .unwrap();
         assert_eq!(r.status(), 202);
         let in_chat = |spans: &[ReceivedSpan], service: &str, name: &str, parent: &str| {
-            spans
-                .iter()
-                .find(|s| {
-                    s.service == service
-                        && s.trace_id == chat_trace
-                        && s.name == name
-                        && s.parent_span_id == parent
-                })
-                .cloned()
+            span_of(spans, chat_trace, service, name, parent)
         };
         until("the pub/sub trace at the receiver", || async {
             let spans = receiver.spans();
@@ -148,19 +121,7 @@ async fn one_trace_from_http_through_a_queue_to_another_host() {
                 let message = in_chat(&spans, "consumer", "room:lobby process", &publish.span_id)?;
                 in_chat(&spans, "consumer", "chat message", &message.span_id)
             })();
-            chain.map(|_| ()).ok_or_else(|| {
-                let seen: Vec<String> = spans
-                    .iter()
-                    .filter(|s| s.trace_id == chat_trace)
-                    .map(|s| {
-                        format!(
-                            "{}:{}({}<-{})",
-                            s.service, s.name, s.span_id, s.parent_span_id
-                        )
-                    })
-                    .collect();
-                format!("{seen:?}")
-            })
+            chain.map(|_| ()).ok_or_else(|| seen(&spans, chat_trace))
         })
         .await;
         let mut c = redis.client().await;
@@ -189,4 +150,39 @@ async fn one_trace_from_http_through_a_queue_to_another_host() {
         consumer.stop().await;
     })
     .await;
+}
+
+/// The span of trace `trace` from `service` named `name` whose parent is
+/// `parent`.
+fn span_of(
+    spans: &[ReceivedSpan],
+    trace: &str,
+    service: &str,
+    name: &str,
+    parent: &str,
+) -> Option<ReceivedSpan> {
+    spans
+        .iter()
+        .find(|s| {
+            s.service == service
+                && s.trace_id == trace
+                && s.name == name
+                && s.parent_span_id == parent
+        })
+        .cloned()
+}
+
+/// The spans of `trace` received so far, as `service:name(id<-parent)`.
+fn seen(spans: &[ReceivedSpan], trace: &str) -> String {
+    let seen: Vec<String> = spans
+        .iter()
+        .filter(|s| s.trace_id == trace)
+        .map(|s| {
+            format!(
+                "{}:{}({}<-{})",
+                s.service, s.name, s.span_id, s.parent_span_id
+            )
+        })
+        .collect();
+    format!("{seen:?}")
 }

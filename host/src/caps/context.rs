@@ -115,9 +115,7 @@ impl PluginContext {
     /// [`DROP_WARNING_EVERY`](crate::caps::log::DROP_WARNING_EVERY).
     pub fn warn_log_dropped(&self) {
         use std::sync::atomic::Ordering;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = crate::units::unix_ms();
         let last = self.log_drop_warned_ms.load(Ordering::Relaxed);
         let every = crate::caps::log::DROP_WARNING_EVERY.as_millis() as u64;
         if now.saturating_sub(last) >= every

@@ -158,7 +158,7 @@ pub async fn call(
         handler: call.kind(),
         source,
         outcome: None,
-        trace_id: crate::logging::trace_id(&tracing::Span::current()),
+        trace_id: crate::logging::current_trace_id(),
     };
     let result = host.call(plugin, call).await;
     access.outcome = Some(match &result {

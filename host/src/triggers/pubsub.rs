@@ -391,26 +391,12 @@ fn workers(
                         return;
                     };
                     let source = format!("channel {}", message.channel);
-                    // The message's span (a consumer span when traces are
-                    // on) continues the publisher's trace, if it sent one.
-                    let span = if crate::logging::tracing_on() {
-                        let span = tracing::info_span!(
-                            target: crate::logging::SPANS,
-                            "pubsub message",
-                            otel.name = format!("{} process", message.channel),
-                            otel.kind = "consumer",
-                            messaging.destination.name = %message.channel,
-                        );
-                        if let Some(tp) = &traceparent {
-                            crate::logging::continue_trace(
-                                &span,
-                                std::iter::once(("traceparent", tp.as_str())),
-                            );
-                        }
-                        span
-                    } else {
-                        tracing::Span::none()
-                    };
+                    // The message's span continues the publisher's trace,
+                    // if it sent one.
+                    let span = crate::logging::consumer_span(
+                        &message.channel,
+                        traceparent.as_deref().map(|tp| ("traceparent", tp)).into_iter(),
+                    );
                     let call = Call::Message(&message);
                     let called = {
                         use tracing::Instrument as _;

@@ -453,26 +453,12 @@ impl Shared {
             }
         }
         let source = format!("queue {} message {}", self.queue, job.id);
-        // The message's span (a consumer span when traces are on) continues
-        // the producer's trace from the `traceparent` it carries.
-        let span = if crate::logging::tracing_on() {
-            let span = tracing::info_span!(
-                target: crate::logging::SPANS,
-                "queue message",
-                otel.name = format!("{} process", self.queue),
-                otel.kind = "consumer",
-                messaging.destination.name = %self.queue,
-                messaging.message.id = %job.id,
-                attempt,
-            );
-            crate::logging::continue_trace(
-                &span,
-                job.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            );
-            span
-        } else {
-            tracing::Span::none()
-        };
+        // The message's span continues the producer's trace from the
+        // `traceparent` it carries.
+        let span = crate::logging::consumer_span(
+            &self.queue,
+            job.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         let called = {
             use tracing::Instrument as _;
             super::call(&self.host, &self.plugin, Call::Job(&job), &source)

@@ -24,7 +24,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -54,12 +54,6 @@ pub fn start(
         }
     }
     tasks
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The first tick strictly after `after_ms`.
@@ -105,12 +99,12 @@ async fn run(
         },
         Schedule::Every(_) => None,
     };
-    let Some(mut due) = next_tick(&t.schedule, cron.as_ref(), now_ms()) else {
+    let Some(mut due) = next_tick(&t.schedule, cron.as_ref(), crate::units::unix_ms()) else {
         tracing::warn!(%plugin, %timer, "the schedule has no future tick");
         return;
     };
     loop {
-        let now = now_ms();
+        let now = crate::units::unix_ms();
         if due > now {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(due - now)) => {}
@@ -125,7 +119,7 @@ async fn run(
         // Not raced against the stop signal: a tick that started finishes.
         fire(&host, &plugin, &timer, &t, due).await;
         // Where the schedule stands after this tick (which may have run long).
-        let now = now_ms();
+        let now = crate::units::unix_ms();
         let Some(next) = next_tick(&t.schedule, cron.as_ref(), due) else {
             return;
         };
@@ -173,7 +167,7 @@ fn claimable(schedule: &Schedule, due: u64, now: u64) -> bool {
 
 async fn fire(host: &Host, plugin: &PluginName, timer: &str, t: &TimerConfig, due: u64) {
     if t.singleton {
-        if !claimable(&t.schedule, due, now_ms()) {
+        if !claimable(&t.schedule, due, crate::units::unix_ms()) {
             tracing::warn!(
                 %plugin,
                 timer,
