@@ -53,6 +53,9 @@
 //! - [`kv`]: get / set (TTL, if-absent / if-present) / delete / exists /
 //!   increment / expire / get-many / compare-and-swap in the plugin's own key
 //!   namespace.
+//! - Redis data structures in the same key space: [`hash`], [`set`],
+//!   [`sorted_set`], [`list`], [`hyperloglog`], and [`keys`] (scan, type,
+//!   time to live, rename, delete, and the slot groups of multi-key calls).
 //! - [`lock`]: distributed locks with fencing tokens — acquire with a bounded
 //!   wait, a [`lock::LockGuard`] that releases on drop, extend, auto-renew.
 //! - [`limiter`]: distributed per-key rate limits — GCRA, token bucket,
@@ -79,13 +82,19 @@ mod handlers;
 
 pub mod cache;
 pub mod config;
+pub mod hash;
 pub mod http;
+pub mod hyperloglog;
+pub mod keys;
 pub mod kv;
 pub mod limiter;
+pub mod list;
 pub mod lock;
 pub mod log;
 pub mod pubsub;
 pub mod queue;
+pub mod set;
+pub mod sorted_set;
 
 #[doc(hidden)]
 #[path = "private.rs"]

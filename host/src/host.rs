@@ -271,6 +271,7 @@ impl Host {
         // Near-cache tracking runs on the host's own connection, asking
         // only for the plugin's prefixes (see `redis::tracking`).
         plugin.near_cache().set_tracker(self.redis.clone());
+        plugin.set_key_scanner(self.redis.clone());
         let plugin = Arc::new(plugin);
         let report = plugin.report();
         tracing::info!(

@@ -41,7 +41,7 @@
 
 pub mod bindings;
 mod caps;
-pub use caps::near_cache;
+pub use caps::{data, near_cache};
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -617,6 +617,13 @@ impl Plugin {
         &self.context.near_cache
     }
 
+    /// Scan the plugin's keys (`keys.scan`) over `redis`, the host's own
+    /// connection, rather than the plugin's (which may be an ACL user
+    /// without `SCAN`).
+    pub fn set_key_scanner(&self, redis: Redis) {
+        let _ = self.context.key_scanner.set(redis);
+    }
+
     /// Instantiates once and type-checks every exported handler, without
     /// calling any. `redis` may be `None` (as in `redloom check`): the
     /// instance never reaches a capability during instantiation.

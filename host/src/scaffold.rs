@@ -171,6 +171,7 @@ const WIT: &[(&str, &str)] = &[
     ("log.wit", include_str!("../../wit/log.wit")),
     ("pubsub.wit", include_str!("../../wit/pubsub.wit")),
     ("queue.wit", include_str!("../../wit/queue.wit")),
+    ("structures.wit", include_str!("../../wit/structures.wit")),
     ("types.wit", include_str!("../../wit/types.wit")),
     ("worlds.wit", include_str!("../../wit/worlds.wit")),
 ];

@@ -1019,6 +1019,15 @@ pub fn spec(name: &str, crate_name: &str) -> PluginSpec {
     s
 }
 
+/// An HTTP client for the tests' requests to `serve`, with a 30 s timeout
+/// so no request outlives its test.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client")
+}
+
 /// `redloom serve` in this test process: a host started with `options`,
 /// with the plugins, triggers and listeners of `config`. Send on `stop` (or
 /// drop it) to shut it down; `done` ends when the shutdown is complete.

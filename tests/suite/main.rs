@@ -4,7 +4,7 @@
 //!
 //! `cargo test -p redloom-tests --test suite AREA::` runs one area;
 //! `REDLOOM_TEST_REDIS=cluster` runs the capability areas (`cache`,
-//! `limiter`, `lock`, `queue`) against a loopback Redis Cluster.
+//! `limiter`, `lock`, `queue`, `structures`) against a loopback Redis Cluster.
 
 mod attacks;
 mod bench;
@@ -24,5 +24,6 @@ mod queue;
 mod queue_poison;
 mod quotas;
 mod serve;
+mod structures;
 mod telemetry;
 mod triggers;

@@ -12,7 +12,7 @@ use redloom::host::Host;
 use redloom::serve::{ServeError, Server};
 use redloom_tests::PATIENCE;
 use redloom_tests::with_timeout;
-use redloom_tests::{RedisServer, host_options, plugin};
+use redloom_tests::{RedisServer, host_options, http_client as client, plugin};
 use reqwest::StatusCode;
 
 /// A running `serve` on free ports; dropping `stop` shuts it down.
@@ -167,13 +167,6 @@ async fn serve(config_text: &str) -> Served {
         redis,
         _dir: dir,
     }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 /// How long the test origin's `/slow` takes to answer: far past any

@@ -69,6 +69,12 @@ const IMPORTS: &[&str] = &[
     "cache",
     "pubsub",
     "queue",
+    "hash",
+    "set",
+    "sorted-set",
+    "list",
+    "hyperloglog",
+    "keys",
 ];
 
 /// A handler the SDK can export.
@@ -339,7 +345,8 @@ mod tests {
         let mut imported: Vec<&str> = body
             .lines()
             .filter_map(|l| l.trim().strip_prefix("import "))
-            .map(|l| l.trim_end_matches(';').trim())
+            // `%list`: a WIT keyword, escaped.
+            .map(|l| l.trim_end_matches(';').trim().trim_start_matches('%'))
             .collect();
         // Interfaces the imported ones `use` types from.
         imported.push("types");

@@ -45,6 +45,11 @@ pub struct PluginContext {
     /// Fresh cache hits kept in host memory (see `caps::near_cache`).
     pub near_cache: crate::near_cache::NearCache,
     pub queues: QueuePolicy,
+    /// The host's own connection, for `keys.scan`: a plugin under its own
+    /// ACL user may not `SCAN`, and the host confines the pattern to the
+    /// plugin's prefix itself (see `caps::data::keys`). Unset: the
+    /// plugin's connection scans.
+    pub key_scanner: std::sync::OnceLock<Redis>,
 }
 
 /// Which queues are shared and how long they may grow.
@@ -101,6 +106,7 @@ impl PluginContext {
             shared_channels: Default::default(),
             cache_flights: Default::default(),
             near_cache,
+            key_scanner: std::sync::OnceLock::new(),
             queues: QueuePolicy::default(),
             outbound: OutboundPolicy {
                 allowed: allowed_outbound,

@@ -35,7 +35,7 @@ pub(crate) mod cache;
 mod common;
 mod config;
 mod context;
-mod kv;
+pub mod data;
 pub(crate) mod limiter;
 pub(crate) mod lock;
 pub(crate) mod log;
@@ -58,6 +58,7 @@ impl From<CommandError> for Error {
             CommandError::Timeout => Error::Timeout(e.to_string()),
             CommandError::Unavailable(m) => Error::BackendUnavailable(m),
             CommandError::Rejected(m) => Error::InvalidArgument(m),
+            CommandError::Denied(m) => Error::Denied(m),
         }
     }
 }

@@ -155,12 +155,19 @@ pub enum CommandError {
     /// Redis rejected the command because of the data (wrong type, not an integer).
     #[error("Redis rejected the command: {0}")]
     Rejected(String),
+    /// The connection's ACL user may not run the command or touch the key
+    /// (`NOPERM`): the plugin's ACL boundary at work.
+    #[error("Redis refused the command to this ACL user: {0}")]
+    Denied(String),
 }
 
 impl From<RedisError> for CommandError {
     fn from(e: RedisError) -> Self {
         if e.is_timeout() {
             return CommandError::Timeout;
+        }
+        if e.code() == Some("NOPERM") || e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) {
+            return CommandError::Denied(e.detail().unwrap_or("no permission").to_string());
         }
         if e.code() == Some("WRONGTYPE") {
             return CommandError::Rejected("the key holds a value of another type".into());
@@ -179,6 +186,12 @@ pub type CommandResult<T> = Result<T, CommandError>;
 /// How often the Cluster client retries a command that met a moving slot
 /// or a failed node, with waits from 50 ms up to 1 s between tries.
 const CLUSTER_RETRIES: u32 = 6;
+
+/// Where [`Redis::scan_page`] keeps a Cluster node's position in the
+/// cursor: the top 16 bits; a node's own `SCAN` cursor stays below 2^48
+/// (it is less than the size of the node's hash table).
+const SCAN_NODE_SHIFT: u32 = 48;
+const SCAN_NODE_CURSOR: u64 = (1 << SCAN_NODE_SHIFT) - 1;
 
 /// When a `SET` may write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +263,14 @@ pub struct Redis {
     url: String,
     info: Info,
     options: RedisOptions,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Redis {
@@ -542,6 +563,91 @@ impl Redis {
             .arg(keys)
             .query_async(&mut self.conn.clone())
             .await?)
+    }
+
+    /// Sends one command a capability built (the data-structure
+    /// capabilities, `caps::data`: one command each, on keys already in the
+    /// plugin's namespace) and returns the reply as it came.
+    pub async fn command(&self, cmd: &Cmd) -> CommandResult<Value> {
+        Ok(cmd.query_async(&mut self.conn.clone()).await?)
+    }
+
+    /// One page of `SCAN cursor MATCH pattern COUNT count`. On a Cluster
+    /// the scan walks the primaries one after another (ordered by the
+    /// lowest slot each serves, from `CLUSTER SLOTS`):
+    /// the node's position is kept in the cursor's top 16 bits and the
+    /// node's own cursor in the rest, so the caller sees one cursor that is
+    /// 0 only when every primary is done. A failover during a scan may
+    /// repeat or miss keys, as for any `SCAN`.
+    pub async fn scan_page(
+        &self,
+        cursor: u64,
+        pattern: &str,
+        count: u32,
+    ) -> CommandResult<(u64, Vec<Vec<u8>>)> {
+        let scan = |node_cursor: u64| {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(node_cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(count);
+            cmd
+        };
+        let Conn::Cluster(conn) = &self.conn else {
+            return Ok(scan(cursor).query_async(&mut self.conn.clone()).await?);
+        };
+        // Each primary is named by the lowest slot it serves: commands
+        // routed to that slot reach it over the Cluster client's own
+        // connections.
+        let slots: Vec<Vec<Value>> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let mut lowest: std::collections::BTreeMap<String, u16> = Default::default();
+        for range in &slots {
+            let (Some(Value::Int(start)), Some(Value::Array(node))) = (range.first(), range.get(2))
+            else {
+                continue;
+            };
+            let Some(id) = node
+                .get(2)
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+            else {
+                continue;
+            };
+            let slot = *start as u16;
+            lowest
+                .entry(id)
+                .and_modify(|s| *s = (*s).min(slot))
+                .or_insert(slot);
+        }
+        let mut nodes: Vec<u16> = lowest.into_values().collect();
+        nodes.sort();
+        let index = (cursor >> SCAN_NODE_SHIFT) as usize;
+        let Some(&slot) = nodes.get(index) else {
+            // The Cluster shrank under the scan: it is over.
+            return Ok((0, Vec::new()));
+        };
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+            slot,
+            SlotAddr::Master,
+        )));
+        let reply = conn
+            .clone()
+            .route_command(scan(cursor & SCAN_NODE_CURSOR), route)
+            .await?;
+        let (next, keys): (u64, Vec<Vec<u8>>) =
+            redis::from_redis_value(reply).map_err(|e| CommandError::Rejected(e.to_string()))?;
+        let next = if next != 0 {
+            ((index as u64) << SCAN_NODE_SHIFT) | next
+        } else if index + 1 < nodes.len() {
+            ((index + 1) as u64) << SCAN_NODE_SHIFT
+        } else {
+            0
+        };
+        Ok((next, keys))
     }
 
     /// `PUBLISH`; returns how many subscriptions received the message.

@@ -7,31 +7,17 @@
 //! `storage`) and every value read through [`Caps::check_reply`]
 //! (`max-reply`).
 
-use super::Caps;
-use super::common::R;
 use crate::bindings::kv::{Host, SetCondition, SetOptions};
 use crate::bindings::types::Error;
+use crate::caps::Caps;
+use crate::caps::common::R;
 use crate::redis;
 
-fn positive_ttl(ttl_ms: u64) -> Result<u64, Error> {
-    if ttl_ms == 0 {
-        return Err(Error::InvalidArgument(
-            "ttl-ms must be greater than 0".into(),
-        ));
-    }
-    Ok(ttl_ms)
-}
+use super::positive_ttl;
 
 impl Caps {
-    fn kv_key(&self, key: &str) -> Result<String, Error> {
-        self.plugin
-            .namespace
-            .kv(key)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))
-    }
-
     async fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let key = self.kv_key(key)?;
+        let key = self.data_key(key)?;
         let value = self.admit().await?.get(&key).await?;
         self.check_reply(value.as_ref().map_or(0, Vec::len))?;
         Ok(value)
@@ -43,7 +29,7 @@ impl Caps {
         value: &[u8],
         options: SetOptions,
     ) -> Result<bool, Error> {
-        let key = self.kv_key(key)?;
+        let key = self.data_key(key)?;
         let ttl = options.ttl_ms.map(positive_ttl).transpose()?;
         self.check_write(key.len(), value.len())?;
         let condition = match options.condition {
@@ -55,22 +41,22 @@ impl Caps {
     }
 
     async fn kv_delete(&mut self, key: &str) -> Result<bool, Error> {
-        let key = self.kv_key(key)?;
+        let key = self.data_key(key)?;
         Ok(self.admit().await?.delete(&key).await?)
     }
 
     async fn kv_exists(&mut self, key: &str) -> Result<bool, Error> {
-        let key = self.kv_key(key)?;
+        let key = self.data_key(key)?;
         Ok(self.admit().await?.exists(&key).await?)
     }
 
     async fn kv_increment(&mut self, key: &str, delta: i64) -> Result<i64, Error> {
-        let key = self.kv_key(key)?;
+        let key = self.data_key(key)?;
         Ok(self.admit().await?.increment(&key, delta).await?)
     }
 
     async fn kv_expire(&mut self, key: &str, ttl_ms: u64) -> Result<bool, Error> {
-        let key = self.kv_key(key)?;
+        let key = self.data_key(key)?;
         let ttl = positive_ttl(ttl_ms)?;
         Ok(self.admit().await?.expire_ms(&key, ttl).await?)
     }
@@ -78,7 +64,7 @@ impl Caps {
     async fn kv_get_many(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
         let keys = keys
             .iter()
-            .map(|k| self.kv_key(k))
+            .map(|k| self.data_key(k))
             .collect::<Result<Vec<_>, _>>()?;
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -95,7 +81,7 @@ impl Caps {
         new: &[u8],
         ttl_ms: Option<u64>,
     ) -> Result<bool, Error> {
-        let key = self.kv_key(key)?;
+        let key = self.data_key(key)?;
         let ttl = ttl_ms.map(positive_ttl).transpose()?;
         self.check_write(key.len(), new.len())?;
         Ok(self

@@ -1,0 +1,133 @@
+//! `redloom:plugin/list`: Redis lists in the plugin's key space.
+
+use super::{check_count, check_items, command};
+use crate::bindings::list::{End, Host};
+use crate::bindings::types::Error;
+use crate::caps::Caps;
+use crate::caps::common::{R, invalid};
+
+/// `LEFT` or `RIGHT`, as `LMOVE` names the ends.
+fn side(end: End) -> &'static str {
+    match end {
+        End::Front => "LEFT",
+        End::Back => "RIGHT",
+    }
+}
+
+impl Caps {
+    /// `LPUSH`/`RPUSH` (or the `X` forms) of at least one value.
+    async fn list_push(
+        &mut self,
+        key: &str,
+        end: End,
+        values: Vec<Vec<u8>>,
+        if_exists: bool,
+    ) -> Result<u64, Error> {
+        let key = self.data_key(key)?;
+        if values.is_empty() {
+            return Err(invalid("push at least one value"));
+        }
+        check_items("values", values.len())?;
+        self.check_payload(&key, values.iter().map(Vec::len).sum())?;
+        let name = match (end, if_exists) {
+            (End::Front, false) => "LPUSH",
+            (End::Back, false) => "RPUSH",
+            (End::Front, true) => "LPUSHX",
+            (End::Back, true) => "RPUSHX",
+        };
+        self.query(command(name, (key, values))).await
+    }
+}
+
+impl Host for Caps {
+    async fn push(&mut self, key: String, end: End, values: Vec<Vec<u8>>) -> R<u64> {
+        Ok(traced!(
+            "list",
+            "push",
+            self.list_push(&key, end, values, false)
+        ))
+    }
+
+    async fn push_if_exists(&mut self, key: String, end: End, values: Vec<Vec<u8>>) -> R<u64> {
+        Ok(traced!(
+            "list",
+            "push-if-exists",
+            self.list_push(&key, end, values, true)
+        ))
+    }
+
+    async fn pop(&mut self, key: String, end: End, count: u32) -> R<Vec<Vec<u8>>> {
+        Ok(traced!("list", "pop", async {
+            let key = self.data_key(&key)?;
+            let count = check_count(count)?;
+            let name = match end {
+                End::Front => "LPOP",
+                End::Back => "RPOP",
+            };
+            // A missing key answers nil, not an empty list.
+            let popped: Option<Vec<Vec<u8>>> = self.query(command(name, (key, count))).await?;
+            Ok::<_, Error>(popped.unwrap_or_default())
+        }))
+    }
+
+    async fn range(&mut self, key: String, start: i64, stop: i64) -> R<Vec<Vec<u8>>> {
+        Ok(traced!("list", "range", async {
+            let key = self.data_key(&key)?;
+            self.query(command("LRANGE", (key, start, stop))).await
+        }))
+    }
+
+    async fn trim(&mut self, key: String, start: i64, stop: i64) -> R<()> {
+        Ok(traced!("list", "trim", async {
+            let key = self.data_key(&key)?;
+            self.query(command("LTRIM", (key, start, stop))).await
+        }))
+    }
+
+    async fn length(&mut self, key: String) -> R<u64> {
+        Ok(traced!("list", "length", async {
+            let key = self.data_key(&key)?;
+            self.query(command("LLEN", key)).await
+        }))
+    }
+
+    async fn index(&mut self, key: String, index: i64) -> R<Option<Vec<u8>>> {
+        Ok(traced!("list", "index", async {
+            let key = self.data_key(&key)?;
+            self.query(command("LINDEX", (key, index))).await
+        }))
+    }
+
+    async fn set(&mut self, key: String, index: i64, value: Vec<u8>) -> R<()> {
+        Ok(traced!("list", "set", async {
+            let key = self.data_key(&key)?;
+            self.check_payload(&key, value.len())?;
+            self.query(command("LSET", (key, index, value))).await
+        }))
+    }
+
+    async fn remove(&mut self, key: String, value: Vec<u8>, count: i64) -> R<u64> {
+        Ok(traced!("list", "remove", async {
+            let key = self.data_key(&key)?;
+            self.query(command("LREM", (key, count, value))).await
+        }))
+    }
+
+    async fn move_(
+        &mut self,
+        source: String,
+        destination: String,
+        from: End,
+        to: End,
+    ) -> R<Option<Vec<u8>>> {
+        Ok(traced!("list", "move", async {
+            let keys = self.grouped_keys(&[source, destination])?;
+            let [source, destination] = <[String; 2]>::try_from(keys).expect("two keys");
+            self.query(command(
+                "LMOVE",
+                (source, destination, side(from), side(to)),
+            ))
+            .await
+        }))
+    }
+}
