@@ -55,7 +55,9 @@
 //!   namespace.
 //! - Redis data structures in the same key space: [`hash`], [`set`],
 //!   [`sorted_set`], [`list`], [`hyperloglog`], and [`keys`] (scan, type,
-//!   time to live, rename, delete, and the slot groups of multi-key calls).
+//!   time to live, rename, delete, and the slot groups of multi-key calls);
+//!   [`batch`]: several of their commands atomically, or optimistically
+//!   (watch, read, commit unless changed).
 //! - [`lock`]: distributed locks with fencing tokens — acquire with a bounded
 //!   wait, a [`lock::LockGuard`] that releases on drop, extend, auto-renew.
 //! - [`limiter`]: distributed per-key rate limits — GCRA, token bucket,
@@ -80,6 +82,7 @@
 mod error;
 mod handlers;
 
+pub mod batch;
 pub mod cache;
 pub mod config;
 pub mod hash;

@@ -17,6 +17,6 @@ pub use self::exports::redloom::plugin::{
     http_handler, message_handler, queue_handler, timer_handler,
 };
 pub use self::redloom::plugin::{
-    config, hash, http_types, hyperloglog, keys, kv, limiter, list, lock, log, outbound_http,
-    pubsub, queue, set, sorted_set, types,
+    batch, config, hash, http_types, hyperloglog, keys, kv, limiter, list, lock, log,
+    outbound_http, pubsub, queue, set, sorted_set, types,
 };

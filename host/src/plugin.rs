@@ -824,7 +824,7 @@ impl Plugin {
             return;
         }
         let caps = &warm.store.data().caps;
-        if !caps.locks.is_empty() || !caps.leases.is_empty() {
+        if !caps.locks.is_empty() || !caps.leases.is_empty() || !caps.transactions.is_empty() {
             return;
         }
         let mut pool = self.warm.lock().expect("warm pool poisoned");

@@ -9,9 +9,9 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use redloom::bindings::types::{Error, Quota};
-use redloom::bindings::{hash, hyperloglog, keys, list, set, sorted_set};
+use redloom::bindings::{batch, hash, hyperloglog, keys, kv, list, set, sorted_set};
 use redloom::config::{Config, Quotas};
-use redloom::data::{MAX_ITEMS, MAX_SCAN_COUNT};
+use redloom::data::{MAX_ITEMS, MAX_SCAN_COUNT, MAX_TRANSACTIONS};
 use redloom::namespace::{Namespace, PluginName};
 use redloom::redis::{Redis, RedisOptions};
 use redloom::store::{Caps, PluginContext};
@@ -621,7 +621,8 @@ async fn bounds_refuse_oversized_calls_and_replies() {
     .await;
 }
 
-/// `serve` with the leaderboard and session-store examples routed, on the
+/// `serve` with the leaderboard, session-store, activity-feed and
+/// unique-visitors examples routed, on the
 /// test Redis (a Cluster in the Cluster pass).
 async fn serve_examples(redis: &RedisServer, dir: &std::path::Path) -> redloom_tests::Served {
     let text = format!(
@@ -651,9 +652,23 @@ plugin = "leaderboard"
 [[routes]]
 path = "/sessions/:id"
 plugin = "session-store"
+[plugins.activity-feed]
+wasm = {feed:?}
+[plugins.activity-feed.settings]
+max-length = "5"
+[[routes]]
+path = "/feeds/:user"
+plugin = "activity-feed"
+[plugins.unique-visitors]
+wasm = {visitors:?}
+[[routes]]
+path = "/visits/:page"
+plugin = "unique-visitors"
 "#,
         leaderboard = plugin("leaderboard").display().to_string(),
         sessions = plugin("session-store").display().to_string(),
+        feed = plugin("activity-feed").display().to_string(),
+        visitors = plugin("unique-visitors").display().to_string(),
     );
     let config = Config::parse(&text, &dir.join("redloom.toml")).expect("valid config");
     redloom_tests::Served::start(host_options(redis, dir), config).await
@@ -832,6 +847,325 @@ async fn keys_scan_works_for_a_plugin_under_its_own_acl_user() {
         let mut with = Caps::new(Arc::new(scanning), Some(user));
         let found = scan_all(&mut with, "*").await;
         assert_eq!(found, strings(&["mine:0", "mine:1", "mine:2"]));
+    })
+    .await;
+}
+
+/// A batch runs as one `MULTI`/`EXEC`: a reader polling both counters
+/// while batches raise them together never sees one ahead of the other;
+/// a command that fails (a wrong type) fails alone; keys of two slot groups
+/// and an empty batch are refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_run_atomically() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let name = unique("batch");
+        let mut c = caps(&redis, &name, Quotas::default()).await;
+        use batch::{Command as B, Host as _, Reply};
+        let replies = ok(c
+            .run(vec![
+                B::ListPush((
+                    "{feed}ada".into(),
+                    End::Front,
+                    vec![b"a".to_vec(), b"b".to_vec()],
+                )),
+                B::ListTrim(("{feed}ada".into(), 0, 0)),
+                B::ListRange(("{feed}ada".into(), 0, -1)),
+                B::HashIncrement(("{feed}stats".into(), "posts".into(), 2)),
+                B::Get("{feed}missing".into()),
+                B::HashGet(("{feed}ada".into(), "f".into())),
+                B::SortedSetIncrement(("{feed}z".into(), "m".into(), 1.5)),
+            ])
+            .await);
+        assert_eq!(c.redis_ops(), 7, "each command is charged");
+        assert!(
+            matches!(replies[0], Ok(Reply::Integer(2))),
+            "{:?}",
+            replies[0]
+        );
+        assert!(matches!(replies[1], Ok(Reply::Done)), "{:?}", replies[1]);
+        assert!(
+            matches!(&replies[2], Ok(Reply::Values(v)) if v == &vec![b"b".to_vec()]),
+            "{:?}",
+            replies[2]
+        );
+        assert!(
+            matches!(replies[3], Ok(Reply::Integer(2))),
+            "{:?}",
+            replies[3]
+        );
+        assert!(
+            matches!(replies[4], Ok(Reply::Value(None))),
+            "{:?}",
+            replies[4]
+        );
+        assert!(
+            matches!(&replies[5], Err(Error::InvalidArgument(m)) if m.contains("another type")),
+            "the wrong-type command fails alone: {:?}",
+            replies[5]
+        );
+        assert!(
+            matches!(replies[6], Ok(Reply::Number(Some(n))) if n == 1.5),
+            "{:?}",
+            replies[6]
+        );
+        let before = c.redis_ops();
+        let e = err(c
+            .run(vec![B::Get("{a}x".into()), B::Get("{b}y".into())])
+            .await);
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("slot group")),
+            "{e:?}"
+        );
+        assert!(matches!(
+            err(c.run(Vec::new()).await),
+            Error::InvalidArgument(_)
+        ));
+        assert_eq!(c.redis_ops(), before, "nothing reached Redis");
+        // Atomicity, watched from outside.
+        let (a, b) = (redis_key(&name, "{pair}a"), redis_key(&name, "{pair}b"));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = tokio::spawn({
+            let (done, mut conn) = (done.clone(), redis.client().await);
+            async move {
+                let mut reads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let (x, y): (Option<i64>, Option<i64>) = redis::cmd("MGET")
+                        .arg(&a)
+                        .arg(&b)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    assert_eq!(x, y, "a half-applied batch was visible");
+                    reads += 1;
+                }
+                reads
+            }
+        });
+        for _ in 0..300 {
+            let replies = ok(c
+                .run(vec![
+                    B::Increment(("{pair}a".into(), 1)),
+                    B::Increment(("{pair}b".into(), 1)),
+                ])
+                .await);
+            assert!(replies.iter().all(Result::is_ok), "{replies:?}");
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let reads = reader.await.expect("the reader saw no half batch");
+        assert!(reads > 0);
+    })
+    .await;
+}
+
+/// An optimistic transaction commits when its watched key is unchanged and
+/// returns `none` (running nothing) when someone wrote it in between;
+/// reads see the watched state, writes are refused outside commit, and an
+/// instance holds at most MAX_TRANSACTIONS open.
+#[tokio::test]
+async fn transactions_commit_unless_a_watched_key_changed() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let name = unique("txn");
+        let mut c = caps(&redis, &name, Quotas::default()).await;
+        use batch::{Command as B, HostTransaction as T, Reply};
+        use wasmtime::component::Resource;
+        let borrow =
+            |t: &Resource<batch::Transaction>| Resource::<batch::Transaction>::new_borrow(t.rep());
+        let balance = || "{acct}balance".to_string();
+        ok(kv::Host::set(
+            &mut c,
+            balance(),
+            b"100".to_vec(),
+            kv::SetOptions {
+                ttl_ms: None,
+                condition: kv::SetCondition::Always,
+            },
+        )
+        .await);
+        // Unchanged: the commit runs.
+        let t = ok(T::watch(&mut c, vec![balance()]).await);
+        let read = ok(T::read(&mut c, borrow(&t), B::Get(balance())).await);
+        assert!(
+            matches!(&read, Reply::Value(Some(v)) if v == b"100"),
+            "{read:?}"
+        );
+        let e = err(T::read(&mut c, borrow(&t), B::Set((balance(), b"x".to_vec()))).await);
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+        let e = err(T::read(&mut c, borrow(&t), B::Get("{other}k".into())).await);
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+        let committed = ok(T::commit(
+            &mut c,
+            borrow(&t),
+            vec![B::Set((balance(), b"90".to_vec()))],
+        )
+        .await);
+        assert!(committed.is_some(), "nobody else wrote: it commits");
+        let e = err(T::commit(&mut c, borrow(&t), vec![B::Get(balance())]).await);
+        assert!(
+            matches!(e, Error::InvalidArgument(_)),
+            "a transaction commits once: {e:?}"
+        );
+        T::drop(&mut c, t).await.unwrap();
+        // Changed meanwhile (by another client): nothing runs.
+        let t = ok(T::watch(&mut c, vec![balance()]).await);
+        let mut conn = redis.client().await;
+        let _: () = redis::cmd("SET")
+            .arg(redis_key(&name, "{acct}balance"))
+            .arg("50")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let aborted = ok(T::commit(
+            &mut c,
+            borrow(&t),
+            vec![B::Set((balance(), b"40".to_vec()))],
+        )
+        .await);
+        assert!(aborted.is_none(), "a watched key changed: {aborted:?}");
+        assert_eq!(
+            ok(kv::Host::get(&mut c, balance()).await),
+            Some(b"50".to_vec()),
+            "the aborted commit wrote nothing"
+        );
+        T::drop(&mut c, t).await.unwrap();
+        // At most MAX_TRANSACTIONS at once.
+        let mut open = Vec::new();
+        for _ in 0..MAX_TRANSACTIONS {
+            open.push(ok(T::watch(&mut c, vec![balance()]).await));
+        }
+        let e = err(T::watch(&mut c, vec![balance()]).await);
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+        for t in open {
+            T::drop(&mut c, t).await.unwrap();
+        }
+        ok(T::watch(&mut c, vec![balance()]).await);
+    })
+    .await;
+}
+
+/// The activity-feed example: the feed never passes `max-length` (5 here),
+/// newest first, and its counter counts every post, even with posts racing
+/// (push, trim and count run as one batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_feed_example_stays_capped() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let s = serve_examples(&redis, dir.path()).await;
+        let c = http_client();
+        let url = format!("http://{}/feeds/ada", s.addr);
+        let mut posts = tokio::task::JoinSet::new();
+        for i in 0..12 {
+            let (c, url) = (c.clone(), url.clone());
+            posts.spawn(async move {
+                let r = c.post(url).body(format!("entry {i}")).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let v: serde_json::Value = r.json().await.unwrap();
+                assert!(v["length"].as_i64().unwrap() <= 5, "over the cap: {v}");
+            });
+        }
+        while let Some(done) = posts.join_next().await {
+            done.unwrap();
+        }
+        let last: serde_json::Value = c
+            .post(&url)
+            .body("newest")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(last, serde_json::json!({"length": 5, "posted": 13}));
+        let feed: Vec<String> = c
+            .get(format!("{url}?n=10"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(feed.len(), 5, "{feed:?}");
+        assert_eq!(feed[0], "newest");
+        let too_big = c.post(&url).body(vec![b'x'; 2000]).send().await.unwrap();
+        assert_eq!(too_big.status(), 400);
+        s.shutdown().await;
+    })
+    .await;
+}
+
+/// The UTC date `days_ago` days ago, as `date -u +%F` writes it.
+fn utc_date(days_ago: u64) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - days_ago * 86_400;
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%F"])
+        .output()
+        .expect("date runs");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The unique-visitors example: repeat visits count once, and the week is
+/// the merge of the days (distinct visitors, not a sum).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_visitors_example_counts_distinct_visitors() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let s = serve_examples(&redis, dir.path()).await;
+        let c = http_client();
+        // A run that straddles midnight (UTC) is repeated on another page.
+        for (attempt, page) in ["home", "about"].into_iter().enumerate() {
+            let day = utc_date(0);
+            let url = format!("http://{}/visits/{page}", s.addr);
+            for v in (0..40).chain(0..40) {
+                let r = c
+                    .post(&url)
+                    .body(format!("visitor-{v}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+            let first: serde_json::Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+            // Yesterday: 40 visitors, half of them also today's, written
+            // under the key the plugin gives that day.
+            let mut conn = redis.client().await;
+            let _: () = redis::cmd("PFADD")
+                .arg(redis_key(
+                    "unique-visitors",
+                    &format!("{{visits:{page}}}{}", utc_date(1)),
+                ))
+                .arg((20..60).map(|v| format!("visitor-{v}")).collect::<Vec<_>>())
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let second: serde_json::Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+            if utc_date(0) != day && attempt == 0 {
+                continue;
+            }
+            let today = first["today"].as_u64().unwrap();
+            assert!((39..=41).contains(&today), "{first}");
+            assert_eq!(
+                first["week"].as_u64().unwrap(),
+                today,
+                "one day so far: {first}"
+            );
+            let week = second["week"].as_u64().unwrap();
+            assert!(
+                (58..=62).contains(&week),
+                "60 distinct over two days, not 80: {second}"
+            );
+            break;
+        }
+        let url = format!("http://{}/visits/home", s.addr);
+        let bad = c.post(&url).body("").send().await.unwrap();
+        assert_eq!(bad.status(), 400);
+        s.shutdown().await;
     })
     .await;
 }

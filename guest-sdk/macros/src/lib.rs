@@ -75,6 +75,7 @@ const IMPORTS: &[&str] = &[
     "list",
     "hyperloglog",
     "keys",
+    "batch",
 ];
 
 /// A handler the SDK can export.

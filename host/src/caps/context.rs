@@ -182,6 +182,8 @@ pub struct Caps {
     pub(crate) breach: Option<QuotaTrap>,
     /// The instance's `lock` handles (see `caps::lock`).
     pub(crate) locks: crate::caps::lock::Locks,
+    /// Open optimistic transactions (`batch.transaction`).
+    pub(crate) transactions: crate::caps::data::Transactions,
     /// The instance's concurrency `lease` handles (see `caps::limiter`).
     pub(crate) leases: crate::caps::limiter::Leases,
     /// Log bytes of the current invocation (the `log` capability, stdout and
@@ -202,6 +204,7 @@ impl Caps {
             cleanup: Arc::default(),
             breach: None,
             locks: Default::default(),
+            transactions: Default::default(),
             leases: Default::default(),
             log_used: Arc::default(),
         }

@@ -187,6 +187,47 @@ pub type CommandResult<T> = Result<T, CommandError>;
 /// or a failed node, with waits from 50 ms up to 1 s between tries.
 const CLUSTER_RETRIES: u32 = 6;
 
+/// `template` (credentials, TLS settings) for the node at `host:port`.
+fn at_address(template: &redis::ConnectionInfo, host: &str, port: u16) -> redis::ConnectionInfo {
+    let addr = match template.addr() {
+        redis::ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => redis::ConnectionAddr::TcpTls {
+            host: host.to_string(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => redis::ConnectionAddr::Tcp(host.to_string(), port),
+    };
+    template.clone().set_addr(addr)
+}
+
+/// Sends `commands` as one `MULTI`/`EXEC` on `conn` and returns each
+/// command's reply (a failed command's is a `Value::ServerError`; the
+/// others ran, as in Redis), or `None` when a `WATCH`ed key changed and
+/// nothing ran. On a shared multiplexed connection the whole transaction
+/// is written at once, so no other command lands inside it.
+pub async fn exec_atomic<C: ConnectionLike>(
+    conn: &mut C,
+    commands: Vec<Cmd>,
+) -> CommandResult<Option<Vec<Value>>> {
+    let mut pipe = redis::pipe();
+    pipe.atomic().ignore_errors();
+    for cmd in commands {
+        pipe.add_command(cmd);
+    }
+    match pipe.query_async::<Value>(conn).await? {
+        Value::Nil => Ok(None),
+        Value::Array(replies) => Ok(Some(replies)),
+        other => Err(CommandError::Rejected(format!(
+            "unexpected reply to EXEC: {other:?}"
+        ))),
+    }
+}
+
 /// Where [`Redis::scan_page`] keeps a Cluster node's position in the
 /// cursor: the top 16 bits; a node's own `SCAN` cursor stays below 2^48
 /// (it is less than the size of the node's hash table).
@@ -470,20 +511,7 @@ impl Redis {
             let Ok(port) = port.parse::<u16>() else {
                 continue;
             };
-            let addr = match template.addr() {
-                redis::ConnectionAddr::TcpTls {
-                    insecure,
-                    tls_params,
-                    ..
-                } => redis::ConnectionAddr::TcpTls {
-                    host: host.to_string(),
-                    port,
-                    insecure: *insecure,
-                    tls_params: tls_params.clone(),
-                },
-                _ => redis::ConnectionAddr::Tcp(host.to_string(), port),
-            };
-            nodes.push(template.clone().set_addr(addr));
+            nodes.push(at_address(template, host, port));
         }
         Ok(Some(nodes))
     }
@@ -638,8 +666,9 @@ impl Redis {
             .clone()
             .route_command(scan(cursor & SCAN_NODE_CURSOR), route)
             .await?;
-        let (next, keys): (u64, Vec<Vec<u8>>) =
-            redis::from_redis_value(reply).map_err(|e| CommandError::Rejected(e.to_string()))?;
+        // A routed command's server error comes back as a value.
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply.extract_error()?)
+            .map_err(|e| CommandError::Rejected(e.to_string()))?;
         let next = if next != 0 {
             ((index as u64) << SCAN_NODE_SHIFT) | next
         } else if index + 1 < nodes.len() {
@@ -648,6 +677,57 @@ impl Redis {
             0
         };
         Ok((next, keys))
+    }
+
+    /// [`exec_atomic`] on the shared connection (on a Cluster, the client
+    /// sends it to the node of its keys, which the caller keeps in one slot).
+    pub async fn transaction(&self, commands: Vec<Cmd>) -> CommandResult<Vec<Value>> {
+        exec_atomic(&mut self.conn.clone(), commands)
+            .await?
+            .ok_or_else(|| CommandError::Rejected("a transaction without WATCH was aborted".into()))
+    }
+
+    /// A connection of its own, with this connection's credentials, to the
+    /// node that holds `key`: the server, or on a Cluster the primary of the
+    /// key's slot. For commands that keep state on their connection
+    /// (`WATCH`); the caller drops it when done.
+    pub async fn connection_for_key(
+        &self,
+        key: &str,
+    ) -> CommandResult<redis::aio::MultiplexedConnection> {
+        let info = match &self.info {
+            Info::Single(info) => (**info).clone(),
+            Info::Cluster(seeds) => {
+                let mut conn = self.conn.clone();
+                let slot: i64 = redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await?;
+                let ranges: Vec<Vec<Value>> = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async(&mut conn)
+                    .await?;
+                let node = ranges
+                    .iter()
+                    .find_map(|r| match (r.first(), r.get(1), r.get(2)) {
+                        (Some(Value::Int(a)), Some(Value::Int(b)), Some(Value::Array(node)))
+                            if (*a..=*b).contains(&slot) =>
+                        {
+                            let host: String =
+                                redis::from_redis_value(node.first()?.clone()).ok()?;
+                            let port: u16 = redis::from_redis_value(node.get(1)?.clone()).ok()?;
+                            Some((host, port))
+                        }
+                        _ => None,
+                    });
+                let (host, port) = node.ok_or_else(|| {
+                    CommandError::Unavailable(format!("no Cluster node serves slot {slot}"))
+                })?;
+                at_address(&seeds[0], &host, port)
+            }
+        };
+        Ok(self.node_connection(info).await?)
     }
 
     /// `PUBLISH`; returns how many subscriptions received the message.

@@ -14,6 +14,7 @@
 //! Bounds (named here, documented in the README's data-structures section):
 //! [`MAX_ITEMS`] items per call, [`MAX_SCAN_COUNT`] per scan page.
 
+mod batch;
 mod hash;
 mod hyperloglog;
 mod keys;
@@ -22,6 +23,7 @@ mod list;
 mod set;
 mod sorted_set;
 
+pub use batch::{MAX_TRANSACTIONS, Transactions};
 use redis::{Cmd, FromRedisValue, Value};
 
 use super::Caps;
