@@ -54,7 +54,7 @@
 //!   increment / expire / get-many / compare-and-swap in the plugin's own key
 //!   namespace.
 //! - Redis data structures in the same key space: [`hash`], [`set`],
-//!   [`sorted_set`], [`list`], [`hyperloglog`], and [`keys`] (scan, type,
+//!   [`sorted_set`], [`list`], [`hyperloglog`], [`stream`], and [`keys`] (scan, type,
 //!   time to live, rename, delete, and the slot groups of multi-key calls);
 //!   [`batch`]: several of their commands atomically, or optimistically
 //!   (watch, read, commit unless changed).
@@ -98,6 +98,7 @@ pub mod pubsub;
 pub mod queue;
 pub mod set;
 pub mod sorted_set;
+pub mod stream;
 
 #[doc(hidden)]
 #[path = "private.rs"]

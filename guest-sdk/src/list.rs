@@ -99,3 +99,16 @@ pub fn remove(key: &str, value: impl AsRef<[u8]>, count: i64) -> Result<u64> {
 pub fn move_value(source: &str, destination: &str, from: End, to: End) -> Result<Option<Vec<u8>>> {
     wit::move_(source, destination, from.wit(), to.wit()).map_err(Error::from_wit)
 }
+
+/// Pops a value from `end` of the first non-empty list of `keys` (one slot
+/// group), waiting up to `timeout` (at least 1 ms; never past the
+/// invocation's `wall-time`) for one to arrive. Returns the list's key and
+/// the value, or `None` on timeout.
+pub fn blocking_pop<K: AsRef<str>>(
+    keys: &[K],
+    end: End,
+    timeout: std::time::Duration,
+) -> Result<Option<(String, Vec<u8>)>> {
+    let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    wit::blocking_pop(&crate::hash::strings(keys), end.wit(), ms).map_err(Error::from_wit)
+}

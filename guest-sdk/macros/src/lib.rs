@@ -76,6 +76,7 @@ const IMPORTS: &[&str] = &[
     "hyperloglog",
     "keys",
     "batch",
+    "stream",
 ];
 
 /// A handler the SDK can export.

@@ -690,10 +690,12 @@ impl Redis {
     /// A connection of its own, with this connection's credentials, to the
     /// node that holds `key`: the server, or on a Cluster the primary of the
     /// key's slot. For commands that keep state on their connection
-    /// (`WATCH`); the caller drops it when done.
+    /// (`WATCH`) or block it (`BLPOP`: `blocking` is added to the response
+    /// timeout); the caller drops it when done.
     pub async fn connection_for_key(
         &self,
         key: &str,
+        blocking: Duration,
     ) -> CommandResult<redis::aio::MultiplexedConnection> {
         let info = match &self.info {
             Info::Single(info) => (**info).clone(),
@@ -727,7 +729,12 @@ impl Redis {
                 at_address(&seeds[0], &host, port)
             }
         };
-        Ok(self.node_connection(info).await?)
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.options.connect_timeout))
+            .set_response_timeout(Some(self.options.response_timeout + blocking));
+        Ok(redis::Client::open(info)?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
     }
 
     /// `PUBLISH`; returns how many subscriptions received the message.

@@ -325,7 +325,9 @@ impl Caps {
             )));
         }
         let redis = self.admit().await?;
-        let mut conn = redis.connection_for_key(&mapped[0]).await?;
+        let mut conn = redis
+            .connection_for_key(&mapped[0], std::time::Duration::ZERO)
+            .await?;
         let _: () = command("WATCH", &mapped)
             .query_async(&mut conn)
             .await

@@ -1,5 +1,7 @@
 //! `redloom:plugin/list`: Redis lists in the plugin's key space.
 
+use std::time::Duration;
+
 use super::{check_count, check_items, command};
 use crate::bindings::list::{End, Host};
 use crate::bindings::types::Error;
@@ -110,6 +112,42 @@ impl Host for Caps {
         Ok(traced!("list", "remove", async {
             let key = self.data_key(&key)?;
             self.query(command("LREM", (key, count, value))).await
+        }))
+    }
+
+    async fn blocking_pop(
+        &mut self,
+        keys: Vec<String>,
+        end: End,
+        timeout_ms: u64,
+    ) -> R<Option<(String, Vec<u8>)>> {
+        Ok(traced!("list", "blocking-pop", async {
+            if timeout_ms == 0 {
+                return Err(invalid(
+                    "timeout-ms must be at least 1 (0 would wait forever)",
+                ));
+            }
+            let mapped = self.grouped_keys(&keys)?;
+            // Never past the invocation's wall time, which ends it anyway.
+            let wait = Duration::from_millis(timeout_ms).min(self.plugin.quotas.wall_time);
+            let redis = self.admit().await?;
+            let mut conn = redis.connection_for_key(&mapped[0], wait).await?;
+            let name = match end {
+                End::Front => "BLPOP",
+                End::Back => "BRPOP",
+            };
+            let mut cmd = command(name, &mapped);
+            cmd.arg(format!("{:.3}", wait.as_secs_f64()));
+            let popped: Option<(String, Vec<u8>)> = cmd
+                .query_async(&mut conn)
+                .await
+                .map_err(crate::redis::CommandError::from)?;
+            self.check_reply(popped.as_ref().map_or(0, |(_, v)| v.len()))?;
+            let prefix = self.data_key("")?;
+            Ok::<_, Error>(popped.map(|(key, value)| {
+                let key = key.strip_prefix(&prefix).unwrap_or(&key).to_owned();
+                (key, value)
+            }))
         }))
     }
 

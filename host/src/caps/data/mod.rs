@@ -1,7 +1,7 @@
 //! The plugin's key space: `kv` (strings) and the Redis data structures
-//! (`hash`, `set`, `sorted-set`, `list`, `hyperloglog`) plus `keys` (the
-//! keys themselves). One folder, one key layout: every interface maps a key
-//! the guest names to `rl:NAME:kv:KEY` ([`crate::namespace::Namespace::kv`]),
+//! (`hash`, `set`, `sorted-set`, `list`, `hyperloglog`, `stream`) plus
+//! `keys` (the keys themselves) and `batch` (several commands as one).
+//! One folder, one key layout: every interface maps a key the guest names to `rl:NAME:kv:KEY` ([`crate::namespace::Namespace::kv`]),
 //! so a key holds one type as in Redis, and `keys.scan` sees all of them.
 //!
 //! Each call is one Redis command built here and sent through
@@ -22,6 +22,7 @@ mod kv;
 mod list;
 mod set;
 mod sorted_set;
+mod stream;
 
 pub use batch::{MAX_TRANSACTIONS, Transactions};
 use redis::{Cmd, FromRedisValue, Value};
