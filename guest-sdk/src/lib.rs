@@ -57,7 +57,8 @@
 //!   [`sorted_set`], [`list`], [`hyperloglog`], [`stream`], and [`keys`] (scan, type,
 //!   time to live, rename, delete, and the slot groups of multi-key calls);
 //!   [`batch`]: several of their commands atomically, or optimistically
-//!   (watch, read, commit unless changed).
+//!   (watch, read, commit unless changed); [`script`]: the plugin's own
+//!   Lua scripts from its manifest (with `acl = true`).
 //! - [`lock`]: distributed locks with fencing tokens — acquire with a bounded
 //!   wait, a [`lock::LockGuard`] that releases on drop, extend, auto-renew.
 //! - [`limiter`]: distributed per-key rate limits — GCRA, token bucket,
@@ -96,6 +97,7 @@ pub mod lock;
 pub mod log;
 pub mod pubsub;
 pub mod queue;
+pub mod script;
 pub mod set;
 pub mod sorted_set;
 pub mod stream;

@@ -18,5 +18,5 @@ pub use self::exports::redloom::plugin::{
 };
 pub use self::redloom::plugin::{
     batch, config, hash, http_types, hyperloglog, keys, kv, limiter, list, lock, log,
-    outbound_http, pubsub, queue, set, sorted_set, stream, types,
+    outbound_http, pubsub, queue, script, set, sorted_set, stream, types,
 };

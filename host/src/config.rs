@@ -296,6 +296,8 @@ pub struct PluginConfig {
     pub allowed_outbound_hosts: Vec<Origin>,
     /// Named rate-limit policies, from `[plugins.NAME.limiters.POLICY]`.
     pub limiters: crate::limiter::Policies,
+    /// The plugin's own Lua scripts, from `[plugins.NAME.scripts]`.
+    pub scripts: crate::caps::data::PluginScripts,
     pub triggers: TriggerConfig,
     /// The cache capability's near cache (`near-cache`,
     /// `near-cache-max-bytes`; see `near_cache`).
@@ -806,6 +808,8 @@ impl Config {
             let quotas = p.quotas.resolve(&key, &host).map_err(|(k, m)| at(&k, m))?;
             let limiters =
                 crate::limiter::resolve_manifest(&key, p.limiters).map_err(|(k, m)| at(&k, m))?;
+            let scripts = crate::caps::data::PluginScripts::resolve(&key, p.scripts, &base, p.acl)
+                .map_err(|(k, m)| at(&k, m))?;
             for (q, c) in &p.consumers {
                 check_rate_limit(&name, &limiters, c)
                     .map_err(|(field, m)| at(&format!("{key}.consumers.{q}.{field}"), m))?;
@@ -848,6 +852,7 @@ impl Config {
                     acl: p.acl,
                     near_cache,
                     limiters,
+                    scripts,
                     allowed_outbound_hosts: p
                         .allowed_outbound_hosts
                         .iter()
@@ -1156,6 +1161,8 @@ struct RawPlugin {
     allowed_outbound_hosts: Vec<String>,
     #[serde(default)]
     limiters: BTreeMap<String, crate::limiter::RawPolicy>,
+    #[serde(default)]
+    scripts: BTreeMap<String, PathBuf>,
     #[serde(default)]
     shared_channels: Vec<String>,
     #[serde(default)]

@@ -255,6 +255,17 @@ impl Host {
         } else {
             self.redis.clone()
         };
+        // The plugin's own scripts, loaded as its ACL user: one that does
+        // not compile is a load error naming it.
+        for (name, file, source) in spec.scripts.sources() {
+            redis
+                .load_script(source)
+                .await
+                .map_err(|e| LoadError::Config {
+                    path: path.clone(),
+                    reason: format!("script `{name}` ({}) does not load: {e}", file.display()),
+                })?;
+        }
         plugin
             .probe(Some(redis.clone()))
             .await

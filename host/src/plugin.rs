@@ -55,6 +55,8 @@ pub struct PluginSpec {
     pub allowed_outbound_hosts: Vec<Origin>,
     /// Named rate-limit policies (`[plugins.NAME.limiters.POLICY]`).
     pub limiters: crate::limiter::Policies,
+    /// The plugin's own Lua scripts (`[plugins.NAME.scripts]`).
+    pub scripts: crate::caps::data::PluginScripts,
     /// Pub/sub, keyspace and timer triggers.
     pub triggers: TriggerConfig,
     /// The cache capability's near cache.
@@ -72,6 +74,7 @@ impl PluginSpec {
             acl: c.acl,
             allowed_outbound_hosts: c.allowed_outbound_hosts.clone(),
             limiters: c.limiters.clone(),
+            scripts: c.scripts.clone(),
             triggers: c.triggers.clone(),
             near_cache: c.near_cache,
         }
@@ -92,6 +95,7 @@ impl PluginSpec {
             acl: false,
             allowed_outbound_hosts: Vec::new(),
             limiters: Default::default(),
+            scripts: Default::default(),
             triggers: Default::default(),
             near_cache: Default::default(),
         }
@@ -540,6 +544,7 @@ impl Plugin {
                     spec.allowed_outbound_hosts,
                 )
                 .with_limiters(spec.limiters)
+                .with_scripts(spec.scripts)
                 .with_near_cache(spec.near_cache)
                 .with_shared_channels(&spec.triggers.shared_channels)
                 .with_queues(crate::store::QueuePolicy {

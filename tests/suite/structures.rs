@@ -9,9 +9,11 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use redloom::bindings::types::{Error, Quota};
-use redloom::bindings::{batch, hash, hyperloglog, keys, kv, list, set, sorted_set, stream};
+use redloom::bindings::{
+    batch, hash, hyperloglog, keys, kv, list, script, set, sorted_set, stream,
+};
 use redloom::config::{Config, Quotas};
-use redloom::data::{MAX_ITEMS, MAX_SCAN_COUNT, MAX_TRANSACTIONS};
+use redloom::data::{MAX_ITEMS, MAX_SCAN_COUNT, MAX_TRANSACTIONS, PluginScripts};
 use redloom::namespace::{Namespace, PluginName};
 use redloom::redis::{Redis, RedisOptions};
 use redloom::store::{Caps, PluginContext};
@@ -1295,6 +1297,124 @@ async fn blocking_pop_waits_for_a_push() {
             "an hour's wait ended with the 300 ms wall time: {:?}",
             started.elapsed()
         );
+    })
+    .await;
+}
+
+/// Writes `files` (name, Lua source) into `dir` and resolves them as the
+/// manifest's `scripts` of an `acl = true` plugin.
+fn plugin_scripts(dir: &std::path::Path, files: &[(&str, &str)]) -> PluginScripts {
+    let mut raw = std::collections::BTreeMap::new();
+    for (name, source) in files {
+        let file = dir.join(format!("{name}.lua"));
+        std::fs::write(&file, source).unwrap();
+        raw.insert(name.to_string(), file);
+    }
+    PluginScripts::resolve("plugins.p", raw, dir, true).expect("scripts resolve")
+}
+
+/// A plugin's own scripts run as its ACL user with KEYS in its namespace:
+/// numbers, strings and tables come back typed; a script that computes
+/// another plugin's key is refused by Redis (`denied`), one that raises an
+/// error is `invalid-argument`, an undeclared name too. A script that does
+/// not compile fails the plugin's load, naming it.
+#[tokio::test]
+async fn plugin_scripts_run_inside_the_plugins_acl() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let scripts = plugin_scripts(
+            dir.path(),
+            &[
+                ("add", "return redis.call('INCRBY', KEYS[1], ARGV[1])"),
+                ("pair", "return {KEYS[1], tonumber(ARGV[1]) * 2, false}"),
+                (
+                    "sneaky",
+                    "return redis.call('GET', 'rl:' .. ARGV[1] .. ':kv:secret')",
+                ),
+                ("boom", "error('boom')"),
+            ],
+        );
+        let options = RedisOptions::new(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(30),
+        );
+        let host = Redis::connect_to(&redis.target(), options)
+            .await
+            .expect("connects");
+        let name = unique("scripted");
+        let namespace = Namespace::new(&PluginName::parse(&name).unwrap());
+        let user = host
+            .for_acl_user(&format!("redloom-{name}"), namespace.prefix(), &[])
+            .await
+            .expect("an ACL user");
+        let context = PluginContext::new(
+            PluginName::parse(&name).unwrap(),
+            Default::default(),
+            Quotas::default(),
+            Vec::new(),
+        )
+        .with_scripts(scripts);
+        let mut c = Caps::new(Arc::new(context), Some(user));
+        use script::{Host as S, Item, ScriptReply};
+        let added = ok(S::run(&mut c, "add".into(), vec!["n".into()], vec![b"5".to_vec()]).await);
+        assert!(matches!(added, ScriptReply::Integer(5)), "{added:?}");
+        let mut conn = redis.client().await;
+        let stored: i64 = redis::cmd("GET")
+            .arg(redis_key(&name, "n"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(stored, 5, "KEYS[1] was mapped into the namespace");
+        let pair = ok(S::run(
+            &mut c,
+            "pair".into(),
+            vec!["k".into()],
+            vec![b"21".to_vec()],
+        )
+        .await);
+        let ScriptReply::Items(items) = pair else {
+            panic!("a table: {pair:?}");
+        };
+        assert!(matches!(&items[0], Item::Bytes(b) if b == redis_key(&name, "k").as_bytes()));
+        assert!(matches!(items[1], Item::Integer(42)));
+        assert!(matches!(items[2], Item::Nil));
+        // Another plugin's key, computed inside the script.
+        let other = unique("victim");
+        let _: () = redis::cmd("SET")
+            .arg(redis_key(&other, "secret"))
+            .arg("s3cret")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let e = err(S::run(
+            &mut c,
+            "sneaky".into(),
+            Vec::new(),
+            vec![other.into_bytes()],
+        )
+        .await);
+        assert!(
+            matches!(e, Error::Denied(_)),
+            "Redis refuses the key: {e:?}"
+        );
+        let e = err(S::run(&mut c, "boom".into(), Vec::new(), Vec::new()).await);
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("boom")),
+            "{e:?}"
+        );
+        let e = err(S::run(&mut c, "nope".into(), Vec::new(), Vec::new()).await);
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("no script")),
+            "{e:?}"
+        );
+        // A script that does not compile stops the plugin's load.
+        let h = redloom_tests::host(&redis, dir.path()).await;
+        let mut spec = redloom_tests::spec(&unique("badscript"), "kv-probe");
+        spec.acl = true;
+        spec.scripts = plugin_scripts(dir.path(), &[("broken", "return (")]);
+        let e = h.load(spec).await.err().expect("the load fails");
+        assert!(e.to_string().contains("script `broken`"), "{e}");
     })
     .await;
 }

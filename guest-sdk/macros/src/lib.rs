@@ -77,6 +77,7 @@ const IMPORTS: &[&str] = &[
     "keys",
     "batch",
     "stream",
+    "script",
 ];
 
 /// A handler the SDK can export.

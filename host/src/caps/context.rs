@@ -50,6 +50,8 @@ pub struct PluginContext {
     /// plugin's prefix itself (see `caps::data::keys`). Unset: the
     /// plugin's connection scans.
     pub key_scanner: std::sync::OnceLock<Redis>,
+    /// The plugin's own Lua scripts (`[plugins.NAME.scripts]`).
+    pub scripts: crate::caps::data::PluginScripts,
 }
 
 /// Which queues are shared and how long they may grow.
@@ -107,6 +109,7 @@ impl PluginContext {
             cache_flights: Default::default(),
             near_cache,
             key_scanner: std::sync::OnceLock::new(),
+            scripts: Default::default(),
             queues: QueuePolicy::default(),
             outbound: OutboundPolicy {
                 allowed: allowed_outbound,
@@ -162,6 +165,11 @@ impl PluginContext {
     }
 
     /// The same context with the manifest's rate-limit policies.
+    pub fn with_scripts(mut self, scripts: crate::caps::data::PluginScripts) -> PluginContext {
+        self.scripts = scripts;
+        self
+    }
+
     pub fn with_limiters(mut self, limiters: crate::limiter::Policies) -> PluginContext {
         self.limiters = limiters;
         self

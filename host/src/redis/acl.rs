@@ -64,6 +64,8 @@ fn rules(prefix: &str, shared: &[String]) -> Vec<String> {
             "+cluster|slots",
             "+cluster|shards",
             "+cluster|nodes",
+            // Transactions and blocking pops find their key's node.
+            "+cluster|keyslot",
         ]
         .map(String::from),
     );

@@ -166,7 +166,15 @@ impl From<RedisError> for CommandError {
         if e.is_timeout() {
             return CommandError::Timeout;
         }
-        if e.code() == Some("NOPERM") || e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) {
+        // Inside a script Redis 7.0 reports an ACL refusal as a plain ERR
+        // with this text (later versions: NOPERM).
+        let acl_in_script = e
+            .detail()
+            .is_some_and(|d| d.contains("can't access at least one of the keys"));
+        if e.code() == Some("NOPERM")
+            || e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm)
+            || acl_in_script
+        {
             return CommandError::Denied(e.detail().unwrap_or("no permission").to_string());
         }
         if e.code() == Some("WRONGTYPE") {
@@ -735,6 +743,35 @@ impl Redis {
         Ok(redis::Client::open(info)?
             .get_multiplexed_async_connection_with_config(&config)
             .await?)
+    }
+
+    /// Runs a plugin's own script by SHA (loading it on `NOSCRIPT`), with
+    /// `keys` already in the plugin's namespace.
+    pub async fn run_script(
+        &self,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[Vec<u8>],
+    ) -> CommandResult<Value> {
+        let mut invocation = script.prepare_invoke();
+        for k in keys {
+            invocation.key(k);
+        }
+        for a in args {
+            invocation.arg(a.as_slice());
+        }
+        Ok(invocation.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    /// `SCRIPT LOAD`s `source` (on every primary of a Cluster); a script
+    /// that does not compile is refused here, naming Redis's reason.
+    pub async fn load_script(&self, source: &str) -> CommandResult<()> {
+        let _: Value = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(source)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 
     /// `PUBLISH`; returns how many subscriptions received the message.

@@ -20,12 +20,14 @@ mod hyperloglog;
 mod keys;
 mod kv;
 mod list;
+mod script;
 mod set;
 mod sorted_set;
 mod stream;
 
 pub use batch::{MAX_TRANSACTIONS, Transactions};
 use redis::{Cmd, FromRedisValue, Value};
+pub use script::{MAX_SCRIPT_BYTES, MAX_SCRIPTS, PluginScripts};
 
 use super::Caps;
 use super::common::invalid;
