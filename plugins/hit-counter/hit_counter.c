@@ -2,7 +2,8 @@
 // capability, from C.
 //
 // Input: a counter name (1 to 128 characters of A-Z a-z 0-9 - _ . / :).
-// Reply (JSON): {"counter": "home", "hits": 3}
+// Reply (JSON): {"counter": "home", "hits": 3, "rank": 1}: `rank` is the
+// counter's place among all counters by hits ever (a sorted set).
 //
 // Settings: `step` (how much one hit adds, default 1) and `ttl-ms` (when set,
 // the counter expires that long after its first hit: hits per period).
@@ -88,6 +89,16 @@ bool exports_redloom_plugin_invoke_handle(invoke_plugin_list_u8_t *input, invoke
     if (!redloom_plugin_kv_expire(&key, (uint64_t)ttl_ms, &exists, err)) goto done;
   }
 
+  // Every counter on one board, busiest first: `sorted-set` from C.
+  invoke_plugin_string_t board, member;
+  invoke_plugin_string_set(&board, "hits:board");
+  invoke_plugin_string_set(&member, name);
+  double total;
+  if (!redloom_plugin_sorted_set_increment(&board, &member, (double)step, &total, err)) goto done;
+  invoke_plugin_option_u64_t place;
+  if (!redloom_plugin_sorted_set_rank(&board, &member, true, &place, err)) goto done;
+  long long rank = place.is_some ? (long long)place.val + 1 : 0;
+
   char message[64 + MAX_NAME];
   snprintf(message, sizeof message, "counter %s: %lld hits", name, (long long)hits);
   invoke_plugin_string_t log_message;
@@ -96,7 +107,8 @@ bool exports_redloom_plugin_invoke_handle(invoke_plugin_list_u8_t *input, invoke
 
   // Names are restricted to characters that need no escaping in JSON.
   char reply[64 + MAX_NAME];
-  int len = snprintf(reply, sizeof reply, "{\"counter\":\"%s\",\"hits\":%lld}", name, (long long)hits);
+  int len = snprintf(reply, sizeof reply, "{\"counter\":\"%s\",\"hits\":%lld,\"rank\":%lld}", name,
+                     (long long)hits, rank);
   ret->ptr = malloc((size_t)len);  // freed by the bindings after the host copied it
   if (ret->ptr == NULL) abort();
   memcpy(ret->ptr, reply, (size_t)len);

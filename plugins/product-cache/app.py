@@ -18,6 +18,7 @@ import json
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import config, kv, log
+from wit_world.imports import hash as hashes
 from wit_world.imports.kv import SetCondition, SetOptions
 from wit_world.imports.types import Error_InvalidArgument
 
@@ -45,8 +46,11 @@ def positive_setting(name: str, default: int) -> int:
 
 
 def load_from_origin(product: str) -> dict:
-    """The slow source of truth (here: computed, and counted in `origin-loads`)."""
+    """The slow source of truth (here: computed; counted in `origin-loads`, and
+    per product in the hash `loads-by-product`)."""
     kv.increment("origin-loads", 1)
+    # Loads per product, in one hash (`hash` from Python).
+    hashes.increment("loads-by-product", product, 1)
     digest = sum(ord(c) * (i + 1) for i, c in enumerate(product))
     return {
         "id": product,

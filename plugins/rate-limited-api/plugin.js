@@ -6,9 +6,10 @@
 // Reply (JSON), allowed:
 //   {"status": 200, "headers": {"RateLimit-Limit": "5", "RateLimit-Remaining": "4",
 //    "RateLimit-Reset": "12"}, "body": {"path": "/items", "served": 17}}
-// Reply, over the limit:
+// Reply, over the limit (`refusals`: how often this client was refused, from
+// the sorted set `refused` of the most-refused clients):
 //   {"status": 429, "headers": {"Retry-After": "12", "RateLimit-Limit": "5",
-//    "RateLimit-Remaining": "0", "RateLimit-Reset": "60"}}
+//    "RateLimit-Remaining": "0", "RateLimit-Reset": "60"}, "refusals": 1}
 //
 // The limit is a policy in the plugin's manifest entry (any algorithm), by
 // default the one named `api`:
@@ -23,6 +24,7 @@
 import { get as setting } from 'redloom:plugin/config@0.2.0';
 import { increment } from 'redloom:plugin/kv@0.2.0';
 import { check } from 'redloom:plugin/limiter@0.2.0';
+import { increment as bump } from 'redloom:plugin/sorted-set@0.2.0';
 import { log } from 'redloom:plugin/log@0.2.0';
 
 const encoder = new TextEncoder();
@@ -79,7 +81,13 @@ function handle(input) {
     reply = { status: 200, headers, body: serve(path) };
   } else {
     log('info', `client ${client} is over the \`${policy}\` limit of ${d.limit}`);
-    reply = { status: 429, headers: { 'Retry-After': seconds(d.retryAfterMs), ...headers } };
+    // The most-refused clients, in a sorted set (`sorted-set` from JS).
+    const refusals = bump('refused', client, 1);
+    reply = {
+      status: 429,
+      headers: { 'Retry-After': seconds(d.retryAfterMs), ...headers },
+      refusals,
+    };
   }
   return encoder.encode(JSON.stringify(reply));
 }

@@ -348,6 +348,7 @@ async fn javascript_rate_limited_api() {
             .unwrap();
         assert!(retry > 0 && retry <= 3600, "{refused}");
         assert!(refused.get("body").is_none(), "{refused}");
+        assert_eq!(refused["refusals"], 1, "{refused}");
         // Another client has its own limit.
         let bob = invoke_json(&host, &p, json!({"client": "bob", "path": "/items"})).await;
         assert_eq!(bob["status"], 200, "{bob}");
@@ -356,6 +357,8 @@ async fn javascript_rate_limited_api() {
         // In Redis: the limiter's state per client, in the plugin's
         // namespace; the API counted only what it served.
         let mut conn = redis.client().await;
+        let refusals: f64 = conn.zscore("rl:api:kv:refused", "alice").await.unwrap();
+        assert_eq!(refusals, 1.0, "the JS plugin's sorted set");
         let state: bool = conn
             .exists("rl:api:limiter:{api/api/alice}:gcra")
             .await
@@ -409,6 +412,11 @@ async fn python_product_cache() {
         assert!(ttl > 0 && ttl <= 30_000, "TTL {ttl}");
         let loads: i64 = conn.get("rl:products:kv:origin-loads").await.unwrap();
         assert_eq!(loads, 1, "the hit did not load from the origin");
+        let per_product: i64 = conn
+            .hget("rl:products:kv:loads-by-product", "42")
+            .await
+            .unwrap();
+        assert_eq!(per_product, 1, "the Python plugin's hash");
         let lease: bool = conn.exists("rl:products:kv:lease:42").await.unwrap();
         assert!(!lease, "the fill lease is released");
 
@@ -460,8 +468,12 @@ async fn c_hit_counter() {
         for want in [2, 4, 6] {
             let out = host.invoke(p.name(), b"home").await.unwrap();
             let r: Value = serde_json::from_slice(&out).unwrap();
-            assert_eq!(r, json!({"counter": "home", "hits": want}));
+            assert_eq!(r, json!({"counter": "home", "hits": want, "rank": 1}));
         }
+        // The board of counters, a sorted set written from C.
+        let out = host.invoke(p.name(), b"away").await.unwrap();
+        let r: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(r, json!({"counter": "away", "hits": 2, "rank": 2}));
         let mut conn = redis.client().await;
         let hits: i64 = conn.get("rl:hits:kv:hits:home").await.unwrap();
         assert_eq!(hits, 6);
