@@ -13,7 +13,9 @@ use redloom::bindings::{
     batch, hash, hyperloglog, keys, kv, list, script, set, sorted_set, stream,
 };
 use redloom::config::{Config, Quotas};
-use redloom::data::{MAX_ITEMS, MAX_SCAN_COUNT, MAX_TRANSACTIONS, PluginScripts};
+use redloom::data::{
+    MAX_ITEMS, MAX_SCAN_COUNT, MAX_TRANSACTIONS, OWN_CONNECTION_RATE, PluginScripts,
+};
 use redloom::namespace::{Namespace, PluginName};
 use redloom::redis::{Redis, RedisOptions};
 use redloom::store::{Caps, PluginContext};
@@ -1415,6 +1417,44 @@ async fn plugin_scripts_run_inside_the_plugins_acl() {
         spec.scripts = plugin_scripts(dir.path(), &[("broken", "return (")]);
         let e = h.load(spec).await.err().expect("the load fails");
         assert!(e.to_string().contains("script `broken`"), "{e}");
+    })
+    .await;
+}
+
+/// A plugin cannot churn Redis connections: transactions (and blocking
+/// pops) open connections of their own, at most OWN_CONNECTION_RATE per
+/// second per plugin; a loop that opens and drops transactions meets
+/// `quota-exceeded(redis-rate)` long before 200.
+#[tokio::test]
+async fn own_connections_are_rate_limited() {
+    with_timeout(async {
+        let redis = RedisServer::start().await;
+        let mut c = caps(&redis, &unique("churn"), Quotas::default()).await;
+        use batch::HostTransaction as T;
+        let started = std::time::Instant::now();
+        let mut opened = 0u64;
+        let refused = loop {
+            match T::watch(&mut c, vec!["k".into()]).await.expect("no trap") {
+                Ok(t) => {
+                    opened += 1;
+                    T::drop(&mut c, t).await.unwrap();
+                }
+                Err(e) => break e,
+            }
+            assert!(opened < 200, "200 connections opened without a refusal");
+        };
+        assert!(
+            matches!(refused, Error::QuotaExceeded(Quota::RedisRate)),
+            "{refused:?}"
+        );
+        // The bucket's second of burst plus what refilled meanwhile.
+        let allowed = OWN_CONNECTION_RATE
+            + (started.elapsed().as_secs_f64() * OWN_CONNECTION_RATE as f64).ceil() as u64;
+        assert!(
+            opened <= allowed,
+            "{opened} opened, at most {allowed} allowed"
+        );
+        assert!(c.broken_quota().is_some(), "the breach is recorded");
     })
     .await;
 }

@@ -52,6 +52,9 @@ pub struct PluginContext {
     pub key_scanner: std::sync::OnceLock<Redis>,
     /// The plugin's own Lua scripts (`[plugins.NAME.scripts]`).
     pub scripts: crate::caps::data::PluginScripts,
+    /// Redis connections of its own the plugin may open per second
+    /// (transactions, blocking pops; see `caps::data::OWN_CONNECTION_RATE`).
+    pub own_connections: Mutex<TokenBucket>,
 }
 
 /// Which queues are shared and how long they may grow.
@@ -110,6 +113,7 @@ impl PluginContext {
             near_cache,
             key_scanner: std::sync::OnceLock::new(),
             scripts: Default::default(),
+            own_connections: Mutex::new(TokenBucket::new(crate::caps::data::OWN_CONNECTION_RATE)),
             queues: QueuePolicy::default(),
             outbound: OutboundPolicy {
                 allowed: allowed_outbound,

@@ -324,6 +324,7 @@ impl Caps {
                 "{MAX_TRANSACTIONS} transactions are open already; commit or drop one first"
             )));
         }
+        self.own_connection()?;
         let redis = self.admit().await?;
         let mut conn = redis
             .connection_for_key(&mapped[0], std::time::Duration::ZERO)

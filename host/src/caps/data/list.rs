@@ -130,6 +130,7 @@ impl Host for Caps {
             let mapped = self.grouped_keys(&keys)?;
             // Never past the invocation's wall time, which ends it anyway.
             let wait = Duration::from_millis(timeout_ms).min(self.plugin.quotas.wall_time);
+            self.own_connection()?;
             let redis = self.admit().await?;
             let mut conn = redis.connection_for_key(&mapped[0], wait).await?;
             let name = match end {

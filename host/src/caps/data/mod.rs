@@ -26,6 +26,7 @@ mod sorted_set;
 mod stream;
 
 pub use batch::{MAX_TRANSACTIONS, Transactions};
+
 use redis::{Cmd, FromRedisValue, Value};
 pub use script::{MAX_SCRIPT_BYTES, MAX_SCRIPTS, PluginScripts};
 
@@ -39,6 +40,13 @@ pub const MAX_ITEMS: usize = 10_000;
 
 /// Largest `count` hint of a scan page.
 pub const MAX_SCAN_COUNT: u32 = 1_000;
+
+/// Redis connections of its own (a transaction's, a blocking pop's) one
+/// plugin may open per second, all its instances together: each is a TCP
+/// connection and a handshake for Redis and a port in `TIME_WAIT` on the
+/// host afterwards, so a loop of 1 ms blocking pops must not churn them at
+/// the `redis-rate` of commands.
+pub const OWN_CONNECTION_RATE: u64 = 20;
 
 impl Caps {
     /// The Redis key of the guest's key `key`, in the plugin's namespace.
@@ -76,6 +84,28 @@ impl Caps {
     /// [`Self::send_command`], decoded as `T`.
     async fn query<T: FromRedisValue>(&mut self, cmd: Cmd) -> Result<T, Error> {
         decode(self.send_command(cmd).await?)
+    }
+
+    /// Takes one of the plugin's [`OWN_CONNECTION_RATE`] connections of
+    /// this second, or fails with `quota-exceeded(redis-rate)` (recorded
+    /// as the invocation's breach).
+    fn own_connection(&mut self) -> Result<(), Error> {
+        let taken = self
+            .plugin
+            .own_connections
+            .lock()
+            .expect("connection bucket poisoned")
+            .take(std::time::Duration::ZERO);
+        if taken.is_err() {
+            return Err(self.breach(crate::quota::QuotaTrap::new(
+                crate::quota::Quota::RedisRate,
+                format!(
+                    "more than {OWN_CONNECTION_RATE} Redis connections of its own per second \
+                     (transactions, blocking pops)"
+                ),
+            )));
+        }
+        Ok(())
     }
 
     /// Checks a write of `payload` bytes to `key` (already mapped) against
