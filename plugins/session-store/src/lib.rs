@@ -7,13 +7,15 @@
 //! Routes (bind them in `redloom.toml`):
 //!
 //! - `PUT /sessions/:id` with a JSON object of strings: sets those fields
-//!   (others are kept); answers the whole session.
+//!   (others are kept) and renews the TTL in one atomic batch; answers the
+//!   whole session.
 //! - `GET /sessions/:id`: the session's fields as a JSON object, or 404.
 //! - `DELETE /sessions/:id`: ends the session (204).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use redloom_sdk::batch::Batch;
 use redloom_sdk::http::{Request, Response};
 use redloom_sdk::{Error, Http, Result, config, hash, keys};
 
@@ -74,11 +76,15 @@ fn route(request: Request) -> Result<Response> {
             if fields.is_empty() {
                 return Err(Error::invalid("set at least one field"));
             }
-            let entries: Vec<(&str, &str)> = fields
-                .iter()
-                .map(|(f, v)| (f.as_str(), v.as_str()))
-                .collect();
-            hash::set_many(&key, &entries)?;
+            // The fields and the renewed TTL in one atomic batch: a session
+            // is never left without its TTL.
+            let mut batch = Batch::new();
+            for (field, value) in &fields {
+                batch = batch.hash_set(&key, field, value);
+            }
+            for reply in batch.expire(&key, ttl()?).run()? {
+                reply?;
+            }
             let session = read(&key)?.ok_or_else(|| Error::other("the session vanished"))?;
             Response::json(200, &session)
         }
