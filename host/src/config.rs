@@ -732,6 +732,10 @@ pub struct Route {
     pub path: String,
     /// The plugin that handles it (must export the HTTP handler).
     pub plugin: String,
+    /// Where it is written (`redloom.toml:12`), for errors found when the
+    /// routes are put together (`serve`); empty when not from a file.
+    #[serde(skip)]
+    pub at: String,
 }
 
 /// The `[host]` table: settings for the host as a whole.
@@ -977,7 +981,19 @@ impl Config {
             http: raw.http,
             admin: raw.admin,
             telemetry: raw.telemetry,
-            routes: raw.routes,
+            routes: raw
+                .routes
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let line = line_of(text, &format!("routes[{i}].path"))
+                        .map_or(String::new(), |l| format!(":{l}"));
+                    Route {
+                        at: format!("{file}{line}"),
+                        ..r
+                    }
+                })
+                .collect(),
             data_dir: base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from(".redloom"))),
             plugins,
         })

@@ -31,14 +31,21 @@ impl RouteTable {
     pub fn new(routes: &[Route]) -> Result<RouteTable, String> {
         let mut table = RouteTable::default();
         for (i, r) in routes.iter().enumerate() {
+            // `redloom.toml:12: routes[3].path ...`, as the configuration's
+            // own errors read.
+            let at = if r.at.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", r.at)
+            };
             let plugin =
-                PluginName::parse(&r.plugin).map_err(|e| format!("routes[{i}].plugin: {e}"))?;
+                PluginName::parse(&r.plugin).map_err(|e| format!("{at}routes[{i}].plugin: {e}"))?;
             table
                 .by_method
                 .entry(r.method.clone())
                 .or_default()
                 .insert(translate(&r.path), plugin)
-                .map_err(|e| format!("routes[{i}].path `{}`: {e}", r.path))?;
+                .map_err(|e| format!("{at}routes[{i}].path `{}`: {e}", r.path))?;
         }
         Ok(table)
     }
@@ -91,6 +98,7 @@ mod tests {
             method: method.map(String::from),
             path: path.into(),
             plugin: plugin.into(),
+            at: String::new(),
         }
     }
 
@@ -118,5 +126,21 @@ mod tests {
         assert_eq!(t.lookup("POST", "/users/42"), Match::MethodNotAllowed);
         assert_eq!(t.lookup("GET", "/nothing"), Match::NotFound);
         assert!(RouteTable::new(&[route(None, "/a/:x", "p"), route(None, "/a/:y", "p")]).is_err());
+    }
+
+    /// A conflict found when the routes are put together names the file
+    /// and line of the route, like every configuration error.
+    #[test]
+    fn a_conflict_names_its_line() {
+        let text = "[plugins.p]\nwasm = \"p.wasm\"\n\n[[routes]]\npath = \"/a/:x\"\nplugin = \"p\"\n\n[[routes]]\npath = \"/a/:y\"\nplugin = \"p\"\n";
+        let config =
+            crate::config::Config::parse(text, std::path::Path::new("dir/redloom.toml")).unwrap();
+        let Err(e) = RouteTable::new(&config.routes) else {
+            panic!("the routes conflict");
+        };
+        assert!(
+            e.starts_with("dir/redloom.toml:9: routes[1].path `/a/:y`"),
+            "{e}"
+        );
     }
 }
