@@ -201,6 +201,32 @@ mod tests {
         ));
     }
 
+    /// More than MAX_SCRIPTS scripts, or a file over MAX_SCRIPT_BYTES, is
+    /// refused with the key and the bound.
+    #[test]
+    fn scripts_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw: BTreeMap<String, PathBuf> = (0..=MAX_SCRIPTS)
+            .map(|i| (format!("s{i}"), PathBuf::from("s.lua")))
+            .collect();
+        let (key, msg) = PluginScripts::resolve("plugins.p", raw, dir.path(), true).unwrap_err();
+        assert_eq!(key, "plugins.p.scripts");
+        assert!(msg.contains(&MAX_SCRIPTS.to_string()), "{msg}");
+        std::fs::write(
+            dir.path().join("big.lua"),
+            vec![b'-'; MAX_SCRIPT_BYTES as usize + 1],
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("ok.lua"), "return 1").unwrap();
+        let one = |file: &str| BTreeMap::from([("s".to_string(), PathBuf::from(file))]);
+        let (key, msg) =
+            PluginScripts::resolve("plugins.p", one("big.lua"), dir.path(), true).unwrap_err();
+        assert_eq!(key, "plugins.p.scripts.s");
+        assert!(msg.contains("big.lua"), "{msg}");
+        let ok = PluginScripts::resolve("plugins.p", one("ok.lua"), dir.path(), true).unwrap();
+        assert_eq!(ok.sources().count(), 1);
+    }
+
     #[test]
     fn scripts_need_acl() {
         let raw = BTreeMap::from([("s".to_string(), PathBuf::from("s.lua"))]);
