@@ -561,6 +561,19 @@ async fn heavy_runtime_reuse_and_typed_errors() {
                 b"1",
                 "{name}: an error discards the instance"
             );
+            if name.ends_with("js") {
+                // An uncaught TypeError arrives with its message, not as a
+                // bare trap.
+                let e = host.invoke(p.name(), b"bug").await.unwrap_err();
+                assert!(
+                    matches!(
+                        &e,
+                        HostInvokeError::Invoke(InvokeError::Guest { error: GuestError::Other(m), .. })
+                            if m.starts_with("uncaught exception: TypeError")
+                    ),
+                    "{name}: {e}"
+                );
+            }
 
             let out = host.invoke(p.name(), b"bad-key").await.unwrap();
             let r: Value = serde_json::from_slice(&out).unwrap();

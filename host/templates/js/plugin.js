@@ -31,5 +31,24 @@ function handle(input) {
   return encoder.encode(`${greeting}, ${name} (#${n})`);
 }
 
+/**
+ * `handler` with every exception it throws made a WIT `error`: a WIT error
+ * variant ({tag, val}) or a capability's error (its `payload`) as it is,
+ * anything else (a bug: a TypeError, a thrown string) as `other` with its
+ * message, so the host reports what went wrong instead of a bare trap.
+ */
+function guarded(handler) {
+  return (...args) => {
+    try {
+      return handler(...args);
+    } catch (e) {
+      if (e !== null && typeof e === 'object' && 'tag' in e) throw e;
+      if (e?.payload !== undefined) throw e.payload;
+      const what = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+      throw { tag: 'other', val: `uncaught exception: ${what}` };
+    }
+  };
+}
+
 // The `redloom:plugin/invoke` handler.
-export const invoke = { handle };
+export const invoke = { handle: guarded(handle) };
