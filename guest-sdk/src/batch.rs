@@ -129,8 +129,7 @@ impl Batch {
     }
     /// `keys::expire`: [`Reply::Integer`].
     pub fn expire(self, key: &str, ttl: std::time::Duration) -> Batch {
-        let ms = u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
-        self.with(wit::Command::Expire((key.into(), ms)))
+        self.with(wit::Command::Expire((key.into(), crate::millis(ttl))))
     }
     /// `hash::get`: [`Reply::Value`].
     pub fn hash_get(self, key: &str, field: &str) -> Batch {
@@ -251,7 +250,7 @@ pub struct Transaction {
 impl Transaction {
     /// Starts watching `keys` (one slot group).
     pub fn watch<K: AsRef<str>>(keys: &[K]) -> Result<Transaction> {
-        let keys = crate::hash::strings(keys);
+        let keys = crate::strings(keys);
         wit::Transaction::watch(&keys)
             .map(|inner| Transaction { inner })
             .map_err(Error::from_wit)

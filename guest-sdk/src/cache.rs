@@ -69,6 +69,7 @@
 use std::time::Duration;
 
 use crate::__private::bindings::redloom::plugin::cache as wit;
+use crate::millis as ms;
 use crate::{Error, Result};
 
 /// How a cached value is kept and looked up.
@@ -221,10 +222,6 @@ impl Policy {
             },
         }
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 /// The right to store one key's value; from [`lookup`], used by [`fill`] or

@@ -22,7 +22,7 @@
 //! ```
 
 use crate::__private::bindings::redloom::plugin::hash as wit;
-use crate::{Error, Result};
+use crate::{Error, Result, strings};
 
 /// The value of `field`, or `None`.
 pub fn get(key: &str, field: &str) -> Result<Option<Vec<u8>>> {
@@ -113,8 +113,4 @@ pub fn scan(key: &str, count: u32) -> impl Iterator<Item = Result<(String, Vec<u
             .map(|p| (p.cursor, p.entries))
             .map_err(Error::from_wit)
     })
-}
-
-pub(crate) fn strings<S: AsRef<str>>(items: &[S]) -> Vec<String> {
-    items.iter().map(|s| s.as_ref().to_owned()).collect()
 }

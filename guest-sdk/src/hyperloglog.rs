@@ -14,7 +14,7 @@
 //! ```
 
 use crate::__private::bindings::redloom::plugin::hyperloglog as wit;
-use crate::hash::strings;
+use crate::strings;
 use crate::{Error, Result};
 
 /// Adds elements; returns whether the estimate changed.

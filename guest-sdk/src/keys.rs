@@ -34,7 +34,7 @@
 use std::time::Duration;
 
 use crate::__private::bindings::redloom::plugin::keys as wit;
-use crate::hash::strings;
+use crate::strings;
 use crate::{Error, Result};
 
 /// What a key holds.
@@ -103,8 +103,7 @@ pub fn ttl(key: &str) -> Result<Ttl> {
 /// Sets `key` to expire after `ttl` (rounded up to whole milliseconds; zero
 /// is an [`Error::InvalidArgument`]); returns whether the key exists.
 pub fn expire(key: &str, ttl: Duration) -> Result<bool> {
-    let ms = u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
-    wit::expire(key, ms).map_err(Error::from_wit)
+    wit::expire(key, crate::millis(ttl)).map_err(Error::from_wit)
 }
 
 /// Removes `key`'s time to live; returns whether it had one.

@@ -35,6 +35,7 @@
 use std::time::Duration;
 
 use crate::__private::bindings::redloom::plugin::kv as wit;
+use crate::millis as ttl_ms;
 use crate::{Error, Result};
 
 /// When [`set_with`] may write.
@@ -108,13 +109,6 @@ impl SetOptions {
             },
         }
     }
-}
-
-/// A TTL in whole milliseconds, rounded up so that a non-zero duration never
-/// turns into the (rejected) zero, and saturating at `u64::MAX`.
-fn ttl_ms(ttl: Duration) -> u64 {
-    let ms = ttl.as_nanos().div_ceil(1_000_000);
-    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 /// The value stored at `key`, or `None` if there is none.

@@ -107,6 +107,17 @@ pub mod stream;
 pub mod __private;
 
 pub use error::{Error, Quota, Result};
+
+/// A duration in whole milliseconds, rounded up (so a non-zero duration
+/// never becomes the zero the host refuses), saturating at `u64::MAX`.
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// Owned copies of string-like items, for a WIT `list<string>`.
+pub(crate) fn strings<S: AsRef<str>>(items: &[S]) -> Vec<String> {
+    items.iter().map(|s| s.as_ref().to_owned()).collect()
+}
 pub use handlers::{Http, Invoke, OnJob, OnMessage, OnTick};
 
 /// Exports a type's handlers from the plugin component.

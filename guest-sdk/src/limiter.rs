@@ -66,6 +66,7 @@
 use std::time::Duration;
 
 use crate::__private::bindings::redloom::plugin::limiter as wit;
+use crate::millis as ms;
 use crate::{Error, Result};
 
 /// The outcome of a check, with the fields redis-cell made standard.
@@ -151,11 +152,6 @@ impl Decision {
 
 fn secs_up(d: Duration) -> u64 {
     u64::try_from(d.as_nanos().div_ceil(1_000_000_000)).unwrap_or(u64::MAX)
-}
-
-/// A duration in whole milliseconds, rounded up, saturating.
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 /// `count` units per `period`.

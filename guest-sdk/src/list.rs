@@ -109,6 +109,6 @@ pub fn blocking_pop<K: AsRef<str>>(
     end: End,
     timeout: std::time::Duration,
 ) -> Result<Option<(String, Vec<u8>)>> {
-    let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-    wit::blocking_pop(&crate::hash::strings(keys), end.wit(), ms).map_err(Error::from_wit)
+    wit::blocking_pop(&crate::strings(keys), end.wit(), crate::millis(timeout))
+        .map_err(Error::from_wit)
 }

@@ -70,6 +70,7 @@
 use std::time::Duration;
 
 use crate::__private::bindings::redloom::plugin::lock as wit;
+use crate::millis as ms;
 use crate::{Error, Result};
 
 /// Whether [`LockGuard::release`] or [`LockGuard::extend`] found the guard
@@ -168,12 +169,6 @@ impl LockGuard {
             .map(Ownership::from_wit)
             .map_err(Error::from_wit)
     }
-}
-
-/// A duration in whole milliseconds, rounded up (so a non-zero duration
-/// never becomes zero), saturating.
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 /// Acquires the lock `name` for `ttl`, waiting up to `wait` for another

@@ -47,7 +47,7 @@ pub enum Reply {
 
 /// Runs the script `name` with `keys` as `KEYS` and `args` as `ARGV`.
 pub fn run<K: AsRef<str>, A: AsRef<[u8]>>(name: &str, keys: &[K], args: &[A]) -> Result<Reply> {
-    let keys = crate::hash::strings(keys);
+    let keys = crate::strings(keys);
     let args: Vec<Vec<u8>> = args.iter().map(|a| a.as_ref().to_vec()).collect();
     let reply = wit::run(name, &keys, &args).map_err(Error::from_wit)?;
     let item = |i: wit::Item| match i {

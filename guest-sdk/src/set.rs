@@ -17,7 +17,7 @@
 //! ```
 
 use crate::__private::bindings::redloom::plugin::set as wit;
-use crate::hash::strings;
+use crate::strings;
 use crate::{Error, Result};
 
 /// Adds members; returns how many were new.

@@ -20,7 +20,7 @@
 use std::ops::{Bound, RangeBounds};
 
 use crate::__private::bindings::redloom::plugin::sorted_set as wit;
-use crate::hash::strings;
+use crate::strings;
 use crate::{Error, Result};
 
 /// A member and its score.

@@ -91,5 +91,5 @@ pub fn trim(key: &str, max_length: u64) -> Result<u64> {
 
 /// Deletes entries by id; returns how many existed.
 pub fn delete<I: AsRef<str>>(key: &str, ids: &[I]) -> Result<u64> {
-    wit::delete(key, &crate::hash::strings(ids)).map_err(Error::from_wit)
+    wit::delete(key, &crate::strings(ids)).map_err(Error::from_wit)
 }

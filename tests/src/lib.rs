@@ -984,17 +984,36 @@ pub fn host_options(redis: &RedisServer, data: &Path) -> HostOptions {
 /// implementation (the WIT `Host` traits of `redloom::bindings`) without a
 /// guest (`suite/caps.rs`).
 pub async fn caps(redis: &RedisServer, name: &str, quotas: redloom::config::Quotas) -> Caps {
+    let conn = connect(redis).await;
+    Caps::new(Arc::new(plugin_context(name, quotas)), Some(conn))
+}
+
+/// The host's own connection to `redis` (generous timeouts).
+pub async fn connect(redis: &RedisServer) -> Redis {
     let options = RedisOptions::new(Duration::from_secs(10), Duration::from_secs(30));
-    let conn = Redis::connect_to(&redis.target(), options)
+    Redis::connect_to(&redis.target(), options)
         .await
-        .expect("connects to the test Redis");
-    let context = PluginContext::new(
+        .expect("connects to the test Redis")
+}
+
+/// What the instances of a plugin `name` with `quotas` share (no settings,
+/// no outbound hosts), to build a `Caps` from.
+pub fn plugin_context(name: &str, quotas: redloom::config::Quotas) -> PluginContext {
+    PluginContext::new(
         PluginName::parse(name).unwrap(),
         Default::default(),
         quotas,
         Vec::new(),
-    );
-    Caps::new(Arc::new(context), Some(conn))
+    )
+}
+
+/// A connection as the plugin `name`'s own ACL user (`acl = true`),
+/// created through `host`.
+pub async fn acl_user(host: &Redis, name: &str) -> Redis {
+    let namespace = redloom::namespace::Namespace::new(&PluginName::parse(name).unwrap());
+    host.for_acl_user(&format!("redloom-{name}"), namespace.prefix(), &[])
+        .await
+        .expect("an ACL user")
 }
 
 /// A host on `redis` with [`host_options`] but room for `max_instances`

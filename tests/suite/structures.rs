@@ -17,9 +17,11 @@ use redloom::data::{
     MAX_ITEMS, MAX_SCAN_COUNT, MAX_TRANSACTIONS, OWN_CONNECTION_RATE, PluginScripts,
 };
 use redloom::namespace::{Namespace, PluginName};
-use redloom::redis::{Redis, RedisOptions};
-use redloom::store::{Caps, PluginContext};
-use redloom_tests::{RedisServer, caps, host_options, http_client, plugin, unique, with_timeout};
+use redloom::store::Caps;
+use redloom_tests::{
+    RedisServer, acl_user, caps, connect, host_options, http_client, plugin, plugin_context,
+    unique, with_timeout,
+};
 
 use keys::{KeyTtl, KeyType};
 use list::End;
@@ -811,27 +813,10 @@ async fn session_store_example_refreshes_ttl_on_access() {
 async fn keys_scan_works_for_a_plugin_under_its_own_acl_user() {
     with_timeout(async {
         let redis = RedisServer::start().await;
-        let options = RedisOptions::new(
-            std::time::Duration::from_secs(10),
-            std::time::Duration::from_secs(30),
-        );
-        let host = Redis::connect_to(&redis.target(), options)
-            .await
-            .expect("connects");
+        let host = connect(&redis).await;
         let name = unique("acl-scan");
-        let namespace = Namespace::new(&PluginName::parse(&name).unwrap());
-        let user = host
-            .for_acl_user(&format!("redloom-{name}"), namespace.prefix(), &[])
-            .await
-            .expect("an ACL user");
-        let context = || {
-            PluginContext::new(
-                PluginName::parse(&name).unwrap(),
-                Default::default(),
-                Quotas::default(),
-                Vec::new(),
-            )
-        };
+        let user = acl_user(&host, &name).await;
+        let context = || plugin_context(&name, Quotas::default());
         // Someone else's key, which the scan must not show.
         let mut conn = redis.client().await;
         let _: () = redis::cmd("SET")
@@ -1337,26 +1322,10 @@ async fn plugin_scripts_run_inside_the_plugins_acl() {
                 ("boom", "error('boom')"),
             ],
         );
-        let options = RedisOptions::new(
-            std::time::Duration::from_secs(10),
-            std::time::Duration::from_secs(30),
-        );
-        let host = Redis::connect_to(&redis.target(), options)
-            .await
-            .expect("connects");
+        let host = connect(&redis).await;
         let name = unique("scripted");
-        let namespace = Namespace::new(&PluginName::parse(&name).unwrap());
-        let user = host
-            .for_acl_user(&format!("redloom-{name}"), namespace.prefix(), &[])
-            .await
-            .expect("an ACL user");
-        let context = PluginContext::new(
-            PluginName::parse(&name).unwrap(),
-            Default::default(),
-            Quotas::default(),
-            Vec::new(),
-        )
-        .with_scripts(scripts);
+        let user = acl_user(&host, &name).await;
+        let context = plugin_context(&name, Quotas::default()).with_scripts(scripts);
         let mut c = Caps::new(Arc::new(context), Some(user));
         use script::{Host as S, Item, ScriptReply};
         let added = ok(S::run(&mut c, "add".into(), vec!["n".into()], vec![b"5".to_vec()]).await);

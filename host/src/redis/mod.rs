@@ -236,6 +236,16 @@ pub async fn exec_atomic<C: ConnectionLike>(
     }
 }
 
+/// One range of `CLUSTER SLOTS`: slots `start..=end` and their primary.
+struct SlotRange {
+    start: u16,
+    end: u16,
+    host: String,
+    port: u16,
+    /// The primary's node id.
+    id: String,
+}
+
 /// Where [`Redis::scan_page`] keeps a Cluster node's position in the
 /// cursor: the top 16 bits; a node's own `SCAN` cursor stays below 2^48
 /// (it is less than the size of the node's hash table).
@@ -454,9 +464,19 @@ impl Redis {
         &self,
         node: redis::ConnectionInfo,
     ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        self.connect_node(node, self.options.response_timeout).await
+    }
+
+    /// A connection of its own to `node`, with the host's connect timeout
+    /// and `response_timeout`.
+    async fn connect_node(
+        &self,
+        node: redis::ConnectionInfo,
+        response_timeout: Duration,
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.options.connect_timeout))
-            .set_response_timeout(Some(self.options.response_timeout));
+            .set_response_timeout(Some(response_timeout));
         redis::Client::open(node)?
             .get_multiplexed_async_connection_with_config(&config)
             .await
@@ -636,27 +656,12 @@ impl Redis {
         // Each primary is named by the lowest slot it serves: commands
         // routed to that slot reach it over the Cluster client's own
         // connections.
-        let slots: Vec<Vec<Value>> = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async(&mut self.conn.clone())
-            .await?;
         let mut lowest: std::collections::BTreeMap<String, u16> = Default::default();
-        for range in &slots {
-            let (Some(Value::Int(start)), Some(Value::Array(node))) = (range.first(), range.get(2))
-            else {
-                continue;
-            };
-            let Some(id) = node
-                .get(2)
-                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
-            else {
-                continue;
-            };
-            let slot = *start as u16;
+        for range in self.slot_ranges().await? {
             lowest
-                .entry(id)
-                .and_modify(|s| *s = (*s).min(slot))
-                .or_insert(slot);
+                .entry(range.id)
+                .and_modify(|s| *s = (*s).min(range.start))
+                .or_insert(range.start);
         }
         let mut nodes: Vec<u16> = lowest.into_values().collect();
         nodes.sort();
@@ -708,41 +713,51 @@ impl Redis {
         let info = match &self.info {
             Info::Single(info) => (**info).clone(),
             Info::Cluster(seeds) => {
-                let mut conn = self.conn.clone();
                 let slot: i64 = redis::cmd("CLUSTER")
                     .arg("KEYSLOT")
                     .arg(key)
-                    .query_async(&mut conn)
+                    .query_async(&mut self.conn.clone())
                     .await?;
-                let ranges: Vec<Vec<Value>> = redis::cmd("CLUSTER")
-                    .arg("SLOTS")
-                    .query_async(&mut conn)
-                    .await?;
-                let node = ranges
-                    .iter()
-                    .find_map(|r| match (r.first(), r.get(1), r.get(2)) {
-                        (Some(Value::Int(a)), Some(Value::Int(b)), Some(Value::Array(node)))
-                            if (*a..=*b).contains(&slot) =>
-                        {
-                            let host: String =
-                                redis::from_redis_value(node.first()?.clone()).ok()?;
-                            let port: u16 = redis::from_redis_value(node.get(1)?.clone()).ok()?;
-                            Some((host, port))
-                        }
-                        _ => None,
-                    });
+                let node = self
+                    .slot_ranges()
+                    .await?
+                    .into_iter()
+                    .find(|r| (i64::from(r.start)..=i64::from(r.end)).contains(&slot))
+                    .map(|r| (r.host, r.port));
                 let (host, port) = node.ok_or_else(|| {
                     CommandError::Unavailable(format!("no Cluster node serves slot {slot}"))
                 })?;
                 at_address(&seeds[0], &host, port)
             }
         };
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.options.connect_timeout))
-            .set_response_timeout(Some(self.options.response_timeout + blocking));
-        Ok(redis::Client::open(info)?
-            .get_multiplexed_async_connection_with_config(&config)
+        Ok(self
+            .connect_node(info, self.options.response_timeout + blocking)
             .await?)
+    }
+
+    /// The Cluster's slot ranges and the primary serving each
+    /// (`CLUSTER SLOTS`); ranges that cannot be read are left out.
+    async fn slot_ranges(&self) -> CommandResult<Vec<SlotRange>> {
+        let ranges: Vec<Vec<Value>> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let text = |v: Option<&Value>| redis::from_redis_value::<String>(v?.clone()).ok();
+        Ok(ranges
+            .iter()
+            .filter_map(|r| match (r.first(), r.get(1), r.get(2)) {
+                (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(node))) => {
+                    Some(SlotRange {
+                        start: u16::try_from(*start).ok()?,
+                        end: u16::try_from(*end).ok()?,
+                        host: text(node.first())?,
+                        port: redis::from_redis_value(node.get(1)?.clone()).ok()?,
+                        id: text(node.get(2))?,
+                    })
+                }
+                _ => None,
+            })
+            .collect())
     }
 
     /// Runs a plugin's own script by SHA (loading it on `NOSCRIPT`), with

@@ -11,9 +11,9 @@
 use redis::{Cmd, Value};
 use wasmtime::component::{Resource, ResourceTable};
 
+use super::list::{pop_command, push_command};
 use super::{check_count, check_items, command, positive_ttl, slot_group};
 use crate::bindings::batch::{Command, Host, HostTransaction, Reply};
-use crate::bindings::list::End;
 use crate::bindings::types::Error;
 use crate::caps::Caps;
 use crate::caps::common::{R, invalid};
@@ -41,13 +41,6 @@ struct Prepared {
     kind: Kind,
     key: String,
     writes: Option<usize>,
-}
-
-fn side(end: End) -> &'static str {
-    match end {
-        End::Front => "LPUSH",
-        End::Back => "RPUSH",
-    }
 }
 
 impl Caps {
@@ -131,19 +124,16 @@ impl Caps {
                 items("values", values.len())?;
                 let n = values.iter().map(Vec::len).sum();
                 (
-                    command(side(end), (at(&k)?, values)),
+                    command(push_command(end, false), (at(&k)?, values)),
                     Kind::Integer,
                     k,
                     Some(n),
                 )
             }
             Command::ListPop((k, end, count)) => {
-                let name = match end {
-                    End::Front => "LPOP",
-                    End::Back => "RPOP",
-                };
                 let count = check_count(count)?;
-                (command(name, (at(&k)?, count)), Kind::Values, k, None)
+                let cmd = command(pop_command(end), (at(&k)?, count));
+                (cmd, Kind::Values, k, None)
             }
             Command::ListTrim((k, start, stop)) => (
                 command("LTRIM", (at(&k)?, start, stop)),

@@ -16,6 +16,24 @@ fn side(end: End) -> &'static str {
     }
 }
 
+/// The command that pushes at `end` (the `X` form: only onto a list that exists).
+pub(super) fn push_command(end: End, if_exists: bool) -> &'static str {
+    match (end, if_exists) {
+        (End::Front, false) => "LPUSH",
+        (End::Back, false) => "RPUSH",
+        (End::Front, true) => "LPUSHX",
+        (End::Back, true) => "RPUSHX",
+    }
+}
+
+/// The command that pops from `end`.
+pub(super) fn pop_command(end: End) -> &'static str {
+    match end {
+        End::Front => "LPOP",
+        End::Back => "RPOP",
+    }
+}
+
 impl Caps {
     /// `LPUSH`/`RPUSH` (or the `X` forms) of at least one value.
     async fn list_push(
@@ -31,13 +49,8 @@ impl Caps {
         }
         check_items("values", values.len())?;
         self.check_payload(&key, values.iter().map(Vec::len).sum())?;
-        let name = match (end, if_exists) {
-            (End::Front, false) => "LPUSH",
-            (End::Back, false) => "RPUSH",
-            (End::Front, true) => "LPUSHX",
-            (End::Back, true) => "RPUSHX",
-        };
-        self.query(command(name, (key, values))).await
+        self.query(command(push_command(end, if_exists), (key, values)))
+            .await
     }
 }
 
@@ -62,12 +75,9 @@ impl Host for Caps {
         Ok(traced!("list", "pop", async {
             let key = self.data_key(&key)?;
             let count = check_count(count)?;
-            let name = match end {
-                End::Front => "LPOP",
-                End::Back => "RPOP",
-            };
             // A missing key answers nil, not an empty list.
-            let popped: Option<Vec<Vec<u8>>> = self.query(command(name, (key, count))).await?;
+            let popped: Option<Vec<Vec<u8>>> =
+                self.query(command(pop_command(end), (key, count))).await?;
             Ok::<_, Error>(popped.unwrap_or_default())
         }))
     }
